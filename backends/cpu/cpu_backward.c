@@ -1,0 +1,229 @@
+/* Backward (SPEC.md, "Backward"): stage 1 is recomputed from q and the block
+ * keys, then each query row adds its share to dq (its own), and to dk, dv and
+ * the block-key gradient (shared by rows, so each thread accumulates its own
+ * copy for the current KV head and the copies are summed at the end). */
+#include <config.h>
+
+#include "cpu_entmax.h"
+#include "cpu_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID() omp_get_thread_num()
+#define TEAM_SIZE() omp_get_num_threads()
+#else
+#define THREAD_ID() 0
+#define TEAM_SIZE() 1
+#endif
+
+/* One thread's accumulators and row buffers; the accumulators come first in
+ * every arena so that other threads can find them for the reduction. */
+typedef struct grad_scratch {
+    float *dk, *dv, *dkbar;
+    float *q, *qs, *dq, *o, *dout;
+    float *w, *gprior;
+    float *lse, *delta; /* per head of the group */
+    float *kbuf, *vbuf;
+    double *p, *g, *dz;
+    dacpu_stage1_scratch s1;
+} grad_scratch;
+
+static grad_scratch take_grad_scratch(dacpu_arena *a, const dashattn_plan_desc *plan)
+{
+    const dashattn_problem *pr = &plan->problem;
+    const size_t d = (size_t)pr->head_dim, m = (size_t)plan->num_blocks;
+    const size_t gc = (size_t)plan->group_size, s = (size_t)pr->block_size;
+    const size_t n = (size_t)pr->len_k;
+    grad_scratch t;
+    t.dk = dacpu_take(a, n * d * sizeof(float));
+    t.dv = dacpu_take(a, n * d * sizeof(float));
+    t.dkbar = dacpu_take(a, m * d * sizeof(float));
+    t.q = dacpu_take(a, gc * d * sizeof(float));
+    t.qs = dacpu_take(a, gc * d * sizeof(float));
+    t.dq = dacpu_take(a, gc * d * sizeof(float));
+    t.o = dacpu_take(a, gc * d * sizeof(float));
+    t.dout = dacpu_take(a, gc * d * sizeof(float));
+    t.w = dacpu_take(a, gc * m * sizeof(float));
+    t.gprior = dacpu_take(a, gc * m * sizeof(float));
+    t.lse = dacpu_take(a, gc * sizeof(float));
+    t.delta = dacpu_take(a, gc * sizeof(float));
+    t.kbuf = dacpu_take(a, s * d * sizeof(float));
+    t.vbuf = dacpu_take(a, s * d * sizeof(float));
+    t.p = dacpu_take(a, m * sizeof(double));
+    t.g = dacpu_take(a, m * sizeof(double));
+    t.dz = dacpu_take(a, m * sizeof(double));
+    t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
+    return t;
+}
+
+static void axpy(float *y, float alpha, const float *x, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+static void load_row(const dashattn_tensor *t, int64_t b, int64_t h, int64_t i, float *dst)
+{
+    int64_t ld;
+    const float *src = dacpu_rows(t, b, h, i, 1, dst, &ld);
+    if (src != dst)
+        memcpy(dst, src, (size_t)t->shape[3] * sizeof(float));
+}
+
+/* Stage-1 gradient of one row: prior gradients -> entmax backward -> dq and
+ * the block-key gradient. Shared mode runs one entmax backward on the sum of
+ * the heads' prior gradients and splits dz evenly over the heads. */
+static void stage1_backward(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,
+                            const float *kbar, grad_scratch *t)
+{
+    const dashattn_problem *pr = &plan->problem;
+    const int64_t gc = plan->group_size, d = pr->head_dim, m = plan->num_blocks;
+    const int64_t first = r->cand_begin, n = r->cand_end - r->cand_begin;
+    if (n <= 0 || plan->threshold_method == DASHATTN_THRESHOLD_TOPK)
+        return;
+    const int shared = pr->group_mode == DASHATTN_GROUP_SHARED;
+    const int64_t passes = shared ? 1 : gc;
+    for (int64_t pass = 0; pass < passes; pass++) {
+        for (int64_t c = 0; c < n; c++) {
+            t->p[c] = t->w[pass * m + first + c];
+            t->g[c] = 0.0;
+            for (int64_t g = shared ? 0 : pass; g < (shared ? gc : pass + 1); g++)
+                t->g[c] += t->gprior[g * m + first + c];
+        }
+        da_entmax_backward(pr->alpha, t->p, t->g, n, t->dz);
+        const double split = shared ? 1.0 / (double)gc : 1.0;
+        for (int64_t g = shared ? 0 : pass; g < (shared ? gc : pass + 1); g++)
+            for (int64_t c = 0; c < n; c++) {
+                const float dz = (float)(pr->stage1_scale * split * t->dz[c]);
+                if (dz == 0.0f)
+                    continue;
+                axpy(t->dq + g * d, dz, kbar + (first + c) * d, d);
+                axpy(t->dkbar + (first + c) * d, dz, t->q + g * d, d);
+            }
+    }
+}
+
+static void backward_row(const dashattn_plan_desc *plan, const dashattn_backward_args *a,
+                         const float *kbar, int64_t b, int64_t h, int64_t i, grad_scratch *t)
+{
+    const dashattn_problem *pr = &plan->problem;
+    const int64_t gc = plan->group_size, d = pr->head_dim, m = plan->num_blocks;
+    const int64_t s = pr->block_size;
+    const float scale = (float)pr->scale;
+    const dashattn_row_blocks r = dashattn_row_layout(plan, i + plan->query_offset, pr->len_k);
+    const int64_t nvis = dacpu_visible_blocks(plan, &r);
+
+    for (int64_t g = 0; g < gc; g++)
+        load_row(a->q, b, h * gc + g, i, t->q + g * d);
+    dacpu_stage1(plan, &r, nvis, t->q, d, kbar, t->w, m, &t->s1);
+    for (int64_t g = 0; g < gc; g++) {
+        const int64_t hq = h * gc + g;
+        load_row(a->out, b, hq, i, t->o + g * d);
+        load_row(a->dout, b, hq, i, t->dout + g * d);
+        t->delta[g] = dacpu_dot(t->dout + g * d, t->o + g * d, d);
+        t->lse[g] = a->lse[(b * pr->heads_q + hq) * pr->len_q + i];
+        for (int64_t c = 0; c < d; c++) {
+            t->qs[g * d + c] = scale * t->q[g * d + c];
+            t->dq[g * d + c] = 0.0f;
+        }
+        for (int64_t j = 0; j < m; j++)
+            t->gprior[g * m + j] = 0.0f;
+    }
+
+    for (int64_t j = 0; j < nvis; j++) {
+        int any = 0;
+        for (int64_t g = 0; g < gc && !any; g++)
+            any = t->w[g * m + j] != 0.0f;
+        if (!any)
+            continue;
+        const int64_t first = j * s;
+        const int64_t end = first + s < r.visible_end ? first + s : r.visible_end;
+        const int64_t ntok = end - first;
+        int64_t ldk, ldv;
+        const float *kb = dacpu_rows(a->k, b, h, first, ntok, t->kbuf, &ldk);
+        const float *vb = dacpu_rows(a->v, b, h, first, ntok, t->vbuf, &ldv);
+        const int candidate = !dashattn_block_is_forced(&r, j);
+        for (int64_t g = 0; g < gc; g++) {
+            const float wj = t->w[g * m + j];
+            if (wj == 0.0f)
+                continue;
+            float gp = 0.0f;
+            for (int64_t tt = 0; tt < ntok; tt++) {
+                const float *kt = kb + tt * ldk, *vt = vb + tt * ldv;
+                const float e = expf(dacpu_dot(t->qs + g * d, kt, d) - t->lse[g]);
+                const float prob = e * wj;
+                const float ds = dacpu_dot(t->dout + g * d, vt, d) - t->delta[g];
+                const float dl = prob * ds;
+                axpy(t->dq + g * d, scale * dl, kt, d);
+                axpy(t->dk + (first + tt) * d, scale * dl, t->q + g * d, d);
+                axpy(t->dv + (first + tt) * d, prob, t->dout + g * d, d);
+                gp += e * ds;
+            }
+            if (candidate)
+                t->gprior[g * m + j] = gp;
+        }
+    }
+    stage1_backward(plan, &r, kbar, t);
+    for (int64_t g = 0; g < gc; g++)
+        dacpu_store_rows(a->dq, b, h * gc + g, i, 1, t->dq + g * d, d);
+}
+
+/* Sum every thread's dk, dv and block-key gradient into the outputs. */
+static void reduce_kv(const dashattn_plan_desc *plan, const dashattn_backward_args *a,
+                      size_t shared, size_t per_thread, int team, int64_t b, int64_t h,
+                      float *row_k, float *row_v)
+{
+    const dashattn_problem *pr = &plan->problem;
+    const int64_t d = pr->head_dim, s = pr->block_size, n = pr->len_k;
+#pragma omp for schedule(static)
+    for (int64_t tok = 0; tok < n; tok++) {
+        const int64_t j = tok / s;
+        const int64_t size = (j + 1) * s <= n ? s : n - j * s;
+        memset(row_k, 0, (size_t)d * sizeof(float));
+        memset(row_v, 0, (size_t)d * sizeof(float));
+        for (int x = 0; x < team; x++) {
+            dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, x);
+            const grad_scratch other = take_grad_scratch(&arena, plan);
+            axpy(row_k, 1.0f, other.dk + tok * d, d);
+            axpy(row_v, 1.0f, other.dv + tok * d, d);
+            axpy(row_k, 1.0f / (float)size, other.dkbar + j * d, d);
+        }
+        dacpu_store_rows(a->dk, b, h, tok, 1, row_k, d);
+        dacpu_store_rows(a->dv, b, h, tok, 1, row_v, d);
+    }
+}
+
+dashattn_status dacpu_backward(void *state, const dashattn_plan_desc *plan,
+                               const dashattn_backward_args *a)
+{
+    const dacpu_state *st = state;
+    const dashattn_problem *pr = &plan->problem;
+    const int64_t d = pr->head_dim, m = plan->num_blocks;
+    const size_t shared = (size_t)(pr->batch * pr->heads_kv * m * d) * 4;
+    const size_t per_thread = dacpu_backward_thread_bytes(plan);
+    float *block_keys = a->workspace;
+
+#pragma omp parallel num_threads(st->num_threads)
+    {
+        const int team = TEAM_SIZE();
+        dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, THREAD_ID());
+        grad_scratch t = take_grad_scratch(&arena, plan);
+        dacpu_block_keys(plan, a->k, block_keys, t.kbuf);
+        for (int64_t bh = 0; bh < pr->batch * pr->heads_kv; bh++) {
+            const int64_t b = bh / pr->heads_kv, h = bh % pr->heads_kv;
+            memset(t.dk, 0, (size_t)(pr->len_k * d) * sizeof(float));
+            memset(t.dv, 0, (size_t)(pr->len_k * d) * sizeof(float));
+            memset(t.dkbar, 0, (size_t)(m * d) * sizeof(float));
+            const float *kbar = block_keys + bh * m * d;
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t i = 0; i < pr->len_q; i++)
+                backward_row(plan, a, kbar, b, h, pr->len_q - 1 - i, &t);
+            reduce_kv(plan, a, shared, per_thread, team, b, h, t.kbuf, t.vbuf);
+        }
+    }
+    return DASHATTN_OK;
+}

@@ -1,0 +1,129 @@
+/* Decode: one query position per sequence against a KV cache. Stage 1 reads
+ * only the cached block keys of the candidates; stage 2 reads only the
+ * forced and selected blocks. */
+#include <config.h>
+
+#include "cpu_internal.h"
+
+#include <math.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID() omp_get_thread_num()
+#else
+#define THREAD_ID() 0
+#endif
+
+typedef struct decode_scratch {
+    float *q, *acc, *w, *kbar, *kbuf, *vbuf, *logits, *row;
+    dacpu_stage1_scratch s1;
+} decode_scratch;
+
+static decode_scratch take_decode_scratch(dacpu_arena *a, const dashattn_plan_desc *plan)
+{
+    const size_t g = (size_t)plan->group_size, d = (size_t)plan->problem.head_dim;
+    const size_t m = (size_t)plan->num_blocks, s = (size_t)plan->problem.block_size;
+    decode_scratch t;
+    t.q = dacpu_take(a, g * d * sizeof(float));
+    t.acc = dacpu_take(a, g * d * sizeof(float));
+    t.w = dacpu_take(a, g * m * sizeof(float));
+    t.kbar = dacpu_take(a, m * d * sizeof(float));
+    t.kbuf = dacpu_take(a, s * d * sizeof(float));
+    t.vbuf = dacpu_take(a, s * d * sizeof(float));
+    t.logits = dacpu_take(a, s * sizeof(float));
+    t.row = dacpu_take(a, d * sizeof(float));
+    t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
+    return t;
+}
+
+static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_args *a, int64_t b,
+                         int64_t h, decode_scratch *t)
+{
+    const dashattn_problem *p = &plan->problem;
+    const dashattn_kv_cache *cache = a->cache;
+    const int64_t gc = plan->group_size, d = p->head_dim, m = plan->num_blocks;
+    const int64_t s = p->block_size, len = cache->seq_lens[b];
+    const dashattn_row_blocks r = dashattn_row_layout(plan, len - 1, len);
+    const int64_t nvis = dacpu_visible_blocks(plan, &r);
+
+    /* Candidates are complete blocks, whose keys the cache holds. */
+    for (int64_t j = r.cand_begin; j < r.cand_end; j++) {
+        const dacpu_cache_block loc = dacpu_cache_locate(cache, b, j, s);
+        int64_t ld;
+        const float *key = dacpu_rows(&cache->block_keys, loc.i0, h, loc.key_row, 1, t->row, &ld);
+        for (int64_t c = 0; c < d; c++)
+            t->kbar[j * d + c] = key[c];
+    }
+    for (int64_t g = 0; g < gc; g++) {
+        int64_t ld;
+        const float *src = dacpu_rows(a->q, b, h * gc + g, 0, 1, t->row, &ld);
+        for (int64_t c = 0; c < d; c++)
+            t->q[g * d + c] = src[c];
+    }
+    dacpu_stage1(plan, &r, nvis, t->q, d, t->kbar, t->w, m, &t->s1);
+    for (int64_t c = 0; c < gc * d; c++)
+        t->q[c] *= (float)p->scale;
+
+    float m_run[DACPU_TILE_ROWS], l_run[DACPU_TILE_ROWS];
+    for (int64_t g0 = 0; g0 < gc; g0 += DACPU_TILE_ROWS) {
+        const int64_t g1 = g0 + DACPU_TILE_ROWS < gc ? g0 + DACPU_TILE_ROWS : gc;
+        for (int64_t g = g0; g < g1; g++) {
+            dacpu_row_state rs = {0, 0, t->acc + g * d};
+            dacpu_row_begin(&rs, d);
+            m_run[g - g0] = rs.m;
+            l_run[g - g0] = rs.l;
+        }
+        for (int64_t j = 0; j < nvis; j++) {
+            int any = 0;
+            for (int64_t g = g0; g < g1 && !any; g++)
+                any = t->w[g * m + j] != 0.0f;
+            if (!any)
+                continue;
+            const int64_t first = j * s;
+            const int64_t ntok = first + s < len ? s : len - first;
+            const dacpu_cache_block loc = dacpu_cache_locate(cache, b, j, s);
+            int64_t ldk, ldv;
+            const float *kb = dacpu_rows(&cache->k, loc.i0, h, loc.r0, ntok, t->kbuf, &ldk);
+            const float *vb = dacpu_rows(&cache->v, loc.i0, h, loc.r0, ntok, t->vbuf, &ldv);
+            for (int64_t g = g0; g < g1; g++) {
+                const float wj = t->w[g * m + j];
+                if (wj == 0.0f)
+                    continue;
+                dacpu_row_state rs = {m_run[g - g0], l_run[g - g0], t->acc + g * d};
+                dacpu_attend(t->q + g * d, kb, ldk, vb, ldv, ntok, logf(wj), d, &rs, t->logits);
+                m_run[g - g0] = rs.m;
+                l_run[g - g0] = rs.l;
+            }
+        }
+        for (int64_t g = g0; g < g1; g++) {
+            const int64_t hq = h * gc + g;
+            dacpu_row_state rs = {m_run[g - g0], l_run[g - g0], t->acc + g * d};
+            const float lse = dacpu_row_finish(&rs, d);
+            dacpu_store_rows(a->out, b, hq, 0, 1, rs.acc, d);
+            if (a->lse)
+                a->lse[b * p->heads_q + hq] = lse;
+        }
+    }
+}
+
+dashattn_status dacpu_decode(void *state, const dashattn_plan_desc *plan,
+                             const dashattn_decode_args *a)
+{
+    const dacpu_state *st = state;
+    const dashattn_problem *p = &plan->problem;
+    dashattn_status status = dacpu_cache_check_readable(plan, a->cache);
+    if (status != DASHATTN_OK)
+        return status;
+    const size_t shared = (size_t)(p->batch * p->heads_kv * plan->num_blocks * p->head_dim) * 4;
+    const size_t per_thread = dacpu_forward_thread_bytes(plan);
+    const int64_t pairs = p->batch * p->heads_kv;
+#pragma omp parallel num_threads(st->num_threads)
+    {
+        dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, THREAD_ID());
+        decode_scratch t = take_decode_scratch(&arena, plan);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t bh = 0; bh < pairs; bh++)
+            decode_group(plan, a, bh / p->heads_kv, bh % p->heads_kv, &t);
+    }
+    return DASHATTN_OK;
+}

@@ -1,0 +1,202 @@
+/* Forward driver: block keys, then tiles of query positions per KV head.
+ * A tile holds DACPU_TILE_ROWS positions of all G query heads of one KV
+ * head, so each key block that any of them keeps is loaded once per tile.
+ * Blocks no row of the tile keeps are never touched. */
+#include <config.h>
+
+#include "cpu_internal.h"
+
+#include <math.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID() omp_get_thread_num()
+#else
+#define THREAD_ID() 0
+#endif
+
+typedef struct tile_scratch {
+    float *q;    /* rows x D: raw, then scaled for stage 2 */
+    float *acc;  /* rows x D */
+    float *w;    /* rows x M block weights */
+    float *m, *l;
+    float *kbuf, *vbuf, *logits;
+    dacpu_stage1_scratch s1;
+} tile_scratch;
+
+static tile_scratch take_tile_scratch(dacpu_arena *a, const dashattn_plan_desc *plan)
+{
+    const size_t rows = DACPU_TILE_ROWS * (size_t)plan->group_size;
+    const size_t d = (size_t)plan->problem.head_dim, m = (size_t)plan->num_blocks;
+    const size_t s = (size_t)plan->problem.block_size;
+    tile_scratch t;
+    t.q = dacpu_take(a, rows * d * sizeof(float));
+    t.acc = dacpu_take(a, rows * d * sizeof(float));
+    t.w = dacpu_take(a, rows * m * sizeof(float));
+    t.m = dacpu_take(a, rows * sizeof(float));
+    t.l = dacpu_take(a, rows * sizeof(float));
+    t.kbuf = dacpu_take(a, s * d * sizeof(float));
+    t.vbuf = dacpu_take(a, s * d * sizeof(float));
+    t.logits = dacpu_take(a, s * sizeof(float));
+    t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
+    return t;
+}
+
+/* Selection rows [b, hq, i, :] from the weights. */
+static void write_selection(const dashattn_plan_desc *plan, const dashattn_selection *sel,
+                            int64_t row, const float *w, int64_t visible_blocks)
+{
+    const int64_t cap = sel->max_blocks;
+    int64_t n = 0;
+    for (int64_t j = 0; j < visible_blocks; j++) {
+        if (w[j] == 0.0f)
+            continue;
+        if (sel->block_index)
+            sel->block_index[row * cap + n] = (int32_t)j;
+        if (sel->block_weight)
+            sel->block_weight[row * cap + n] = w[j];
+        n++;
+    }
+    for (int64_t e = n; e < cap && (sel->block_index || sel->block_weight); e++) {
+        if (sel->block_index)
+            sel->block_index[row * cap + e] = -1;
+        if (sel->block_weight)
+            sel->block_weight[row * cap + e] = 0.0f;
+    }
+    if (sel->block_count)
+        sel->block_count[row] = (int32_t)n;
+    (void)plan;
+}
+
+/* Tokens of block j a row at this layout can see. */
+static int64_t visible_tokens(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,
+                              int64_t j)
+{
+    const int64_t s = plan->problem.block_size, first = j * s;
+    const int64_t end = first + s < r->visible_end ? first + s : r->visible_end;
+    return end > first ? end - first : 0;
+}
+
+typedef struct tile_counts {
+    int64_t visible, attended;
+} tile_counts;
+
+static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forward_args *a,
+                            const float *block_keys, int64_t b, int64_t h, int64_t i0,
+                            tile_scratch *t)
+{
+    const dashattn_problem *p = &plan->problem;
+    const int64_t g_count = plan->group_size, d = p->head_dim, m = plan->num_blocks;
+    const int64_t i_end = i0 + DACPU_TILE_ROWS < p->len_q ? i0 + DACPU_TILE_ROWS : p->len_q;
+    const int64_t rows = i_end - i0;
+    const float *kbar = block_keys + (b * p->heads_kv + h) * m * d;
+    dashattn_row_blocks layout[DACPU_TILE_ROWS];
+    int64_t nvis[DACPU_TILE_ROWS], max_vis = 0;
+    tile_counts counts = {0, 0};
+
+    /* Stage 1 for every (position, head) of the tile; row index ri * G + g. */
+    for (int64_t ri = 0; ri < rows; ri++) {
+        const int64_t i = i0 + ri;
+        layout[ri] = dashattn_row_layout(plan, i + plan->query_offset, p->len_k);
+        nvis[ri] = dacpu_visible_blocks(plan, &layout[ri]);
+        max_vis = nvis[ri] > max_vis ? nvis[ri] : max_vis;
+        float *q = t->q + ri * g_count * d;
+        for (int64_t g = 0; g < g_count; g++) {
+            int64_t ld;
+            const float *src = dacpu_rows(a->q, b, h * g_count + g, i, 1, q + g * d, &ld);
+            if (src != q + g * d)
+                for (int64_t c = 0; c < d; c++)
+                    q[g * d + c] = src[c];
+        }
+        dacpu_stage1(plan, &layout[ri], nvis[ri], q, d, kbar, t->w + ri * g_count * m, m,
+                     &t->s1);
+        for (int64_t c = 0; c < g_count * d; c++)
+            q[c] *= (float)p->scale;
+    }
+    const int64_t total_rows = rows * g_count;
+    for (int64_t r = 0; r < total_rows; r++) {
+        dacpu_row_state rs = {0, 0, t->acc + r * d};
+        dacpu_row_begin(&rs, d);
+        t->m[r] = rs.m;
+        t->l[r] = rs.l;
+    }
+
+    /* Stage 2, block-major over the union of kept blocks. */
+    for (int64_t j = 0; j < max_vis; j++) {
+        int any = 0;
+        for (int64_t r = 0; r < total_rows && !any; r++)
+            any = j < nvis[r / g_count] && t->w[r * m + j] != 0.0f;
+        if (!any)
+            continue;
+        const int64_t first = j * p->block_size;
+        const int64_t count =
+            first + p->block_size <= p->len_k ? p->block_size : p->len_k - first;
+        int64_t ldk, ldv;
+        const float *kb = dacpu_rows(a->k, b, h, first, count, t->kbuf, &ldk);
+        const float *vb = dacpu_rows(a->v, b, h, first, count, t->vbuf, &ldv);
+        for (int64_t r = 0; r < total_rows; r++) {
+            const int64_t ri = r / g_count;
+            const float wj = j < nvis[ri] ? t->w[r * m + j] : 0.0f;
+            if (wj == 0.0f)
+                continue;
+            const int64_t ntok = visible_tokens(plan, &layout[ri], j);
+            if (ntok == 0)
+                continue;
+            dacpu_row_state rs = {t->m[r], t->l[r], t->acc + r * d};
+            dacpu_attend(t->q + r * d, kb, ldk, vb, ldv, ntok, logf(wj), d, &rs, t->logits);
+            t->m[r] = rs.m;
+            t->l[r] = rs.l;
+            counts.attended += ntok;
+        }
+    }
+
+    for (int64_t r = 0; r < total_rows; r++) {
+        const int64_t ri = r / g_count, g = r % g_count, i = i0 + ri, hq = h * g_count + g;
+        dacpu_row_state rs = {t->m[r], t->l[r], t->acc + r * d};
+        const float lse = dacpu_row_finish(&rs, d);
+        dacpu_store_rows(a->out, b, hq, i, 1, rs.acc, d);
+        const int64_t row = (b * p->heads_q + hq) * p->len_q + i;
+        if (a->lse)
+            a->lse[row] = lse;
+        if (a->selection)
+            write_selection(plan, a->selection, row, t->w + r * m, nvis[ri]);
+        counts.visible += layout[ri].visible_end;
+    }
+    return counts;
+}
+
+dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
+                              const dashattn_forward_args *a)
+{
+    const dacpu_state *st = state;
+    const dashattn_problem *p = &plan->problem;
+    const size_t shared = (size_t)(p->batch * p->heads_kv * plan->num_blocks * p->head_dim) * 4;
+    const size_t per_thread = dacpu_forward_thread_bytes(plan);
+    float *block_keys = a->workspace;
+    const int64_t tiles = (p->len_q + DACPU_TILE_ROWS - 1) / DACPU_TILE_ROWS;
+    const int64_t tasks = p->batch * p->heads_kv * tiles;
+    int64_t visible = 0, attended = 0;
+
+#pragma omp parallel num_threads(st->num_threads) reduction(+ : visible, attended)
+    {
+        dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, THREAD_ID());
+        tile_scratch t = take_tile_scratch(&arena, plan);
+        dacpu_block_keys(plan, a->k, block_keys, t.kbuf);
+        /* Late tiles of a causal problem see the most keys: start them first. */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < tasks; task++) {
+            const int64_t tile = tiles - 1 - task % tiles, bh = task / tiles;
+            const tile_counts c = run_tile(plan, a, block_keys, bh / p->heads_kv,
+                                           bh % p->heads_kv, tile * DACPU_TILE_ROWS, &t);
+            visible += c.visible;
+            attended += c.attended;
+        }
+    }
+    if (a->stats) {
+        /* visible counted once per query row, so per head already */
+        a->stats->visible_pairs = visible;
+        a->stats->attended_pairs = attended;
+        a->stats->sparsity = visible > 0 ? 1.0 - (double)attended / (double)visible : 0.0;
+    }
+    return DASHATTN_OK;
+}

@@ -1,0 +1,30 @@
+/* Synthetic attention inputs with block structure, so that stage 1 has
+ * something to select: each key block carries a topic vector, and each query
+ * leans towards the topics of a few earlier blocks. Shared by
+ * `dashattn bench` and the tests. */
+#ifndef DASHATTN_SYNTHETIC_H
+#define DASHATTN_SYNTHETIC_H
+
+#include <stdint.h>
+
+/** Deterministic generator (splitmix64 / xoshiro-style), no global state. */
+typedef struct da_synth_rng {
+    uint64_t state;
+} da_synth_rng;
+
+void da_synth_seed(da_synth_rng *rng, uint64_t seed);
+/** Uniform in [0, 1). */
+double da_synth_uniform(da_synth_rng *rng);
+/** Standard normal. */
+double da_synth_normal(da_synth_rng *rng);
+
+/**
+ * Fill contiguous BHSD float32 q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D].
+ * focus >= 0 sets how strongly queries align with a few block topics: 0 gives
+ * unstructured Gaussian data, larger values make stage 1 sparser.
+ */
+void da_synth_qkv(uint64_t seed, int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t len_q,
+                  int64_t len_k, int64_t head_dim, int64_t block_size, double focus, float *q,
+                  float *k, float *v);
+
+#endif

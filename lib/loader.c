@@ -1,0 +1,146 @@
+/* Plugins are plain shared objects opened with dlopen(RTLD_NOW|RTLD_LOCAL):
+ * no libltdl, and no symbol of one plugin can leak into another. */
+#include <config.h>
+
+#include "loader.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PLUGIN_PREFIX "dashattn-"
+#define PLUGIN_SUFFIX ".so"
+
+int da_plugin_name_ok(const char *name)
+{
+    size_t n = 0;
+    if (!name)
+        return 0;
+    for (; name[n]; n++) {
+        const char c = name[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_') || n >= 32)
+            return 0;
+    }
+    return n > 0;
+}
+
+void da_plugin_dirs(void (*visit)(const char *dir, void *arg), void *arg)
+{
+    const char *env = getenv("DASHATTN_BACKEND_PATH");
+    if (env) {
+        const char *p = env;
+        while (*p) {
+            const char *end = strchr(p, ':');
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            if (len > 0 && len < 1024) {
+                char dir[1024];
+                memcpy(dir, p, len);
+                dir[len] = '\0';
+                visit(dir, arg);
+            }
+            p += len;
+            if (*p == ':')
+                p++;
+        }
+    }
+    visit(DASHATTN_PLUGIN_DIR, arg);
+}
+
+dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plugin, char *why,
+                               size_t why_size)
+{
+    memset(plugin, 0, sizeof *plugin);
+    int n = snprintf(plugin->path, sizeof plugin->path, "%s/" PLUGIN_PREFIX "%s" PLUGIN_SUFFIX, dir,
+                     name);
+    if (n < 0 || (size_t)n >= sizeof plugin->path) {
+        snprintf(why, why_size, "plugin path too long in %s", dir);
+        return DASHATTN_ERR_BACKEND_UNAVAILABLE;
+    }
+    if (access(plugin->path, R_OK) != 0) {
+        snprintf(why, why_size, "%s: not found", plugin->path);
+        return DASHATTN_ERR_BACKEND_UNAVAILABLE;
+    }
+    void *handle = dlopen(plugin->path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        const char *err = dlerror();
+        snprintf(why, why_size, "%s: cannot be loaded: %s", plugin->path, err ? err : "unknown");
+        return DASHATTN_ERR_BACKEND_UNAVAILABLE;
+    }
+    /* The entry point is a function; POSIX allows the object-to-function
+     * pointer conversion through memcpy. */
+    void *sym = dlsym(handle, DASHATTN_BACKEND_ENTRY_SYMBOL);
+    dashattn_backend_entry_fn entry = NULL;
+    if (sym)
+        memcpy(&entry, &sym, sizeof entry);
+    const dashattn_backend_iface *iface = entry ? entry() : NULL;
+    if (!iface) {
+        snprintf(why, why_size, "%s: no " DASHATTN_BACKEND_ENTRY_SYMBOL "() or it returned NULL",
+                 plugin->path);
+        dlclose(handle);
+        return DASHATTN_ERR_BACKEND_UNAVAILABLE;
+    }
+    if (iface->abi_version != DASHATTN_BACKEND_ABI_VERSION) {
+        snprintf(why, why_size, "%s: plugin ABI version %u, this library needs ABI version %u",
+                 plugin->path, (unsigned)iface->abi_version, DASHATTN_BACKEND_ABI_VERSION);
+        dlclose(handle);
+        return DASHATTN_ERR_ABI_MISMATCH;
+    }
+    if (iface->struct_size < sizeof(dashattn_backend_iface) || !iface->probe || !iface->init ||
+        !iface->release || !iface->workspace_size || !iface->alloc || !iface->free ||
+        !iface->forward) {
+        snprintf(why, why_size, "%s: incomplete backend table (a required entry is missing)",
+                 plugin->path);
+        dlclose(handle);
+        return DASHATTN_ERR_BACKEND_UNAVAILABLE;
+    }
+    plugin->handle = handle;
+    plugin->iface = iface;
+    return DASHATTN_OK;
+}
+
+void da_plugin_close(da_plugin *plugin)
+{
+    if (plugin->handle)
+        dlclose(plugin->handle);
+    plugin->handle = NULL;
+    plugin->iface = NULL;
+}
+
+struct scan_state {
+    void (*visit)(const char *dir, const char *name, void *arg);
+    void *arg;
+};
+
+static void scan_dir(const char *dir, void *arg)
+{
+    const struct scan_state *s = arg;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    const size_t pre = strlen(PLUGIN_PREFIX), suf = strlen(PLUGIN_SUFFIX);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const size_t len = strlen(e->d_name);
+        if (len <= pre + suf || strncmp(e->d_name, PLUGIN_PREFIX, pre) != 0 ||
+            strcmp(e->d_name + len - suf, PLUGIN_SUFFIX) != 0)
+            continue;
+        char name[64];
+        const size_t nlen = len - pre - suf;
+        if (nlen >= sizeof name)
+            continue;
+        memcpy(name, e->d_name + pre, nlen);
+        name[nlen] = '\0';
+        if (da_plugin_name_ok(name))
+            s->visit(dir, name, s->arg);
+    }
+    closedir(d);
+}
+
+void da_plugin_scan(void (*visit)(const char *dir, const char *name, void *arg), void *arg)
+{
+    struct scan_state s = {visit, arg};
+    da_plugin_dirs(scan_dir, &s);
+}

@@ -1,0 +1,35 @@
+/* Finding, opening and checking backend plugins. */
+#ifndef DASHATTN_LOADER_H
+#define DASHATTN_LOADER_H
+
+#include "internal.h"
+
+#include <stddef.h>
+
+/* A plugin that loaded and passed the ABI check. */
+typedef struct da_plugin {
+    void *handle;
+    const dashattn_backend_iface *iface;
+    char path[1024];
+} da_plugin;
+
+/* Calls visit(dir, arg) for each plugin directory in search order:
+ * DASHATTN_BACKEND_PATH's entries, then the install directory. */
+void da_plugin_dirs(void (*visit)(const char *dir, void *arg), void *arg);
+
+/* Open dir/dashattn-<name>.so and check its ABI. On failure returns
+ * DASHATTN_ERR_BACKEND_UNAVAILABLE (missing, not loadable) or
+ * DASHATTN_ERR_ABI_MISMATCH, with the reason written into why. */
+dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plugin, char *why,
+                               size_t why_size);
+
+void da_plugin_close(da_plugin *plugin);
+
+/* Nonzero if name is a well-formed plugin name ([a-z0-9_]{1,32}). */
+int da_plugin_name_ok(const char *name);
+
+/* Calls visit(dir, name, arg) for every dashattn-<name>.so in every plugin
+ * directory, in search order. */
+void da_plugin_scan(void (*visit)(const char *dir, const char *name, void *arg), void *arg);
+
+#endif

@@ -1,0 +1,84 @@
+# GPU toolchain detection for the backend plugins.
+#
+# Each --with-X option takes "guess" (default: build the plugin if the
+# toolchain is found), "yes" (it must be found), "no", or a directory that
+# holds the toolchain (bin/, include/, lib/ or lib64/). Only an explicit
+# request fails configure when the toolchain is missing.
+
+# DA_GPU_TOOLKIT(NAME, OPTION-VALUE, DEFAULT-DIRS, COMPILER, HEADER, LIBRARY)
+# Sets da_NAME_found=yes|no, da_NAME_dir, da_NAME_compiler, da_NAME_libdir
+# and da_NAME_why (what was missing).
+AC_DEFUN([DA_GPU_TOOLKIT], [
+  da_$1_found=no
+  da_$1_why="not requested"
+  AS_CASE([$2],
+    [no], [],
+    [yes|guess], [da_$1_dirs="$3"],
+    [da_$1_dirs="$2"])
+  AS_IF([test "x$2" != xno], [
+    da_$1_why="m4_ifval([$4], [$4, ])$5 and lib$6 not found in:$da_$1_dirs"
+    for da_dir in $da_$1_dirs; do
+      AS_IF([test -n "$4" && test ! -x "$da_dir/bin/$4"], [continue])
+      AS_IF([test ! -f "$da_dir/include/$5"], [continue])
+      for da_lib in lib64 lib lib/x86_64-linux-gnu; do
+        AS_IF([ls "$da_dir/$da_lib/lib$6".so* >/dev/null 2>&1], [
+          da_$1_found=yes
+          da_$1_dir=$da_dir
+          da_$1_libdir=$da_dir/$da_lib
+          AS_IF([test -n "$4"], [da_$1_compiler=$da_dir/bin/$4])
+          break 2])
+      done
+    done])
+  AS_IF([test "x$da_$1_found" = xno && test "x$2" != xno && test "x$2" != xguess],
+    [AC_MSG_ERROR([--with-$1 was given but $da_$1_why])])
+])
+
+AC_DEFUN([DA_WITH_CUDA], [
+  AC_ARG_WITH([cuda],
+    [AS_HELP_STRING([--with-cuda@<:@=DIR@:>@], [build the CUDA backend plugin (default: guess)])],
+    [], [with_cuda=guess])
+  AC_MSG_CHECKING([for the CUDA toolkit])
+  DA_GPU_TOOLKIT([cuda], [$with_cuda], [${CUDA_HOME:-} ${CUDA_PATH:-} /usr/local/cuda /opt/cuda /usr],
+                 [nvcc], [cuda_runtime.h], [cudart])
+  AC_MSG_RESULT([$da_cuda_found${da_cuda_dir:+ ($da_cuda_dir)}])
+  AC_SUBST([NVCC], [$da_cuda_compiler])
+  AC_SUBST([CUDA_CPPFLAGS], [${da_cuda_dir:+-I$da_cuda_dir/include}])
+  AC_SUBST([CUDA_LDFLAGS], [${da_cuda_libdir:+-L$da_cuda_libdir}])
+  AM_CONDITIONAL([HAVE_CUDA], [test "x$da_cuda_found" = xyes])
+  AS_IF([test "x$da_cuda_found" = xyes],
+    [da_cuda_summary="toolkit found in $da_cuda_dir"],
+    [da_cuda_summary="no ($da_cuda_why)"])
+])
+
+AC_DEFUN([DA_WITH_ROCM], [
+  AC_ARG_WITH([rocm],
+    [AS_HELP_STRING([--with-rocm@<:@=DIR@:>@], [build the HIP backend plugin (default: guess)])],
+    [], [with_rocm=guess])
+  AC_MSG_CHECKING([for ROCm (HIP)])
+  DA_GPU_TOOLKIT([rocm], [$with_rocm], [${ROCM_PATH:-} /opt/rocm /usr],
+                 [hipcc], [hip/hip_runtime.h], [amdhip64])
+  AC_MSG_RESULT([$da_rocm_found${da_rocm_dir:+ ($da_rocm_dir)}])
+  AC_SUBST([HIPCC], [$da_rocm_compiler])
+  AC_SUBST([ROCM_CPPFLAGS], [${da_rocm_dir:+-I$da_rocm_dir/include}])
+  AC_SUBST([ROCM_LDFLAGS], [${da_rocm_libdir:+-L$da_rocm_libdir}])
+  AM_CONDITIONAL([HAVE_ROCM], [test "x$da_rocm_found" = xyes])
+  AS_IF([test "x$da_rocm_found" = xyes],
+    [da_rocm_summary="toolkit found in $da_rocm_dir"],
+    [da_rocm_summary="no ($da_rocm_why)"])
+])
+
+AC_DEFUN([DA_WITH_OPENCL], [
+  AC_ARG_WITH([opencl],
+    [AS_HELP_STRING([--with-opencl@<:@=DIR@:>@], [build the OpenCL backend plugin (default: guess)])],
+    [], [with_opencl=guess])
+  AC_MSG_CHECKING([for OpenCL headers and ICD loader])
+  DA_GPU_TOOLKIT([opencl], [$with_opencl], [${OPENCL_ROOT:-} /usr /usr/local],
+                 [], [CL/cl.h], [OpenCL])
+  AC_MSG_RESULT([$da_opencl_found${da_opencl_dir:+ ($da_opencl_dir)}])
+  AC_SUBST([OPENCL_CPPFLAGS], [${da_opencl_dir:+-I$da_opencl_dir/include}])
+  AC_SUBST([OPENCL_LDFLAGS], [${da_opencl_libdir:+-L$da_opencl_libdir}])
+  AM_CONDITIONAL([HAVE_OPENCL], [test "x$da_opencl_found" = xyes])
+  AS_IF([test "x$da_opencl_found" = xyes],
+    [da_opencl_summary="headers and loader found in $da_opencl_dir"],
+    [da_opencl_summary="no ($da_opencl_why)"])
+])

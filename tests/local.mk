@@ -1,0 +1,27 @@
+# Tests: automake's parallel harness (make check) and CTest (ctest) run the
+# same list. Exit status 77 means "skipped" for both.
+TEST_EXTENSIONS = .sh
+SH_LOG_COMPILER = $(SHELL)
+
+# Tests load GPU plugins from the build tree only, never from an installed tree,
+# and ignore a DASHATTN_BACKEND the developer may have exported.
+DASHATTN_TEST_PLUGIN_PATH = $(abs_top_builddir)/backends/cuda/.libs:$(abs_top_builddir)/backends/hip/.libs:$(abs_top_builddir)/backends/opencl/.libs
+AM_TESTS_ENVIRONMENT = \
+	unset DASHATTN_BACKEND; \
+	DASHATTN_BACKEND_PATH='$(DASHATTN_TEST_PLUGIN_PATH)'; export DASHATTN_BACKEND_PATH; \
+	DASHATTN_CLI='$(abs_top_builddir)/dashattn$(EXEEXT)'; export DASHATTN_CLI; \
+	abs_top_srcdir='$(abs_top_srcdir)'; export abs_top_srcdir; \
+	abs_top_builddir='$(abs_top_builddir)'; export abs_top_builddir;
+
+# C tests of the public API link the shared library; tests of internals link
+# the convenience library.
+TEST_PUBLIC_LIBS = libdashattn.la $(LIBM)
+TEST_INTERNAL_LIBS = libdashattn_internal.la $(OPENMP_CFLAGS) $(LIBM)
+
+check_LTLIBRARIES += libtestutil.la
+libtestutil_la_SOURCES = tests/testutil.c tests/testutil.h cli/synthetic.c cli/synthetic.h
+libtestutil_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli
+
+include $(srcdir)/tests/numerics.mk
+include $(srcdir)/tests/cli.mk
+include $(srcdir)/tests/infra.mk

@@ -1,0 +1,34 @@
+/* Small helpers shared by the C tests: random data, checks, tolerances. */
+#ifndef DASHATTN_TESTUTIL_H
+#define DASHATTN_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/** Exit status a test uses to say "skipped" (automake and CTest agree). */
+#define TU_SKIP 77
+
+/** Record a failed check with file:line and a printf message; never aborts. */
+#define TU_CHECK(cond, ...) tu_check_at((cond) != 0, __FILE__, __LINE__, __VA_ARGS__)
+void tu_check_at(int ok, const char *file, int line, const char *format, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/** Print "<name>: N checks, F failed" and return the process exit status. */
+int tu_finish(const char *name);
+
+/** Allocate n floats (aborting the test on failure) filled N(0, scale^2). */
+float *tu_random_floats(uint64_t seed, size_t n, double scale);
+
+/** ||a - ref|| / max(||ref||, tiny) over n values; NaN anywhere gives +inf. */
+double tu_rel_err_f(const float *a, const double *ref, size_t n);
+
+/** Same for two double arrays. */
+double tu_rel_err_d(const double *a, const double *ref, size_t n);
+
+/** calloc that fails the test (exit 99) instead of returning NULL. */
+void *tu_xcalloc(size_t count, size_t size);
+
+#endif
