@@ -17,7 +17,7 @@ libdashattn_internal_la_SOURCES += \
 	lib/validate.h
 libdashattn_internal_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/lib -DDASHATTN_BUILDING \
 	-DDASHATTN_PLUGIN_DIR='"$(pkglibdir)"'
-libdashattn_internal_la_CFLAGS = $(AM_CFLAGS) $(VISIBILITY_CFLAGS) $(OPENMP_CFLAGS)
+libdashattn_internal_la_CFLAGS = $(AM_CFLAGS) $(VISIBILITY_CFLAGS) $(OPENMP_CFLAGS) $(LOOP_CFLAGS)
 
 lib_LTLIBRARIES += libdashattn.la
 libdashattn_la_SOURCES =

@@ -52,3 +52,17 @@ AC_DEFUN([DA_CHECK_VISIBILITY], [
     CFLAGS=$da_save_CFLAGS])
   AS_IF([test "x$da_cv_visibility" = xyes], [AC_SUBST([VISIBILITY_CFLAGS], [-fvisibility=hidden])])
 ])
+
+# DA_FAST_LOOP_CFLAGS: flags that let the compiler vectorise the CPU kernels'
+# selects and min/max without changing results (the library never reads the
+# floating-point exception flags).
+AC_DEFUN([DA_FAST_LOOP_CFLAGS], [
+  da_loop=""
+  for da_flag in -fno-trapping-math; do
+    da_save_CFLAGS=$CFLAGS
+    CFLAGS="$CFLAGS -Werror $da_flag"
+    AC_COMPILE_IFELSE([AC_LANG_PROGRAM([], [])], [da_loop="$da_loop $da_flag"])
+    CFLAGS=$da_save_CFLAGS
+  done
+  AC_SUBST([LOOP_CFLAGS], [$da_loop])
+])

@@ -15,7 +15,7 @@
 #endif
 
 typedef struct decode_scratch {
-    float *q, *acc, *w, *kbar, *kbuf, *vbuf, *logits, *row;
+    float *q, *acc, *w, *kbar, *kbuf, *vbuf, *kt, *logits, *row;
     dacpu_stage1_scratch s1;
 } decode_scratch;
 
@@ -30,7 +30,9 @@ static decode_scratch take_decode_scratch(dacpu_arena *a, const dashattn_plan_de
     t.kbar = dacpu_take(a, m * d * sizeof(float));
     t.kbuf = dacpu_take(a, s * d * sizeof(float));
     t.vbuf = dacpu_take(a, s * d * sizeof(float));
-    t.logits = dacpu_take(a, s * sizeof(float));
+    const size_t ldt = (size_t)dacpu_block_ldt(plan->problem.block_size);
+    t.kt = dacpu_take(a, d * ldt * sizeof(float));
+    t.logits = dacpu_take(a, ldt * sizeof(float));
     t.row = dacpu_take(a, d * sizeof(float));
     t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
     return t;
@@ -85,12 +87,14 @@ static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_a
             int64_t ldk, ldv;
             const float *kb = dacpu_rows(&cache->k, loc.i0, h, loc.r0, ntok, t->kbuf, &ldk);
             const float *vb = dacpu_rows(&cache->v, loc.i0, h, loc.r0, ntok, t->vbuf, &ldv);
+            dacpu_kv_block blk;
+            dacpu_block_prepare(kb, ldk, vb, ldv, ntok, d, t->kt, dacpu_block_ldt(s), &blk);
             for (int64_t g = g0; g < g1; g++) {
                 const float wj = t->w[g * m + j];
                 if (wj == 0.0f)
                     continue;
                 dacpu_row_state rs = {m_run[g - g0], l_run[g - g0], t->acc + g * d};
-                dacpu_attend(t->q + g * d, kb, ldk, vb, ldv, ntok, logf(wj), d, &rs, t->logits);
+                dacpu_attend(t->q + g * d, &blk, ntok, logf(wj), d, &rs, t->logits);
                 m_run[g - g0] = rs.m;
                 l_run[g - g0] = rs.l;
             }

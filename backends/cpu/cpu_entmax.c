@@ -11,10 +11,44 @@
 #include <math.h>
 #include <stdlib.h>
 
-static int descending(const void *a, const void *b)
+/* The exact methods consume the contenders in descending order and stop at
+ * the first one outside the support, so a heap that yields them one at a
+ * time costs O(n + k log n) for support size k instead of a full sort. */
+typedef struct max_heap {
+    double *v;
+    int64_t n;
+} max_heap;
+
+static void sift_down(double *v, int64_t n, int64_t i)
 {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x < y) - (x > y);
+    const double x = v[i];
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && v[c + 1] > v[c])
+            c++;
+        if (v[c] <= x)
+            break;
+        v[i] = v[c];
+        i = c;
+    }
+    v[i] = x;
+}
+
+static void heap_build(max_heap *h)
+{
+    for (int64_t i = h->n / 2 - 1; i >= 0; i--)
+        sift_down(h->v, h->n, i);
+}
+
+static double heap_pop(max_heap *h)
+{
+    const double top = h->v[0];
+    h->v[0] = h->v[--h->n];
+    if (h->n > 0)
+        sift_down(h->v, h->n, 0);
+    return top;
 }
 
 /* Writes p for a row whose scores cannot be used (NaN, or no finite value). */
@@ -38,50 +72,50 @@ static double row_max(const double *z, int64_t n)
     return m;
 }
 
-/* Shifted values X_j > -1, sorted descending into out; returns their count. */
-static int64_t sorted_contenders(const double *z, int64_t n, double scale, double zmax,
-                                 double *out)
+/* Shifted values X_j > -1 as a max-heap in out (X_max = 0 is among them). */
+static max_heap contenders(const double *z, int64_t n, double scale, double zmax, double *out)
 {
-    int64_t m = 0;
+    max_heap h = {out, 0};
     for (int64_t j = 0; j < n; j++) {
         const double x = scale * (z[j] - zmax);
         if (x > -1.0)
-            out[m++] = x;
+            out[h.n++] = x;
     }
-    qsort(out, (size_t)m, sizeof *out, descending);
-    return m;
+    heap_build(&h);
+    return h;
 }
 
-/* tau for sparsemax (alpha = 2) from sorted X (X_0 = 0). */
-static double tau_sparsemax(const double *xs, int64_t m)
+/* tau for sparsemax (alpha = 2): the largest k with 1 + k X_(k) > sum of
+ * the k largest gives tau = (that sum - 1) / k. */
+static double tau_sparsemax(max_heap *h)
 {
-    double cum = 0.0, tau = xs[0] - 1.0;
-    for (int64_t k = 1; k <= m; k++) {
-        cum += xs[k - 1];
-        if (1.0 + (double)k * xs[k - 1] > cum)
-            tau = (cum - 1.0) / (double)k;
-        else
+    double cum = 0.0, tau = -1.0;
+    for (int64_t k = 1; h->n > 0; k++) {
+        const double x = heap_pop(h);
+        cum += x;
+        if (1.0 + (double)k * x <= cum)
             break;
+        tau = (cum - 1.0) / (double)k;
     }
     return tau;
 }
 
-/* tau for 1.5-entmax from sorted X: with support size k, tau solves
+/* tau for 1.5-entmax: with support size k, tau solves
  * sum (X_j - tau)^2 = 1, i.e. tau = mean - sqrt((1 - k var) / k). */
-static double tau_entmax15(const double *xs, int64_t m)
+static double tau_entmax15(max_heap *h)
 {
-    double sum = 0.0, sumsq = 0.0, tau = xs[0] - 1.0;
-    for (int64_t k = 1; k <= m; k++) {
-        sum += xs[k - 1];
-        sumsq += xs[k - 1] * xs[k - 1];
+    double sum = 0.0, sumsq = 0.0, tau = -1.0;
+    for (int64_t k = 1; h->n > 0; k++) {
+        const double x = heap_pop(h);
+        sum += x;
+        sumsq += x * x;
         const double mean = sum / (double)k;
         const double ss = sumsq - sum * mean; /* k * variance */
         const double delta = (1.0 - ss) / (double)k;
         const double t = mean - sqrt(delta > 0.0 ? delta : 0.0);
-        if (t <= xs[k - 1])
-            tau = t;
-        else
+        if (t > x)
             break;
+        tau = t;
     }
     return tau;
 }
@@ -144,14 +178,14 @@ int64_t da_entmax_forward(dashattn_threshold_method method, double alpha, int it
             total += p[j] = exp(z[j] - zmax);
     } else {
         const double scale = alpha - 1.0;
-        const int64_t m = sorted_contenders(z, n, scale, zmax, scratch);
+        max_heap h = contenders(z, n, scale, zmax, scratch);
         double tau;
         if (method == DASHATTN_THRESHOLD_SORT_2)
-            tau = tau_sparsemax(scratch, m);
+            tau = tau_sparsemax(&h);
         else if (method == DASHATTN_THRESHOLD_SORT_15)
-            tau = tau_entmax15(scratch, m);
-        else
-            tau = tau_bracketed(scratch, m, n, alpha, iterations);
+            tau = tau_entmax15(&h);
+        else /* the search needs no order */
+            tau = tau_bracketed(h.v, h.n, n, alpha, iterations);
         const double r = 1.0 / scale;
         for (int64_t j = 0; j < n; j++) {
             const double t = scale * (z[j] - zmax) - tau;

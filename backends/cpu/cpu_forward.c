@@ -20,7 +20,7 @@ typedef struct tile_scratch {
     float *acc;  /* rows x D */
     float *w;    /* rows x M block weights */
     float *m, *l;
-    float *kbuf, *vbuf, *logits;
+    float *kbuf, *vbuf, *kt, *logits;
     dacpu_stage1_scratch s1;
 } tile_scratch;
 
@@ -37,7 +37,9 @@ static tile_scratch take_tile_scratch(dacpu_arena *a, const dashattn_plan_desc *
     t.l = dacpu_take(a, rows * sizeof(float));
     t.kbuf = dacpu_take(a, s * d * sizeof(float));
     t.vbuf = dacpu_take(a, s * d * sizeof(float));
-    t.logits = dacpu_take(a, s * sizeof(float));
+    const size_t ldt = (size_t)dacpu_block_ldt(plan->problem.block_size);
+    t.kt = dacpu_take(a, d * ldt * sizeof(float));
+    t.logits = dacpu_take(a, ldt * sizeof(float));
     t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
     return t;
 }
@@ -134,6 +136,9 @@ static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forwa
         int64_t ldk, ldv;
         const float *kb = dacpu_rows(a->k, b, h, first, count, t->kbuf, &ldk);
         const float *vb = dacpu_rows(a->v, b, h, first, count, t->vbuf, &ldv);
+        dacpu_kv_block blk;
+        dacpu_block_prepare(kb, ldk, vb, ldv, count, d, t->kt, dacpu_block_ldt(p->block_size),
+                            &blk);
         for (int64_t r = 0; r < total_rows; r++) {
             const int64_t ri = r / g_count;
             const float wj = j < nvis[ri] ? t->w[r * m + j] : 0.0f;
@@ -143,7 +148,7 @@ static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forwa
             if (ntok == 0)
                 continue;
             dacpu_row_state rs = {t->m[r], t->l[r], t->acc + r * d};
-            dacpu_attend(t->q + r * d, kb, ldk, vb, ldv, ntok, logf(wj), d, &rs, t->logits);
+            dacpu_attend(t->q + r * d, &blk, ntok, logf(wj), d, &rs, t->logits);
             t->m[r] = rs.m;
             t->l[r] = rs.l;
             counts.attended += ntok;

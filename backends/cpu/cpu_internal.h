@@ -9,7 +9,7 @@
 
 /* Query rows of one position tile in the forward: every key block loaded is
  * reused by DACPU_TILE_ROWS * G query rows while it sits in cache. */
-#define DACPU_TILE_ROWS 16
+#define DACPU_TILE_ROWS 64
 
 typedef struct dacpu_state {
     int num_threads;
@@ -92,10 +92,28 @@ typedef struct dacpu_row_state {
 
 void dacpu_row_begin(dacpu_row_state *rs, int64_t d);
 
-/* Fold ntok keys/values (rows of k and v) into the row: logits are
- * qs . k_t + logw, qs already multiplied by the scale. s holds ntok floats. */
-void dacpu_attend(const float *qs, const float *k, int64_t ldk, const float *v, int64_t ldv,
-                  int64_t ntok, float logw, int64_t d, dacpu_row_state *rs, float *s);
+/* A key/value block prepared for many query rows: keys transposed to
+ * kt[c * ldt + t] (tokens padded with zeros), values as rows. */
+typedef struct dacpu_kv_block {
+    const float *kt;
+    int64_t ldt;
+    const float *v;
+    int64_t ldv;
+    int64_t ntok;
+} dacpu_kv_block;
+
+/* Row stride of a transposed block of block_size tokens. */
+int64_t dacpu_block_ldt(int64_t block_size);
+
+/* Transpose ntok keys into kt (D x ldt floats) and describe the block. */
+void dacpu_block_prepare(const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t ntok,
+                         int64_t d, float *kt, int64_t ldt, dacpu_kv_block *blk);
+
+/* Fold the first ntok tokens of a block into the row: logits are
+ * qs . k_t + logw, qs already multiplied by the scale. s holds
+ * dacpu_block_ldt(block_size) floats. */
+void dacpu_attend(const float *qs, const dacpu_kv_block *blk, int64_t ntok, float logw, int64_t d,
+                  dacpu_row_state *rs, float *s);
 
 /* out = acc / l in place in rs->acc; returns lse = m + log l. */
 float dacpu_row_finish(dacpu_row_state *rs, int64_t d);

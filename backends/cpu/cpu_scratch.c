@@ -31,11 +31,13 @@ size_t dacpu_forward_thread_bytes(const dashattn_plan_desc *plan)
     const dashattn_problem *p = &plan->problem;
     const size_t d = (size_t)p->head_dim, m = (size_t)plan->num_blocks;
     const size_t rows = DACPU_TILE_ROWS * (size_t)plan->group_size, s = (size_t)p->block_size;
+    const size_t ldt = (size_t)dacpu_block_ldt(p->block_size);
     return round_up(rows * d * 4) * 2         /* q tile, accumulators */
            + round_up(rows * m * 4)           /* block weights */
            + round_up(rows * 4) * 2           /* m, l */
            + round_up(s * d * 4) * 2          /* converted k, v block */
-           + round_up(s * 4)                  /* logits */
+           + round_up(ldt * d * 4)            /* transposed k block */
+           + round_up(ldt * 4)                /* logits */
            + round_up(m * d * 4)              /* gathered block keys (decode) */
            + round_up(d * 4)                  /* one converted row (decode) */
            + round_up(m * 8) * 3 + round_up(m * 16) /* stage 1 */
