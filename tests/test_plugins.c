@@ -1,0 +1,324 @@
+/*
+ * Backend plugin loading, through the test plugins of tests/plugins/:
+ * abitest (wrong ABI version), nodevice (probe finds nothing) and faildev
+ * (loads, but every launch fails). Checks the status and message of each
+ * failure mode, backend-name validation, "auto" selection, the backends
+ * report and the DASHATTN_BACKEND override. The core reads the environment
+ * when a context is created, so each case sets it just before.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <dashattn.h>
+
+#include "testutil.h"
+
+static char plugin_dir[4096];
+
+static int contains(const char *haystack, const char *needle)
+{
+    return haystack != NULL && strstr(haystack, needle) != NULL;
+}
+
+/* Create a context on backend; returns the status, destroys any context made. */
+static dashattn_status try_backend(const char *backend, char *backend_seen, size_t seen_size)
+{
+    dashattn_context_options opt;
+    dashattn_context *ctx = (dashattn_context *)&opt; /* must be overwritten */
+    dashattn_context_options_init(&opt);
+    opt.backend = backend;
+    opt.num_threads = 1;
+    dashattn_status st = dashattn_context_create(&opt, &ctx);
+    if (backend_seen != NULL && seen_size > 0)
+        snprintf(backend_seen, seen_size, "%s",
+                 st == DASHATTN_OK ? dashattn_context_backend(ctx) : "");
+    if (st == DASHATTN_OK) {
+        dashattn_context_destroy(ctx);
+    } else {
+        TU_CHECK(ctx == NULL, "backend '%s': failed create leaves *context NULL", backend);
+    }
+    return st;
+}
+
+static void check_abi_mismatch(void)
+{
+    dashattn_status st = try_backend("abitest", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_ABI_MISMATCH, "abitest: status %d, want ABI_MISMATCH", (int)st);
+    TU_CHECK(contains(dashattn_last_error(), "ABI"), "abitest: message mentions ABI: '%s'",
+             dashattn_last_error());
+}
+
+static void check_no_device(void)
+{
+    dashattn_status st = try_backend("nodevice", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_BACKEND_UNAVAILABLE, "nodevice: status %d, want UNAVAILABLE",
+             (int)st);
+    TU_CHECK(contains(dashattn_last_error(), "no test device present"),
+             "nodevice: message carries the probe's reason: '%s'", dashattn_last_error());
+}
+
+static void check_missing_plugin(void)
+{
+    dashattn_status st = try_backend("doesnotexist", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_BACKEND_UNAVAILABLE, "doesnotexist: status %d, want UNAVAILABLE",
+             (int)st);
+    TU_CHECK(contains(dashattn_last_error(), "doesnotexist"),
+             "doesnotexist: message names it: '%s'", dashattn_last_error());
+    TU_CHECK(contains(dashattn_last_error(), plugin_dir),
+             "doesnotexist: message names the searched directory %s: '%s'", plugin_dir,
+             dashattn_last_error());
+
+    /* 32 characters is the longest valid name: not found, but not invalid. */
+    st = try_backend("abcdefghijklmnopqrstuvwxyz_01234", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_BACKEND_UNAVAILABLE, "32-char name: status %d, want UNAVAILABLE",
+             (int)st);
+}
+
+static void check_bad_names(void)
+{
+    static const char *const bad[] = {
+        "../x",
+        "a/b",
+        "",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "abcdefghijklmnopqrstuvwxyz_012345",
+        "Faildev",
+        "a.b",
+        "fail dev",
+        "faildev\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        dashattn_status st = try_backend(bad[i], NULL, 0);
+        TU_CHECK(st == DASHATTN_ERR_INVALID_ARGUMENT, "bad name '%s': status %d, want INVALID",
+                 bad[i], (int)st);
+        TU_CHECK(contains(dashattn_last_error(), "backend"),
+                 "bad name '%s': message names the backend argument: '%s'", bad[i],
+                 dashattn_last_error());
+    }
+}
+
+static int all_nan(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isnan(x[i]))
+            return 0;
+    return 1;
+}
+
+/* A backend that fails at launch: its status and message reach the caller,
+ * and operations it does not implement are UNSUPPORTED. */
+static void check_failing_device(void)
+{
+    enum { B = 1, H = 2, N = 8, D = 4 };
+    dashattn_context_options opt;
+    dashattn_context *ctx = NULL;
+    dashattn_plan *plan = NULL;
+    dashattn_context_options_init(&opt);
+    opt.backend = "faildev";
+    dashattn_status st = dashattn_context_create(&opt, &ctx);
+    TU_CHECK(st == DASHATTN_OK, "faildev: create status %d (%s)", (int)st, dashattn_last_error());
+    if (st != DASHATTN_OK)
+        return;
+    TU_CHECK(strcmp(dashattn_context_backend(ctx), "faildev") == 0, "faildev: backend name '%s'",
+             dashattn_context_backend(ctx));
+    TU_CHECK(contains(dashattn_context_device(ctx), "simulated failing device"),
+             "faildev: device name '%s'", dashattn_context_device(ctx));
+
+    dashattn_problem prob;
+    dashattn_problem_init(&prob, B, H, H, N, N, D);
+    prob.block_size = 4;
+    st = dashattn_plan_create(ctx, &prob, &plan);
+    TU_CHECK(st == DASHATTN_OK, "faildev: plan status %d (%s)", (int)st, dashattn_last_error());
+    if (st != DASHATTN_OK) {
+        dashattn_context_destroy(ctx);
+        return;
+    }
+
+    const size_t n = (size_t)B * H * N * D;
+    float *q = tu_random_floats(1, n, 1.0), *k = tu_random_floats(2, n, 1.0);
+    float *v = tu_random_floats(3, n, 1.0), *o = tu_random_floats(4, n, 1.0);
+    float *dout = tu_random_floats(5, n, 1.0), *dq = tu_random_floats(6, n, 1.0);
+    float *dk = tu_random_floats(7, n, 1.0), *dv = tu_random_floats(8, n, 1.0);
+    float lse[B * H * N];
+    for (size_t i = 0; i < sizeof(lse) / sizeof(lse[0]); i++)
+        lse[i] = 1.0f;
+    dashattn_tensor tq = dashattn_tensor_bhsd(q, DASHATTN_F32, B, H, N, D);
+    dashattn_tensor tk = dashattn_tensor_bhsd(k, DASHATTN_F32, B, H, N, D);
+    dashattn_tensor tv = dashattn_tensor_bhsd(v, DASHATTN_F32, B, H, N, D);
+    dashattn_tensor to = dashattn_tensor_bhsd(o, DASHATTN_F32, B, H, N, D);
+    dashattn_tensor tdo = dashattn_tensor_bhsd(dout, DASHATTN_F32, B, H, N, D);
+    dashattn_tensor tdq = dashattn_tensor_bhsd(dq, DASHATTN_F32, B, H, N, D);
+    dashattn_tensor tdk = dashattn_tensor_bhsd(dk, DASHATTN_F32, B, H, N, D);
+    dashattn_tensor tdv = dashattn_tensor_bhsd(dv, DASHATTN_F32, B, H, N, D);
+
+    st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
+    TU_CHECK(st == DASHATTN_ERR_DEVICE, "faildev forward: status %d, want DEVICE", (int)st);
+    TU_CHECK(contains(dashattn_last_error(), "simulated device failure"),
+             "faildev forward: plugin's message passed through: '%s'", dashattn_last_error());
+    TU_CHECK(all_nan(o, n), "faildev forward: failed output is NaN, not a plausible result");
+    TU_CHECK(all_nan(lse, sizeof(lse) / sizeof(lse[0])), "faildev forward: failed lse is NaN");
+
+    st = dashattn_backward(ctx, plan, &tq, &tk, &tv, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, 0,
+                           NULL);
+    TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev backward: status %d, want UNSUPPORTED",
+             (int)st);
+    TU_CHECK(dashattn_last_error()[0] != '\0', "faildev backward: message is set");
+    dashattn_plan_destroy(plan);
+
+    /* Decode and append on a valid contiguous cache: only the backend lacks them. */
+    enum { CAP = 8, S = 4 };
+    dashattn_problem dec;
+    dashattn_problem_init(&dec, 1, 1, 1, 1, CAP, D);
+    dec.block_size = S;
+    dashattn_plan *dplan = NULL;
+    st = dashattn_plan_create(ctx, &dec, &dplan);
+    TU_CHECK(st == DASHATTN_OK, "faildev: decode plan status %d (%s)", (int)st,
+             dashattn_last_error());
+    if (st == DASHATTN_OK) {
+        float ck[CAP * D] = {0}, cv[CAP * D] = {0}, cbk[(CAP / S) * D] = {0};
+        float knew[D] = {1, 2, 3, 4}, vnew[D] = {4, 3, 2, 1}, q1[D] = {1, 0, 0, 0}, out1[D];
+        int32_t seq_lens[1] = {1};
+        dashattn_kv_cache cache = {
+            .layout = DASHATTN_CACHE_CONTIGUOUS,
+            .k = dashattn_tensor_bhsd(ck, DASHATTN_F32, 1, 1, CAP, D),
+            .v = dashattn_tensor_bhsd(cv, DASHATTN_F32, 1, 1, CAP, D),
+            .block_keys = dashattn_tensor_bhsd(cbk, DASHATTN_F32, 1, 1, CAP / S, D),
+            .seq_lens = seq_lens,
+            .block_table = NULL,
+            .table_stride = 0,
+        };
+        dashattn_tensor tkn = dashattn_tensor_bhsd(knew, DASHATTN_F32, 1, 1, 1, D);
+        dashattn_tensor tvn = dashattn_tensor_bhsd(vnew, DASHATTN_F32, 1, 1, 1, D);
+        dashattn_tensor tq1 = dashattn_tensor_bhsd(q1, DASHATTN_F32, 1, 1, 1, D);
+        dashattn_tensor to1 = dashattn_tensor_bhsd(out1, DASHATTN_F32, 1, 1, 1, D);
+        st = dashattn_cache_append(ctx, dplan, &cache, &tkn, &tvn, NULL);
+        TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev append: status %d, want UNSUPPORTED",
+                 (int)st);
+        TU_CHECK(seq_lens[0] == 1, "faildev append: seq_lens untouched (%d)", (int)seq_lens[0]);
+        st = dashattn_decode(ctx, dplan, &tq1, &cache, &to1, NULL, NULL, 0, NULL);
+        TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev decode: status %d, want UNSUPPORTED",
+                 (int)st);
+        dashattn_plan_destroy(dplan);
+    }
+
+    free(q);
+    free(k);
+    free(v);
+    free(o);
+    free(dout);
+    free(dq);
+    free(dk);
+    free(dv);
+    dashattn_context_destroy(ctx);
+}
+
+/* "auto" must refuse abitest (even though it probes highest), pass over
+ * nodevice, and take faildev (score 1) rather than the CPU fallback. */
+static void check_auto(void)
+{
+    char seen[64];
+    dashattn_status st = try_backend("auto", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
+             "auto: status %d backend '%s', want faildev", (int)st, seen);
+    st = try_backend(NULL, seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
+             "NULL backend (auto): status %d backend '%s', want faildev", (int)st, seen);
+}
+
+static void check_report(void)
+{
+    size_t need = dashattn_backends_report(NULL, 0);
+    TU_CHECK(need > 0, "report: length %zu", need);
+    char *text = tu_xcalloc(need + 1, 1);
+    size_t again = dashattn_backends_report(text, need + 1);
+    TU_CHECK(again == need, "report: same length twice (%zu, %zu)", need, again);
+    TU_CHECK(strlen(text) == need, "report: text of the announced length (%zu, %zu)", strlen(text),
+             need);
+    static const char *const wanted[] = {
+        "cpu", "abitest", "ABI", "nodevice", "no test device present", "faildev"};
+    for (size_t i = 0; i < sizeof(wanted) / sizeof(wanted[0]); i++)
+        TU_CHECK(contains(text, wanted[i]), "report mentions '%s':\n%s", wanted[i], text);
+
+    /* A short buffer gets a NUL-terminated prefix; the return value still tells the full length. */
+    char small[10];
+    memset(small, 'x', sizeof(small));
+    size_t cut = dashattn_backends_report(small, sizeof(small));
+    TU_CHECK(cut == need, "report: truncated call returns full length (%zu, %zu)", cut, need);
+    TU_CHECK(memchr(small, '\0', sizeof(small)) != NULL && strncmp(small, text, strlen(small)) == 0,
+             "report: truncated text is a NUL-terminated prefix");
+    free(text);
+}
+
+static void check_env_override(void)
+{
+    char seen[64];
+    setenv("DASHATTN_BACKEND", "cpu", 1);
+    dashattn_status st = try_backend("faildev", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "cpu") == 0,
+             "DASHATTN_BACKEND=cpu over 'faildev': status %d backend '%s'", (int)st, seen);
+
+    setenv("DASHATTN_BACKEND", "faildev", 1);
+    st = try_backend("cpu", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
+             "DASHATTN_BACKEND=faildev over 'cpu': status %d backend '%s'", (int)st, seen);
+
+    setenv("DASHATTN_BACKEND", "abitest", 1);
+    st = try_backend("cpu", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_ABI_MISMATCH, "DASHATTN_BACKEND=abitest over 'cpu': status %d",
+             (int)st);
+    unsetenv("DASHATTN_BACKEND");
+
+    st = try_backend("cpu", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "cpu") == 0, "cpu: status %d backend '%s'", (int)st,
+             seen);
+}
+
+/* Several directories: the first that holds the plugin wins; with none of the
+ * test plugins on the path, "auto" does not pick them. */
+static void check_search_path(void)
+{
+    char path[2 * sizeof(plugin_dir)];
+    char seen[64];
+    snprintf(path, sizeof(path), "/nonexistent/dashattn-test-dir:%s", plugin_dir);
+    setenv("DASHATTN_BACKEND_PATH", path, 1);
+    dashattn_status st = try_backend("faildev", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
+             "faildev from second path entry: status %d backend '%s' (%s)", (int)st, seen,
+             dashattn_last_error());
+
+    setenv("DASHATTN_BACKEND_PATH", "/nonexistent/dashattn-test-dir", 1);
+    st = try_backend("auto", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") != 0,
+             "auto without test plugins: status %d backend '%s'", (int)st, seen);
+    st = try_backend("faildev", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_BACKEND_UNAVAILABLE,
+             "faildev off the path: status %d, want UNAVAILABLE", (int)st);
+    setenv("DASHATTN_BACKEND_PATH", plugin_dir, 1);
+}
+
+int main(void)
+{
+    const char *build = getenv("abs_top_builddir");
+    if (build == NULL || build[0] == '\0') {
+        fprintf(stderr, "test_plugins: abs_top_builddir is not set (run through make check)\n");
+        return TU_SKIP;
+    }
+    snprintf(plugin_dir, sizeof(plugin_dir), "%s/tests/plugins/.libs", build);
+    setenv("DASHATTN_BACKEND_PATH", plugin_dir, 1);
+    unsetenv("DASHATTN_BACKEND");
+
+    check_abi_mismatch();
+    check_no_device();
+    check_missing_plugin();
+    check_bad_names();
+    check_failing_device();
+    check_auto();
+    check_report();
+    check_env_override();
+    check_search_path();
+    return tu_finish("test_plugins");
+}
