@@ -4,10 +4,13 @@ TEST_EXTENSIONS = .sh
 SH_LOG_COMPILER = $(SHELL)
 
 # Tests load GPU plugins from the build tree only, never from an installed tree,
-# and ignore a DASHATTN_BACKEND the developer may have exported.
+# and ignore a DASHATTN_BACKEND the developer may have exported. OpenMP threads
+# sleep rather than spin between the many tiny calls, so parallel tests on a
+# small machine do not starve each other.
 DASHATTN_TEST_PLUGIN_PATH = $(abs_top_builddir)/backends/cuda/.libs:$(abs_top_builddir)/backends/hip/.libs:$(abs_top_builddir)/backends/opencl/.libs
 AM_TESTS_ENVIRONMENT = \
 	unset DASHATTN_BACKEND; \
+	OMP_WAIT_POLICY=passive; export OMP_WAIT_POLICY; \
 	DASHATTN_BACKEND_PATH='$(DASHATTN_TEST_PLUGIN_PATH)'; export DASHATTN_BACKEND_PATH; \
 	DASHATTN_CLI='$(abs_top_builddir)/dashattn$(EXEEXT)'; export DASHATTN_CLI; \
 	abs_top_srcdir='$(abs_top_srcdir)'; export abs_top_srcdir; \

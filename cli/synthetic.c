@@ -1,0 +1,115 @@
+/* Synthetic attention inputs with block structure (see synthetic.h).
+ *
+ * Model: every key block j of every (batch, kv head) has a topic vector
+ * t_j ~ N(0, I). A key of block j is c * t_j + N(0, I) with c = f / (1 + f)
+ * for focus f, so block means point at their topic. Each query row picks a
+ * few blocks at or before its own position and is f * (mean of their topics)
+ * + N(0, I): the larger f, the more its stage-1 scores stand out on those
+ * blocks and the sparser alpha-entmax gets. Values are N(0, I). With f = 0
+ * everything is plain Gaussian. */
+#include "synthetic.h"
+
+#include <math.h>
+#include <stddef.h>
+
+/* Topics a query leans towards. */
+#define SYNTH_TOPICS_PER_QUERY 2
+/* Longest head dimension a topic buffer holds (the library's limit). */
+#define SYNTH_MAX_DIM 256
+
+static uint64_t synth_splitmix(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void da_synth_seed(da_synth_rng *rng, uint64_t seed)
+{
+    uint64_t x = seed;
+    rng->state = synth_splitmix(&x);
+}
+
+double da_synth_uniform(da_synth_rng *rng)
+{
+    /* 53 random bits give every double of [0, 1) on a 2^-53 grid. */
+    return (double)(synth_splitmix(&rng->state) >> 11) * 0x1.0p-53;
+}
+
+double da_synth_normal(da_synth_rng *rng)
+{
+    /* Box-Muller; 1 - u keeps the logarithm's argument in (0, 1]. */
+    const double u1 = 1.0 - da_synth_uniform(rng);
+    const double u2 = da_synth_uniform(rng);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Topic vectors are regenerated from a hash of their coordinates instead of
+ * being stored, so the generator needs no allocation. */
+static void synth_topic(uint64_t seed, int64_t b, int64_t h, int64_t j, int64_t dim, double *t)
+{
+    uint64_t x = seed ^ 0x5bd1e995ull;
+    x = synth_splitmix(&x) ^ (uint64_t)b;
+    x = synth_splitmix(&x) ^ (uint64_t)h;
+    x = synth_splitmix(&x) ^ (uint64_t)j;
+    da_synth_rng rng;
+    da_synth_seed(&rng, x);
+    for (int64_t d = 0; d < dim; d++)
+        t[d] = da_synth_normal(&rng);
+}
+
+void da_synth_qkv(uint64_t seed, int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t len_q,
+                  int64_t len_k, int64_t head_dim, int64_t block_size, double focus, float *q,
+                  float *k, float *v)
+{
+    if (batch < 1 || heads_q < 1 || heads_kv < 1 || len_q < 1 || len_k < 1 || head_dim < 1 ||
+        head_dim > SYNTH_MAX_DIM || block_size < 1)
+        return;
+    const double f = focus > 0.0 ? focus : 0.0;
+    const double c = f / (1.0 + f);
+    const int64_t group = heads_q >= heads_kv ? heads_q / heads_kv : 1;
+    double topic[SYNTH_MAX_DIM];
+    double mix[SYNTH_MAX_DIM];
+    da_synth_rng rng;
+    da_synth_seed(&rng, seed);
+
+    for (int64_t b = 0; b < batch; b++) {
+        for (int64_t h = 0; h < heads_kv; h++) {
+            float *kh = k + (size_t)((b * heads_kv + h) * len_k * head_dim);
+            float *vh = v + (size_t)((b * heads_kv + h) * len_k * head_dim);
+            for (int64_t t = 0; t < len_k; t++) {
+                if (t % block_size == 0 && c > 0.0)
+                    synth_topic(seed, b, h, t / block_size, head_dim, topic);
+                for (int64_t d = 0; d < head_dim; d++) {
+                    const double centre = c > 0.0 ? c * topic[d] : 0.0;
+                    kh[t * head_dim + d] = (float)(centre + da_synth_normal(&rng));
+                    vh[t * head_dim + d] = (float)da_synth_normal(&rng);
+                }
+            }
+        }
+        for (int64_t h = 0; h < heads_q; h++) {
+            const int64_t hkv = h / group < heads_kv ? h / group : heads_kv - 1;
+            float *qh = q + (size_t)((b * heads_q + h) * len_q * head_dim);
+            for (int64_t i = 0; i < len_q; i++) {
+                /* The row's position as a bottom-right aligned causal query. */
+                int64_t pos = i + (len_k - len_q);
+                pos = pos < 0 ? 0 : (pos >= len_k ? len_k - 1 : pos);
+                const int64_t own = pos / block_size;
+                for (int64_t d = 0; d < head_dim; d++)
+                    mix[d] = 0.0;
+                if (f > 0.0) {
+                    for (int n = 0; n < SYNTH_TOPICS_PER_QUERY; n++) {
+                        const int64_t j =
+                            (int64_t)(da_synth_uniform(&rng) * (double)(own + 1)) % (own + 1);
+                        synth_topic(seed, b, hkv, j, head_dim, topic);
+                        for (int64_t d = 0; d < head_dim; d++)
+                            mix[d] += topic[d] * (f / SYNTH_TOPICS_PER_QUERY);
+                    }
+                }
+                for (int64_t d = 0; d < head_dim; d++)
+                    qh[i * head_dim + d] = (float)(mix[d] + da_synth_normal(&rng));
+            }
+        }
+    }
+}
