@@ -1,0 +1,455 @@
+/* `dashattn run` and `dashattn grad`: attention on .npy files.
+ *
+ * Everything that can be checked is checked before the first output is
+ * written: files, shapes, options, the plan. Outputs are written only after
+ * every library call succeeded, each atomically, so a failed command leaves
+ * no output file behind (and never a partial one). */
+#ifdef HAVE_CONFIG_H
+#include <config.h>
+#endif
+
+#include "commands.h"
+#include "convert.h"
+#include "npy.h"
+#include "options.h"
+
+#include <dashattn.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char da_help_run[] =
+    "usage: dashattn run --q Q.npy --k K.npy --v V.npy --out O.npy [--lse L.npy] [OPTIONS]\n"
+    "\n"
+    "DashAttention forward. Arrays are NumPy .npy float32 ('<f4'), C order:\n"
+    "q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D] with Hq a multiple of Hkv; out gets\n"
+    "q's shape and lse (optional) is float32 [B, Hq, Nq], the natural-log logsumexp\n"
+    "of each row's logits. Prints the backend, sparsity (share of visible query-key\n"
+    "pairs skipped) and forward time. Output files are written only when the whole\n"
+    "command succeeds; a failed command leaves none of them behind.\n";
+
+const char da_help_grad[] =
+    "usage: dashattn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy\n"
+    "                     --dq DQ.npy --dk DK.npy --dv DV.npy [--out O.npy] [--lse L.npy]\n"
+    "                     [OPTIONS]\n"
+    "\n"
+    "Runs the forward of `dashattn run`, then the gradients of sum(out * dout) with\n"
+    "respect to q, k and v. dout has q's shape; dq, dk, dv get the shapes of q, k, v.\n";
+
+/* Paths and options of one invocation. */
+typedef struct run_args {
+    da_common_options common;
+    const char *q, *k, *v, *out, *lse;
+    const char *dout, *dq, *dk, *dv;
+} run_args;
+
+/* An input or output array in host float32 and, for f16/bf16 calls, in the
+ * call's dtype. */
+typedef struct staged {
+    da_npy_array host;
+    uint16_t *half;
+    dashattn_tensor t;
+} staged;
+
+/* Everything run/grad allocate, released in one place. */
+typedef struct run_state {
+    staged q, k, v, out, dout, dq, dk, dv;
+    float *lse;
+    void *workspace;
+    dashattn_context *ctx;
+    dashattn_plan *plan;
+} run_state;
+
+typedef struct flag_slot {
+    const char *name;
+    const char **dest;
+} flag_slot;
+
+static int parse_args(int argc, char **argv, int grad, run_args *a)
+{
+    const char *cmd = grad ? "grad" : "run";
+    memset(a, 0, sizeof *a);
+    da_common_options_init(&a->common);
+    const flag_slot slots[] = {
+        {"--q", &a->q},     {"--k", &a->k},     {"--v", &a->v},
+        {"--out", &a->out}, {"--lse", &a->lse}, {"--dout", &a->dout},
+        {"--dq", &a->dq},   {"--dk", &a->dk},   {"--dv", &a->dv},
+    };
+    /* run takes the first five path flags; grad takes them all. */
+    const size_t n_slots = grad ? sizeof slots / sizeof slots[0] : 5;
+    for (int i = 1; i < argc; i++) {
+        int m = 0;
+        for (size_t s = 0; s < n_slots && m == 0; s++)
+            m = da_flag_value(argc, argv, &i, slots[s].name, slots[s].dest);
+        if (m == 0)
+            m = da_parse_common_option(&a->common, argc, argv, &i);
+        if (m < 0)
+            return -1;
+        if (m == 0) {
+            if (argv[i][0] == '-')
+                da_error("%s: unknown option '%s' (try 'dashattn %s --help')", cmd, argv[i], cmd);
+            else
+                da_error("%s: unexpected argument '%s' (try 'dashattn %s --help')", cmd, argv[i],
+                         cmd);
+            return -1;
+        }
+    }
+    const char *missing = !a->q ? "--q Q.npy" : !a->k ? "--k K.npy" : !a->v ? "--v V.npy" : NULL;
+    if (missing == NULL && grad)
+        missing = !a->dout ? "--dout DO.npy"
+                  : !a->dq ? "--dq DQ.npy"
+                  : !a->dk ? "--dk DK.npy"
+                  : !a->dv ? "--dv DV.npy"
+                           : NULL;
+    if (missing == NULL && !grad && !a->out)
+        missing = "--out O.npy";
+    if (missing != NULL) {
+        da_error("%s: missing %s (try 'dashattn %s --help')", cmd, missing, cmd);
+        return -1;
+    }
+    return da_check_common_options(&a->common);
+}
+
+static void format_shape(const da_npy_array *a, char *buf, size_t size)
+{
+    size_t n = (size_t)snprintf(buf, size, "(");
+    for (int i = 0; i < a->ndim && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, i ? ", %" PRId64 : "%" PRId64, a->shape[i]);
+    if (n < size)
+        snprintf(buf + n, size - n, a->ndim == 1 ? ",)" : ")");
+}
+
+/* Read a 4-D array with no empty dimension. */
+static int load_4d(const char *path, da_npy_array *a)
+{
+    char err[256];
+    if (da_npy_read(path, a, err, sizeof err) != 0) {
+        da_error("%s: %s", path, err);
+        return -1;
+    }
+    char shape[128];
+    format_shape(a, shape, sizeof shape);
+    if (a->ndim != 4) {
+        da_error("%s: expected a 4-D array [B, H, N, D], got shape %s", path, shape);
+        return -1;
+    }
+    if (a->count == 0) {
+        da_error("%s: shape %s has an empty dimension", path, shape);
+        return -1;
+    }
+    return 0;
+}
+
+static int same_shape(const da_npy_array *a, const da_npy_array *b)
+{
+    return a->ndim == b->ndim && memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) == 0;
+}
+
+static int check_shapes(const run_args *a, const run_state *s)
+{
+    const int64_t *q = s->q.host.shape, *k = s->k.host.shape;
+    char sa[128], sb[128];
+    if (!same_shape(&s->k.host, &s->v.host)) {
+        format_shape(&s->k.host, sa, sizeof sa);
+        format_shape(&s->v.host, sb, sizeof sb);
+        da_error("%s and %s differ in shape: %s vs %s", a->k, a->v, sa, sb);
+        return -1;
+    }
+    if (q[0] != k[0]) {
+        da_error("%s has batch %" PRId64 " but %s has batch %" PRId64, a->q, q[0], a->k, k[0]);
+        return -1;
+    }
+    if (q[3] != k[3]) {
+        da_error("%s has head_dim %" PRId64 " but %s has head_dim %" PRId64, a->q, q[3], a->k,
+                 k[3]);
+        return -1;
+    }
+    if (q[1] % k[1] != 0) {
+        da_error("%s has %" PRId64 " heads, not a multiple of the %" PRId64 " heads of %s", a->q,
+                 q[1], k[1], a->k);
+        return -1;
+    }
+    if (a->common.causal && q[2] > k[2]) {
+        da_error("causal attention needs no more queries than keys: %s has %" PRId64
+                 " rows, %s %" PRId64 " (or use --no-causal)",
+                 a->q, q[2], a->k, k[2]);
+        return -1;
+    }
+    if (a->dout != NULL && !same_shape(&s->q.host, &s->dout.host)) {
+        format_shape(&s->q.host, sa, sizeof sa);
+        format_shape(&s->dout.host, sb, sizeof sb);
+        da_error("%s must have the shape of %s: %s vs %s", a->dout, a->q, sb, sa);
+        return -1;
+    }
+    return 0;
+}
+
+/* Give an array of the given shape a tensor of the call's dtype; inputs are
+ * converted from their float32 data, outputs get zeroed buffers. */
+static int stage(staged *s, const int64_t shape[4], dashattn_dtype dtype, int input)
+{
+    if (!input) {
+        s->host.ndim = 4;
+        memcpy(s->host.shape, shape, 4 * sizeof(int64_t));
+        s->host.count = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+        s->host.data = calloc(s->host.count, sizeof(float));
+        if (s->host.data == NULL)
+            return -1;
+    }
+    void *data = s->host.data;
+    if (dtype != DASHATTN_F32) {
+        s->half = calloc(s->host.count, sizeof(uint16_t));
+        if (s->half == NULL)
+            return -1;
+        if (input)
+            da_convert_to_half(s->host.data, s->half, s->host.count, dtype == DASHATTN_BF16);
+        data = s->half;
+    }
+    s->t = dashattn_tensor_bhsd(data, dtype, shape[0], shape[1], shape[2], shape[3]);
+    return 0;
+}
+
+static void unstage(staged *s, dashattn_dtype dtype)
+{
+    if (dtype != DASHATTN_F32)
+        da_convert_from_half(s->half, s->host.data, s->host.count, dtype == DASHATTN_BF16);
+}
+
+static void release_staged(staged *s)
+{
+    da_npy_free(&s->host);
+    free(s->half);
+}
+
+static void release_state(run_state *s)
+{
+    staged *all[] = {&s->q, &s->k, &s->v, &s->out, &s->dout, &s->dq, &s->dk, &s->dv};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        release_staged(all[i]);
+    free(s->lse);
+    free(s->workspace);
+    dashattn_plan_destroy(s->plan);
+    dashattn_context_destroy(s->ctx);
+}
+
+static int write_array(const char *path, const float *data, int ndim, const int64_t *shape)
+{
+    char err[256];
+    if (da_npy_write(path, data, ndim, shape, err, sizeof err) != 0) {
+        da_error("%s: %s", path, err);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *selection_name(dashattn_selection_mode m)
+{
+    return m == DASHATTN_SELECT_TOPK ? "topk" : "entmax";
+}
+
+static const char *group_name(dashattn_group_mode m)
+{
+    return m == DASHATTN_GROUP_SHARED ? "shared" : "per-head";
+}
+
+static void print_json(const run_args *a, const run_state *s, const dashattn_forward_stats *st,
+                       double ms, double ms_backward)
+{
+    const dashattn_problem *p = dashattn_plan_problem(s->plan);
+    printf("{\"command\": \"%s\", \"backend\": ", a->dout ? "grad" : "run");
+    da_json_string(stdout, dashattn_context_backend(s->ctx));
+    printf(", \"device\": ");
+    da_json_string(stdout, dashattn_context_device(s->ctx));
+    printf(", \"threads\": %d, \"dtype\": \"%s\",\n", dashattn_context_num_threads(s->ctx),
+           dashattn_dtype_name(p->dtype));
+    printf(" \"shape\": {\"batch\": %" PRId64 ", \"heads_q\": %" PRId64 ", \"heads_kv\": %" PRId64
+           ", \"len_q\": %" PRId64 ", \"len_k\": %" PRId64 ", \"head_dim\": %" PRId64 "},\n",
+           p->batch, p->heads_q, p->heads_kv, p->len_q, p->len_k, p->head_dim);
+    printf(" \"options\": {\"causal\": %s, \"block_size\": %d, \"n_sink\": %d, \"n_local\": %d,"
+           " \"alpha\": %.17g, \"selection\": \"%s\", \"topk\": %d, \"group_select\": \"%s\","
+           " \"scale\": %.17g, \"stage1_scale\": %.17g},\n",
+           p->causal ? "true" : "false", (int)p->block_size, (int)p->n_sink, (int)p->n_local,
+           p->alpha, selection_name(p->selection), (int)p->topk, group_name(p->group_mode),
+           p->scale, p->stage1_scale);
+    printf(" \"num_blocks\": %" PRId64 ", \"threshold_method\": ",
+           dashattn_plan_num_blocks(s->plan));
+    da_json_string(stdout, dashattn_plan_threshold_method(s->plan));
+    printf(",\n \"visible_pairs\": %" PRId64 ", \"attended_pairs\": %" PRId64
+           ", \"sparsity\": %.17g, \"ms\": %.6f",
+           st->visible_pairs, st->attended_pairs, st->sparsity, ms);
+    if (a->dout)
+        printf(", \"ms_backward\": %.6f", ms_backward);
+    printf("}\n");
+}
+
+static void print_summary(const run_args *a, const run_state *s, const dashattn_forward_stats *st,
+                          double ms, double ms_backward)
+{
+    const dashattn_problem *p = dashattn_plan_problem(s->plan);
+    printf("backend %s (%d threads), %s, q [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
+           "], k/v [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "]\n",
+           dashattn_context_backend(s->ctx), dashattn_context_num_threads(s->ctx),
+           dashattn_dtype_name(p->dtype), p->batch, p->heads_q, p->len_q, p->head_dim, p->batch,
+           p->heads_kv, p->len_k, p->head_dim);
+    printf("%s, block size %d, alpha %g, %s selection: sparsity %.4f (%" PRId64 " of %" PRId64
+           " visible pairs read)\n",
+           p->causal ? "causal" : "non-causal", (int)p->block_size, p->alpha,
+           selection_name(p->selection), st->sparsity, st->attended_pairs, st->visible_pairs);
+    printf("forward %.3f ms", ms);
+    if (a->dout)
+        printf(", backward %.3f ms", ms_backward);
+    printf("\n");
+}
+
+static int load_inputs(const run_args *a, run_state *s)
+{
+    if (load_4d(a->q, &s->q.host) || load_4d(a->k, &s->k.host) || load_4d(a->v, &s->v.host))
+        return -1;
+    if (a->dout && load_4d(a->dout, &s->dout.host))
+        return -1;
+    return check_shapes(a, s);
+}
+
+static int make_plan(const run_args *a, run_state *s)
+{
+    const int64_t *q = s->q.host.shape, *k = s->k.host.shape;
+    int rc = da_open_context(&a->common, a->common.threads, &s->ctx);
+    if (rc != DA_EXIT_OK)
+        return rc;
+    dashattn_problem prob;
+    dashattn_problem_init(&prob, q[0], q[1], k[1], q[2], k[2], q[3]);
+    da_apply_common_options(&a->common, &prob);
+    const dashattn_status st = dashattn_plan_create(s->ctx, &prob, &s->plan);
+    if (st != DASHATTN_OK) {
+        da_library_error("plan", st);
+        return da_library_exit_status(st);
+    }
+    return DA_EXIT_OK;
+}
+
+static int stage_all(const run_args *a, run_state *s)
+{
+    const dashattn_dtype dt = a->common.dtype;
+    const int64_t *q = s->q.host.shape;
+    int bad = stage(&s->q, q, dt, 1) || stage(&s->k, s->k.host.shape, dt, 1) ||
+              stage(&s->v, s->v.host.shape, dt, 1) || stage(&s->out, q, dt, 0);
+    if (!bad && a->dout)
+        bad = stage(&s->dout, q, dt, 1) || stage(&s->dq, q, dt, 0) ||
+              stage(&s->dk, s->k.host.shape, dt, 0) || stage(&s->dv, s->v.host.shape, dt, 0);
+    if (!bad) {
+        s->lse = calloc((size_t)(q[0] * q[1] * q[2]), sizeof(float));
+        bad = s->lse == NULL;
+    }
+    const size_t ws = dashattn_plan_workspace_size(s->plan);
+    if (!bad && ws > 0) {
+        s->workspace = malloc(ws);
+        bad = s->workspace == NULL;
+    }
+    if (bad) {
+        da_error("out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Write every requested output; if one fails, remove those this call
+ * already wrote, so that a failed command leaves no output file. */
+static int write_outputs(const run_args *a, run_state *s)
+{
+    const dashattn_dtype dt = a->common.dtype;
+    unstage(&s->out, dt);
+    if (a->dout) {
+        unstage(&s->dq, dt);
+        unstage(&s->dk, dt);
+        unstage(&s->dv, dt);
+    }
+    struct {
+        const char *path;
+        const float *data;
+        int ndim;
+        const int64_t *shape;
+    } files[] = {
+        {a->out, s->out.host.data, 4, s->out.host.shape},
+        {a->lse, s->lse, 3, s->q.host.shape},
+        {a->dq, s->dq.host.data, 4, s->dq.host.shape},
+        {a->dk, s->dk.host.data, 4, s->dk.host.shape},
+        {a->dv, s->dv.host.data, 4, s->dv.host.shape},
+    };
+    const size_t n = sizeof files / sizeof files[0];
+    for (size_t i = 0; i < n; i++) {
+        if (files[i].path == NULL)
+            continue;
+        if (write_array(files[i].path, files[i].data, files[i].ndim, files[i].shape) != 0) {
+            for (size_t j = 0; j < i; j++)
+                if (files[j].path != NULL)
+                    remove(files[j].path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int execute(const run_args *a, run_state *s)
+{
+    if (load_inputs(a, s) != 0)
+        return DA_EXIT_USAGE;
+    int rc = make_plan(a, s);
+    if (rc != DA_EXIT_OK)
+        return rc;
+    if (stage_all(a, s) != 0)
+        return DA_EXIT_FAILURE;
+
+    const size_t ws = dashattn_plan_workspace_size(s->plan);
+    dashattn_forward_stats stats;
+    memset(&stats, 0, sizeof stats);
+    double t0 = da_now_ms();
+    dashattn_status st = dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, &s->out.t,
+                                          s->lse, NULL, &stats, s->workspace, ws, NULL);
+    const double ms = da_now_ms() - t0;
+    if (st != DASHATTN_OK) {
+        da_library_error("forward", st);
+        return da_library_exit_status(st);
+    }
+    double ms_backward = 0.0;
+    if (a->dout) {
+        t0 = da_now_ms();
+        st = dashattn_backward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, &s->out.t, s->lse,
+                               &s->dout.t, &s->dq.t, &s->dk.t, &s->dv.t, s->workspace, ws, NULL);
+        ms_backward = da_now_ms() - t0;
+        if (st != DASHATTN_OK) {
+            da_library_error("backward", st);
+            return da_library_exit_status(st);
+        }
+    }
+    if (write_outputs(a, s) != 0)
+        return DA_EXIT_USAGE;
+    if (a->common.json)
+        print_json(a, s, &stats, ms, ms_backward);
+    else
+        print_summary(a, s, &stats, ms, ms_backward);
+    return DA_EXIT_OK;
+}
+
+static int run_or_grad(int argc, char **argv, int grad)
+{
+    run_args a;
+    if (parse_args(argc, argv, grad, &a) != 0)
+        return DA_EXIT_USAGE;
+    run_state s;
+    memset(&s, 0, sizeof s);
+    const int rc = execute(&a, &s);
+    release_state(&s);
+    return rc;
+}
+
+int da_cmd_run(int argc, char **argv)
+{
+    return run_or_grad(argc, argv, 0);
+}
+
+int da_cmd_grad(int argc, char **argv)
+{
+    return run_or_grad(argc, argv, 1);
+}

@@ -1,0 +1,20 @@
+# The `dashattn` command-line tool: info, run, grad and bench.
+bin_PROGRAMS += dashattn
+dashattn_SOURCES = \
+	cli/main.c \
+	cli/commands.h \
+	cli/options.c \
+	cli/options.h \
+	cli/cmd_info.c \
+	cli/cmd_run.c \
+	cli/cmd_bench.c \
+	cli/npy.c \
+	cli/npy.h \
+	cli/convert.c \
+	cli/convert.h \
+	cli/synthetic.c \
+	cli/synthetic.h
+# Per-target flags give the CLI its own object files, so cli/synthetic.c and
+# cli/npy.c can also be compiled into the tests' libtool objects.
+dashattn_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli
+dashattn_LDADD = libdashattn.la $(LIBM)

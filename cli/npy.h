@@ -1,0 +1,47 @@
+/* NumPy .npy files holding little-endian float32 arrays in C order: a strict
+ * reader that validates every header field before it trusts any size, and a
+ * writer that never leaves a partial file behind. Independent of the CLI so
+ * tests can link it alone. */
+#ifndef DASHATTN_NPY_H
+#define DASHATTN_NPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/** Most dimensions a file may declare (NumPy 1.x's own limit). */
+#define DA_NPY_MAX_DIMS 32
+
+/** A float32 array in host byte order, C order. */
+typedef struct da_npy_array {
+    int ndim;
+    int64_t shape[DA_NPY_MAX_DIMS];
+    /** Number of elements (the product of shape; 1 for a 0-d array). */
+    size_t count;
+    /** count floats, malloc'ed; NULL only when count is 0. */
+    float *data;
+} da_npy_array;
+
+/**
+ * Decode the full image of a .npy file held in memory. Returns 0 and fills
+ * array (release with da_npy_free) or returns -1, leaves array empty and
+ * writes a one-line reason, without the file name, into err.
+ */
+int da_npy_decode(const void *bytes, size_t size, da_npy_array *array, char *err, size_t err_size);
+
+/** Read and decode a file; errors as for da_npy_decode (the reason includes
+ * the system's message for I/O failures, not the file name). */
+int da_npy_read(const char *path, da_npy_array *array, char *err, size_t err_size);
+
+/**
+ * Write data [shape] as a version 1.0 '<f4' C-order file whose data start on
+ * a 64-byte boundary. The file appears complete or not at all: it is written
+ * under a temporary name in the same directory and renamed. Returns 0, or -1
+ * with a reason in err.
+ */
+int da_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *err,
+                 size_t err_size);
+
+/** Release the data of an array and reset it to empty (NULL is accepted). */
+void da_npy_free(da_npy_array *array);
+
+#endif

@@ -1,0 +1,255 @@
+#!/bin/sh
+# End-to-end tests of the `dashattn` tool: results of `run` and `grad` against
+# dense attention computed independently by tests/npy_tool (with every block
+# forced, DashAttention is dense attention), option plumbing through --json,
+# and the error contract: every bad input exits 1 or 2 with exactly one line
+# on stderr, nothing on stdout, and no output file.
+#
+# Needs DASHATTN_CLI (the built tool) and abs_top_builddir (for npy_tool);
+# `make check` exports both.
+
+if [ -z "${DASHATTN_CLI:-}" ] || [ -z "${abs_top_builddir:-}" ]; then
+    echo "test_cli.sh: DASHATTN_CLI or abs_top_builddir not set; run it through make check"
+    exit 77
+fi
+CLI=$DASHATTN_CLI
+TOOL=$abs_top_builddir/tests/npy_tool
+for exe in "$CLI" "$TOOL"; do
+    if [ ! -x "$exe" ]; then
+        echo "test_cli.sh: $exe is missing (build it first)"
+        exit 99
+    fi
+done
+
+tmp=$(mktemp -d 2>/dev/null) || {
+    tmp=${TMPDIR:-/tmp}/test_cli.$$
+    mkdir "$tmp" || exit 99
+}
+trap 'rm -rf "$tmp"' 0
+trap 'exit 99' INT TERM
+cd "$tmp" || exit 99
+
+checks=0
+failures=0
+
+# check DESCRIPTION COMMAND...: run COMMAND, count a failure if it fails.
+check() {
+    desc=$1
+    shift
+    checks=$((checks + 1))
+    if ! "$@"; then
+        failures=$((failures + 1))
+        echo "FAIL: $desc"
+    fi
+}
+
+# ok DESCRIPTION ARGS...: the CLI must succeed with nothing on stderr.
+ok() {
+    desc=$1
+    shift
+    checks=$((checks + 1))
+    "$CLI" "$@" >out.txt 2>err.txt
+    status=$?
+    if [ "$status" -ne 0 ] || [ -s err.txt ]; then
+        failures=$((failures + 1))
+        echo "FAIL: $desc: exit status $status; stderr:"
+        cat err.txt
+    fi
+}
+
+# json KEY.PATH: print a value of the JSON in out.txt (which must parse).
+json() {
+    "$TOOL" json-get "$1" <out.txt
+}
+
+# is_true AWK-CONDITION VALUE: test a number with awk, e.g. is_true 'x > 0' 0.5
+is_true() {
+    awk -v x="$2" "BEGIN { exit !($1) }"
+}
+
+# fail_with STATUS SUBSTRING ARGS...: the CLI must exit STATUS with exactly one
+# line on stderr that starts with "dashattn: " and contains SUBSTRING, print
+# nothing on stdout and create no O.npy.
+fail_with() {
+    want=$1
+    text=$2
+    shift 2
+    checks=$((checks + 1))
+    rm -f O.npy
+    "$CLI" "$@" >out.txt 2>err.txt
+    status=$?
+    lines=$(wc -l <err.txt | tr -d ' ')
+    problem=""
+    [ "$status" -eq "$want" ] || problem="exit status $status, expected $want"
+    [ "$lines" -eq 1 ] || problem="$problem; $lines lines on stderr"
+    grep -q '^dashattn: ' err.txt || problem="$problem; stderr does not start with 'dashattn: '"
+    grep -qF -- "$text" err.txt || problem="$problem; stderr lacks '$text'"
+    [ -s out.txt ] && problem="$problem; output on stdout"
+    [ -e O.npy ] && problem="$problem; O.npy was created"
+    if [ -n "$problem" ]; then
+        failures=$((failures + 1))
+        echo "FAIL: dashattn $*: $problem"
+        cat err.txt
+    fi
+}
+
+# Inputs: B 1, Hq 4, Hkv 2 (GQA), N 256, D 16, blocks of 32 (8 blocks).
+S=32
+"$TOOL" random q.npy 1 1 1 4 256 16 &&
+    "$TOOL" random k.npy 2 1 1 2 256 16 &&
+    "$TOOL" random v.npy 3 1 1 2 256 16 &&
+    "$TOOL" random do.npy 4 1 1 4 256 16 &&
+    "$TOOL" random q100.npy 5 1 1 4 100 16 || exit 99
+QKV="--q q.npy --k k.npy --v v.npy"
+
+# --- info, help, version ---------------------------------------------------
+ok "info" info
+check "info lists the cpu backend" grep -q 'cpu' out.txt
+ok "--version" --version
+check "--version prints the version" grep -q '^dashattn [0-9]' out.txt
+ok "--help" --help
+check "--help lists the commands" grep -q 'bench' out.txt
+ok "help run" help run
+check "help run lists --q" grep -q -- '--q' out.txt
+ok "run --help" run --help
+check "run --help lists --alpha" grep -q -- '--alpha' out.txt
+
+# --- run: defaults, JSON ---------------------------------------------------
+ok "run --json" run $QKV --out O.npy --lse L.npy --block-size $S --json
+check "run JSON names the backend" [ "$(json backend)" = cpu ]
+sparsity=$(json sparsity)
+check "run JSON sparsity '$sparsity' in [0, 1)" is_true 'x >= 0 && x < 1' "$sparsity"
+check "run JSON has a forward time" is_true 'x >= 0' "$(json ms)"
+check "run JSON shape" [ "$(json shape.len_q)/$(json shape.heads_kv)" = 256/2 ]
+check "run JSON block size" [ "$(json options.block_size)" = $S ]
+mv O.npy O_run.npy
+
+ok "run without --json" run $QKV --out O.npy --block-size $S
+check "run prints the sparsity" grep -q 'sparsity' out.txt
+check "run is deterministic" "$TOOL" compare O.npy O_run.npy 0
+
+# --- with every block forced, run equals dense attention ------------------
+"$TOOL" dense q.npy k.npy v.npy 1 0 O_ref.npy L_ref.npy || exit 99
+ok "run, all blocks forced" run $QKV --out O.npy --lse L.npy --block-size $S --local 100 --json
+check "all forced: sparsity 0" is_true 'x == 0' "$(json sparsity)"
+check "all forced: out = dense attention" "$TOOL" compare O.npy O_ref.npy 1e-5
+check "all forced: lse = dense logsumexp" "$TOOL" compare L.npy L_ref.npy 1e-5
+check "DashAttention's default differs from dense" sh -c "! '$TOOL' compare O_run.npy O_ref.npy 1e-5 >/dev/null"
+
+"$TOOL" dense q.npy k.npy v.npy 0 0.3 O_ref.npy L_ref.npy || exit 99
+ok "run --no-causal --scale, all forced" \
+    run $QKV --out O.npy --lse L.npy --block-size $S --no-causal --sink 100 --scale 0.3
+check "non-causal, scale 0.3: out = dense" "$TOOL" compare O.npy O_ref.npy 1e-5
+check "non-causal, scale 0.3: lse = dense" "$TOOL" compare L.npy L_ref.npy 1e-5
+
+"$TOOL" dense q100.npy k.npy v.npy 1 0 O_ref.npy L_ref.npy || exit 99
+ok "run, 100 queries on 256 keys, all forced" \
+    run --q q100.npy --k k.npy --v v.npy --out O.npy --block-size $S --local 100
+check "chunked prefill: out = bottom-right causal dense" "$TOOL" compare O.npy O_ref.npy 1e-5
+
+# --- grad -------------------------------------------------------------------
+"$TOOL" densegrad q.npy k.npy v.npy do.npy 1 0 DQ_ref.npy DK_ref.npy DV_ref.npy || exit 99
+ok "run, all blocks forced (grad's reference)" run $QKV --out O.npy --block-size $S --local 100
+ok "grad, all blocks forced" grad $QKV --dout do.npy --dq DQ.npy --dk DK.npy --dv DV.npy \
+    --out O_grad.npy --block-size $S --local 100 --json
+check "grad JSON has a backward time" is_true 'x >= 0' "$(json ms_backward)"
+check "grad: dq = dense" "$TOOL" compare DQ.npy DQ_ref.npy 1e-5
+check "grad: dk = dense" "$TOOL" compare DK.npy DK_ref.npy 1e-5
+check "grad: dv = dense" "$TOOL" compare DV.npy DV_ref.npy 1e-5
+check "grad's forward = run's" "$TOOL" compare O_grad.npy O.npy 0
+
+ok "grad, defaults" grad $QKV --dout do.npy --dq DQ.npy --dk DK.npy --dv DV.npy \
+    --out O_grad.npy --block-size $S
+check "grad's forward = run's (sparse)" "$TOOL" compare O_grad.npy O_run.npy 0
+
+# --- options reach the library --------------------------------------------
+ok "run --selection topk --topk 1" run $QKV --out O.npy --block-size $S --selection topk \
+    --topk 1 --json
+check "top-1 of 8 blocks skips pairs" is_true 'x > 0 && x < 1' "$(json sparsity)"
+check "JSON reports topk" [ "$(json options.selection)/$(json options.topk)" = topk/1 ]
+ok "run --alpha 2 --group-select shared" run $QKV --out O.npy --block-size $S --alpha 2 \
+    --group-select shared --json
+check "JSON reports alpha 2, shared" [ "$(json options.alpha)/$(json options.group_select)" = 2/shared ]
+
+# --- reduced precision ------------------------------------------------------
+for dt in bf16 f16; do
+    ok "run --dtype $dt" run $QKV --out O.npy --block-size $S --dtype $dt --json
+    check "JSON reports $dt" [ "$(json dtype)" = $dt ]
+    check "$dt output close to f32" "$TOOL" compare O.npy O_run.npy 1e-2
+done
+
+# --- bench ------------------------------------------------------------------
+TINY="--lengths 128,256 --heads-q 2 --heads-kv 1 --head-dim 16 --block-size 32 --repeat 1"
+ok "bench, tiny" bench $TINY
+check "bench prints a table" grep -q 'dense/dash' out.txt
+check "bench prints a row per length" [ "$(grep -c '^ *[0-9]' out.txt)" -eq 2 ]
+ok "bench --json" bench $TINY --json
+check "bench JSON lists each length" [ "$(json results.1.n)" = 256 ]
+check "bench sparsity in [0, 1)" is_true 'x >= 0 && x < 1' "$(json results.1.sparsity)"
+# (stderr may note that a 1-core machine has nothing to sweep)
+check "bench --threads-sweep" sh -c "'$CLI' bench $TINY --threads-sweep >out.txt 2>/dev/null"
+check "bench --threads-sweep compares with 1 thread" grep -q 'vs 1 thread' out.txt
+
+# --- bad input: one line on stderr, status 2, no output file ----------------
+dd if=q.npy of=trunc.npy bs=1000 count=1 2>/dev/null
+dd if=q.npy of=trunchead.npy bs=100 count=1 2>/dev/null
+printf 'not a numpy file' >magic.npy
+"$TOOL" raw f8.npy "'<f8'" False "(1, 4, 256, 16)" 131072 &&
+    "$TOOL" raw i4.npy "'<i4'" False "(1, 4, 256, 16)" 65536 &&
+    "$TOOL" raw be.npy "'>f4'" False "(1, 4, 256, 16)" 65536 &&
+    "$TOOL" raw fortran.npy "'<f4'" True "(1, 4, 256, 16)" 65536 &&
+    "$TOOL" raw short.npy "'<f4'" False "(1, 4, 256, 16)" 65000 &&
+    "$TOOL" random q3d.npy 1 1 4 256 16 &&
+    "$TOOL" random q3h.npy 1 1 1 3 256 16 &&
+    "$TOOL" random q8d.npy 1 1 1 4 256 8 &&
+    "$TOOL" random q2b.npy 1 1 2 4 256 16 &&
+    "$TOOL" random q300.npy 1 1 1 4 300 16 &&
+    "$TOOL" random v128.npy 1 1 1 2 128 16 || exit 99
+O="--out O.npy"
+
+fail_with 2 "trunc.npy: truncated data" run --q trunc.npy --k k.npy --v v.npy $O
+fail_with 2 "trunchead.npy: header length" run --q trunchead.npy --k k.npy --v v.npy $O
+fail_with 2 "short.npy: truncated data: expected 65536 bytes, found 65000" \
+    run --q short.npy --k k.npy --v v.npy $O
+fail_with 2 "magic.npy: not a .npy file" run --q magic.npy --k k.npy --v v.npy $O
+fail_with 2 "'<f8'" run --q f8.npy --k k.npy --v v.npy $O
+fail_with 2 "'<i4'" run --q q.npy --k i4.npy --v v.npy $O
+fail_with 2 "big-endian" run --q q.npy --k k.npy --v be.npy $O
+fail_with 2 "Fortran" run --q fortran.npy --k k.npy --v v.npy $O
+fail_with 2 "4-D" run --q q3d.npy --k k.npy --v v.npy $O
+fail_with 2 "not a multiple" run --q q3h.npy --k k.npy --v v.npy $O
+fail_with 2 "head_dim" run --q q8d.npy --k k.npy --v v.npy $O
+fail_with 2 "batch" run --q q2b.npy --k k.npy --v v.npy $O
+fail_with 2 "differ in shape" run --q q.npy --k k.npy --v v128.npy $O
+fail_with 2 "no more queries than keys" run --q q300.npy --k k.npy --v v.npy $O
+fail_with 2 "cannot open" run --q missing.npy --k k.npy --v v.npy $O
+fail_with 2 "missing --q" run --k k.npy --v v.npy $O
+fail_with 2 "missing --out" run $QKV
+fail_with 2 "missing --dv" grad $QKV --dout do.npy --dq DQ.npy --dk DK.npy $O
+fail_with 2 "must have the shape" grad $QKV --dout q100.npy --dq DQ.npy --dk DK.npy --dv DV.npy $O
+fail_with 2 "--alpha must be in [1, 2]" run $QKV $O --alpha 3
+fail_with 2 "--alpha must be in [1, 2]" run $QKV $O --alpha 0.5
+fail_with 2 "not a finite number" run $QKV $O --alpha abc
+fail_with 2 "not a finite number" run $QKV $O --alpha nan
+fail_with 2 "--block-size must be" run $QKV $O --block-size 0
+fail_with 2 "not an integer" run $QKV $O --local two
+fail_with 2 "not an integer" run $QKV $O --block-size 64k
+fail_with 2 "--local must be at least 1" run $QKV $O --local 0
+fail_with 2 "needs --topk" run $QKV $O --selection topk
+fail_with 2 "--selection must be" run $QKV $O --selection random
+fail_with 2 "--dtype must be" run $QKV $O --dtype f64
+fail_with 2 "needs a value" run $QKV $O --alpha
+fail_with 2 "needs a value" run --q --k k.npy --v v.npy $O
+fail_with 2 "unknown option '--bogus'" run $QKV $O --bogus
+fail_with 2 "unexpected argument" run $QKV $O stray
+fail_with 2 "unknown command 'frobnicate'" frobnicate
+fail_with 2 "unknown option '--frobnicate'" --frobnicate
+fail_with 2 "unknown option" bench --lengths 128 --bogus
+fail_with 2 "--lengths" bench --lengths 128,,256
+fail_with 2 "multiple of --heads-kv" bench --heads-q 3 --heads-kv 2
+fail_with 2 "O.npy" run $QKV --out no/such/dir/O.npy
+# A backend that does not exist is a library failure: status 1.
+fail_with 1 "nosuch" run $QKV $O --backend nosuch
+
+echo "test_cli.sh: $checks checks, $failures failed"
+[ "$failures" -eq 0 ]
