@@ -6,8 +6,8 @@
 #endif
 
 #include "commands.h"
-#include "convert.h"
 #include "options.h"
+#include "staging.h"
 #include "synthetic.h"
 
 #include <dashattn.h>
@@ -75,11 +75,17 @@ typedef struct bench_row {
 } bench_row;
 
 /* The synthetic inputs of one length, in the call's dtype. */
+/* Synthetic float32 inputs of one length, in host memory. */
 typedef struct bench_inputs {
-    float *q, *k, *v, *out;
-    uint16_t *hq, *hk, *hv, *hout;
-    dashattn_tensor tq, tk, tv, tout;
+    float *q, *k, *v;
+    int64_t q_shape[4], kv_shape[4];
 } bench_inputs;
+
+/* The same inputs in one context's memory, in the benchmark's dtype. */
+typedef struct bench_tensors {
+    da_device_array q, k, v, out;
+    dashattn_tensor tq, tk, tv, tout;
+} bench_tensors;
 
 static int parse_lengths(const char *text, bench_args *b)
 {
@@ -205,11 +211,6 @@ static void free_inputs(bench_inputs *in)
     free(in->q);
     free(in->k);
     free(in->v);
-    free(in->out);
-    free(in->hq);
-    free(in->hk);
-    free(in->hv);
-    free(in->hout);
     memset(in, 0, sizeof *in);
 }
 
@@ -220,68 +221,75 @@ static int make_inputs(const bench_args *b, int64_t n, bench_inputs *in)
     const double elems = (double)b->batch * (double)b->heads_q * (double)n * (double)b->head_dim;
     if (elems * sizeof(float) > (double)(SIZE_MAX / 4))
         return -1;
+    const int64_t q_shape[4] = {b->batch, b->heads_q, n, b->head_dim};
+    const int64_t kv_shape[4] = {b->batch, b->heads_kv, n, b->head_dim};
+    memcpy(in->q_shape, q_shape, sizeof q_shape);
+    memcpy(in->kv_shape, kv_shape, sizeof kv_shape);
     const size_t nq = (size_t)(b->batch * b->heads_q * n * b->head_dim);
     const size_t nk = (size_t)(b->batch * b->heads_kv * n * b->head_dim);
     in->q = malloc(nq * sizeof(float));
     in->k = malloc(nk * sizeof(float));
     in->v = malloc(nk * sizeof(float));
-    in->out = calloc(nq, sizeof(float));
-    if (!in->q || !in->k || !in->v || !in->out)
+    if (!in->q || !in->k || !in->v)
         return -1;
     da_synth_qkv(b->seed, b->batch, b->heads_q, b->heads_kv, n, n, b->head_dim,
                  b->common.block_size, b->focus, in->q, in->k, in->v);
-    const dashattn_dtype dt = b->common.dtype;
-    void *q = in->q, *k = in->k, *v = in->v, *out = in->out;
-    if (dt != DASHATTN_F32) {
-        const int bf16 = dt == DASHATTN_BF16;
-        in->hq = malloc(nq * sizeof(uint16_t));
-        in->hk = malloc(nk * sizeof(uint16_t));
-        in->hv = malloc(nk * sizeof(uint16_t));
-        in->hout = calloc(nq, sizeof(uint16_t));
-        if (!in->hq || !in->hk || !in->hv || !in->hout)
-            return -1;
-        da_convert_to_half(in->q, in->hq, nq, bf16);
-        da_convert_to_half(in->k, in->hk, nk, bf16);
-        da_convert_to_half(in->v, in->hv, nk, bf16);
-        q = in->hq;
-        k = in->hk;
-        v = in->hv;
-        out = in->hout;
-    }
-    in->tq = dashattn_tensor_bhsd(q, dt, b->batch, b->heads_q, n, b->head_dim);
-    in->tk = dashattn_tensor_bhsd(k, dt, b->batch, b->heads_kv, n, b->head_dim);
-    in->tv = dashattn_tensor_bhsd(v, dt, b->batch, b->heads_kv, n, b->head_dim);
-    in->tout = dashattn_tensor_bhsd(out, dt, b->batch, b->heads_q, n, b->head_dim);
     return 0;
 }
 
-/* Best and median forward time over repeat runs (after one untimed warm-up
- * run when warm_up is set) and the sparsity of the call. */
-static int time_forward(dashattn_context *ctx, const dashattn_plan *plan, const bench_inputs *in,
-                        int repeat, int warm_up, double *best, double *median, double *sparsity)
+static void free_tensors(bench_tensors *t)
 {
-    const size_t ws_size = dashattn_plan_workspace_size(plan);
-    void *ws = ws_size ? malloc(ws_size) : NULL;
+    da_device_array_free(&t->q);
+    da_device_array_free(&t->k);
+    da_device_array_free(&t->v);
+    da_device_array_free(&t->out);
+}
+
+/* Upload one length's inputs to a context (errors already printed). */
+static int stage_inputs(dashattn_context *ctx, dashattn_dtype dt, const bench_inputs *in,
+                        bench_tensors *t)
+{
+    memset(t, 0, sizeof *t);
+    const size_t nq = (size_t)(in->q_shape[0] * in->q_shape[1] * in->q_shape[2] * in->q_shape[3]);
+    const size_t nk =
+        (size_t)(in->kv_shape[0] * in->kv_shape[1] * in->kv_shape[2] * in->kv_shape[3]);
+    if (da_device_array_alloc(ctx, nq, dt, &t->q) || da_device_array_alloc(ctx, nk, dt, &t->k) ||
+        da_device_array_alloc(ctx, nk, dt, &t->v) || da_device_array_alloc(ctx, nq, dt, &t->out) ||
+        da_device_array_upload(&t->q, in->q) || da_device_array_upload(&t->k, in->k) ||
+        da_device_array_upload(&t->v, in->v))
+        return -1;
+    t->tq = da_device_array_tensor(&t->q, in->q_shape);
+    t->tk = da_device_array_tensor(&t->k, in->kv_shape);
+    t->tv = da_device_array_tensor(&t->v, in->kv_shape);
+    t->tout = da_device_array_tensor(&t->out, in->q_shape);
+    return 0;
+}
+
+/* Best and median forward time over repeat runs, each counted until the
+ * backend finished, and the sparsity of the call from one untimed run that
+ * also warms up. Statistics cost a reduction, so timed runs ask for none. */
+static int time_forward(dashattn_context *ctx, const dashattn_plan *plan, const bench_tensors *in,
+                        int repeat, double *best, double *median, double *sparsity)
+{
+    const size_t ws_size = dashattn_plan_operation_workspace_size(plan, DASHATTN_OP_FORWARD);
+    void *ws = NULL;
+    dashattn_status st = dashattn_memory_alloc(ctx, ws_size, &ws);
     double times[BENCH_MAX_REPEAT];
-    if (ws_size && ws == NULL) {
-        da_error("bench: out of memory for a %zu-byte workspace", ws_size);
-        return DA_EXIT_FAILURE;
-    }
     dashattn_forward_stats stats;
-    for (int r = -warm_up; r < repeat; r++) {
+    for (int r = -1; r < repeat && st == DASHATTN_OK; r++) {
         const double t0 = da_now_ms();
-        const dashattn_status st = dashattn_forward(ctx, plan, &in->tq, &in->tk, &in->tv, &in->tout,
-                                                    NULL, NULL, &stats, ws, ws_size, NULL);
-        const double t = da_now_ms() - t0;
-        if (st != DASHATTN_OK) {
-            da_library_error("bench: forward", st);
-            free(ws);
-            return da_library_exit_status(st);
-        }
+        st = dashattn_forward(ctx, plan, &in->tq, &in->tk, &in->tv, &in->tout, NULL, NULL,
+                              r < 0 ? &stats : NULL, ws, ws_size, NULL);
+        if (st == DASHATTN_OK)
+            st = dashattn_synchronize(ctx, NULL);
         if (r >= 0)
-            times[r] = t;
+            times[r] = da_now_ms() - t0;
     }
-    free(ws);
+    dashattn_memory_free(ctx, ws);
+    if (st != DASHATTN_OK) {
+        da_library_error("bench: forward", st);
+        return da_library_exit_status(st);
+    }
     qsort(times, (size_t)repeat, sizeof times[0], cmp_double);
     *best = times[0];
     *median = repeat % 2 ? times[repeat / 2] : 0.5 * (times[repeat / 2 - 1] + times[repeat / 2]);
@@ -310,7 +318,7 @@ static int make_plan(dashattn_context *ctx, const bench_args *b, int64_t n, int 
     return DA_EXIT_OK;
 }
 
-static int measure(dashattn_context *ctx, const bench_args *b, int64_t n, const bench_inputs *in,
+static int measure(dashattn_context *ctx, const bench_args *b, int64_t n, const bench_tensors *in,
                    bench_row *row)
 {
     dashattn_plan *dash = NULL, *dense = NULL;
@@ -321,11 +329,11 @@ static int measure(dashattn_context *ctx, const bench_args *b, int64_t n, const 
         row->n = n;
         row->threads = dashattn_context_num_threads(ctx);
         row->num_blocks = dashattn_plan_num_blocks(dash);
-        rc = time_forward(ctx, dash, in, b->repeat, 1, &row->ms_dash, &row->ms_dash_median,
+        rc = time_forward(ctx, dash, in, b->repeat, &row->ms_dash, &row->ms_dash_median,
                           &row->sparsity);
     }
     if (rc == DA_EXIT_OK)
-        rc = time_forward(ctx, dense, in, b->repeat, 0, &row->ms_dense, &row->ms_dense_median,
+        rc = time_forward(ctx, dense, in, b->repeat, &row->ms_dense, &row->ms_dense_median,
                           &row->dense_sparsity);
     dashattn_plan_destroy(dash);
     dashattn_plan_destroy(dense);
@@ -418,7 +426,13 @@ static int run_sweep(const bench_args *b, dashattn_context *const *ctx, int n_ct
         }
         for (int c = 0; c < n_ctx; c++) {
             bench_row *r = &rows[*n_rows];
-            const int rc = measure(ctx[c], b, b->lengths[l], &in, r);
+            bench_tensors t;
+            int rc = stage_inputs(ctx[c], b->common.dtype, &in, &t);
+            if (rc == 0)
+                rc = measure(ctx[c], b, b->lengths[l], &t, r);
+            else
+                rc = DA_EXIT_FAILURE;
+            free_tensors(&t);
             if (rc != DA_EXIT_OK) {
                 free_inputs(&in);
                 return rc;

@@ -9,9 +9,9 @@
 #endif
 
 #include "commands.h"
-#include "convert.h"
 #include "npy.h"
 #include "options.h"
+#include "staging.h"
 
 #include <dashattn.h>
 
@@ -45,11 +45,11 @@ typedef struct run_args {
     const char *dout, *dq, *dk, *dv;
 } run_args;
 
-/* An input or output array in host float32 and, for f16/bf16 calls, in the
- * call's dtype. */
+/* An input or output array in host float32 and in the context's memory in
+ * the call's dtype. */
 typedef struct staged {
     da_npy_array host;
-    uint16_t *half;
+    da_device_array dev;
     dashattn_tensor t;
 } staged;
 
@@ -57,7 +57,8 @@ typedef struct staged {
 typedef struct run_state {
     staged q, k, v, out, dout, dq, dk, dv;
     float *lse;
-    void *workspace;
+    da_device_array lse_dev;
+    void *workspace; /* context memory */
     dashattn_context *ctx;
     dashattn_plan *plan;
 } run_state;
@@ -186,41 +187,39 @@ static int check_shapes(const run_args *a, const run_state *s)
     return 0;
 }
 
-/* Give an array of the given shape a tensor of the call's dtype; inputs are
- * converted from their float32 data, outputs get zeroed buffers. */
-static int stage(staged *s, const int64_t shape[4], dashattn_dtype dtype, int input)
+/* Give an array of the given shape a tensor of the call's dtype in the
+ * context's memory; inputs are uploaded from their float32 data, outputs
+ * get zeroed host buffers to download into. */
+static int stage(dashattn_context *ctx, staged *s, const int64_t shape[4], dashattn_dtype dtype,
+                 int input)
 {
     if (!input) {
         s->host.ndim = 4;
         memcpy(s->host.shape, shape, 4 * sizeof(int64_t));
         s->host.count = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
         s->host.data = calloc(s->host.count, sizeof(float));
-        if (s->host.data == NULL)
+        if (s->host.data == NULL) {
+            da_error("out of memory");
             return -1;
+        }
     }
-    void *data = s->host.data;
-    if (dtype != DASHATTN_F32) {
-        s->half = calloc(s->host.count, sizeof(uint16_t));
-        if (s->half == NULL)
-            return -1;
-        if (input)
-            da_convert_to_half(s->host.data, s->half, s->host.count, dtype == DASHATTN_BF16);
-        data = s->half;
-    }
-    s->t = dashattn_tensor_bhsd(data, dtype, shape[0], shape[1], shape[2], shape[3]);
+    if (da_device_array_alloc(ctx, s->host.count, dtype, &s->dev) != 0)
+        return -1;
+    if (input && da_device_array_upload(&s->dev, s->host.data) != 0)
+        return -1;
+    s->t = da_device_array_tensor(&s->dev, shape);
     return 0;
 }
 
-static void unstage(staged *s, dashattn_dtype dtype)
+static int unstage(staged *s)
 {
-    if (dtype != DASHATTN_F32)
-        da_convert_from_half(s->half, s->host.data, s->host.count, dtype == DASHATTN_BF16);
+    return da_device_array_download(&s->dev, s->host.data);
 }
 
 static void release_staged(staged *s)
 {
     da_npy_free(&s->host);
-    free(s->half);
+    da_device_array_free(&s->dev);
 }
 
 static void release_state(run_state *s)
@@ -229,7 +228,8 @@ static void release_state(run_state *s)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         release_staged(all[i]);
     free(s->lse);
-    free(s->workspace);
+    da_device_array_free(&s->lse_dev);
+    dashattn_memory_free(s->ctx, s->workspace);
     dashattn_plan_destroy(s->plan);
     dashattn_context_destroy(s->ctx);
 }
@@ -333,22 +333,27 @@ static int stage_all(const run_args *a, run_state *s)
 {
     const dashattn_dtype dt = a->common.dtype;
     const int64_t *q = s->q.host.shape;
-    int bad = stage(&s->q, q, dt, 1) || stage(&s->k, s->k.host.shape, dt, 1) ||
-              stage(&s->v, s->v.host.shape, dt, 1) || stage(&s->out, q, dt, 0);
+    dashattn_context *ctx = s->ctx;
+    int bad = stage(ctx, &s->q, q, dt, 1) || stage(ctx, &s->k, s->k.host.shape, dt, 1) ||
+              stage(ctx, &s->v, s->v.host.shape, dt, 1) || stage(ctx, &s->out, q, dt, 0);
     if (!bad && a->dout)
-        bad = stage(&s->dout, q, dt, 1) || stage(&s->dq, q, dt, 0) ||
-              stage(&s->dk, s->k.host.shape, dt, 0) || stage(&s->dv, s->v.host.shape, dt, 0);
-    if (!bad) {
-        s->lse = calloc((size_t)(q[0] * q[1] * q[2]), sizeof(float));
-        bad = s->lse == NULL;
-    }
-    const size_t ws = dashattn_plan_workspace_size(s->plan);
-    if (!bad && ws > 0) {
-        s->workspace = malloc(ws);
-        bad = s->workspace == NULL;
-    }
-    if (bad) {
+        bad = stage(ctx, &s->dout, q, dt, 1) || stage(ctx, &s->dq, q, dt, 0) ||
+              stage(ctx, &s->dk, s->k.host.shape, dt, 0) ||
+              stage(ctx, &s->dv, s->v.host.shape, dt, 0);
+    if (bad)
+        return -1;
+    const size_t rows = (size_t)(q[0] * q[1] * q[2]);
+    s->lse = calloc(rows, sizeof(float));
+    if (s->lse == NULL) {
         da_error("out of memory");
+        return -1;
+    }
+    if (da_device_array_alloc(ctx, rows, DASHATTN_F32, &s->lse_dev) != 0)
+        return -1;
+    const dashattn_status st =
+        dashattn_memory_alloc(ctx, dashattn_plan_workspace_size(s->plan), &s->workspace);
+    if (st != DASHATTN_OK) {
+        da_library_error("workspace", st);
         return -1;
     }
     return 0;
@@ -358,13 +363,10 @@ static int stage_all(const run_args *a, run_state *s)
  * already wrote, so that a failed command leaves no output file. */
 static int write_outputs(const run_args *a, run_state *s)
 {
-    const dashattn_dtype dt = a->common.dtype;
-    unstage(&s->out, dt);
-    if (a->dout) {
-        unstage(&s->dq, dt);
-        unstage(&s->dk, dt);
-        unstage(&s->dv, dt);
-    }
+    if (unstage(&s->out) != 0 || da_device_array_download(&s->lse_dev, s->lse) != 0)
+        return DA_EXIT_FAILURE;
+    if (a->dout && (unstage(&s->dq) != 0 || unstage(&s->dk) != 0 || unstage(&s->dv) != 0))
+        return DA_EXIT_FAILURE;
     struct {
         const char *path;
         const float *data;
@@ -385,10 +387,20 @@ static int write_outputs(const run_args *a, run_state *s)
             for (size_t j = 0; j < i; j++)
                 if (files[j].path != NULL)
                     remove(files[j].path);
-            return -1;
+            return DA_EXIT_USAGE;
         }
     }
-    return 0;
+    return DA_EXIT_OK;
+}
+
+/* Milliseconds of a library call, counted until its queued work is done. */
+static dashattn_status timed_sync(dashattn_context *ctx, dashattn_status st, double t0,
+                                  double *ms)
+{
+    if (st == DASHATTN_OK)
+        st = dashattn_synchronize(ctx, NULL);
+    *ms = da_now_ms() - t0;
+    return st;
 }
 
 static int execute(const run_args *a, run_state *s)
@@ -405,9 +417,10 @@ static int execute(const run_args *a, run_state *s)
     dashattn_forward_stats stats;
     memset(&stats, 0, sizeof stats);
     double t0 = da_now_ms();
+    double ms;
     dashattn_status st = dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, &s->out.t,
-                                          s->lse, NULL, &stats, s->workspace, ws, NULL);
-    const double ms = da_now_ms() - t0;
+                                          s->lse_dev.data, NULL, &stats, s->workspace, ws, NULL);
+    st = timed_sync(s->ctx, st, t0, &ms);
     if (st != DASHATTN_OK) {
         da_library_error("forward", st);
         return da_library_exit_status(st);
@@ -415,16 +428,18 @@ static int execute(const run_args *a, run_state *s)
     double ms_backward = 0.0;
     if (a->dout) {
         t0 = da_now_ms();
-        st = dashattn_backward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, &s->out.t, s->lse,
-                               &s->dout.t, &s->dq.t, &s->dk.t, &s->dv.t, s->workspace, ws, NULL);
-        ms_backward = da_now_ms() - t0;
+        st = dashattn_backward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, &s->out.t,
+                               s->lse_dev.data, &s->dout.t, &s->dq.t, &s->dk.t, &s->dv.t,
+                               s->workspace, ws, NULL);
+        st = timed_sync(s->ctx, st, t0, &ms_backward);
         if (st != DASHATTN_OK) {
             da_library_error("backward", st);
             return da_library_exit_status(st);
         }
     }
-    if (write_outputs(a, s) != 0)
-        return DA_EXIT_USAGE;
+    rc = write_outputs(a, s);
+    if (rc != DA_EXIT_OK)
+        return rc;
     if (a->common.json)
         print_json(a, s, &stats, ms, ms_backward);
     else

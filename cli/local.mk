@@ -10,8 +10,8 @@ dashattn_SOURCES = \
 	cli/cmd_bench.c \
 	cli/npy.c \
 	cli/npy.h \
-	cli/convert.c \
-	cli/convert.h \
+	cli/staging.c \
+	cli/staging.h \
 	cli/synthetic.c \
 	cli/synthetic.h
 # Per-target flags give the CLI its own object files, so cli/synthetic.c and

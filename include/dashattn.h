@@ -179,6 +179,42 @@ DASHATTN_API int dashattn_context_num_threads(const dashattn_context *context);
 DASHATTN_API size_t dashattn_backends_report(char *buffer, size_t size);
 
 /* ------------------------------------------------------------------------ */
+/* Memory of the context's backend                                          */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Allocate bytes in the context's memory space (host memory for the CPU
+ * backend, device memory for GPU backends), for tensors and workspaces.
+ * Free with dashattn_memory_free().
+ */
+DASHATTN_API dashattn_status dashattn_memory_alloc(dashattn_context *context, size_t bytes,
+                                                   void **ptr);
+
+/** Free memory from dashattn_memory_alloc() (NULL is accepted). */
+DASHATTN_API void dashattn_memory_free(dashattn_context *context, void *ptr);
+
+/**
+ * Copy bytes from host memory src to context memory dst; the copy is
+ * complete when the call returns.
+ */
+DASHATTN_API dashattn_status dashattn_memory_upload(dashattn_context *context, void *dst,
+                                                    const void *src, size_t bytes);
+
+/**
+ * Copy bytes from context memory src to host memory dst, after all work
+ * queued on the backend's default stream; complete when the call returns.
+ */
+DASHATTN_API dashattn_status dashattn_memory_download(dashattn_context *context, void *dst,
+                                                      const void *src, size_t bytes);
+
+/**
+ * Wait until all work queued by this context on stream (NULL: the default
+ * stream) has finished. The CPU backend works synchronously; this returns at
+ * once there.
+ */
+DASHATTN_API dashattn_status dashattn_synchronize(dashattn_context *context, void *stream);
+
+/* ------------------------------------------------------------------------ */
 /* Problems and plans                                                       */
 /* ------------------------------------------------------------------------ */
 

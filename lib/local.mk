@@ -13,6 +13,7 @@ libdashattn_internal_la_SOURCES += \
 	lib/context.c \
 	lib/plan.c \
 	lib/calls.c \
+	lib/memory.c \
 	lib/validate.c \
 	lib/validate.h
 libdashattn_internal_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/lib -DDASHATTN_BUILDING \

@@ -1,13 +1,15 @@
-# Tests of the command-line tool and its .npy and dtype helpers.
+# Tests of the command-line tool, its .npy files, and dtype conversion.
 check_PROGRAMS += tests/test_npy tests/test_convert tests/npy_tool
 
 tests_test_npy_SOURCES = tests/test_npy.c cli/npy.c cli/npy.h
 tests_test_npy_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli
 tests_test_npy_LDADD = libtestutil.la $(LIBM)
 
-tests_test_convert_SOURCES = tests/test_convert.c cli/convert.c cli/convert.h
-tests_test_convert_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli
-tests_test_convert_LDADD = libtestutil.la $(LIBM)
+# The conversions are the library's (lib/dtype_convert.h, dashattn_convert).
+tests_test_convert_SOURCES = tests/test_convert.c
+tests_test_convert_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli \
+	-I$(top_srcdir)/lib
+tests_test_convert_LDADD = libtestutil.la $(TEST_INTERNAL_LIBS)
 
 # Writes test arrays (random, or deliberately malformed), computes dense
 # reference attention and its gradients, compares arrays, checks JSON.

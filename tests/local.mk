@@ -28,3 +28,8 @@ libtestutil_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/c
 include $(srcdir)/tests/numerics.mk
 include $(srcdir)/tests/cli.mk
 include $(srcdir)/tests/infra.mk
+
+check_PROGRAMS += tests/test_memory
+tests_test_memory_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests
+tests_test_memory_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
+TESTS += tests/test_memory

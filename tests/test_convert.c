@@ -1,7 +1,11 @@
-/* float32 -> float16 / bfloat16 conversion of the CLI (--dtype): decoding
+/* float32 <-> float16 / bfloat16 conversion of the library (the CPU
+ * backend's loads and stores, dashattn_convert, the CLI's --dtype): decoding
  * against the format's definition, and rounding against a reference that
  * picks the nearest representable value by distance (ties to even). */
-#include "convert.h"
+#include "dtype_convert.h"
+
+#include <dashattn.h>
+#include <stdint.h>
 #include "synthetic.h"
 #include "testutil.h"
 
@@ -159,9 +163,38 @@ static void test_rounding(void)
     TU_CHECK(bf16_bad == 0, "%d bfloat16 roundings differ from the reference", bf16_bad);
 }
 
+/* dashattn_convert applies the same scalar conversions to whole arrays. */
+static void test_array_conversion(void)
+{
+    enum { N = 4096 };
+    static float src[N], back[N];
+    static uint16_t half[N];
+    da_synth_rng rng;
+    da_synth_seed(&rng, 11);
+    for (int i = 0; i < N; i++)
+        src[i] = (float)(1000.0 * da_synth_normal(&rng));
+    const dashattn_dtype dts[] = {DASHATTN_F16, DASHATTN_BF16};
+    for (int d = 0; d < 2; d++) {
+        const int bf16 = dts[d] == DASHATTN_BF16;
+        TU_CHECK(dashattn_convert(half, dts[d], src, DASHATTN_F32, N) == DASHATTN_OK,
+                 "f32 -> %s", dashattn_dtype_name(dts[d]));
+        TU_CHECK(dashattn_convert(back, DASHATTN_F32, half, dts[d], N) == DASHATTN_OK,
+                 "%s -> f32", dashattn_dtype_name(dts[d]));
+        int bad = 0;
+        for (int i = 0; i < N; i++) {
+            const uint16_t want = bf16 ? da_f32_to_bf16(src[i]) : da_f32_to_f16(src[i]);
+            const float want_back = bf16 ? da_bf16_to_f32(want) : da_f16_to_f32(want);
+            bad += half[i] != want || back[i] != want_back;
+        }
+        TU_CHECK(bad == 0, "%d of %d array conversions to %s differ from the scalar ones", bad, N,
+                 dashattn_dtype_name(dts[d]));
+    }
+}
+
 int main(void)
 {
     test_decode_and_round_trip();
     test_rounding();
+    test_array_conversion();
     return tu_finish("test_convert");
 }

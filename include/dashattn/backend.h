@@ -201,6 +201,14 @@ typedef struct dashattn_backend_iface {
                               const dashattn_decode_args *args);
     /** Optional: worker threads in use (CPU-like backends). */
     int (*num_threads)(void *state);
+    /**
+     * Host <-> backend memory copies, complete on return. NULL means the
+     * backend's memory is host memory and the core copies with memcpy.
+     */
+    dashattn_status (*upload)(void *state, void *dst, const void *src, size_t bytes);
+    dashattn_status (*download)(void *state, void *dst, const void *src, size_t bytes);
+    /** Optional: wait for the work queued on stream (NULL: default). */
+    dashattn_status (*synchronize)(void *state, void *stream);
 } dashattn_backend_iface;
 
 typedef const dashattn_backend_iface *(*dashattn_backend_entry_fn)(void);
