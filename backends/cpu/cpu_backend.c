@@ -102,12 +102,8 @@ static size_t cpu_workspace_size(void *state, const dashattn_plan_desc *plan,
                                  dashattn_operation op)
 {
     const dacpu_state *st = state;
-    const dashattn_problem *p = &plan->problem;
-    /* Block keys shared by all threads, then one slice per thread. */
-    const size_t keys = (size_t)(p->batch * p->heads_kv * plan->num_blocks * p->head_dim) * 4;
-    const size_t per_thread = op == DASHATTN_OP_BACKWARD ? dacpu_backward_thread_bytes(plan)
-                                                         : dacpu_forward_thread_bytes(plan);
-    return (keys + 63) / 64 * 64 + (size_t)st->num_threads * per_thread;
+    return dacpu_shared_layout(plan, op).total +
+           (size_t)st->num_threads * dacpu_thread_bytes(plan, op);
 }
 
 static dashattn_status cpu_alloc(void *state, size_t bytes, void **ptr)

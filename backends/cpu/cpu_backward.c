@@ -55,8 +55,15 @@ static grad_scratch take_grad_scratch(dacpu_arena *a, const dashattn_plan_desc *
     t.p = dacpu_take(a, m * sizeof(double));
     t.g = dacpu_take(a, m * sizeof(double));
     t.dz = dacpu_take(a, m * sizeof(double));
-    t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
+    t.s1 = dacpu_stage1_scratch_take(a, plan);
     return t;
+}
+
+size_t dacpu_backward_scratch_bytes(const dashattn_plan_desc *plan)
+{
+    dacpu_arena counter = {NULL, 0, 0};
+    take_grad_scratch(&counter, plan);
+    return counter.used;
 }
 
 static void axpy(float *y, float alpha, const float *x, int64_t n)
@@ -108,7 +115,8 @@ static void stage1_backward(const dashattn_plan_desc *plan, const dashattn_row_b
 }
 
 static void backward_row(const dashattn_plan_desc *plan, const dashattn_backward_args *a,
-                         const float *kbar, int64_t b, int64_t h, int64_t i, grad_scratch *t)
+                         const float *kbar, const float *keys_t, int64_t ld_keys, int64_t b,
+                         int64_t h, int64_t i, grad_scratch *t)
 {
     const dashattn_problem *pr = &plan->problem;
     const int64_t gc = plan->group_size, d = pr->head_dim, m = plan->num_blocks;
@@ -119,7 +127,7 @@ static void backward_row(const dashattn_plan_desc *plan, const dashattn_backward
 
     for (int64_t g = 0; g < gc; g++)
         load_row(a->q, b, h * gc + g, i, t->q + g * d);
-    dacpu_stage1(plan, &r, nvis, t->q, d, kbar, t->w, m, &t->s1);
+    dacpu_stage1(plan, &r, nvis, t->q, d, keys_t, ld_keys, t->w, m, &t->s1);
     for (int64_t g = 0; g < gc; g++) {
         const int64_t hq = h * gc + g;
         load_row(a->out, b, hq, i, t->o + g * d);
@@ -173,9 +181,8 @@ static void backward_row(const dashattn_plan_desc *plan, const dashattn_backward
 }
 
 /* Sum every thread's dk, dv and block-key gradient into the outputs. */
-static void reduce_kv(const dashattn_plan_desc *plan, const dashattn_backward_args *a,
-                      size_t shared, size_t per_thread, int team, int64_t b, int64_t h,
-                      float *row_k, float *row_v)
+static void reduce_kv(const dashattn_plan_desc *plan, const dashattn_backward_args *a, int team,
+                      int64_t b, int64_t h, float *row_k, float *row_v)
 {
     const dashattn_problem *pr = &plan->problem;
     const int64_t d = pr->head_dim, s = pr->block_size, n = pr->len_k;
@@ -186,7 +193,7 @@ static void reduce_kv(const dashattn_plan_desc *plan, const dashattn_backward_ar
         memset(row_k, 0, (size_t)d * sizeof(float));
         memset(row_v, 0, (size_t)d * sizeof(float));
         for (int x = 0; x < team; x++) {
-            dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, x);
+            dacpu_arena arena = dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_BACKWARD, x);
             const grad_scratch other = take_grad_scratch(&arena, plan);
             axpy(row_k, 1.0f, other.dk + tok * d, d);
             axpy(row_v, 1.0f, other.dv + tok * d, d);
@@ -203,26 +210,27 @@ dashattn_status dacpu_backward(void *state, const dashattn_plan_desc *plan,
     const dacpu_state *st = state;
     const dashattn_problem *pr = &plan->problem;
     const int64_t d = pr->head_dim, m = plan->num_blocks;
-    const size_t shared = (size_t)(pr->batch * pr->heads_kv * m * d) * 4;
-    const size_t per_thread = dacpu_backward_thread_bytes(plan);
-    float *block_keys = a->workspace;
+    const dacpu_shared layout = dacpu_shared_layout(plan, DASHATTN_OP_BACKWARD);
+    const float *keys = (const float *)((char *)a->workspace + layout.keys);
+    const float *keys_t = (const float *)((char *)a->workspace + layout.keys_t);
 
 #pragma omp parallel num_threads(st->num_threads)
     {
         const int team = TEAM_SIZE();
-        dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, THREAD_ID());
+        dacpu_arena arena =
+            dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_BACKWARD, THREAD_ID());
         grad_scratch t = take_grad_scratch(&arena, plan);
-        dacpu_block_keys(plan, a->k, block_keys, t.kbuf);
+        dacpu_block_keys(plan, a->k, &layout, a->workspace, t.kbuf);
         for (int64_t bh = 0; bh < pr->batch * pr->heads_kv; bh++) {
             const int64_t b = bh / pr->heads_kv, h = bh % pr->heads_kv;
             memset(t.dk, 0, (size_t)(pr->len_k * d) * sizeof(float));
             memset(t.dv, 0, (size_t)(pr->len_k * d) * sizeof(float));
             memset(t.dkbar, 0, (size_t)(m * d) * sizeof(float));
-            const float *kbar = block_keys + bh * m * d;
 #pragma omp for schedule(dynamic, 4)
             for (int64_t i = 0; i < pr->len_q; i++)
-                backward_row(plan, a, kbar, b, h, pr->len_q - 1 - i, &t);
-            reduce_kv(plan, a, shared, per_thread, team, b, h, t.kbuf, t.vbuf);
+                backward_row(plan, a, keys + bh * m * d, keys_t + bh * d * layout.ld_keys,
+                             layout.ld_keys, b, h, pr->len_q - 1 - i, &t);
+            reduce_kv(plan, a, team, b, h, t.kbuf, t.vbuf);
         }
     }
     return DASHATTN_OK;

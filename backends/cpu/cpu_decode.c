@@ -6,6 +6,7 @@
 #include "cpu_internal.h"
 
 #include <math.h>
+#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -15,7 +16,7 @@
 #endif
 
 typedef struct decode_scratch {
-    float *q, *acc, *w, *kbar, *kbuf, *vbuf, *kt, *logits, *row;
+    float *q, *acc, *w, *keys, *keys_t, *kbuf, *vbuf, *kt, *logits;
     dacpu_stage1_scratch s1;
 } decode_scratch;
 
@@ -23,19 +24,26 @@ static decode_scratch take_decode_scratch(dacpu_arena *a, const dashattn_plan_de
 {
     const size_t g = (size_t)plan->group_size, d = (size_t)plan->problem.head_dim;
     const size_t m = (size_t)plan->num_blocks, s = (size_t)plan->problem.block_size;
+    const dacpu_shared layout = dacpu_shared_layout(plan, DASHATTN_OP_DECODE);
     decode_scratch t;
     t.q = dacpu_take(a, g * d * sizeof(float));
     t.acc = dacpu_take(a, g * d * sizeof(float));
     t.w = dacpu_take(a, g * m * sizeof(float));
-    t.kbar = dacpu_take(a, m * d * sizeof(float));
+    t.keys = dacpu_take(a, m * d * sizeof(float));
+    t.keys_t = dacpu_take(a, d * (size_t)layout.ld_keys * sizeof(float));
     t.kbuf = dacpu_take(a, s * d * sizeof(float));
     t.vbuf = dacpu_take(a, s * d * sizeof(float));
-    const size_t ldt = (size_t)dacpu_block_ldt(plan->problem.block_size);
-    t.kt = dacpu_take(a, d * ldt * sizeof(float));
-    t.logits = dacpu_take(a, ldt * sizeof(float));
-    t.row = dacpu_take(a, d * sizeof(float));
-    t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
+    t.kt = dacpu_take(a, d * (size_t)layout.ld_block * sizeof(float));
+    t.logits = dacpu_take(a, (size_t)layout.ld_block * sizeof(float));
+    t.s1 = dacpu_stage1_scratch_take(a, plan);
     return t;
+}
+
+size_t dacpu_decode_scratch_bytes(const dashattn_plan_desc *plan)
+{
+    dacpu_arena counter = {NULL, 0, 0};
+    take_decode_scratch(&counter, plan);
+    return counter.used;
 }
 
 static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_args *a, int64_t b,
@@ -47,22 +55,29 @@ static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_a
     const int64_t s = p->block_size, len = cache->seq_lens[b];
     const dashattn_row_blocks r = dashattn_row_layout(plan, len - 1, len);
     const int64_t nvis = dacpu_visible_blocks(plan, &r);
+    const dacpu_shared layout = dacpu_shared_layout(plan, DASHATTN_OP_DECODE);
 
-    /* Candidates are complete blocks, whose keys the cache holds. */
-    for (int64_t j = r.cand_begin; j < r.cand_end; j++) {
-        const dacpu_cache_block loc = dacpu_cache_locate(cache, b, j, s);
+    /* Candidates are complete blocks, whose keys the cache holds; stage 1
+     * reads them transposed, from column cand_begin on. */
+    const int64_t n_cand = r.cand_end - r.cand_begin;
+    for (int64_t c = 0; c < n_cand; c++) {
+        const dacpu_cache_block loc = dacpu_cache_locate(cache, b, r.cand_begin + c, s);
         int64_t ld;
-        const float *key = dacpu_rows(&cache->block_keys, loc.i0, h, loc.key_row, 1, t->row, &ld);
-        for (int64_t c = 0; c < d; c++)
-            t->kbar[j * d + c] = key[c];
+        float *row = t->keys + c * d;
+        const float *key = dacpu_rows(&cache->block_keys, loc.i0, h, loc.key_row, 1, row, &ld);
+        if (key != row)
+            memcpy(row, key, (size_t)d * sizeof(float));
     }
+    if (n_cand > 0)
+        dacpu_transpose(t->keys, d, n_cand, d, t->keys_t, layout.ld_keys, r.cand_begin);
     for (int64_t g = 0; g < gc; g++) {
         int64_t ld;
-        const float *src = dacpu_rows(a->q, b, h * gc + g, 0, 1, t->row, &ld);
-        for (int64_t c = 0; c < d; c++)
-            t->q[g * d + c] = src[c];
+        float *qg = t->q + g * d;
+        const float *src = dacpu_rows(a->q, b, h * gc + g, 0, 1, qg, &ld);
+        if (src != qg)
+            memcpy(qg, src, (size_t)d * sizeof(float));
     }
-    dacpu_stage1(plan, &r, nvis, t->q, d, t->kbar, t->w, m, &t->s1);
+    dacpu_stage1(plan, &r, nvis, t->q, d, t->keys_t, layout.ld_keys, t->w, m, &t->s1);
     for (int64_t c = 0; c < gc * d; c++)
         t->q[c] *= (float)p->scale;
 
@@ -87,8 +102,8 @@ static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_a
             int64_t ldk, ldv;
             const float *kb = dacpu_rows(&cache->k, loc.i0, h, loc.r0, ntok, t->kbuf, &ldk);
             const float *vb = dacpu_rows(&cache->v, loc.i0, h, loc.r0, ntok, t->vbuf, &ldv);
-            dacpu_kv_block blk;
-            dacpu_block_prepare(kb, ldk, vb, ldv, ntok, d, t->kt, dacpu_block_ldt(s), &blk);
+            dacpu_transpose(kb, ldk, ntok, d, t->kt, layout.ld_block, 0);
+            const dacpu_kv_block blk = {t->kt, layout.ld_block, vb, ldv};
             for (int64_t g = g0; g < g1; g++) {
                 const float wj = t->w[g * m + j];
                 if (wj == 0.0f)
@@ -118,12 +133,11 @@ dashattn_status dacpu_decode(void *state, const dashattn_plan_desc *plan,
     dashattn_status status = dacpu_cache_check_readable(plan, a->cache);
     if (status != DASHATTN_OK)
         return status;
-    const size_t shared = (size_t)(p->batch * p->heads_kv * plan->num_blocks * p->head_dim) * 4;
-    const size_t per_thread = dacpu_forward_thread_bytes(plan);
     const int64_t pairs = p->batch * p->heads_kv;
 #pragma omp parallel num_threads(st->num_threads)
     {
-        dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, THREAD_ID());
+        dacpu_arena arena =
+            dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_DECODE, THREAD_ID());
         decode_scratch t = take_decode_scratch(&arena, plan);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t bh = 0; bh < pairs; bh++)

@@ -12,12 +12,16 @@
 #include <stdlib.h>
 
 /* The exact methods consume the contenders in descending order and stop at
- * the first one outside the support, so a heap that yields them one at a
- * time costs O(n + k log n) for support size k instead of a full sort. */
-typedef struct max_heap {
+ * the first one outside the support. Few contenders are simply sorted; many
+ * go into a heap that yields them one at a time, O(n + k log n) for support
+ * size k instead of a full sort. */
+#define SORT_AT_MOST 32
+
+typedef struct descending {
     double *v;
-    int64_t n;
-} max_heap;
+    int64_t n; /* contenders not yet taken */
+    int heap;
+} descending;
 
 static void sift_down(double *v, int64_t n, int64_t i)
 {
@@ -36,18 +40,32 @@ static void sift_down(double *v, int64_t n, int64_t i)
     v[i] = x;
 }
 
-static void heap_build(max_heap *h)
+static void arrange(descending *d)
 {
-    for (int64_t i = h->n / 2 - 1; i >= 0; i--)
-        sift_down(h->v, h->n, i);
+    d->heap = d->n > SORT_AT_MOST;
+    if (d->heap) {
+        for (int64_t i = d->n / 2 - 1; i >= 0; i--)
+            sift_down(d->v, d->n, i);
+        return;
+    }
+    for (int64_t i = 1; i < d->n; i++) { /* insertion sort, descending */
+        const double x = d->v[i];
+        int64_t j = i;
+        for (; j > 0 && d->v[j - 1] < x; j--)
+            d->v[j] = d->v[j - 1];
+        d->v[j] = x;
+    }
 }
 
-static double heap_pop(max_heap *h)
+static double next_largest(descending *d)
 {
-    const double top = h->v[0];
-    h->v[0] = h->v[--h->n];
-    if (h->n > 0)
-        sift_down(h->v, h->n, 0);
+    d->n--;
+    if (!d->heap)
+        return *d->v++;
+    const double top = d->v[0];
+    d->v[0] = d->v[d->n];
+    if (d->n > 0)
+        sift_down(d->v, d->n, 0);
     return top;
 }
 
@@ -60,38 +78,75 @@ static int64_t poison(double *p, int64_t n)
 }
 
 /* Largest score, or NaN if any score is NaN. */
-static double row_max(const double *z, int64_t n)
+static inline double row_max(const double *z, int64_t n)
 {
-    double m = -INFINITY;
+    /* Counts are doubles: mixed int and double lanes defeat vectorising. */
+    double m = -INFINITY, nans = 0.0;
+#pragma omp simd reduction(max : m) reduction(+ : nans)
     for (int64_t j = 0; j < n; j++) {
-        if (isnan(z[j]))
-            return NAN;
-        if (z[j] > m)
-            m = z[j];
+        m = z[j] > m ? z[j] : m;
+        nans += z[j] != z[j] ? 1.0 : 0.0;
     }
-    return m;
+    return nans > 0.0 ? NAN : m;
 }
 
-/* Shifted values X_j > -1 as a max-heap in out (X_max = 0 is among them). */
-static max_heap contenders(const double *z, int64_t n, double scale, double zmax, double *out)
+/* A lower bound of the exact threshold for r = 1 (sparsemax) or r = 2
+ * (1.5-entmax): Newton steps from tau = -1 on the convex, decreasing
+ * f(tau) = sum (X - tau)_+^r - 1 never pass its root. */
+static double threshold_lower_bound(const double *x, int64_t m, int r)
 {
-    max_heap h = {out, 0};
+    double tau = -1.0;
+    for (int step = 0; step < 2; step++) {
+        double f = -1.0, fp = 0.0;
+#pragma omp simd reduction(+ : f, fp)
+        for (int64_t j = 0; j < m; j++) {
+            const double t = x[j] > tau ? x[j] - tau : 0.0;
+            f += r == 2 ? t * t : t;
+            fp += r == 2 ? 2.0 * t : (t > 0.0 ? 1.0 : 0.0);
+        }
+        if (!(f > 0.0 && fp > 0.0))
+            break;
+        tau += f / fp;
+    }
+    /* A margin far above rounding keeps every support member in play;
+     * extra contenders only cost a comparison in the exact scan. */
+    return tau - 1e-9;
+}
+
+/* Shifted values X_j > -1 (X_max = 0 is among them), narrowed to those
+ * above a lower bound of the threshold when r is 1 or 2, ready to be taken
+ * in descending order. */
+static descending contenders(const double *z, int64_t n, double scale, double zmax, int r,
+                             double *out)
+{
+    descending d = {out, 0, 0};
+    /* Store always, advance when kept: no branch to mispredict. */
     for (int64_t j = 0; j < n; j++) {
         const double x = scale * (z[j] - zmax);
-        if (x > -1.0)
-            out[h.n++] = x;
+        out[d.n] = x;
+        d.n += x > -1.0;
     }
-    heap_build(&h);
-    return h;
+    if ((r == 1 || r == 2) && d.n > SORT_AT_MOST) {
+        const double bound = threshold_lower_bound(out, d.n, r);
+        int64_t kept = 0;
+        for (int64_t j = 0; j < d.n; j++) {
+            out[kept] = out[j];
+            kept += out[j] > bound;
+        }
+        d.n = kept;
+    }
+    if (r == 1 || r == 2) /* the bracketed search needs no order */
+        arrange(&d);
+    return d;
 }
 
 /* tau for sparsemax (alpha = 2): the largest k with 1 + k X_(k) > sum of
  * the k largest gives tau = (that sum - 1) / k. */
-static double tau_sparsemax(max_heap *h)
+static double tau_sparsemax(descending *h)
 {
     double cum = 0.0, tau = -1.0;
     for (int64_t k = 1; h->n > 0; k++) {
-        const double x = heap_pop(h);
+        const double x = next_largest(h);
         cum += x;
         if (1.0 + (double)k * x <= cum)
             break;
@@ -102,11 +157,11 @@ static double tau_sparsemax(max_heap *h)
 
 /* tau for 1.5-entmax: with support size k, tau solves
  * sum (X_j - tau)^2 = 1, i.e. tau = mean - sqrt((1 - k var) / k). */
-static double tau_entmax15(max_heap *h)
+static double tau_entmax15(descending *h)
 {
     double sum = 0.0, sumsq = 0.0, tau = -1.0;
     for (int64_t k = 1; h->n > 0; k++) {
-        const double x = heap_pop(h);
+        const double x = next_largest(h);
         sum += x;
         sumsq += x * x;
         const double mean = sum / (double)k;
@@ -177,29 +232,44 @@ int64_t da_entmax_forward(dashattn_threshold_method method, double alpha, int it
         for (int64_t j = 0; j < n; j++)
             total += p[j] = exp(z[j] - zmax);
     } else {
-        const double scale = alpha - 1.0;
-        max_heap h = contenders(z, n, scale, zmax, scratch);
+        const double scale = alpha - 1.0, r = 1.0 / scale;
+        const int exact_r = method == DASHATTN_THRESHOLD_SORT_2    ? 1
+                            : method == DASHATTN_THRESHOLD_SORT_15 ? 2
+                                                                   : 0;
+        descending h = contenders(z, n, scale, zmax, exact_r, scratch);
         double tau;
-        if (method == DASHATTN_THRESHOLD_SORT_2)
+        if (exact_r == 1)
             tau = tau_sparsemax(&h);
-        else if (method == DASHATTN_THRESHOLD_SORT_15)
+        else if (exact_r == 2)
             tau = tau_entmax15(&h);
-        else /* the search needs no order */
+        else
             tau = tau_bracketed(h.v, h.n, n, alpha, iterations);
-        const double r = 1.0 / scale;
+        if (exact_r) {
+            /* The exact thresholds make the weights sum to 1 to rounding. */
+            double support = 0.0;
+#pragma omp simd reduction(+ : support)
+            for (int64_t j = 0; j < n; j++) {
+                const double t = scale * (z[j] - zmax) - tau;
+                p[j] = t > 0.0 ? (exact_r == 1 ? t : t * t) : 0.0;
+                support += t > 0.0 ? 1.0 : 0.0;
+            }
+            return (int64_t)support;
+        }
         for (int64_t j = 0; j < n; j++) {
             const double t = scale * (z[j] - zmax) - tau;
-            p[j] = t > 0.0 ? (r == 1.0 ? t : r == 2.0 ? t * t : pow(t, r)) : 0.0;
+            p[j] = t > 0.0 ? pow(t, r) : 0.0;
             total += p[j];
         }
     }
-    /* Renormalise so every method returns an exact distribution. */
-    int64_t support = 0;
+    /* Renormalise: the search and exp leave the sum a little off 1. */
+    const double inv = 1.0 / total;
+    double support = 0.0;
+#pragma omp simd reduction(+ : support)
     for (int64_t j = 0; j < n; j++) {
-        p[j] /= total;
-        support += p[j] > 0.0;
+        p[j] *= inv;
+        support += p[j] > 0.0 ? 1.0 : 0.0;
     }
-    return support;
+    return (int64_t)support;
 }
 
 typedef struct ranked {

@@ -1,12 +1,14 @@
 /* Forward driver: block keys, then tiles of query positions per KV head.
  * A tile holds DACPU_TILE_ROWS positions of all G query heads of one KV
  * head, so each key block that any of them keeps is loaded once per tile.
- * Blocks no row of the tile keeps are never touched. */
+ * A key block is transposed once per call, by the first tile that keeps it,
+ * into a cache in the workspace; blocks no row keeps are never touched. */
 #include <config.h>
 
 #include "cpu_internal.h"
 
 #include <math.h>
+#include <stdatomic.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -14,6 +16,8 @@
 #else
 #define THREAD_ID() 0
 #endif
+
+enum { KT_ABSENT = 0, KT_WRITING = 1, KT_READY = 2 };
 
 typedef struct tile_scratch {
     float *q;    /* rows x D: raw, then scaled for stage 2 */
@@ -29,6 +33,7 @@ static tile_scratch take_tile_scratch(dacpu_arena *a, const dashattn_plan_desc *
     const size_t rows = DACPU_TILE_ROWS * (size_t)plan->group_size;
     const size_t d = (size_t)plan->problem.head_dim, m = (size_t)plan->num_blocks;
     const size_t s = (size_t)plan->problem.block_size;
+    const size_t ldt = (size_t)dacpu_shared_layout(plan, DASHATTN_OP_FORWARD).ld_block;
     tile_scratch t;
     t.q = dacpu_take(a, rows * d * sizeof(float));
     t.acc = dacpu_take(a, rows * d * sizeof(float));
@@ -37,18 +42,35 @@ static tile_scratch take_tile_scratch(dacpu_arena *a, const dashattn_plan_desc *
     t.l = dacpu_take(a, rows * sizeof(float));
     t.kbuf = dacpu_take(a, s * d * sizeof(float));
     t.vbuf = dacpu_take(a, s * d * sizeof(float));
-    const size_t ldt = (size_t)dacpu_block_ldt(plan->problem.block_size);
     t.kt = dacpu_take(a, d * ldt * sizeof(float));
     t.logits = dacpu_take(a, ldt * sizeof(float));
-    t.s1 = dacpu_stage1_scratch_take(a, plan->num_blocks);
+    t.s1 = dacpu_stage1_scratch_take(a, plan);
     return t;
 }
 
+size_t dacpu_forward_scratch_bytes(const dashattn_plan_desc *plan)
+{
+    dacpu_arena counter = {NULL, 0, 0};
+    take_tile_scratch(&counter, plan);
+    return counter.used;
+}
+
+/* What every tile of one call shares. */
+typedef struct forward_call {
+    const dashattn_plan_desc *plan;
+    const dashattn_forward_args *args;
+    dacpu_shared layout;
+    const float *keys_t;
+    float *kt_cache;
+    atomic_int *kt_state;
+} forward_call;
+
 /* Selection rows [b, hq, i, :] from the weights. */
-static void write_selection(const dashattn_plan_desc *plan, const dashattn_selection *sel,
-                            int64_t row, const float *w, int64_t visible_blocks)
+static void write_selection(const dashattn_selection *sel, int64_t row, const float *w,
+                            int64_t visible_blocks)
 {
     const int64_t cap = sel->max_blocks;
+    const int lists = sel->block_index || sel->block_weight;
     int64_t n = 0;
     for (int64_t j = 0; j < visible_blocks; j++) {
         if (w[j] == 0.0f)
@@ -59,7 +81,7 @@ static void write_selection(const dashattn_plan_desc *plan, const dashattn_selec
             sel->block_weight[row * cap + n] = w[j];
         n++;
     }
-    for (int64_t e = n; e < cap && (sel->block_index || sel->block_weight); e++) {
+    for (int64_t e = n; lists && e < cap; e++) {
         if (sel->block_index)
             sel->block_index[row * cap + e] = -1;
         if (sel->block_weight)
@@ -67,7 +89,6 @@ static void write_selection(const dashattn_plan_desc *plan, const dashattn_selec
     }
     if (sel->block_count)
         sel->block_count[row] = (int32_t)n;
-    (void)plan;
 }
 
 /* Tokens of block j a row at this layout can see. */
@@ -79,19 +100,48 @@ static int64_t visible_tokens(const dashattn_plan_desc *plan, const dashattn_row
     return end > first ? end - first : 0;
 }
 
+/* Transposed keys of block j of KV head bh: from the cache, made now if
+ * this thread is first, or into the tile's own buffer while another thread
+ * is still writing the cached copy. */
+static const float *transposed_block(const forward_call *call, int64_t b, int64_t h, int64_t j,
+                                     int64_t count, tile_scratch *t)
+{
+    const dashattn_problem *p = &call->plan->problem;
+    const int64_t d = p->head_dim, ldt = call->layout.ld_block;
+    const int64_t idx = (b * p->heads_kv + h) * call->plan->num_blocks + j;
+    float *slot = call->kt_cache + idx * d * ldt;
+    atomic_int *state = &call->kt_state[idx];
+    if (atomic_load_explicit(state, memory_order_acquire) == KT_READY)
+        return slot;
+    int expected = KT_ABSENT;
+    const int mine = atomic_compare_exchange_strong_explicit(
+        state, &expected, KT_WRITING, memory_order_acquire, memory_order_acquire);
+    if (!mine && expected == KT_READY)
+        return slot;
+    int64_t ldk;
+    const float *k = dacpu_rows(call->args->k, b, h, j * p->block_size, count, t->kbuf, &ldk);
+    float *dst = mine ? slot : t->kt;
+    dacpu_transpose(k, ldk, count, d, dst, ldt, 0);
+    if (mine)
+        atomic_store_explicit(state, KT_READY, memory_order_release);
+    return dst;
+}
+
 typedef struct tile_counts {
     int64_t visible, attended;
 } tile_counts;
 
-static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forward_args *a,
-                            const float *block_keys, int64_t b, int64_t h, int64_t i0,
+static tile_counts run_tile(const forward_call *call, int64_t b, int64_t h, int64_t i0,
                             tile_scratch *t)
 {
+    const dashattn_plan_desc *plan = call->plan;
+    const dashattn_forward_args *a = call->args;
     const dashattn_problem *p = &plan->problem;
     const int64_t g_count = plan->group_size, d = p->head_dim, m = plan->num_blocks;
     const int64_t i_end = i0 + DACPU_TILE_ROWS < p->len_q ? i0 + DACPU_TILE_ROWS : p->len_q;
-    const int64_t rows = i_end - i0;
-    const float *kbar = block_keys + (b * p->heads_kv + h) * m * d;
+    const int64_t rows = i_end - i0, bh = b * p->heads_kv + h;
+    const int64_t ld_keys = call->layout.ld_keys;
+    const float *keys_t = call->keys_t + bh * d * ld_keys;
     dashattn_row_blocks layout[DACPU_TILE_ROWS];
     int64_t nvis[DACPU_TILE_ROWS], max_vis = 0;
     tile_counts counts = {0, 0};
@@ -110,8 +160,8 @@ static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forwa
                 for (int64_t c = 0; c < d; c++)
                     q[g * d + c] = src[c];
         }
-        dacpu_stage1(plan, &layout[ri], nvis[ri], q, d, kbar, t->w + ri * g_count * m, m,
-                     &t->s1);
+        dacpu_stage1(plan, &layout[ri], nvis[ri], q, d, keys_t, ld_keys,
+                     t->w + ri * g_count * m, m, &t->s1);
         for (int64_t c = 0; c < g_count * d; c++)
             q[c] *= (float)p->scale;
     }
@@ -133,12 +183,10 @@ static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forwa
         const int64_t first = j * p->block_size;
         const int64_t count =
             first + p->block_size <= p->len_k ? p->block_size : p->len_k - first;
-        int64_t ldk, ldv;
-        const float *kb = dacpu_rows(a->k, b, h, first, count, t->kbuf, &ldk);
+        int64_t ldv;
         const float *vb = dacpu_rows(a->v, b, h, first, count, t->vbuf, &ldv);
-        dacpu_kv_block blk;
-        dacpu_block_prepare(kb, ldk, vb, ldv, count, d, t->kt, dacpu_block_ldt(p->block_size),
-                            &blk);
+        const dacpu_kv_block block = {transposed_block(call, b, h, j, count, t),
+                                      call->layout.ld_block, vb, ldv};
         for (int64_t r = 0; r < total_rows; r++) {
             const int64_t ri = r / g_count;
             const float wj = j < nvis[ri] ? t->w[r * m + j] : 0.0f;
@@ -148,7 +196,7 @@ static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forwa
             if (ntok == 0)
                 continue;
             dacpu_row_state rs = {t->m[r], t->l[r], t->acc + r * d};
-            dacpu_attend(t->q + r * d, &blk, ntok, logf(wj), d, &rs, t->logits);
+            dacpu_attend(t->q + r * d, &block, ntok, logf(wj), d, &rs, t->logits);
             t->m[r] = rs.m;
             t->l[r] = rs.l;
             counts.attended += ntok;
@@ -164,7 +212,7 @@ static tile_counts run_tile(const dashattn_plan_desc *plan, const dashattn_forwa
         if (a->lse)
             a->lse[row] = lse;
         if (a->selection)
-            write_selection(plan, a->selection, row, t->w + r * m, nvis[ri]);
+            write_selection(a->selection, row, t->w + r * m, nvis[ri]);
         counts.visible += layout[ri].visible_end;
     }
     return counts;
@@ -175,30 +223,35 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
 {
     const dacpu_state *st = state;
     const dashattn_problem *p = &plan->problem;
-    const size_t shared = (size_t)(p->batch * p->heads_kv * plan->num_blocks * p->head_dim) * 4;
-    const size_t per_thread = dacpu_forward_thread_bytes(plan);
-    float *block_keys = a->workspace;
+    forward_call call = {plan, a, dacpu_shared_layout(plan, DASHATTN_OP_FORWARD), NULL, NULL,
+                         NULL};
+    char *ws = a->workspace;
+    call.keys_t = (const float *)(ws + call.layout.keys_t);
+    call.kt_cache = (float *)(ws + call.layout.kt_cache);
+    call.kt_state = (atomic_int *)(void *)(ws + call.layout.kt_state);
     const int64_t tiles = (p->len_q + DACPU_TILE_ROWS - 1) / DACPU_TILE_ROWS;
-    const int64_t tasks = p->batch * p->heads_kv * tiles;
+    const int64_t heads = p->batch * p->heads_kv, tasks = heads * tiles;
     int64_t visible = 0, attended = 0;
 
 #pragma omp parallel num_threads(st->num_threads) reduction(+ : visible, attended)
     {
-        dacpu_arena arena = dacpu_thread_arena(a->workspace, shared, per_thread, THREAD_ID());
+        dacpu_arena arena = dacpu_thread_arena(ws, plan, DASHATTN_OP_FORWARD, THREAD_ID());
         tile_scratch t = take_tile_scratch(&arena, plan);
-        dacpu_block_keys(plan, a->k, block_keys, t.kbuf);
+#pragma omp for schedule(static)
+        for (int64_t idx = 0; idx < heads * plan->num_blocks; idx++)
+            atomic_init(&call.kt_state[idx], KT_ABSENT);
+        dacpu_block_keys(plan, a->k, &call.layout, ws, t.kbuf);
         /* Late tiles of a causal problem see the most keys: start them first. */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < tasks; task++) {
             const int64_t tile = tiles - 1 - task % tiles, bh = task / tiles;
-            const tile_counts c = run_tile(plan, a, block_keys, bh / p->heads_kv,
-                                           bh % p->heads_kv, tile * DACPU_TILE_ROWS, &t);
+            const tile_counts c =
+                run_tile(&call, bh / p->heads_kv, bh % p->heads_kv, tile * DACPU_TILE_ROWS, &t);
             visible += c.visible;
             attended += c.attended;
         }
     }
     if (a->stats) {
-        /* visible counted once per query row, so per head already */
         a->stats->visible_pairs = visible;
         a->stats->attended_pairs = attended;
         a->stats->sparsity = visible > 0 ? 1.0 - (double)attended / (double)visible : 0.0;

@@ -11,6 +11,19 @@
  * reused by DACPU_TILE_ROWS * G query rows while it sits in cache. */
 #define DACPU_TILE_ROWS 64
 
+/* Keys (or dims) per register-resident chunk of the stage-2 loops; the
+ * transposed layouts below are padded to multiples of it. */
+#define DACPU_CHUNK 32
+
+/* Hot loops are compiled for AVX-512 and AVX2 besides the baseline, and the
+ * loader picks the best the CPU runs, so portable binaries stay fast. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) &&       \
+    !defined(__SANITIZE_ADDRESS__)
+#define DACPU_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DACPU_HOT
+#endif
+
 typedef struct dacpu_state {
     int num_threads;
     char device[160];
@@ -33,50 +46,76 @@ void dacpu_store_rows(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t 
 void dacpu_mean_rows(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r0, int64_t count,
                      float *dst, float *scratch);
 
-/* ---- scratch memory ---- */
+/* ---- workspace (cpu_scratch.c) ---- */
 
-/* Carves aligned pieces out of one thread's slice of the workspace. */
+/* Data one call shares between its threads, at the start of the workspace:
+ * block keys as rows and transposed, and (forward) the transposed key
+ * blocks, each made by the first tile that needs it. Byte offsets; 0-sized
+ * parts are absent for the operation. */
+typedef struct dacpu_shared {
+    size_t keys;      /* float [B * Hkv][M][D] */
+    size_t keys_t;    /* float [B * Hkv][D][ld_keys] */
+    size_t kt_cache;  /* float [B * Hkv][M][D][ld_block] */
+    size_t kt_state;  /* atomic_int [B * Hkv * M] */
+    size_t total;
+    int64_t ld_keys;  /* padded so any candidate range can be read by chunks */
+    int64_t ld_block; /* tokens of a block, padded to DACPU_CHUNK */
+} dacpu_shared;
+
+dacpu_shared dacpu_shared_layout(const dashattn_plan_desc *plan, dashattn_operation op);
+
+/* Carves aligned pieces out of one thread's slice of the workspace. With
+ * base NULL it only counts, which is how the slices are sized: each driver
+ * takes its scratch through one function, used both to size and to carve. */
 typedef struct dacpu_arena {
-    char *next;
-    char *end;
+    char *base;
+    size_t used;
+    size_t cap;
 } dacpu_arena;
 
 void *dacpu_take(dacpu_arena *arena, size_t bytes);
 
-/* Floats of scratch a thread needs for forward/decode and for backward. */
-size_t dacpu_forward_thread_bytes(const dashattn_plan_desc *plan);
-size_t dacpu_backward_thread_bytes(const dashattn_plan_desc *plan);
+/* Bytes of scratch one thread needs for an operation. */
+size_t dacpu_thread_bytes(const dashattn_plan_desc *plan, dashattn_operation op);
 
-/* The thread's arena inside a workspace whose per-thread slices follow
- * `shared` bytes of data common to all threads. */
-dacpu_arena dacpu_thread_arena(void *workspace, size_t shared, size_t per_thread, int thread);
+/* The drivers' per-thread scratch, sized by counting. */
+size_t dacpu_forward_scratch_bytes(const dashattn_plan_desc *plan);
+size_t dacpu_backward_scratch_bytes(const dashattn_plan_desc *plan);
+size_t dacpu_decode_scratch_bytes(const dashattn_plan_desc *plan);
+
+/* The arena of one thread of an operation. */
+dacpu_arena dacpu_thread_arena(void *workspace, const dashattn_plan_desc *plan,
+                               dashattn_operation op, int thread);
 
 /* ---- block keys (cpu_block_keys.c) ---- */
 
-/* Mean key of every block of every (batch, kv head) of k into dst, laid out
- * [B, Hkv, M, D]. Must be called by all threads of a parallel region, each
- * with its own scratch of D floats; ends with a barrier. */
-void dacpu_block_keys(const dashattn_plan_desc *plan, const dashattn_tensor *k, float *dst,
-                      float *scratch);
+/* Mean key of every block of every (batch, kv head) of k, as rows into
+ * shared->keys and transposed into shared->keys_t. Must be called by all
+ * threads of a parallel region, each with its own scratch of D floats;
+ * ends with a barrier. */
+void dacpu_block_keys(const dashattn_plan_desc *plan, const dashattn_tensor *k,
+                      const dacpu_shared *layout, void *workspace, float *scratch);
 
 /* ---- stage 1 (cpu_stage1.c) ---- */
 
 typedef struct dacpu_stage1_scratch {
+    float *s;     /* scores of one head: ld_keys floats */
     double *z;    /* M */
     double *zsum; /* M */
     double *p;    /* M */
     double *sort; /* 2M */
 } dacpu_stage1_scratch;
 
-dacpu_stage1_scratch dacpu_stage1_scratch_take(dacpu_arena *arena, int64_t num_blocks);
+dacpu_stage1_scratch dacpu_stage1_scratch_take(dacpu_arena *arena, const dashattn_plan_desc *plan);
 
 /* Block weights of the G query heads of one position: w[g * ldw + j] for
  * blocks j in [0, visible_blocks) is 1 for forced blocks, the entmax (or
  * top-k) weight for candidates, 0 otherwise. q holds G unscaled rows
- * (stride ldq); kbar[j * D] is block j's mean key (read for candidates only). */
+ * (stride ldq); keys_t[c * ld_keys + j] is dim c of block j's mean key,
+ * read for candidates (and up to DACPU_CHUNK columns past them). */
 void dacpu_stage1(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,
-                  int64_t visible_blocks, const float *q, int64_t ldq, const float *kbar, float *w,
-                  int64_t ldw, dacpu_stage1_scratch *s);
+                  int64_t visible_blocks, const float *q, int64_t ldq, const float *keys_t,
+                  int64_t ld_keys, float *w, int64_t ldw, dacpu_stage1_scratch *s);
 
 /* Blocks a row reads: every block with visible tokens, by its layout. */
 int64_t dacpu_visible_blocks(const dashattn_plan_desc *plan, const dashattn_row_blocks *r);
@@ -92,26 +131,26 @@ typedef struct dacpu_row_state {
 
 void dacpu_row_begin(dacpu_row_state *rs, int64_t d);
 
-/* A key/value block prepared for many query rows: keys transposed to
- * kt[c * ldt + t] (tokens padded with zeros), values as rows. */
+/* kt[c * ldt + col0 + t] = rows[t * ld + c] for t < n, c < d, and zeros in
+ * columns [col0 + n, ldt). */
+void dacpu_transpose(const float *rows, int64_t ld, int64_t n, int64_t d, float *kt, int64_t ldt,
+                     int64_t col0);
+
+/* s[t] = q . key_t for t < n from transposed keys (s is written up to n
+ * rounded up to DACPU_CHUNK, so kt must be readable that far). */
+void dacpu_logits(const float *q, const float *kt, int64_t ldt, int64_t n, int64_t d, float *s);
+
+/* A key/value block ready for many query rows: keys transposed to
+ * kt[c * ldt + t] (padded with zeros), values as rows. */
 typedef struct dacpu_kv_block {
     const float *kt;
     int64_t ldt;
     const float *v;
     int64_t ldv;
-    int64_t ntok;
 } dacpu_kv_block;
 
-/* Row stride of a transposed block of block_size tokens. */
-int64_t dacpu_block_ldt(int64_t block_size);
-
-/* Transpose ntok keys into kt (D x ldt floats) and describe the block. */
-void dacpu_block_prepare(const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t ntok,
-                         int64_t d, float *kt, int64_t ldt, dacpu_kv_block *blk);
-
 /* Fold the first ntok tokens of a block into the row: logits are
- * qs . k_t + logw, qs already multiplied by the scale. s holds
- * dacpu_block_ldt(block_size) floats. */
+ * qs . k_t + logw, qs already multiplied by the scale. s holds ldt floats. */
 void dacpu_attend(const float *qs, const dacpu_kv_block *blk, int64_t ntok, float logw, int64_t d,
                   dacpu_row_state *rs, float *s);
 

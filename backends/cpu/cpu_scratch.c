@@ -1,8 +1,10 @@
-/* Workspace layout of the CPU backend: data shared by all threads (block
- * keys) first, then one equal slice per thread. */
+/* Workspace layout of the CPU backend: data shared by all threads of a call
+ * first, then one equal slice per thread. */
 #include <config.h>
 
 #include "cpu_internal.h"
+
+#include <stdatomic.h>
 
 #define ALIGN 64
 
@@ -11,50 +13,63 @@ static size_t round_up(size_t n)
     return (n + ALIGN - 1) / ALIGN * ALIGN;
 }
 
+static int64_t pad_chunk(int64_t n)
+{
+    return (n + DACPU_CHUNK - 1) / DACPU_CHUNK * DACPU_CHUNK;
+}
+
 void *dacpu_take(dacpu_arena *arena, size_t bytes)
 {
-    char *p = arena->next;
-    arena->next += round_up(bytes);
-    /* Sizes come from the same formulas as the slices; overrunning is a bug. */
-    return arena->next <= arena->end ? p : NULL;
+    void *p = arena->base ? arena->base + arena->used : NULL;
+    arena->used += round_up(bytes);
+    /* Slices are sized by the same take sequence; overrunning is a bug. */
+    return arena->base && arena->used > arena->cap ? NULL : p;
 }
 
-dacpu_arena dacpu_thread_arena(void *workspace, size_t shared, size_t per_thread, int thread)
+dacpu_shared dacpu_shared_layout(const dashattn_plan_desc *plan, dashattn_operation op)
 {
-    char *base = (char *)workspace + round_up(shared) + (size_t)thread * per_thread;
-    dacpu_arena a = {base, base + per_thread};
+    const dashattn_problem *p = &plan->problem;
+    const size_t heads = (size_t)(p->batch * p->heads_kv), m = (size_t)plan->num_blocks;
+    const size_t d = (size_t)p->head_dim;
+    dacpu_shared s = {0};
+    /* A candidate range read in chunks may run DACPU_CHUNK columns past M. */
+    s.ld_keys = pad_chunk(plan->num_blocks) + DACPU_CHUNK;
+    s.ld_block = pad_chunk(p->block_size);
+    if (op == DASHATTN_OP_DECODE)
+        return s; /* decode reads the cache's block keys */
+    size_t at = 0;
+    s.keys = at;
+    at += round_up(heads * m * d * sizeof(float));
+    s.keys_t = at;
+    at += round_up(heads * d * (size_t)s.ld_keys * sizeof(float));
+    if (op == DASHATTN_OP_FORWARD) {
+        s.kt_cache = at;
+        at += round_up(heads * m * d * (size_t)s.ld_block * sizeof(float));
+        s.kt_state = at;
+        at += round_up(heads * m * sizeof(atomic_int));
+    }
+    s.total = at;
+    return s;
+}
+
+size_t dacpu_thread_bytes(const dashattn_plan_desc *plan, dashattn_operation op)
+{
+    switch (op) {
+    case DASHATTN_OP_FORWARD:
+        return round_up(dacpu_forward_scratch_bytes(plan));
+    case DASHATTN_OP_BACKWARD:
+        return round_up(dacpu_backward_scratch_bytes(plan));
+    case DASHATTN_OP_DECODE:
+        return round_up(dacpu_decode_scratch_bytes(plan));
+    }
+    return 0;
+}
+
+dacpu_arena dacpu_thread_arena(void *workspace, const dashattn_plan_desc *plan,
+                               dashattn_operation op, int thread)
+{
+    const size_t per_thread = dacpu_thread_bytes(plan, op);
+    const size_t shared = dacpu_shared_layout(plan, op).total;
+    dacpu_arena a = {(char *)workspace + shared + (size_t)thread * per_thread, 0, per_thread};
     return a;
-}
-
-size_t dacpu_forward_thread_bytes(const dashattn_plan_desc *plan)
-{
-    const dashattn_problem *p = &plan->problem;
-    const size_t d = (size_t)p->head_dim, m = (size_t)plan->num_blocks;
-    const size_t rows = DACPU_TILE_ROWS * (size_t)plan->group_size, s = (size_t)p->block_size;
-    const size_t ldt = (size_t)dacpu_block_ldt(p->block_size);
-    return round_up(rows * d * 4) * 2         /* q tile, accumulators */
-           + round_up(rows * m * 4)           /* block weights */
-           + round_up(rows * 4) * 2           /* m, l */
-           + round_up(s * d * 4) * 2          /* converted k, v block */
-           + round_up(ldt * d * 4)            /* transposed k block */
-           + round_up(ldt * 4)                /* logits */
-           + round_up(m * d * 4)              /* gathered block keys (decode) */
-           + round_up(d * 4)                  /* one converted row (decode) */
-           + round_up(m * 8) * 3 + round_up(m * 16) /* stage 1 */
-           + 8 * ALIGN;
-}
-
-size_t dacpu_backward_thread_bytes(const dashattn_plan_desc *plan)
-{
-    const dashattn_problem *p = &plan->problem;
-    const size_t d = (size_t)p->head_dim, m = (size_t)plan->num_blocks;
-    const size_t g = (size_t)plan->group_size, s = (size_t)p->block_size, n = (size_t)p->len_k;
-    return round_up(n * d * 4) * 2                /* dk, dv accumulators */
-           + round_up(m * d * 4)                  /* dkbar accumulator */
-           + round_up(g * d * 4) * 5              /* q, dq, o, dout rows, scaled q */
-           + round_up(g * m * 4) * 2              /* weights, prior gradients */
-           + round_up(g * 4) * 2                  /* lse, delta per head */
-           + round_up(s * d * 4) * 2              /* converted k, v block */
-           + round_up(m * 8) * 4 + round_up(m * 16) /* stage 1 and its backward */
-           + 12 * ALIGN;
 }

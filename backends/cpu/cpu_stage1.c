@@ -5,13 +5,16 @@
 #include "cpu_entmax.h"
 #include "cpu_internal.h"
 
-dacpu_stage1_scratch dacpu_stage1_scratch_take(dacpu_arena *arena, int64_t num_blocks)
+dacpu_stage1_scratch dacpu_stage1_scratch_take(dacpu_arena *arena, const dashattn_plan_desc *plan)
 {
-    const size_t m = (size_t)num_blocks;
-    dacpu_stage1_scratch s = {dacpu_take(arena, m * sizeof(double)),
-                              dacpu_take(arena, m * sizeof(double)),
-                              dacpu_take(arena, m * sizeof(double)),
-                              dacpu_take(arena, 2 * m * sizeof(double))};
+    const size_t m = (size_t)plan->num_blocks;
+    const size_t ld = (size_t)dacpu_shared_layout(plan, DASHATTN_OP_DECODE).ld_keys;
+    dacpu_stage1_scratch s;
+    s.s = dacpu_take(arena, ld * sizeof(float));
+    s.z = dacpu_take(arena, m * sizeof(double));
+    s.zsum = dacpu_take(arena, m * sizeof(double));
+    s.p = dacpu_take(arena, m * sizeof(double));
+    s.sort = dacpu_take(arena, 2 * m * sizeof(double));
     return s;
 }
 
@@ -31,8 +34,8 @@ static void select_blocks(const dashattn_plan_desc *plan, const double *z, int64
 }
 
 void dacpu_stage1(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,
-                  int64_t visible_blocks, const float *q, int64_t ldq, const float *kbar, float *w,
-                  int64_t ldw, dacpu_stage1_scratch *s)
+                  int64_t visible_blocks, const float *q, int64_t ldq, const float *keys_t,
+                  int64_t ld_keys, float *w, int64_t ldw, dacpu_stage1_scratch *s)
 {
     const int64_t g_count = plan->group_size, d = plan->problem.head_dim;
     const double scale1 = plan->problem.stage1_scale;
@@ -47,9 +50,9 @@ void dacpu_stage1(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,
         for (int64_t c = 0; c < n; c++)
             s->zsum[c] = 0.0;
     for (int64_t g = 0; g < g_count; g++) {
-        const float *qg = q + g * ldq;
+        dacpu_logits(q + g * ldq, keys_t + first, ld_keys, n, d, s->s);
         for (int64_t c = 0; c < n; c++)
-            s->z[c] = scale1 * (double)dacpu_dot(qg, kbar + (first + c) * d, d);
+            s->z[c] = scale1 * (double)s->s[c];
         if (shared) {
             for (int64_t c = 0; c < n; c++)
                 s->zsum[c] += s->z[c] / (double)g_count;

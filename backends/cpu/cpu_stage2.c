@@ -2,10 +2,10 @@
  * weight as a log-prior, accumulated block by block with an online softmax
  * (SPEC.md, "Stage 2"). The hot loops live here.
  *
- * A key block is transposed once into [D][ldt] so that the logits of one
- * query row against all its tokens are computed with independent vector
- * accumulators (no horizontal reductions), and the transposition is shared
- * by every row of the tile that keeps the block. */
+ * Keys are used transposed, [D][ldt], so that the logits of one query row
+ * against a block's tokens (or stage 1's scores against block keys) are
+ * computed with independent vector accumulators and no horizontal
+ * reductions. */
 #include <config.h>
 
 #include "cpu_internal.h"
@@ -13,16 +13,8 @@
 #include <math.h>
 #include <string.h>
 
-/* Portable binaries still get AVX2/FMA code where the CPU has it. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) &&       \
-    !defined(__SANITIZE_ADDRESS__)
-#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define HOT
-#endif
-
-/* Tokens (and head dimensions) handled per register-resident chunk. */
-#define CHUNK 32
+#define HOT DACPU_HOT
+#define CHUNK DACPU_CHUNK
 
 HOT float dacpu_dot(const float *a, const float *b, int64_t n)
 {
@@ -33,27 +25,16 @@ HOT float dacpu_dot(const float *a, const float *b, int64_t n)
     return s;
 }
 
-int64_t dacpu_block_ldt(int64_t block_size)
+void dacpu_transpose(const float *rows, int64_t ld, int64_t n, int64_t d, float *kt, int64_t ldt,
+                     int64_t col0)
 {
-    return (block_size + CHUNK - 1) / CHUNK * CHUNK;
-}
-
-void dacpu_block_prepare(const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t ntok,
-                         int64_t d, float *kt, int64_t ldt, dacpu_kv_block *blk)
-{
-    const int64_t padded = (ntok + CHUNK - 1) / CHUNK * CHUNK;
     for (int64_t c = 0; c < d; c++) {
-        float *row = kt + c * ldt;
-        for (int64_t t = 0; t < ntok; t++)
-            row[t] = k[t * ldk + c];
-        for (int64_t t = ntok; t < padded; t++)
-            row[t] = 0.0f;
+        float *out = kt + c * ldt + col0;
+        for (int64_t t = 0; t < n; t++)
+            out[t] = rows[t * ld + c];
+        for (int64_t t = col0 + n; t < ldt; t++)
+            kt[c * ldt + t] = 0.0f;
     }
-    blk->kt = kt;
-    blk->ldt = ldt;
-    blk->v = v;
-    blk->ldv = ldv;
-    blk->ntok = ntok;
 }
 
 void dacpu_row_begin(dacpu_row_state *rs, int64_t d)
@@ -89,48 +70,82 @@ static inline float exp_approx(float x)
     return x < -87.0f ? 0.0f : p * scale.f;
 }
 
-/* s[t] = qs . k_t for t < ntok (ntok rounded up to CHUNK, padding is 0). */
-HOT static void block_logits(const float *qs, const dacpu_kv_block *blk, int64_t ntok, int64_t d,
-                             float *s)
+/* 16 floats as one value: GCC and Clang lower it to one AVX-512 register,
+ * two AVX ones or four SSE ones, whichever the clone targets, and keep such
+ * local accumulators in registers (arrays under `omp simd` would live on
+ * the stack). Loads go through memcpy, which compiles to unaligned moves. */
+typedef float vf16 __attribute__((vector_size(64)));
+/* The helpers below are inlined; their vector ABI never crosses a call. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+static inline vf16 load16(const float *p)
 {
-    for (int64_t t0 = 0; t0 < ntok; t0 += CHUNK) {
-        float acc[CHUNK] = {0};
-        for (int64_t c = 0; c < d; c++) {
-            const float qc = qs[c];
-            const float *kt = blk->kt + c * blk->ldt + t0;
-#pragma omp simd
-            for (int u = 0; u < CHUNK; u++)
-                acc[u] += qc * kt[u];
+    vf16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store16(float *p, vf16 v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* Tokens t0 .. t0 + 31 of s = q . key_t: two token halves times even and
+ * odd dims make four independent FMA chains. */
+HOT void dacpu_logits(const float *q, const float *kt, int64_t ldt, int64_t n, int64_t d,
+                      float *s)
+{
+    for (int64_t t0 = 0; t0 < n; t0 += 32) {
+        vf16 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        const float *k = kt + t0;
+        int64_t c = 0;
+        for (; c + 1 < d; c += 2, k += 2 * ldt) {
+            const float q0 = q[c], q1 = q[c + 1];
+            a0 += q0 * load16(k);
+            a1 += q0 * load16(k + 16);
+            b0 += q1 * load16(k + ldt);
+            b1 += q1 * load16(k + ldt + 16);
         }
-        memcpy(s + t0, acc, sizeof acc);
+        if (c < d) {
+            a0 += q[c] * load16(k);
+            a1 += q[c] * load16(k + 16);
+        }
+        store16(s + t0, a0 + b0);
+        store16(s + t0 + 16, a1 + b1);
     }
 }
 
-/* acc = acc * corr + sum_t p[t] v_t, a CHUNK of dimensions at a time. */
+/* acc = acc * corr + sum_t p[t] v_t, 32 dims at a time, even and odd
+ * tokens in separate accumulators. */
 HOT static void block_values(const float *p, const dacpu_kv_block *blk, int64_t ntok, int64_t d,
                              float corr, float *out)
 {
+    const int64_t ldv = blk->ldv;
     int64_t c0 = 0;
-    for (; c0 + CHUNK <= d; c0 += CHUNK) {
-        float acc[CHUNK];
-#pragma omp simd
-        for (int u = 0; u < CHUNK; u++)
-            acc[u] = out[c0 + u] * corr;
-        for (int64_t t = 0; t < ntok; t++) {
-            const float pt = p[t];
-            const float *vt = blk->v + t * blk->ldv + c0;
-#pragma omp simd
-            for (int u = 0; u < CHUNK; u++)
-                acc[u] += pt * vt[u];
+    for (; c0 + 32 <= d; c0 += 32) {
+        vf16 a0 = corr * load16(out + c0), a1 = corr * load16(out + c0 + 16);
+        vf16 b0 = {0}, b1 = {0};
+        const float *v = blk->v + c0;
+        int64_t t = 0;
+        for (; t + 1 < ntok; t += 2, v += 2 * ldv) {
+            a0 += p[t] * load16(v);
+            a1 += p[t] * load16(v + 16);
+            b0 += p[t + 1] * load16(v + ldv);
+            b1 += p[t + 1] * load16(v + ldv + 16);
         }
-        memcpy(out + c0, acc, sizeof acc);
+        if (t < ntok) {
+            a0 += p[t] * load16(v);
+            a1 += p[t] * load16(v + 16);
+        }
+        store16(out + c0, a0 + b0);
+        store16(out + c0 + 16, a1 + b1);
     }
-    if (c0 < d) { /* head dims that are not a multiple of CHUNK */
+    if (c0 < d) { /* head dims that are not a multiple of 32 */
         for (int64_t c = c0; c < d; c++)
             out[c] *= corr;
         for (int64_t t = 0; t < ntok; t++) {
             const float pt = p[t];
-            const float *vt = blk->v + t * blk->ldv;
+            const float *vt = blk->v + t * ldv;
             for (int64_t c = c0; c < d; c++)
                 out[c] += pt * vt[c];
         }
@@ -140,7 +155,7 @@ HOT static void block_values(const float *p, const dacpu_kv_block *blk, int64_t 
 HOT void dacpu_attend(const float *qs, const dacpu_kv_block *blk, int64_t ntok, float logw,
                       int64_t d, dacpu_row_state *rs, float *s)
 {
-    block_logits(qs, blk, ntok, d, s);
+    dacpu_logits(qs, blk->kt, blk->ldt, ntok, d, s);
     float block_max = -INFINITY, finite = 0.0f;
 #pragma omp simd reduction(max : block_max) reduction(+ : finite)
     for (int64_t t = 0; t < ntok; t++) {
