@@ -75,6 +75,16 @@ static da_shape kv_shape(const dashattn_problem *p)
     return (da_shape){{p->batch, p->heads_kv, p->len_k, p->head_dim}};
 }
 
+/* q, k and v as the plan describes them; shared by forward and backward. */
+static dashattn_status check_qkv(const char *fn, const dashattn_problem *p,
+                                 const dashattn_tensor *q, const dashattn_tensor *k,
+                                 const dashattn_tensor *v)
+{
+    CHECK(da_check_tensor(fn, "q", q, p->dtype, q_shape(p), DA_INPUT));
+    CHECK(da_check_tensor(fn, "k", k, p->dtype, kv_shape(p), DA_INPUT));
+    return da_check_tensor(fn, "v", v, p->dtype, kv_shape(p), DA_INPUT);
+}
+
 DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const dashattn_plan *plan,
                                               const dashattn_tensor *q, const dashattn_tensor *k,
                                               const dashattn_tensor *v, const dashattn_tensor *out,
@@ -86,9 +96,7 @@ DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const d
     da_clear_error();
     CHECK(da_check_call(fn, context, plan));
     const dashattn_problem *p = &plan->desc.problem;
-    CHECK(da_check_tensor(fn, "q", q, p->dtype, q_shape(p), DA_INPUT));
-    CHECK(da_check_tensor(fn, "k", k, p->dtype, kv_shape(p), DA_INPUT));
-    CHECK(da_check_tensor(fn, "v", v, p->dtype, kv_shape(p), DA_INPUT));
+    CHECK(check_qkv(fn, p, q, k, v));
     CHECK(da_check_tensor(fn, "out", out, p->dtype, q_shape(p), DA_OUTPUT));
     CHECK(da_check_selection(fn, plan, selection));
     workspace ws;
@@ -113,9 +121,7 @@ DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context,
     da_clear_error();
     CHECK(da_check_call(fn, context, plan));
     const dashattn_problem *p = &plan->desc.problem;
-    CHECK(da_check_tensor(fn, "q", q, p->dtype, q_shape(p), DA_INPUT));
-    CHECK(da_check_tensor(fn, "k", k, p->dtype, kv_shape(p), DA_INPUT));
-    CHECK(da_check_tensor(fn, "v", v, p->dtype, kv_shape(p), DA_INPUT));
+    CHECK(check_qkv(fn, p, q, k, v));
     CHECK(da_check_tensor(fn, "out", out, p->dtype, q_shape(p), DA_INPUT));
     if (!lse)
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,

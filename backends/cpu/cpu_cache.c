@@ -21,32 +21,44 @@ dacpu_cache_block dacpu_cache_locate(const dashattn_kv_cache *cache, int64_t b, 
     return loc;
 }
 
-static int page_ok(const dashattn_kv_cache *cache, int64_t b, int64_t j)
+/* First block in [first, last] of sequence b without a valid page, or -1. */
+static int64_t unmapped_block(const dashattn_kv_cache *cache, int64_t b, int64_t first,
+                              int64_t last)
 {
-    const int32_t page = cache->block_table[b * cache->table_stride + j];
-    return page >= 0 && page < cache->k.shape[0];
+    if (cache->layout != DASHATTN_CACHE_PAGED)
+        return -1;
+    for (int64_t j = first; j <= last; j++) {
+        const int32_t page = cache->block_table[b * cache->table_stride + j];
+        if (page < 0 || page >= cache->k.shape[0])
+            return j;
+    }
+    return -1;
+}
+
+static dashattn_status page_error(dashattn_status status, const char *fn,
+                                  const dashattn_kv_cache *cache, int64_t b, int64_t j)
+{
+    return da_fail(status,
+                   "%s: cache->block_table maps block %lld of sequence %lld to page %d, outside "
+                   "[0, %lld)",
+                   fn, (long long)j, (long long)b,
+                   (int)cache->block_table[b * cache->table_stride + j],
+                   (long long)cache->k.shape[0]);
 }
 
 dashattn_status dacpu_cache_check_readable(const dashattn_plan_desc *plan,
                                            const dashattn_kv_cache *cache)
 {
     const dashattn_problem *p = &plan->problem;
-    const int64_t s = p->block_size;
     for (int64_t b = 0; b < p->batch; b++) {
         const int64_t len = cache->seq_lens[b];
         if (len < 1 || len > p->len_k)
             return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
                            "dashattn_decode: cache->seq_lens[%lld] is %lld, must be in [1, %lld]",
                            (long long)b, (long long)len, (long long)p->len_k);
-        if (cache->layout == DASHATTN_CACHE_PAGED)
-            for (int64_t j = 0; j * s < len; j++)
-                if (!page_ok(cache, b, j))
-                    return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
-                                   "dashattn_decode: cache->block_table maps block %lld of "
-                                   "sequence %lld to page %d, outside [0, %lld)",
-                                   (long long)j, (long long)b,
-                                   (int)cache->block_table[b * cache->table_stride + j],
-                                   (long long)cache->k.shape[0]);
+        const int64_t j = unmapped_block(cache, b, 0, (len - 1) / p->block_size);
+        if (j >= 0)
+            return page_error(DASHATTN_ERR_INVALID_ARGUMENT, "dashattn_decode", cache, b, j);
     }
     return DASHATTN_OK;
 }
@@ -69,15 +81,9 @@ static dashattn_status check_room(const dashattn_plan_desc *plan, const dashattn
                            "dashattn_cache_append: sequence %lld holds %lld tokens; %lld more "
                            "exceed the capacity %lld",
                            (long long)b, (long long)len, (long long)tokens, (long long)p->len_k);
-        if (cache->layout == DASHATTN_CACHE_PAGED)
-            for (int64_t j = len / s; j <= (len + tokens - 1) / s; j++)
-                if (!page_ok(cache, b, j))
-                    return da_fail(DASHATTN_ERR_CACHE_FULL,
-                                   "dashattn_cache_append: block %lld of sequence %lld has no "
-                                   "page (block_table entry %d, pages 0..%lld)",
-                                   (long long)j, (long long)b,
-                                   (int)cache->block_table[b * cache->table_stride + j],
-                                   (long long)cache->k.shape[0] - 1);
+        const int64_t j = unmapped_block(cache, b, len / s, (len + tokens - 1) / s);
+        if (j >= 0)
+            return page_error(DASHATTN_ERR_CACHE_FULL, "dashattn_cache_append", cache, b, j);
     }
     return DASHATTN_OK;
 }
