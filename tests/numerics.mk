@@ -26,11 +26,14 @@ tests_test_entmax_SOURCES = tests/test_entmax.c
 tests_test_entmax_CPPFLAGS = $(NUMERICS_CPPFLAGS) -I$(top_srcdir)/backends/cpu
 tests_test_entmax_LDADD = libtestref.la libtestutil.la $(TEST_INTERNAL_LIBS)
 
-tests_test_forward_SOURCES = tests/test_forward.c
+# The configurations, inputs and views test_forward and test_backward share.
+NUMERICS_CASES = tests/cases.c tests/cases.h
+
+tests_test_forward_SOURCES = tests/test_forward.c $(NUMERICS_CASES)
 tests_test_forward_CPPFLAGS = $(NUMERICS_CPPFLAGS)
 tests_test_forward_LDADD = $(NUMERICS_PUBLIC_LDADD)
 
-tests_test_backward_SOURCES = tests/test_backward.c
+tests_test_backward_SOURCES = tests/test_backward.c $(NUMERICS_CASES)
 tests_test_backward_CPPFLAGS = $(NUMERICS_CPPFLAGS)
 tests_test_backward_LDADD = $(NUMERICS_PUBLIC_LDADD)
 

@@ -3,8 +3,8 @@
  * explicit workspaces, optional outputs, half-precision inputs, NaN
  * propagation, and the all-blocks-forced limit that must equal dense
  * attention. */
+#include "cases.h"
 #include "reference.h"
-#include "synthetic.h"
 #include "testutil.h"
 
 #include <dashattn.h>
@@ -24,98 +24,13 @@
 
 static dashattn_context *ctx;
 
+/* A table row: a configuration, and whether to also run it in f16 and bf16. */
 typedef struct fcase {
-    const char *name;
-    int64_t batch, heads_q, heads_kv, len_q, len_k, dim;
-    int causal;
-    int32_t block_size, n_sink, n_local;
-    double alpha;
-    int32_t topk; /* > 0 selects TOPK mode */
-    int shared;
-    double focus; /* < 0: plain Gaussian inputs instead of da_synth_qkv */
-    double scale, scale1;
-    int halves; /* also run f16 and bf16 */
+    tc_case c;
+    int halves;
 } fcase;
 
-/* ---- 16-bit conversions, written here so the test does not trust the library's ---- */
-
-static uint32_t bits_of(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    return x;
-}
-
-static float float_of(uint32_t x)
-{
-    float f;
-    memcpy(&f, &x, sizeof f);
-    return f;
-}
-
-static uint16_t to_bf16(float f)
-{
-    const uint32_t x = bits_of(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40u);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-static float from_bf16(uint16_t h)
-{
-    return float_of((uint32_t)h << 16);
-}
-
-static uint16_t to_f16(float f)
-{
-    const uint32_t x = bits_of(f);
-    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    const uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u)
-        return sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u);
-    if (ax >= 0x477ff000u) /* rounds to a value beyond the largest half */
-        return sign | 0x7c00u;
-    if (ax < 0x38800000u) /* below 2^-14: subnormal half, units of 2^-24 */
-        return sign | (uint16_t)lrintf(float_of(ax) * 16777216.0f);
-    uint32_t h = ((((ax >> 23) - 127u + 15u)) << 10) | ((ax & 0x7fffffu) >> 13);
-    const uint32_t rest = ax & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-        h++;
-    return sign | (uint16_t)h;
-}
-
-static float from_f16(uint16_t h)
-{
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0)
-        return (sign ? -1.0f : 1.0f) * ldexpf((float)m, -24);
-    if (e == 31)
-        return float_of(sign | 0x7f800000u | (m << 13));
-    return float_of(sign | ((e - 15u + 127u) << 23) | (m << 13));
-}
-
-static void test_conversions(void)
-{
-    /* Exactly representable values survive; rounding is to nearest even. */
-    const float exact[] = {0.0f, 1.0f, -2.5f, 65504.0f, 0x1p-24f, 0x1p-14f, 0.333251953125f};
-    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
-        TU_CHECK(from_f16(to_f16(exact[i])) == exact[i], "f16 round trip of %g", exact[i]);
-    TU_CHECK(from_f16(to_f16(1.0f + 0x1p-11f)) == 1.0f, "f16 ties to even (down)");
-    TU_CHECK(from_f16(to_f16(1.0f + 3 * 0x1p-11f)) == 1.0f + 0x1p-9f, "f16 ties to even (up)");
-    TU_CHECK(from_bf16(to_bf16(1.0f + 0x1p-8f)) == 1.0f, "bf16 ties to even");
-    TU_CHECK(from_bf16(to_bf16(-3.0f)) == -3.0f, "bf16 round trip");
-}
-
 /* ---- helpers ---- */
-
-static float *poisoned_floats(size_t n)
-{
-    float *x = tu_xcalloc(n, sizeof *x);
-    for (size_t i = 0; i < n; i++)
-        x[i] = NAN;
-    return x;
-}
 
 /* [B, H, N, D] contiguous -> [B, N, H, D] contiguous, or back. */
 static void permute_bhsd(const float *src, float *dst, int64_t b_, int64_t h_, int64_t n_,
@@ -132,53 +47,6 @@ static void permute_bhsd(const float *src, float *dst, int64_t b_, int64_t h_, i
                     else
                         dst[bhsd] = src[bshd];
                 }
-}
-
-static void make_problem(const fcase *c, dashattn_problem *pr, dashattn_dtype dtype)
-{
-    dashattn_problem_init(pr, c->batch, c->heads_q, c->heads_kv, c->len_q, c->len_k, c->dim);
-    pr->dtype = dtype;
-    pr->causal = c->causal;
-    pr->block_size = c->block_size;
-    pr->n_sink = c->n_sink;
-    pr->n_local = c->n_local;
-    pr->alpha = c->alpha;
-    if (c->topk > 0) {
-        pr->selection = DASHATTN_SELECT_TOPK;
-        pr->topk = c->topk;
-    }
-    pr->group_mode = c->shared ? DASHATTN_GROUP_SHARED : DASHATTN_GROUP_PER_HEAD;
-    pr->scale = c->scale;
-    pr->stage1_scale = c->scale1;
-}
-
-typedef struct inputs {
-    float *q, *k, *v;
-    size_t nq, nkv;
-} inputs;
-
-static void make_inputs(const fcase *c, uint64_t seed, inputs *in)
-{
-    in->nq = (size_t)(c->batch * c->heads_q * c->len_q * c->dim);
-    in->nkv = (size_t)(c->batch * c->heads_kv * c->len_k * c->dim);
-    if (c->focus >= 0.0) {
-        in->q = tu_xcalloc(in->nq, sizeof(float));
-        in->k = tu_xcalloc(in->nkv, sizeof(float));
-        in->v = tu_xcalloc(in->nkv, sizeof(float));
-        da_synth_qkv(seed, c->batch, c->heads_q, c->heads_kv, c->len_q, c->len_k, c->dim,
-                     c->block_size, c->focus, in->q, in->k, in->v);
-    } else {
-        in->q = tu_random_floats(seed, in->nq, 1.0);
-        in->k = tu_random_floats(seed + 1, in->nkv, 1.0);
-        in->v = tu_random_floats(seed + 2, in->nkv, 1.0);
-    }
-}
-
-static void free_inputs(inputs *in)
-{
-    free(in->q);
-    free(in->k);
-    free(in->v);
 }
 
 /* Rows of padded tensors are this many floats longer than head_dim. */
@@ -216,10 +84,10 @@ static dashattn_tensor padded_view(float *data, int64_t b, int64_t h, int64_t n,
 
 /* Padded row strides (NaN in the inputs' padding) give the contiguous result
  * and leave the output's padding alone. */
-static void check_padded(const dashattn_plan *plan, const fcase *c, const inputs *in,
+static void check_padded(const dashattn_plan *plan, const tc_case *c, const tc_inputs *in,
                          const float *out)
 {
-    const size_t qrows = (size_t)(c->batch * c->heads_q * c->len_q);
+    const size_t qrows = in->rows;
     const size_t kvrows = (size_t)(c->batch * c->heads_kv * c->len_k);
     float *q = pad_rows(in->q, qrows, c->dim, NAN), *k = pad_rows(in->k, kvrows, c->dim, NAN);
     float *v = pad_rows(in->v, kvrows, c->dim, NAN);
@@ -261,14 +129,13 @@ static void check_padded(const dashattn_plan *plan, const fcase *c, const inputs
 }
 
 /* One forward call on f32 BHSD (or BSHD) data; out and lse are poisoned first. */
-static dashattn_status run_forward(const dashattn_plan *plan, const fcase *c, const inputs *in,
+static dashattn_status run_forward(const dashattn_plan *plan, const tc_case *c, const tc_inputs *in,
                                    int bshd, float *out, float *lse, const dashattn_selection *sel,
                                    dashattn_forward_stats *stats, void *ws, size_t ws_size)
 {
-    const size_t rows = (size_t)(c->batch * c->heads_q * c->len_q);
     for (size_t i = 0; i < in->nq; i++)
         out[i] = NAN;
-    for (size_t i = 0; i < rows; i++)
+    for (size_t i = 0; i < in->rows; i++)
         lse[i] = NAN;
     dashattn_tensor (*view)(void *, dashattn_dtype, int64_t, int64_t, int64_t, int64_t) =
         bshd ? dashattn_tensor_bshd : dashattn_tensor_bhsd;
@@ -303,8 +170,9 @@ static double worst_row_err(const float *out, const double *ref, size_t rows, in
 
 /* Compares the selection arrays with the reference weights; returns the
  * number of blocks on the support boundary (see WEIGHT_TOL). */
-static int64_t check_selection(const fcase *c, const ref_config *cfg, const dashattn_selection *sel,
-                               const ref_result *ref, int64_t m_blocks)
+static int64_t check_selection(const tc_case *c, const ref_config *cfg,
+                               const dashattn_selection *sel, const ref_result *ref,
+                               int64_t m_blocks)
 {
     const int64_t rows = c->batch * c->heads_q * c->len_q;
     double *got = tu_xcalloc((size_t)m_blocks, sizeof *got);
@@ -348,55 +216,51 @@ static int64_t check_selection(const fcase *c, const ref_config *cfg, const dash
 
 /* ---- the checks of one configuration ---- */
 
-static void check_halves(const fcase *c, const inputs *in, const float *out32, const float *lse32)
+/* n floats converted into a new buffer of dtype dt; *ok is cleared if the
+ * conversion fails. */
+static void *converted(const float *src, size_t n, dashattn_dtype dt, int *ok)
+{
+    void *dst = tu_xcalloc(n, dashattn_dtype_size(dt));
+    *ok &= dashattn_convert(dst, dt, src, DASHATTN_F32, n) == DASHATTN_OK;
+    return dst;
+}
+
+/* The same data rounded to f16 and to bf16 gives the f32 result within HALF_TOL. */
+static void check_halves(const tc_case *c, const tc_inputs *in, const float *out32,
+                         const float *lse32)
 {
     for (int kind = 0; kind < 2; kind++) {
         const dashattn_dtype dt = kind == 0 ? DASHATTN_F16 : DASHATTN_BF16;
-        uint16_t (*to)(float) = kind == 0 ? to_f16 : to_bf16;
-        float (*from)(uint16_t) = kind == 0 ? from_f16 : from_bf16;
         dashattn_problem pr;
-        make_problem(c, &pr, dt);
-        dashattn_plan *plan = NULL;
-        dashattn_status st = dashattn_plan_create(ctx, &pr, &plan);
-        TU_CHECK(st == DASHATTN_OK, "%s %s: plan: %s", c->name, dashattn_dtype_name(dt),
-                 dashattn_last_error());
-        if (st != DASHATTN_OK)
+        dashattn_plan *plan = tc_plan(ctx, c, dt, &pr);
+        if (plan == NULL)
             continue;
-        uint16_t *q = tu_xcalloc(in->nq, 2), *k = tu_xcalloc(in->nkv, 2),
-                 *v = tu_xcalloc(in->nkv, 2), *o = tu_xcalloc(in->nq, 2);
-        for (size_t i = 0; i < in->nq; i++) {
-            q[i] = to(in->q[i]);
-            o[i] = to(NAN);
-        }
-        for (size_t i = 0; i < in->nkv; i++) {
-            k[i] = to(in->k[i]);
-            v[i] = to(in->v[i]);
-        }
-        const size_t rows = (size_t)(c->batch * c->heads_q * c->len_q);
-        float *lse = poisoned_floats(rows);
-        const dashattn_tensor tq =
-            dashattn_tensor_bhsd(q, dt, c->batch, c->heads_q, c->len_q, c->dim);
-        const dashattn_tensor tk =
-            dashattn_tensor_bhsd(k, dt, c->batch, c->heads_kv, c->len_k, c->dim);
-        const dashattn_tensor tv =
-            dashattn_tensor_bhsd(v, dt, c->batch, c->heads_kv, c->len_k, c->dim);
-        const dashattn_tensor to_ =
-            dashattn_tensor_bhsd(o, dt, c->batch, c->heads_q, c->len_q, c->dim);
-        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to_, lse, NULL, NULL, NULL, 0, NULL);
+        float *nans = tu_nan_floats(in->nq), *lse = tu_nan_floats(in->rows);
+        float *of = tu_xcalloc(in->nq, sizeof(float));
+        int conv_ok = 1;
+        void *q = converted(in->q, in->nq, dt, &conv_ok),
+             *k = converted(in->k, in->nkv, dt, &conv_ok),
+             *v = converted(in->v, in->nkv, dt, &conv_ok),
+             *o = converted(nans, in->nq, dt, &conv_ok);
+        const dashattn_tensor tq = tc_view_q(c, q, dt), tk = tc_view_kv(c, k, dt);
+        const dashattn_tensor tv = tc_view_kv(c, v, dt), to = tc_view_q(c, o, dt);
+        const dashattn_status st =
+            dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
         TU_CHECK(st == DASHATTN_OK, "%s %s: forward: %s", c->name, dashattn_dtype_name(dt),
                  dashattn_last_error());
+        conv_ok &= dashattn_convert(of, DASHATTN_F32, o, dt, in->nq) == DASHATTN_OK;
+        TU_CHECK(conv_ok, "%s %s: dashattn_convert: %s", c->name, dashattn_dtype_name(dt),
+                 dashattn_last_error());
         double *o32 = ref_to_double(out32, (int64_t)in->nq);
-        double *l32 = ref_to_double(lse32, (int64_t)rows);
-        float *of = tu_xcalloc(in->nq, sizeof(float));
-        for (size_t i = 0; i < in->nq; i++)
-            of[i] = from(o[i]);
+        double *l32 = ref_to_double(lse32, (int64_t)in->rows);
         const double eo = tu_rel_err_f(of, o32, in->nq);
-        const double el = tu_rel_err_f(lse, l32, rows);
+        const double el = tu_rel_err_f(lse, l32, in->rows);
         TU_CHECK(eo <= HALF_TOL && el <= HALF_TOL, "%s %s: out rel err %.3g, lse %.3g vs f32",
                  c->name, dashattn_dtype_name(dt), eo, el);
         free(of);
         free(o32);
         free(l32);
+        free(nans);
         free(lse);
         free(q);
         free(k);
@@ -406,27 +270,22 @@ static void check_halves(const fcase *c, const inputs *in, const float *out32, c
     }
 }
 
-static void run_case(const fcase *c, uint64_t seed)
+static void run_case(const fcase *f, uint64_t seed)
 {
+    const tc_case *c = &f->c;
     dashattn_problem pr;
-    make_problem(c, &pr, DASHATTN_F32);
-    dashattn_plan *plan = NULL;
-    dashattn_status st = dashattn_plan_create(ctx, &pr, &plan);
-    TU_CHECK(st == DASHATTN_OK, "%s: plan: %s", c->name, dashattn_last_error());
-    if (st != DASHATTN_OK)
+    dashattn_plan *plan = tc_plan(ctx, c, DASHATTN_F32, &pr);
+    if (plan == NULL)
         return;
-    inputs in;
-    make_inputs(c, seed, &in);
+    tc_inputs in;
+    tc_inputs_make(c, seed, &in);
     ref_config cfg;
     ref_config_from_problem(&cfg, &pr);
-    double *qd = ref_to_double(in.q, (int64_t)in.nq);
-    double *kd = ref_to_double(in.k, (int64_t)in.nkv);
-    double *vd = ref_to_double(in.v, (int64_t)in.nkv);
     ref_result ref;
-    ref_forward(&cfg, qd, kd, vd, &ref);
+    ref_forward(&cfg, in.qd, in.kd, in.vd, &ref);
 
     const int64_t m_blocks = dashattn_plan_num_blocks(plan);
-    const size_t rows = (size_t)(c->batch * c->heads_q * c->len_q);
+    const size_t rows = in.rows;
     float *out = tu_xcalloc(in.nq, sizeof(float));
     float *lse = tu_xcalloc(rows, sizeof(float));
     dashattn_selection sel;
@@ -442,7 +301,7 @@ static void run_case(const fcase *c, uint64_t seed)
         sel.block_count[i] = -5;
     dashattn_forward_stats stats = {-1, -1, NAN};
 
-    st = run_forward(plan, c, &in, 0, out, lse, &sel, &stats, NULL, 0);
+    dashattn_status st = run_forward(plan, c, &in, 0, out, lse, &sel, &stats, NULL, 0);
     if (st == DASHATTN_OK) {
         const double eo = tu_rel_err_f(out, ref.out, in.nq);
         const double el = tu_rel_err_f(lse, ref.lse, rows);
@@ -468,8 +327,12 @@ static void run_case(const fcase *c, uint64_t seed)
         printf("%-40s out %.2e lse %.2e sparsity %.3f\n", c->name, eo, el, ref.sparsity);
 
         /* BSHD views of the same data: same result. */
-        inputs bs = {tu_xcalloc(in.nq, sizeof(float)), tu_xcalloc(in.nkv, sizeof(float)),
-                     tu_xcalloc(in.nkv, sizeof(float)), in.nq, in.nkv};
+        tc_inputs bs = {.nq = in.nq,
+                        .nkv = in.nkv,
+                        .rows = in.rows,
+                        .q = tu_xcalloc(in.nq, sizeof(float)),
+                        .k = tu_xcalloc(in.nkv, sizeof(float)),
+                        .v = tu_xcalloc(in.nkv, sizeof(float))};
         permute_bhsd(in.q, bs.q, c->batch, c->heads_q, c->len_q, c->dim, 1);
         permute_bhsd(in.k, bs.k, c->batch, c->heads_kv, c->len_k, c->dim, 1);
         permute_bhsd(in.v, bs.v, c->batch, c->heads_kv, c->len_k, c->dim, 1);
@@ -488,7 +351,7 @@ static void run_case(const fcase *c, uint64_t seed)
         free(out_s);
         free(back);
         free(lse_s);
-        free_inputs(&bs);
+        tc_inputs_free(&bs);
 
         /* An explicit workspace gives the same bits as an allocated one. */
         const size_t ws_size = dashattn_plan_workspace_size(plan);
@@ -510,14 +373,10 @@ static void run_case(const fcase *c, uint64_t seed)
         float *out_n = tu_xcalloc(in.nq, sizeof(float));
         int32_t *counts = tu_xcalloc(rows, sizeof(int32_t));
         const dashattn_selection only_counts = {NULL, NULL, counts, m_blocks};
-        const dashattn_tensor tq =
-            dashattn_tensor_bhsd(in.q, DASHATTN_F32, c->batch, c->heads_q, c->len_q, c->dim);
-        const dashattn_tensor tk =
-            dashattn_tensor_bhsd(in.k, DASHATTN_F32, c->batch, c->heads_kv, c->len_k, c->dim);
-        const dashattn_tensor tv =
-            dashattn_tensor_bhsd(in.v, DASHATTN_F32, c->batch, c->heads_kv, c->len_k, c->dim);
-        const dashattn_tensor to =
-            dashattn_tensor_bhsd(out_n, DASHATTN_F32, c->batch, c->heads_q, c->len_q, c->dim);
+        const dashattn_tensor tq = tc_view_q(c, in.q, DASHATTN_F32);
+        const dashattn_tensor tk = tc_view_kv(c, in.k, DASHATTN_F32);
+        const dashattn_tensor tv = tc_view_kv(c, in.v, DASHATTN_F32);
+        const dashattn_tensor to = tc_view_q(c, out_n, DASHATTN_F32);
         st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, NULL, &only_counts, NULL, NULL, 0,
                               NULL);
         TU_CHECK(st == DASHATTN_OK && memcmp(out_n, out, in.nq * sizeof(float)) == 0 &&
@@ -526,7 +385,7 @@ static void run_case(const fcase *c, uint64_t seed)
         free(out_n);
         free(counts);
 
-        if (c->halves)
+        if (f->halves)
             check_halves(c, &in, out, lse);
     }
     free(sel.block_index);
@@ -535,10 +394,7 @@ static void run_case(const fcase *c, uint64_t seed)
     free(out);
     free(lse);
     ref_forward_free(&ref);
-    free(qd);
-    free(kd);
-    free(vd);
-    free_inputs(&in);
+    tc_inputs_free(&in);
     dashattn_plan_destroy(plan);
 }
 
@@ -546,35 +402,30 @@ static void run_case(const fcase *c, uint64_t seed)
  * into dense attention: compare with ref_dense, which knows nothing of blocks. */
 static void check_all_forced(int causal, uint64_t seed)
 {
-    const fcase c = {.name = causal ? "all forced causal" : "all forced non-causal",
-                     .batch = 2,
-                     .heads_q = 4,
-                     .heads_kv = 2,
-                     .len_q = 45,
-                     .len_k = 70,
-                     .dim = 16,
-                     .causal = causal,
-                     .block_size = 8,
-                     .n_sink = causal ? 0 : 1000,
-                     .n_local = causal ? 1000 : 0,
-                     .alpha = 1.5,
-                     .focus = 1.0};
+    const tc_case c = {.name = causal ? "all forced causal" : "all forced non-causal",
+                       .batch = 2,
+                       .heads_q = 4,
+                       .heads_kv = 2,
+                       .len_q = 45,
+                       .len_k = 70,
+                       .dim = 16,
+                       .causal = causal,
+                       .block_size = 8,
+                       .n_sink = causal ? 0 : 1000,
+                       .n_local = causal ? 1000 : 0,
+                       .alpha = 1.5,
+                       .focus = 1.0};
     dashattn_problem pr;
-    make_problem(&c, &pr, DASHATTN_F32);
-    dashattn_plan *plan = NULL;
-    if (dashattn_plan_create(ctx, &pr, &plan) != DASHATTN_OK) {
-        TU_CHECK(0, "%s: plan: %s", c.name, dashattn_last_error());
+    dashattn_plan *plan = tc_plan(ctx, &c, DASHATTN_F32, &pr);
+    if (plan == NULL)
         return;
-    }
-    inputs in;
-    make_inputs(&c, seed, &in);
+    tc_inputs in;
+    tc_inputs_make(&c, seed, &in);
     ref_config cfg;
     ref_config_from_problem(&cfg, &pr);
-    double *qd = ref_to_double(in.q, (int64_t)in.nq), *kd = ref_to_double(in.k, (int64_t)in.nkv),
-           *vd = ref_to_double(in.v, (int64_t)in.nkv);
-    const size_t rows = (size_t)(c.batch * c.heads_q * c.len_q);
+    const size_t rows = in.rows;
     double *dense = tu_xcalloc(in.nq, sizeof(double)), *dlse = tu_xcalloc(rows, sizeof(double));
-    ref_dense(&cfg, qd, kd, vd, dense, dlse);
+    ref_dense(&cfg, in.qd, in.kd, in.vd, dense, dlse);
     float *out = tu_xcalloc(in.nq, sizeof(float)), *lse = tu_xcalloc(rows, sizeof(float));
     dashattn_forward_stats stats = {-1, -1, NAN};
     if (run_forward(plan, &c, &in, 0, out, lse, NULL, &stats, NULL, 0) == DASHATTN_OK) {
@@ -589,10 +440,7 @@ static void check_all_forced(int causal, uint64_t seed)
     free(lse);
     free(dense);
     free(dlse);
-    free(qd);
-    free(kd);
-    free(vd);
-    free_inputs(&in);
+    tc_inputs_free(&in);
     dashattn_plan_destroy(plan);
 }
 
@@ -603,30 +451,27 @@ static void check_all_forced(int causal, uint64_t seed)
  * run's bits. */
 static void check_nan_propagation(void)
 {
-    const fcase c = {.name = "nan",
-                     .batch = 1,
-                     .heads_q = 2,
-                     .heads_kv = 1,
-                     .len_q = 64,
-                     .len_k = 64,
-                     .dim = 16,
-                     .causal = 1,
-                     .block_size = 8,
-                     .n_sink = 1,
-                     .n_local = 2,
-                     .alpha = 1.5,
-                     .focus = 2.0};
+    const tc_case c = {.name = "nan",
+                       .batch = 1,
+                       .heads_q = 2,
+                       .heads_kv = 1,
+                       .len_q = 64,
+                       .len_k = 64,
+                       .dim = 16,
+                       .causal = 1,
+                       .block_size = 8,
+                       .n_sink = 1,
+                       .n_local = 2,
+                       .alpha = 1.5,
+                       .focus = 2.0};
     dashattn_problem pr;
-    make_problem(&c, &pr, DASHATTN_F32);
-    dashattn_plan *plan = NULL;
-    if (dashattn_plan_create(ctx, &pr, &plan) != DASHATTN_OK) {
-        TU_CHECK(0, "nan: plan: %s", dashattn_last_error());
+    dashattn_plan *plan = tc_plan(ctx, &c, DASHATTN_F32, &pr);
+    if (plan == NULL)
         return;
-    }
-    inputs in;
-    make_inputs(&c, 4242, &in);
+    tc_inputs in;
+    tc_inputs_make(&c, 4242, &in);
     const int64_t m_blocks = dashattn_plan_num_blocks(plan), dim = c.dim;
-    const size_t rows = (size_t)(c.heads_q * c.len_q);
+    const size_t rows = in.rows;
     float *clean = tu_xcalloc(in.nq, sizeof(float)), *clean_lse = tu_xcalloc(rows, sizeof(float));
     float *out = tu_xcalloc(in.nq, sizeof(float)), *lse = tu_xcalloc(rows, sizeof(float));
     dashattn_selection sel = {tu_xcalloc(rows * (size_t)m_blocks, sizeof(int32_t)),
@@ -699,45 +544,40 @@ done:
     free(clean_lse);
     free(out);
     free(lse);
-    free_inputs(&in);
+    tc_inputs_free(&in);
     dashattn_plan_destroy(plan);
 }
 
-/* name, B, Hq, Hkv, Nq, Nk, D, causal, S, sink, local, alpha, topk, shared, focus, scale,
- * scale1, halves */
+/* {name, B, Hq, Hkv, Nq, Nk, D, causal, S, sink, local, alpha, topk, shared, focus, scale,
+ *  scale1}, halves */
 static const fcase cases[] = {
-    {"causal mha a1.5 synth", 1, 2, 2, 128, 128, 32, 1, 16, 1, 2, 1.5, 0, 0, 2.0, 0, 0, 1},
-    {"causal gqa shared a2 ragged", 1, 4, 2, 100, 100, 24, 1, 8, 1, 2, 2.0, 0, 1, -1, 0, 0, 0},
-    {"noncausal gqa per_head a1.3", 1, 4, 2, 40, 150, 64, 0, 16, 1, 2, 1.3, 0, 0, 1.5, 0, 0, 1},
-    {"chunked prefill softmax D8", 1, 2, 1, 37, 200, 8, 1, 16, 1, 2, 1.0, 0, 0, 1.0, 0, 0, 0},
-    {"topk per_head gqa", 1, 4, 2, 130, 130, 32, 1, 8, 1, 2, 1.5, 3, 0, 2.0, 0, 0, 1},
-    {"topk shared noncausal b2", 2, 4, 2, 20, 90, 16, 0, 8, 1, 2, 1.5, 4, 1, -1, 0, 0, 0},
-    {"S4 shared a1.5 sink2 local3", 1, 4, 2, 61, 61, 8, 1, 4, 2, 3, 1.5, 0, 1, 2.0, 0, 0, 0},
-    {"batch2 shared a1.3", 2, 2, 1, 96, 96, 32, 1, 16, 1, 2, 1.3, 0, 1, 3.0, 0, 0, 0},
-    {"sink0 local1 a2 D64", 1, 2, 2, 200, 200, 64, 1, 16, 0, 1, 2.0, 0, 0, 2.0, 0, 0, 0},
-    {"noncausal a2 ragged random D64", 1, 2, 1, 17, 77, 64, 0, 8, 1, 2, 2.0, 0, 0, -1, 0, 0, 0},
-    {"custom scales", 1, 2, 1, 80, 80, 32, 1, 8, 1, 2, 1.5, 0, 0, 1.0, 0.3, 0.5, 0},
-    {"single query row gqa", 1, 4, 1, 1, 333, 32, 1, 16, 1, 2, 1.5, 0, 0, 2.0, 0, 0, 0},
-    {"chunked ragged shared a1.5 D24", 1, 4, 2, 50, 203, 24, 1, 16, 1, 2, 1.5, 0, 1, 1.5, 0, 0, 0},
-    {"noncausal softmax sink0 S4", 1, 2, 2, 9, 30, 8, 0, 4, 0, 2, 1.0, 0, 0, 0.5, 0, 0, 0},
-    {"causal a1.7 S8 D32 random", 1, 3, 1, 64, 64, 32, 1, 8, 1, 2, 1.7, 0, 0, -1, 0, 0, 0},
-    {"noncausal Nq > Nk", 1, 2, 1, 50, 20, 16, 0, 4, 1, 2, 1.5, 0, 0, 1.0, 0, 0, 0},
-    {"causal gqa D128", 1, 4, 1, 48, 48, 128, 1, 8, 1, 2, 1.5, 0, 0, 2.0, 0, 0, 1},
-    {"noncausal D256 a2", 1, 2, 2, 8, 40, 256, 0, 8, 1, 2, 2.0, 0, 0, 2.0, 0, 0, 0},
-    {"causal D1 S4", 1, 1, 1, 30, 30, 1, 1, 4, 1, 2, 1.5, 0, 0, -1, 0, 0, 0},
+    {{"causal mha a1.5 synth", 1, 2, 2, 128, 128, 32, 1, 16, 1, 2, 1.5, 0, 0, 2.0, 0, 0}, 1},
+    {{"causal gqa shared a2 ragged", 1, 4, 2, 100, 100, 24, 1, 8, 1, 2, 2.0, 0, 1, -1, 0, 0}, 0},
+    {{"noncausal gqa per_head a1.3", 1, 4, 2, 40, 150, 64, 0, 16, 1, 2, 1.3, 0, 0, 1.5, 0, 0}, 1},
+    {{"chunked prefill softmax D8", 1, 2, 1, 37, 200, 8, 1, 16, 1, 2, 1.0, 0, 0, 1.0, 0, 0}, 0},
+    {{"topk per_head gqa", 1, 4, 2, 130, 130, 32, 1, 8, 1, 2, 1.5, 3, 0, 2.0, 0, 0}, 1},
+    {{"topk shared noncausal b2", 2, 4, 2, 20, 90, 16, 0, 8, 1, 2, 1.5, 4, 1, -1, 0, 0}, 0},
+    {{"S4 shared a1.5 sink2 local3", 1, 4, 2, 61, 61, 8, 1, 4, 2, 3, 1.5, 0, 1, 2.0, 0, 0}, 0},
+    {{"batch2 shared a1.3", 2, 2, 1, 96, 96, 32, 1, 16, 1, 2, 1.3, 0, 1, 3.0, 0, 0}, 0},
+    {{"sink0 local1 a2 D64", 1, 2, 2, 200, 200, 64, 1, 16, 0, 1, 2.0, 0, 0, 2.0, 0, 0}, 0},
+    {{"noncausal a2 ragged random D64", 1, 2, 1, 17, 77, 64, 0, 8, 1, 2, 2.0, 0, 0, -1, 0, 0}, 0},
+    {{"custom scales", 1, 2, 1, 80, 80, 32, 1, 8, 1, 2, 1.5, 0, 0, 1.0, 0.3, 0.5}, 0},
+    {{"single query row gqa", 1, 4, 1, 1, 333, 32, 1, 16, 1, 2, 1.5, 0, 0, 2.0, 0, 0}, 0},
+    {{"chunked ragged shared a1.5 D24", 1, 4, 2, 50, 203, 24, 1, 16, 1, 2, 1.5, 0, 1, 1.5, 0, 0},
+     0},
+    {{"noncausal softmax sink0 S4", 1, 2, 2, 9, 30, 8, 0, 4, 0, 2, 1.0, 0, 0, 0.5, 0, 0}, 0},
+    {{"causal a1.7 S8 D32 random", 1, 3, 1, 64, 64, 32, 1, 8, 1, 2, 1.7, 0, 0, -1, 0, 0}, 0},
+    {{"noncausal Nq > Nk", 1, 2, 1, 50, 20, 16, 0, 4, 1, 2, 1.5, 0, 0, 1.0, 0, 0}, 0},
+    {{"causal gqa D128", 1, 4, 1, 48, 48, 128, 1, 8, 1, 2, 1.5, 0, 0, 2.0, 0, 0}, 1},
+    {{"noncausal D256 a2", 1, 2, 2, 8, 40, 256, 0, 8, 1, 2, 2.0, 0, 0, 2.0, 0, 0}, 0},
+    {{"causal D1 S4", 1, 1, 1, 30, 30, 1, 1, 4, 1, 2, 1.5, 0, 0, -1, 0, 0}, 0},
 };
 
 int main(void)
 {
-    dashattn_context_options opt;
-    dashattn_context_options_init(&opt);
-    opt.backend = "cpu";
-    opt.num_threads = 2;
-    const dashattn_status st = dashattn_context_create(&opt, &ctx);
-    TU_CHECK(st == DASHATTN_OK, "context_create(cpu): %s", dashattn_last_error());
-    if (st != DASHATTN_OK)
+    ctx = tc_cpu_context();
+    if (ctx == NULL)
         return tu_finish("test_forward");
-    test_conversions();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(&cases[i], 1000 + 17 * i);
     check_all_forced(1, 77);

@@ -64,6 +64,14 @@ float *tu_random_floats(uint64_t seed, size_t n, double scale)
     return x;
 }
 
+float *tu_nan_floats(size_t n)
+{
+    float *x = tu_xcalloc(n, sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = NAN;
+    return x;
+}
+
 double tu_rel_err_f(const float *a, const double *ref, size_t n)
 {
     double num = 0.0, den = 0.0;

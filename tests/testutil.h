@@ -22,6 +22,10 @@ int tu_finish(const char *name);
 /** Allocate n floats (aborting the test on failure) filled N(0, scale^2). */
 float *tu_random_floats(uint64_t seed, size_t n, double scale);
 
+/** Allocate n floats set to NaN, so that an element a call should have
+ *  written but did not shows in any comparison. */
+float *tu_nan_floats(size_t n);
+
 /** ||a - ref|| / max(||ref||, tiny) over n values; NaN anywhere gives +inf. */
 double tu_rel_err_f(const float *a, const double *ref, size_t n);
 
