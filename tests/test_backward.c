@@ -1,8 +1,8 @@
 /* dashattn_backward on the cpu backend against the float64 reference
  * backward, and that reference itself against central finite differences of
  * the reference forward, for the loss sum(dout * out). */
+#include "cases.h"
 #include "reference.h"
-#include "synthetic.h"
 #include "testutil.h"
 
 #include <dashattn.h>
@@ -19,115 +19,49 @@
 
 static dashattn_context *ctx;
 
-typedef struct bcase {
-    const char *name;
-    int64_t batch, heads_q, heads_kv, len_q, len_k, dim;
-    int causal;
-    int32_t block_size, n_sink, n_local;
-    double alpha;
-    int32_t topk;
-    int shared;
-    double focus; /* < 0: plain Gaussian inputs */
-    double scale, scale1;
-} bcase;
-
-static void make_problem(const bcase *c, dashattn_problem *pr)
-{
-    dashattn_problem_init(pr, c->batch, c->heads_q, c->heads_kv, c->len_q, c->len_k, c->dim);
-    pr->causal = c->causal;
-    pr->block_size = c->block_size;
-    pr->n_sink = c->n_sink;
-    pr->n_local = c->n_local;
-    pr->alpha = c->alpha;
-    if (c->topk > 0) {
-        pr->selection = DASHATTN_SELECT_TOPK;
-        pr->topk = c->topk;
-    }
-    pr->group_mode = c->shared ? DASHATTN_GROUP_SHARED : DASHATTN_GROUP_PER_HEAD;
-    pr->scale = c->scale;
-    pr->stage1_scale = c->scale1;
-}
-
+/* A case's inputs and the output gradient, which seeds the loss sum(dout * out). */
 typedef struct data {
-    size_t nq, nkv, rows;
-    float *q, *k, *v, *dout;
-    double *qd, *kd, *vd, *doutd;
+    tc_inputs in;
+    float *dout;
+    double *doutd;
 } data;
 
-static void make_data(const bcase *c, uint64_t seed, data *x)
+static void make_data(const tc_case *c, uint64_t seed, data *x)
 {
-    x->nq = (size_t)(c->batch * c->heads_q * c->len_q * c->dim);
-    x->nkv = (size_t)(c->batch * c->heads_kv * c->len_k * c->dim);
-    x->rows = (size_t)(c->batch * c->heads_q * c->len_q);
-    if (c->focus >= 0.0) {
-        x->q = tu_xcalloc(x->nq, sizeof(float));
-        x->k = tu_xcalloc(x->nkv, sizeof(float));
-        x->v = tu_xcalloc(x->nkv, sizeof(float));
-        da_synth_qkv(seed, c->batch, c->heads_q, c->heads_kv, c->len_q, c->len_k, c->dim,
-                     c->block_size, c->focus, x->q, x->k, x->v);
-    } else {
-        x->q = tu_random_floats(seed, x->nq, 1.0);
-        x->k = tu_random_floats(seed + 1, x->nkv, 1.0);
-        x->v = tu_random_floats(seed + 2, x->nkv, 1.0);
-    }
-    x->dout = tu_random_floats(seed + 3, x->nq, 1.0);
-    x->qd = ref_to_double(x->q, (int64_t)x->nq);
-    x->kd = ref_to_double(x->k, (int64_t)x->nkv);
-    x->vd = ref_to_double(x->v, (int64_t)x->nkv);
-    x->doutd = ref_to_double(x->dout, (int64_t)x->nq);
+    tc_inputs_make(c, seed, &x->in);
+    x->dout = tu_random_floats(seed + 3, x->in.nq, 1.0);
+    x->doutd = ref_to_double(x->dout, (int64_t)x->in.nq);
 }
 
 static void free_data(data *x)
 {
-    free(x->q);
-    free(x->k);
-    free(x->v);
+    tc_inputs_free(&x->in);
     free(x->dout);
-    free(x->qd);
-    free(x->kd);
-    free(x->vd);
     free(x->doutd);
 }
 
-static float *nan_floats(size_t n)
-{
-    float *x = tu_xcalloc(n, sizeof *x);
-    for (size_t i = 0; i < n; i++)
-        x[i] = NAN;
-    return x;
-}
-
 /* The library's gradients against ref_backward. */
-static void run_case(const bcase *c, uint64_t seed)
+static void run_case(const tc_case *c, uint64_t seed)
 {
     dashattn_problem pr;
-    make_problem(c, &pr);
-    dashattn_plan *plan = NULL;
-    dashattn_status st = dashattn_plan_create(ctx, &pr, &plan);
-    TU_CHECK(st == DASHATTN_OK, "%s: plan: %s", c->name, dashattn_last_error());
-    if (st != DASHATTN_OK)
+    dashattn_plan *plan = tc_plan(ctx, c, DASHATTN_F32, &pr);
+    if (plan == NULL)
         return;
     data x;
     make_data(c, seed, &x);
-    float *out = nan_floats(x.nq), *lse = nan_floats(x.rows);
-    float *dq = nan_floats(x.nq), *dk = nan_floats(x.nkv), *dv = nan_floats(x.nkv);
-    const dashattn_tensor tq =
-        dashattn_tensor_bhsd(x.q, DASHATTN_F32, c->batch, c->heads_q, c->len_q, c->dim);
-    const dashattn_tensor tk =
-        dashattn_tensor_bhsd(x.k, DASHATTN_F32, c->batch, c->heads_kv, c->len_k, c->dim);
-    const dashattn_tensor tv =
-        dashattn_tensor_bhsd(x.v, DASHATTN_F32, c->batch, c->heads_kv, c->len_k, c->dim);
-    const dashattn_tensor to =
-        dashattn_tensor_bhsd(out, DASHATTN_F32, c->batch, c->heads_q, c->len_q, c->dim);
-    const dashattn_tensor tdo =
-        dashattn_tensor_bhsd(x.dout, DASHATTN_F32, c->batch, c->heads_q, c->len_q, c->dim);
-    const dashattn_tensor tdq =
-        dashattn_tensor_bhsd(dq, DASHATTN_F32, c->batch, c->heads_q, c->len_q, c->dim);
-    const dashattn_tensor tdk =
-        dashattn_tensor_bhsd(dk, DASHATTN_F32, c->batch, c->heads_kv, c->len_k, c->dim);
-    const dashattn_tensor tdv =
-        dashattn_tensor_bhsd(dv, DASHATTN_F32, c->batch, c->heads_kv, c->len_k, c->dim);
-    st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
+    const tc_inputs *in = &x.in;
+    float *out = tu_nan_floats(in->nq), *lse = tu_nan_floats(in->rows);
+    float *dq = tu_nan_floats(in->nq), *dk = tu_nan_floats(in->nkv), *dv = tu_nan_floats(in->nkv);
+    const dashattn_tensor tq = tc_view_q(c, in->q, DASHATTN_F32);
+    const dashattn_tensor tk = tc_view_kv(c, in->k, DASHATTN_F32);
+    const dashattn_tensor tv = tc_view_kv(c, in->v, DASHATTN_F32);
+    const dashattn_tensor to = tc_view_q(c, out, DASHATTN_F32);
+    const dashattn_tensor tdo = tc_view_q(c, x.dout, DASHATTN_F32);
+    const dashattn_tensor tdq = tc_view_q(c, dq, DASHATTN_F32);
+    const dashattn_tensor tdk = tc_view_kv(c, dk, DASHATTN_F32);
+    const dashattn_tensor tdv = tc_view_kv(c, dv, DASHATTN_F32);
+    dashattn_status st =
+        dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
     TU_CHECK(st == DASHATTN_OK, "%s: forward: %s", c->name, dashattn_last_error());
     if (st == DASHATTN_OK) {
         st = dashattn_backward(ctx, plan, &tq, &tk, &tv, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, 0,
@@ -138,26 +72,37 @@ static void run_case(const bcase *c, uint64_t seed)
     if (st == DASHATTN_OK) {
         ref_config cfg;
         ref_config_from_problem(&cfg, &pr);
-        double *rq = tu_xcalloc(x.nq, sizeof(double)), *rk = tu_xcalloc(x.nkv, sizeof(double)),
-               *rv = tu_xcalloc(x.nkv, sizeof(double));
-        ref_backward(&cfg, x.qd, x.kd, x.vd, x.doutd, rq, rk, rv);
-        const double eq = tu_rel_err_f(dq, rq, x.nq), ek = tu_rel_err_f(dk, rk, x.nkv),
-                     ev = tu_rel_err_f(dv, rv, x.nkv);
+        double *rq = tu_xcalloc(in->nq, sizeof(double)), *rk = tu_xcalloc(in->nkv, sizeof(double)),
+               *rv = tu_xcalloc(in->nkv, sizeof(double));
+        ref_backward(&cfg, in->qd, in->kd, in->vd, x.doutd, rq, rk, rv);
+        const double eq = tu_rel_err_f(dq, rq, in->nq), ek = tu_rel_err_f(dk, rk, in->nkv),
+                     ev = tu_rel_err_f(dv, rv, in->nkv);
         TU_CHECK(eq <= GRAD_TOL, "%s: dq rel err %.3g", c->name, eq);
         TU_CHECK(ek <= GRAD_TOL, "%s: dk rel err %.3g", c->name, ek);
         TU_CHECK(ev <= GRAD_TOL, "%s: dv rel err %.3g", c->name, ev);
         printf("%-36s dq %.2e dk %.2e dv %.2e\n", c->name, eq, ek, ev);
 
-        /* Overwritten, not accumulated: a second call gives the same bits. */
-        float *dq2 = tu_xcalloc(x.nq, sizeof(float));
-        memcpy(dq2, dq, x.nq * sizeof(float));
-        for (size_t i = 0; i < x.nq; i++)
+        /* Overwritten, not accumulated, and reproducible: a second call
+         * gives the same bits for every gradient. */
+        float *dq2 = tu_xcalloc(in->nq, sizeof(float));
+        float *dk2 = tu_xcalloc(in->nkv, sizeof(float)), *dv2 = tu_xcalloc(in->nkv, sizeof(float));
+        memcpy(dq2, dq, in->nq * sizeof(float));
+        memcpy(dk2, dk, in->nkv * sizeof(float));
+        memcpy(dv2, dv, in->nkv * sizeof(float));
+        for (size_t i = 0; i < in->nq; i++)
             dq[i] = 1e3f;
+        for (size_t i = 0; i < in->nkv; i++)
+            dk[i] = dv[i] = 1e3f;
         st = dashattn_backward(ctx, plan, &tq, &tk, &tv, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, 0,
                                NULL);
-        TU_CHECK(st == DASHATTN_OK && memcmp(dq, dq2, x.nq * sizeof(float)) == 0,
-                 "%s: a second backward call differs (accumulates?)", c->name);
+        TU_CHECK(st == DASHATTN_OK && memcmp(dq, dq2, in->nq * sizeof(float)) == 0,
+                 "%s: a second backward call gives another dq (accumulates?)", c->name);
+        TU_CHECK(st == DASHATTN_OK && memcmp(dk, dk2, in->nkv * sizeof(float)) == 0 &&
+                     memcmp(dv, dv2, in->nkv * sizeof(float)) == 0,
+                 "%s: a second backward call gives other dk or dv bits", c->name);
         free(dq2);
+        free(dk2);
+        free(dv2);
         free(rq);
         free(rk);
         free(rv);
@@ -175,9 +120,9 @@ static void run_case(const bcase *c, uint64_t seed)
 
 static double loss(const ref_config *cfg, const data *x, ref_result *res)
 {
-    ref_forward(cfg, x->qd, x->kd, x->vd, res);
+    ref_forward(cfg, x->in.qd, x->in.kd, x->in.vd, res);
     double l = 0.0;
-    for (size_t i = 0; i < x->nq; i++)
+    for (size_t i = 0; i < x->in.nq; i++)
         l += x->doutd[i] * res->out[i];
     return l;
 }
@@ -191,7 +136,7 @@ static int same_support(const ref_result *a, const ref_result *b, size_t n)
 }
 
 /* Central differences of every coordinate of one input array. */
-static void fd_check_array(const bcase *c, const ref_config *cfg, data *x, double *arr, size_t n,
+static void fd_check_array(const tc_case *c, const ref_config *cfg, data *x, double *arr, size_t n,
                            const double *grad, const ref_result *base, size_t wn, const char *what)
 {
     const double h = 1e-6;
@@ -223,20 +168,20 @@ static void fd_check_array(const bcase *c, const ref_config *cfg, data *x, doubl
            n);
 }
 
-static void fd_case(const bcase *c, uint64_t seed)
+static void fd_case(const tc_case *c, uint64_t seed)
 {
     dashattn_problem pr;
-    make_problem(c, &pr);
+    tc_problem(c, DASHATTN_F32, &pr);
     ref_config cfg;
     ref_config_from_problem(&cfg, &pr);
     data x;
     make_data(c, seed, &x);
-    double *gq = tu_xcalloc(x.nq, sizeof(double)), *gk = tu_xcalloc(x.nkv, sizeof(double)),
-           *gv = tu_xcalloc(x.nkv, sizeof(double));
-    ref_backward(&cfg, x.qd, x.kd, x.vd, x.doutd, gq, gk, gv);
+    double *gq = tu_xcalloc(x.in.nq, sizeof(double)), *gk = tu_xcalloc(x.in.nkv, sizeof(double)),
+           *gv = tu_xcalloc(x.in.nkv, sizeof(double));
+    ref_backward(&cfg, x.in.qd, x.in.kd, x.in.vd, x.doutd, gq, gk, gv);
     ref_result base;
     loss(&cfg, &x, &base);
-    const size_t wn = x.rows * (size_t)ref_num_blocks(&cfg);
+    const size_t wn = x.in.rows * (size_t)ref_num_blocks(&cfg);
     /* Weights strictly inside (0, 1) are what carries gradient into stage 1;
      * without them the check would not cover that path. */
     size_t partial = 0;
@@ -244,9 +189,9 @@ static void fd_case(const bcase *c, uint64_t seed)
         partial += base.w[i] > 0.0 && base.w[i] < 1.0;
     if (c->topk == 0)
         TU_CHECK(partial > 0, "%s: no block weight in (0, 1); stage 1 untested", c->name);
-    fd_check_array(c, &cfg, &x, x.qd, x.nq, gq, &base, wn, "q");
-    fd_check_array(c, &cfg, &x, x.kd, x.nkv, gk, &base, wn, "k");
-    fd_check_array(c, &cfg, &x, x.vd, x.nkv, gv, &base, wn, "v");
+    fd_check_array(c, &cfg, &x, x.in.qd, x.in.nq, gq, &base, wn, "q");
+    fd_check_array(c, &cfg, &x, x.in.kd, x.in.nkv, gk, &base, wn, "k");
+    fd_check_array(c, &cfg, &x, x.in.vd, x.in.nkv, gv, &base, wn, "v");
     ref_forward_free(&base);
     free(gq);
     free(gk);
@@ -255,7 +200,7 @@ static void fd_case(const bcase *c, uint64_t seed)
 }
 
 /* name, B, Hq, Hkv, Nq, Nk, D, causal, S, sink, local, alpha, topk, shared, focus, scale, scale1 */
-static const bcase lib_cases[] = {
+static const tc_case lib_cases[] = {
     {"causal mha per_head a1.5", 1, 2, 2, 64, 64, 32, 1, 8, 1, 2, 1.5, 0, 0, 2.0, 0, 0},
     {"causal gqa shared a1.5 ragged", 1, 4, 2, 70, 70, 16, 1, 8, 1, 2, 1.5, 0, 1, 2.0, 0, 0},
     {"topk gqa per_head", 1, 4, 2, 64, 64, 32, 1, 8, 1, 2, 1.5, 2, 0, 2.0, 0, 0},
@@ -266,7 +211,7 @@ static const bcase lib_cases[] = {
     {"noncausal shared a1.5 ragged", 1, 4, 2, 12, 45, 16, 0, 8, 1, 2, 1.5, 0, 1, 2.0, 0, 0},
 };
 
-static const bcase fd_cases[] = {
+static const tc_case fd_cases[] = {
     {"fd causal per_head a1.5", 1, 2, 1, 24, 24, 8, 1, 4, 1, 2, 1.5, 0, 0, 1.5, 0, 0},
     {"fd causal shared a1.5", 1, 2, 1, 24, 24, 8, 1, 4, 1, 2, 1.5, 0, 1, 1.5, 0, 0},
     {"fd noncausal ragged a1.3", 1, 2, 2, 6, 22, 8, 0, 4, 1, 2, 1.3, 0, 0, 1.0, 0, 0},
@@ -277,15 +222,12 @@ static const bcase fd_cases[] = {
 
 int main(void)
 {
-    dashattn_context_options opt;
-    dashattn_context_options_init(&opt);
-    opt.backend = "cpu";
-    opt.num_threads = 2;
-    const dashattn_status st = dashattn_context_create(&opt, &ctx);
-    TU_CHECK(st == DASHATTN_OK, "context_create(cpu): %s", dashattn_last_error());
+    /* The finite-difference cases check only the reference: they run even
+     * without a context. */
+    ctx = tc_cpu_context();
     for (size_t i = 0; i < sizeof fd_cases / sizeof fd_cases[0]; i++)
         fd_case(&fd_cases[i], 500 + 7 * i);
-    if (st == DASHATTN_OK)
+    if (ctx != NULL)
         for (size_t i = 0; i < sizeof lib_cases / sizeof lib_cases[0]; i++)
             run_case(&lib_cases[i], 900 + 13 * i);
     dashattn_context_destroy(ctx);

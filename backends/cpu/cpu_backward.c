@@ -226,7 +226,10 @@ dashattn_status dacpu_backward(void *state, const dashattn_plan_desc *plan,
             memset(t.dk, 0, (size_t)(pr->len_k * d) * sizeof(float));
             memset(t.dv, 0, (size_t)(pr->len_k * d) * sizeof(float));
             memset(t.dkbar, 0, (size_t)(m * d) * sizeof(float));
-#pragma omp for schedule(dynamic, 4)
+            /* Static round-robin chunks: which thread's accumulator a row
+             * lands in, and so the summation order of dk and dv, depends only
+             * on the team size, making the gradients reproducible. */
+#pragma omp for schedule(static, 4)
             for (int64_t i = 0; i < pr->len_q; i++)
                 backward_row(plan, a, keys + bh * m * d, keys_t + bh * d * layout.ld_keys,
                              layout.ld_keys, b, h, pr->len_q - 1 - i, &t);
