@@ -102,8 +102,7 @@ static size_t cpu_workspace_size(void *state, const dashattn_plan_desc *plan,
                                  dashattn_operation op)
 {
     const dacpu_state *st = state;
-    return dacpu_shared_layout(plan, op).total +
-           (size_t)st->num_threads * dacpu_thread_bytes(plan, op);
+    return dacpu_workspace_bytes(plan, op, st->num_threads);
 }
 
 static dashattn_status cpu_alloc(void *state, size_t bytes, void **ptr)

@@ -211,8 +211,8 @@ dashattn_status dacpu_backward(void *state, const dashattn_plan_desc *plan,
     const dashattn_problem *pr = &plan->problem;
     const int64_t d = pr->head_dim, m = plan->num_blocks;
     const dacpu_shared layout = dacpu_shared_layout(plan, DASHATTN_OP_BACKWARD);
-    const float *keys = (const float *)((char *)a->workspace + layout.keys);
-    const float *keys_t = (const float *)((char *)a->workspace + layout.keys_t);
+    const float *keys = dacpu_shared_at(a->workspace, layout.keys);
+    const float *keys_t = dacpu_shared_at(a->workspace, layout.keys_t);
 
 #pragma omp parallel num_threads(st->num_threads)
     {

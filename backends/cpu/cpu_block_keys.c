@@ -10,8 +10,8 @@ void dacpu_block_keys(const dashattn_plan_desc *plan, const dashattn_tensor *k,
     const dashattn_problem *p = &plan->problem;
     const int64_t m = plan->num_blocks, d = p->head_dim, s = p->block_size;
     const int64_t total = p->batch * p->heads_kv * m, ld = layout->ld_keys;
-    float *rows = (float *)((char *)workspace + layout->keys);
-    float *cols = (float *)((char *)workspace + layout->keys_t);
+    float *rows = dacpu_shared_at(workspace, layout->keys);
+    float *cols = dacpu_shared_at(workspace, layout->keys_t);
     /* Orphaned worksharing: the blocks are shared among the threads of the
      * caller's parallel region, with a barrier at the end. */
 #pragma omp for schedule(static)

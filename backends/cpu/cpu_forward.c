@@ -225,10 +225,10 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
     const dashattn_problem *p = &plan->problem;
     forward_call call = {plan, a, dacpu_shared_layout(plan, DASHATTN_OP_FORWARD), NULL, NULL,
                          NULL};
-    char *ws = a->workspace;
-    call.keys_t = (const float *)(ws + call.layout.keys_t);
-    call.kt_cache = (float *)(ws + call.layout.kt_cache);
-    call.kt_state = (atomic_int *)(void *)(ws + call.layout.kt_state);
+    void *ws = a->workspace;
+    call.keys_t = dacpu_shared_at(ws, call.layout.keys_t);
+    call.kt_cache = dacpu_shared_at(ws, call.layout.kt_cache);
+    call.kt_state = dacpu_shared_at(ws, call.layout.kt_state);
     const int64_t tiles = (p->len_q + DACPU_TILE_ROWS - 1) / DACPU_TILE_ROWS;
     const int64_t heads = p->batch * p->heads_kv, tasks = heads * tiles;
     int64_t visible = 0, attended = 0;

@@ -83,6 +83,12 @@ size_t dacpu_forward_scratch_bytes(const dashattn_plan_desc *plan);
 size_t dacpu_backward_scratch_bytes(const dashattn_plan_desc *plan);
 size_t dacpu_decode_scratch_bytes(const dashattn_plan_desc *plan);
 
+/* Total workspace of an operation run by that many threads. */
+size_t dacpu_workspace_bytes(const dashattn_plan_desc *plan, dashattn_operation op, int threads);
+
+/* Shared data at a dacpu_shared offset of a (possibly unaligned) workspace. */
+void *dacpu_shared_at(void *workspace, size_t offset);
+
 /* The arena of one thread of an operation. */
 dacpu_arena dacpu_thread_arena(void *workspace, const dashattn_plan_desc *plan,
                                dashattn_operation op, int thread);
@@ -90,7 +96,8 @@ dacpu_arena dacpu_thread_arena(void *workspace, const dashattn_plan_desc *plan,
 /* ---- block keys (cpu_block_keys.c) ---- */
 
 /* Mean key of every block of every (batch, kv head) of k, as rows into
- * shared->keys and transposed into shared->keys_t. Must be called by all
+ * layout->keys and transposed into layout->keys_t of the workspace (located
+ * with dacpu_shared_at). Must be called by all
  * threads of a parallel region, each with its own scratch of D floats;
  * ends with a barrier. */
 void dacpu_block_keys(const dashattn_plan_desc *plan, const dashattn_tensor *k,

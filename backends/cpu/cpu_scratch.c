@@ -65,11 +65,26 @@ size_t dacpu_thread_bytes(const dashattn_plan_desc *plan, dashattn_operation op)
     return 0;
 }
 
+/* The caller's workspace need not be aligned; everything is laid out from
+ * the first 64-byte boundary in it (the size asked for includes the slack). */
+void *dacpu_shared_at(void *workspace, size_t offset)
+{
+    const uintptr_t p = (uintptr_t)workspace;
+    return (char *)workspace + ((ALIGN - p % ALIGN) % ALIGN) + offset;
+}
+
+size_t dacpu_workspace_bytes(const dashattn_plan_desc *plan, dashattn_operation op, int threads)
+{
+    return ALIGN + dacpu_shared_layout(plan, op).total +
+           (size_t)threads * dacpu_thread_bytes(plan, op);
+}
+
 dacpu_arena dacpu_thread_arena(void *workspace, const dashattn_plan_desc *plan,
                                dashattn_operation op, int thread)
 {
     const size_t per_thread = dacpu_thread_bytes(plan, op);
     const size_t shared = dacpu_shared_layout(plan, op).total;
-    dacpu_arena a = {(char *)workspace + shared + (size_t)thread * per_thread, 0, per_thread};
+    dacpu_arena a = {dacpu_shared_at(workspace, shared + (size_t)thread * per_thread), 0,
+                     per_thread};
     return a;
 }
