@@ -110,6 +110,13 @@ static int load_problem(char **argv, dense_problem *p)
     return 0;
 }
 
+static void free_problem(dense_problem *p)
+{
+    da_npy_free(&p->q);
+    da_npy_free(&p->k);
+    da_npy_free(&p->v);
+}
+
 static const float *row(const da_npy_array *a, int64_t b, int64_t h, int64_t i)
 {
     return a->data + ((b * a->shape[1] + h) * a->shape[2] + i) * a->shape[3];
@@ -147,8 +154,10 @@ static int cmd_dense(int argc, char **argv)
         return fail("usage: dense Q K V CAUSAL SCALE OUT LSE", NULL);
     dense_problem p;
     memset(&p, 0, sizeof p);
-    if (load_problem(argv + 1, &p))
+    if (load_problem(argv + 1, &p)) {
+        free_problem(&p);
         return 2;
+    }
     float *out = tu_xcalloc(p.q.count, sizeof(float));
     float *lse = tu_xcalloc((size_t)(p.b * p.hq * p.nq), sizeof(float));
     double *a = tu_xcalloc((size_t)p.nk, sizeof(double));
@@ -169,6 +178,7 @@ static int cmd_dense(int argc, char **argv)
     free(out);
     free(lse);
     free(a);
+    free_problem(&p);
     return rc ? 2 : 0;
 }
 
@@ -180,8 +190,12 @@ static int cmd_densegrad(int argc, char **argv)
     memset(&p, 0, sizeof p);
     char *pargv[5] = {argv[1], argv[2], argv[3], argv[5], argv[6]};
     da_npy_array dout;
-    if (load_problem(pargv, &p) || load(argv[4], &dout))
+    memset(&dout, 0, sizeof dout);
+    if (load_problem(pargv, &p) || load(argv[4], &dout)) {
+        free_problem(&p);
+        da_npy_free(&dout);
         return 2;
+    }
     double *dq = tu_xcalloc(p.q.count, sizeof(double));
     double *dk = tu_xcalloc(p.k.count, sizeof(double));
     double *dv = tu_xcalloc(p.v.count, sizeof(double));
@@ -235,7 +249,28 @@ static int cmd_densegrad(int argc, char **argv)
     free(dv);
     free(a);
     free(o);
+    free_problem(&p);
+    da_npy_free(&dout);
     return rc ? 2 : 0;
+}
+
+static int compare_arrays(const char *name_a, const da_npy_array *a, const char *name_b,
+                          const da_npy_array *b, double tol)
+{
+    if (a->ndim != b->ndim || memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) != 0) {
+        fprintf(stderr, "npy_tool: %s and %s differ in shape\n", name_a, name_b);
+        return 1;
+    }
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < a->count; i++) {
+        const double d = (double)a->data[i] - b->data[i];
+        num += d * d;
+        den += (double)b->data[i] * b->data[i];
+    }
+    const double err = sqrt(num) / fmax(sqrt(den), 1e-30);
+    printf("relative error %.3g (tolerance %.3g)\n", err, tol);
+    /* NaN anywhere makes err NaN, and NaN <= tol is false. */
+    return err <= tol ? 0 : 1;
 }
 
 static int cmd_compare(int argc, char **argv)
@@ -243,23 +278,14 @@ static int cmd_compare(int argc, char **argv)
     if (argc != 4)
         return fail("usage: compare A B TOL", NULL);
     da_npy_array a, b;
-    if (load(argv[1], &a) || load(argv[2], &b))
-        return 2;
-    if (a.ndim != b.ndim || memcmp(a.shape, b.shape, sizeof(int64_t) * (size_t)a.ndim) != 0) {
-        fprintf(stderr, "npy_tool: %s and %s differ in shape\n", argv[1], argv[2]);
-        return 1;
-    }
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < a.count; i++) {
-        const double d = (double)a.data[i] - b.data[i];
-        num += d * d;
-        den += (double)b.data[i] * b.data[i];
-    }
-    const double err = sqrt(num) / fmax(sqrt(den), 1e-30);
-    const double tol = atof(argv[3]);
-    printf("relative error %.3g (tolerance %.3g)\n", err, tol);
-    /* NaN anywhere makes err NaN, and NaN <= tol is false. */
-    return err <= tol ? 0 : 1;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    int rc = 2;
+    if (load(argv[1], &a) == 0 && load(argv[2], &b) == 0)
+        rc = compare_arrays(argv[1], &a, argv[2], &b, atof(argv[3]));
+    da_npy_free(&a);
+    da_npy_free(&b);
+    return rc;
 }
 
 /* ---- json-get: a strict JSON parser that remembers one value's text ---- */
