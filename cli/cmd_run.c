@@ -394,8 +394,7 @@ static int write_outputs(const run_args *a, run_state *s)
 }
 
 /* Milliseconds of a library call, counted until its queued work is done. */
-static dashattn_status timed_sync(dashattn_context *ctx, dashattn_status st, double t0,
-                                  double *ms)
+static dashattn_status timed_sync(dashattn_context *ctx, dashattn_status st, double t0, double *ms)
 {
     if (st == DASHATTN_OK)
         st = dashattn_synchronize(ctx, NULL);

@@ -15,7 +15,8 @@ int da_device_array_alloc(dashattn_context *ctx, size_t count, dashattn_dtype dt
 {
     memset(a, 0, sizeof *a);
     void *data = NULL;
-    const dashattn_status st = dashattn_memory_alloc(ctx, count * dashattn_dtype_size(dtype), &data);
+    const dashattn_status st =
+        dashattn_memory_alloc(ctx, count * dashattn_dtype_size(dtype), &data);
     if (st != DASHATTN_OK) {
         da_library_error("memory", st);
         return -1;

@@ -12,7 +12,7 @@
     do {                                                                                           \
         dashattn_status st_ = (call);                                                              \
         if (st_ != DASHATTN_OK) {                                                                  \
-            fprintf(stderr, "%s failed: %s: %s\n", #call, dashattn_status_string(st_),            \
+            fprintf(stderr, "%s failed: %s: %s\n", #call, dashattn_status_string(st_),             \
                     dashattn_last_error());                                                        \
             return 1;                                                                              \
         }                                                                                          \

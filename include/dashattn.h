@@ -237,23 +237,23 @@ typedef enum dashattn_group_mode {
  * SPEC.md in the source tree defines every field precisely.
  */
 typedef struct dashattn_problem {
-    int64_t batch;     /**< B */
-    int64_t heads_q;   /**< Hq, a multiple of heads_kv */
-    int64_t heads_kv;  /**< Hkv */
-    int64_t len_q;     /**< Nq; for decode plans 1 */
-    int64_t len_k;     /**< Nk; for decode plans the cache capacity */
-    int64_t head_dim;  /**< D, 1..256 */
-    dashattn_dtype dtype; /**< dtype of q, k, v, out and gradients */
-    int causal;        /**< nonzero: bottom-right aligned causal mask */
-    int32_t block_size; /**< S, tokens per key block (default 64) */
-    int32_t n_sink;    /**< leading blocks always kept (default 1) */
-    int32_t n_local;   /**< trailing blocks up to the own block kept (default 2) */
-    double alpha;      /**< entmax alpha in [1, 2] (default 1.5) */
+    int64_t batch;                     /**< B */
+    int64_t heads_q;                   /**< Hq, a multiple of heads_kv */
+    int64_t heads_kv;                  /**< Hkv */
+    int64_t len_q;                     /**< Nq; for decode plans 1 */
+    int64_t len_k;                     /**< Nk; for decode plans the cache capacity */
+    int64_t head_dim;                  /**< D, 1..256 */
+    dashattn_dtype dtype;              /**< dtype of q, k, v, out and gradients */
+    int causal;                        /**< nonzero: bottom-right aligned causal mask */
+    int32_t block_size;                /**< S, tokens per key block (default 64) */
+    int32_t n_sink;                    /**< leading blocks always kept (default 1) */
+    int32_t n_local;                   /**< trailing blocks up to the own block kept (default 2) */
+    double alpha;                      /**< entmax alpha in [1, 2] (default 1.5) */
     dashattn_selection_mode selection; /**< default DASHATTN_SELECT_ENTMAX */
-    int32_t topk;      /**< candidate blocks kept in TOPK mode */
-    dashattn_group_mode group_mode; /**< default DASHATTN_GROUP_PER_HEAD */
-    double scale;      /**< stage-2 logit scale; 0 means 1/sqrt(D) */
-    double stage1_scale; /**< stage-1 score scale; 0 means same as scale */
+    int32_t topk;                      /**< candidate blocks kept in TOPK mode */
+    dashattn_group_mode group_mode;    /**< default DASHATTN_GROUP_PER_HEAD */
+    double scale;                      /**< stage-2 logit scale; 0 means 1/sqrt(D) */
+    double stage1_scale;               /**< stage-1 score scale; 0 means same as scale */
 } dashattn_problem;
 
 /** Fill problem with the given shape and every default of SPEC.md. */
@@ -361,8 +361,7 @@ DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const d
  * results for the same q, k, v; dout has out's shape. dq, dk, dv have the
  * shapes of q, k, v and are overwritten (not accumulated into).
  */
-DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context,
-                                               const dashattn_plan *plan,
+DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context, const dashattn_plan *plan,
                                                const dashattn_tensor *q, const dashattn_tensor *k,
                                                const dashattn_tensor *v, const dashattn_tensor *out,
                                                const float *lse, const dashattn_tensor *dout,
@@ -425,8 +424,7 @@ DASHATTN_API dashattn_status dashattn_decode(dashattn_context *context, const da
                                              const dashattn_tensor *q,
                                              const dashattn_kv_cache *cache,
                                              const dashattn_tensor *out, float *lse,
-                                             void *workspace, size_t workspace_size,
-                                             void *stream);
+                                             void *workspace, size_t workspace_size, void *stream);
 
 #ifdef __cplusplus
 }

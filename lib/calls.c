@@ -3,7 +3,6 @@
 
 #include "validate.h"
 
-
 /* Workspace for one call: the caller's, or one allocated for this call. */
 typedef struct workspace {
     void *ptr;
@@ -54,8 +53,8 @@ static dashattn_status backend_result(const char *fn, const dashattn_context *ct
 
 static dashattn_status unsupported(const char *fn, const dashattn_context *ctx)
 {
-    return da_fail(DASHATTN_ERR_UNSUPPORTED, "%s: backend %s does not implement this operation",
-                   fn, ctx->name);
+    return da_fail(DASHATTN_ERR_UNSUPPORTED, "%s: backend %s does not implement this operation", fn,
+                   ctx->name);
 }
 
 #define CHECK(expr)                                                                                \
@@ -100,16 +99,16 @@ DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const d
     CHECK(da_check_tensor(fn, "out", out, p->dtype, q_shape(p), DA_OUTPUT));
     CHECK(da_check_selection(fn, plan, selection));
     workspace ws;
-    CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_FORWARD, workspace_ptr, workspace_size, &ws));
-    const dashattn_forward_args args = {q, k, v, out, lse, selection, stats, ws.ptr, ws.size,
-                                        stream};
+    CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_FORWARD, workspace_ptr, workspace_size,
+                            &ws));
+    const dashattn_forward_args args = {q,         k,     v,      out,     lse,
+                                        selection, stats, ws.ptr, ws.size, stream};
     dashattn_status st = context->iface->forward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
 }
 
-DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context,
-                                               const dashattn_plan *plan,
+DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context, const dashattn_plan *plan,
                                                const dashattn_tensor *q, const dashattn_tensor *k,
                                                const dashattn_tensor *v, const dashattn_tensor *out,
                                                const float *lse, const dashattn_tensor *dout,
@@ -133,9 +132,10 @@ DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context,
     if (!context->iface->backward)
         return unsupported(fn, context);
     workspace ws;
-    CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_BACKWARD, workspace_ptr, workspace_size, &ws));
-    const dashattn_backward_args args = {q,  k,  v,  out,    lse,     dout,  dq,
-                                         dk, dv, ws.ptr, ws.size, stream};
+    CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_BACKWARD, workspace_ptr, workspace_size,
+                            &ws));
+    const dashattn_backward_args args = {q,  k,  v,  out,    lse,     dout,
+                                         dq, dk, dv, ws.ptr, ws.size, stream};
     dashattn_status st = context->iface->backward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
@@ -185,7 +185,8 @@ DASHATTN_API dashattn_status dashattn_decode(dashattn_context *context, const da
     if (!context->iface->decode)
         return unsupported(fn, context);
     workspace ws;
-    CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_DECODE, workspace_ptr, workspace_size, &ws));
+    CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_DECODE, workspace_ptr, workspace_size,
+                            &ws));
     const dashattn_decode_args args = {q, cache, out, lse, ws.ptr, ws.size, stream};
     dashattn_status st = context->iface->decode(context->state, &plan->desc, &args);
     workspace_release(context, &ws);

@@ -48,8 +48,8 @@ static dashattn_status check_problem(const dashattn_problem *p)
     const struct {
         const char *name;
         int64_t value;
-    } sizes[] = {{"batch", p->batch},     {"heads_q", p->heads_q}, {"heads_kv", p->heads_kv},
-                 {"len_q", p->len_q},     {"len_k", p->len_k},     {"head_dim", p->head_dim}};
+    } sizes[] = {{"batch", p->batch}, {"heads_q", p->heads_q}, {"heads_kv", p->heads_kv},
+                 {"len_q", p->len_q}, {"len_k", p->len_k},     {"head_dim", p->head_dim}};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         if (sizes[i].value < 1)
             return BAD("problem->%s is %lld, must be >= 1", sizes[i].name,
@@ -86,8 +86,7 @@ static dashattn_status check_problem(const dashattn_problem *p)
     if (p->group_mode != DASHATTN_GROUP_PER_HEAD && p->group_mode != DASHATTN_GROUP_SHARED)
         return BAD("problem->group_mode %d is not a dashattn_group_mode", (int)p->group_mode);
     if (!(p->scale >= 0.0 && isfinite(p->scale)))
-        return BAD("problem->scale is %g, must be finite and >= 0 (0 selects 1/sqrt(D))",
-                   p->scale);
+        return BAD("problem->scale is %g, must be finite and >= 0 (0 selects 1/sqrt(D))", p->scale);
     if (!(p->stage1_scale >= 0.0 && isfinite(p->stage1_scale)))
         return BAD("problem->stage1_scale is %g, must be finite and >= 0 (0 selects scale)",
                    p->stage1_scale);

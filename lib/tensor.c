@@ -31,8 +31,8 @@ DASHATTN_API const char *dashattn_dtype_name(dashattn_dtype dtype)
 static dashattn_tensor make_view(void *data, dashattn_dtype dtype, const int64_t shape[4],
                                  int64_t stride_b, int64_t stride_h, int64_t stride_n)
 {
-    dashattn_tensor t = {data, dtype, {shape[0], shape[1], shape[2], shape[3]},
-                         {stride_b, stride_h, stride_n, 1}};
+    dashattn_tensor t = {
+        data, dtype, {shape[0], shape[1], shape[2], shape[3]}, {stride_b, stride_h, stride_n, 1}};
     return t;
 }
 

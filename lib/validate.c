@@ -77,16 +77,16 @@ dashattn_status da_check_call(const char *fn, const dashattn_context *context,
     if (!plan)
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT, "%s: plan is NULL", fn);
     if (plan->context != context)
-        return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
-                       "%s: plan was created on another context", fn);
+        return da_fail(DASHATTN_ERR_INVALID_ARGUMENT, "%s: plan was created on another context",
+                       fn);
     return DASHATTN_OK;
 }
 
 dashattn_status da_check_selection(const char *fn, const dashattn_plan *plan,
                                    const dashattn_selection *selection)
 {
-    if (!selection || (!selection->block_index && !selection->block_weight &&
-                       !selection->block_count))
+    if (!selection ||
+        (!selection->block_index && !selection->block_weight && !selection->block_count))
         return DASHATTN_OK;
     if ((selection->block_index || selection->block_weight) &&
         selection->max_blocks < plan->desc.num_blocks)
@@ -141,8 +141,7 @@ dashattn_status da_check_cache(const char *fn, const dashattn_plan *plan,
         st = da_check_tensor(fn, "cache->v", &cache->v, p->dtype, kv, DA_OUTPUT);
     if (st == DASHATTN_OK) {
         /* Block keys may be kept in f32 whatever the cache dtype. */
-        const dashattn_dtype kd =
-            cache->block_keys.dtype == DASHATTN_F32 ? DASHATTN_F32 : p->dtype;
+        const dashattn_dtype kd = cache->block_keys.dtype == DASHATTN_F32 ? DASHATTN_F32 : p->dtype;
         st = da_check_tensor(fn, "cache->block_keys", &cache->block_keys, kd, keys, DA_OUTPUT);
     }
     return st;

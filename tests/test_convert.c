@@ -176,10 +176,10 @@ static void test_array_conversion(void)
     const dashattn_dtype dts[] = {DASHATTN_F16, DASHATTN_BF16};
     for (int d = 0; d < 2; d++) {
         const int bf16 = dts[d] == DASHATTN_BF16;
-        TU_CHECK(dashattn_convert(half, dts[d], src, DASHATTN_F32, N) == DASHATTN_OK,
-                 "f32 -> %s", dashattn_dtype_name(dts[d]));
-        TU_CHECK(dashattn_convert(back, DASHATTN_F32, half, dts[d], N) == DASHATTN_OK,
-                 "%s -> f32", dashattn_dtype_name(dts[d]));
+        TU_CHECK(dashattn_convert(half, dts[d], src, DASHATTN_F32, N) == DASHATTN_OK, "f32 -> %s",
+                 dashattn_dtype_name(dts[d]));
+        TU_CHECK(dashattn_convert(back, DASHATTN_F32, half, dts[d], N) == DASHATTN_OK, "%s -> f32",
+                 dashattn_dtype_name(dts[d]));
         int bad = 0;
         for (int i = 0; i < N; i++) {
             const uint16_t want = bf16 ? da_f32_to_bf16(src[i]) : da_f32_to_f16(src[i]);

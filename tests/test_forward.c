@@ -365,8 +365,7 @@ static void run_case(const fcase *f, uint64_t seed)
                 DASHATTN_OK)
                 TU_CHECK(memcmp(out_w, out, in.nq * sizeof(float)) == 0 &&
                              memcmp(lse_w, lse, rows * sizeof(float)) == 0,
-                         "%s: explicit workspace at offset %zu changes the result", c->name,
-                         shift);
+                         "%s: explicit workspace at offset %zu changes the result", c->name, shift);
         free(ws);
         free(out_w);
         free(lse_w);

@@ -60,8 +60,8 @@ static size_t cpu_describe(char *buffer, size_t size)
 #else
     const char *threads = "single-threaded build";
 #endif
-    const int n = snprintf(buffer, size, "%s, %d threads by default (%s)", model,
-                           default_threads(), threads);
+    const int n =
+        snprintf(buffer, size, "%s, %d threads by default (%s)", model, default_threads(), threads);
     return n > 0 ? (size_t)n : 0;
 }
 
@@ -98,8 +98,7 @@ static int cpu_num_threads(void *state)
     return ((const dacpu_state *)state)->num_threads;
 }
 
-static size_t cpu_workspace_size(void *state, const dashattn_plan_desc *plan,
-                                 dashattn_operation op)
+static size_t cpu_workspace_size(void *state, const dashattn_plan_desc *plan, dashattn_operation op)
 {
     const dacpu_state *st = state;
     return dacpu_workspace_bytes(plan, op, st->num_threads);

@@ -136,8 +136,7 @@ dashattn_status dacpu_decode(void *state, const dashattn_plan_desc *plan,
     const int64_t pairs = p->batch * p->heads_kv;
 #pragma omp parallel num_threads(st->num_threads)
     {
-        dacpu_arena arena =
-            dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_DECODE, THREAD_ID());
+        dacpu_arena arena = dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_DECODE, THREAD_ID());
         decode_scratch t = take_decode_scratch(&arena, plan);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t bh = 0; bh < pairs; bh++)

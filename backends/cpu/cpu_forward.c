@@ -20,9 +20,9 @@
 enum { KT_ABSENT = 0, KT_WRITING = 1, KT_READY = 2 };
 
 typedef struct tile_scratch {
-    float *q;    /* rows x D: raw, then scaled for stage 2 */
-    float *acc;  /* rows x D */
-    float *w;    /* rows x M block weights */
+    float *q;   /* rows x D: raw, then scaled for stage 2 */
+    float *acc; /* rows x D */
+    float *w;   /* rows x M block weights */
     float *m, *l;
     float *kbuf, *vbuf, *kt, *logits;
     dacpu_stage1_scratch s1;
@@ -160,8 +160,8 @@ static tile_counts run_tile(const forward_call *call, int64_t b, int64_t h, int6
                 for (int64_t c = 0; c < d; c++)
                     q[g * d + c] = src[c];
         }
-        dacpu_stage1(plan, &layout[ri], nvis[ri], q, d, keys_t, ld_keys,
-                     t->w + ri * g_count * m, m, &t->s1);
+        dacpu_stage1(plan, &layout[ri], nvis[ri], q, d, keys_t, ld_keys, t->w + ri * g_count * m, m,
+                     &t->s1);
         for (int64_t c = 0; c < g_count * d; c++)
             q[c] *= (float)p->scale;
     }
@@ -181,8 +181,7 @@ static tile_counts run_tile(const forward_call *call, int64_t b, int64_t h, int6
         if (!any)
             continue;
         const int64_t first = j * p->block_size;
-        const int64_t count =
-            first + p->block_size <= p->len_k ? p->block_size : p->len_k - first;
+        const int64_t count = first + p->block_size <= p->len_k ? p->block_size : p->len_k - first;
         int64_t ldv;
         const float *vb = dacpu_rows(a->v, b, h, first, count, t->vbuf, &ldv);
         const dacpu_kv_block block = {transposed_block(call, b, h, j, count, t),
@@ -223,8 +222,7 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
 {
     const dacpu_state *st = state;
     const dashattn_problem *p = &plan->problem;
-    forward_call call = {plan, a, dacpu_shared_layout(plan, DASHATTN_OP_FORWARD), NULL, NULL,
-                         NULL};
+    forward_call call = {plan, a, dacpu_shared_layout(plan, DASHATTN_OP_FORWARD), NULL, NULL, NULL};
     void *ws = a->workspace;
     call.keys_t = dacpu_shared_at(ws, call.layout.keys_t);
     call.kt_cache = dacpu_shared_at(ws, call.layout.kt_cache);

@@ -53,10 +53,10 @@ void dacpu_mean_rows(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r
  * blocks, each made by the first tile that needs it. Byte offsets; 0-sized
  * parts are absent for the operation. */
 typedef struct dacpu_shared {
-    size_t keys;      /* float [B * Hkv][M][D] */
-    size_t keys_t;    /* float [B * Hkv][D][ld_keys] */
-    size_t kt_cache;  /* float [B * Hkv][M][D][ld_block] */
-    size_t kt_state;  /* atomic_int [B * Hkv * M] */
+    size_t keys;     /* float [B * Hkv][M][D] */
+    size_t keys_t;   /* float [B * Hkv][D][ld_keys] */
+    size_t kt_cache; /* float [B * Hkv][M][D][ld_block] */
+    size_t kt_state; /* atomic_int [B * Hkv * M] */
     size_t total;
     int64_t ld_keys;  /* padded so any candidate range can be read by chunks */
     int64_t ld_block; /* tokens of a block, padded to DACPU_CHUNK */

@@ -29,8 +29,8 @@ static void select_blocks(const dashattn_plan_desc *plan, const double *z, int64
     if (plan->threshold_method == DASHATTN_THRESHOLD_TOPK)
         da_topk_forward(z, n, plan->problem.topk, p, sort);
     else
-        da_entmax_forward(plan->threshold_method, plan->problem.alpha,
-                          plan->threshold_iterations, z, n, p, sort);
+        da_entmax_forward(plan->threshold_method, plan->problem.alpha, plan->threshold_iterations,
+                          z, n, p, sort);
 }
 
 void dacpu_stage1(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,

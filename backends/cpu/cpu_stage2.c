@@ -92,8 +92,7 @@ static inline void store16(float *p, vf16 v)
 
 /* Tokens t0 .. t0 + 31 of s = q . key_t: two token halves times even and
  * odd dims make four independent FMA chains. */
-HOT void dacpu_logits(const float *q, const float *kt, int64_t ldt, int64_t n, int64_t d,
-                      float *s)
+HOT void dacpu_logits(const float *q, const float *kt, int64_t ldt, int64_t n, int64_t d, float *s)
 {
     for (int64_t t0 = 0; t0 < n; t0 += 32) {
         vf16 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};

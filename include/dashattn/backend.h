@@ -163,9 +163,9 @@ typedef struct dashattn_decode_args {
  * been validated against the plan (shapes, dtypes, workspace size).
  */
 typedef struct dashattn_backend_iface {
-    uint32_t abi_version;  /**< DASHATTN_BACKEND_ABI_VERSION; read first */
-    uint32_t struct_size;  /**< sizeof(dashattn_backend_iface) as built */
-    const char *name;      /**< "cuda", "opencl", ... */
+    uint32_t abi_version; /**< DASHATTN_BACKEND_ABI_VERSION; read first */
+    uint32_t struct_size; /**< sizeof(dashattn_backend_iface) as built */
+    const char *name;     /**< "cuda", "opencl", ... */
 
     /**
      * How good this backend is here: 0 means unusable (no device, no driver;
