@@ -574,6 +574,9 @@ static const fcase cases[] = {
     {{"causal gqa D128", 1, 4, 1, 48, 48, 128, 1, 8, 1, 2, 1.5, 0, 0, 2.0, 0, 0}, 1},
     {{"noncausal D256 a2", 1, 2, 2, 8, 40, 256, 0, 8, 1, 2, 2.0, 0, 0, 2.0, 0, 0}, 0},
     {{"causal D1 S4", 1, 1, 1, 30, 30, 1, 1, 4, 1, 2, 1.5, 0, 0, -1, 0, 0}, 0},
+    /* A large group: the CPU backend's tiles then hold fewer positions. */
+    {{"mqa G64 per_head", 1, 64, 1, 21, 21, 16, 1, 4, 1, 2, 1.5, 0, 0, 2.0, 0, 0}, 0},
+    {{"mqa G300 shared", 1, 300, 1, 5, 9, 8, 1, 4, 1, 1, 2.0, 0, 1, 2.0, 0, 0}, 0},
 };
 
 int main(void)

@@ -1,6 +1,6 @@
 /* Forward driver: block keys, then tiles of query positions per KV head.
- * A tile holds DACPU_TILE_ROWS positions of all G query heads of one KV
- * head, so each key block that any of them keeps is loaded once per tile.
+ * A tile holds several positions of all G query heads of one KV head, so
+ * each key block that any of them keeps is loaded once per tile.
  * A key block is transposed once per call, by the first tile that keeps it,
  * into a cache in the workspace; blocks no row keeps are never touched. */
 #include <config.h>
@@ -28,9 +28,16 @@ typedef struct tile_scratch {
     dacpu_stage1_scratch s1;
 } tile_scratch;
 
+/* Positions per tile: about DACPU_TILE_ROWS rows whatever the group size. */
+static int64_t tile_positions(const dashattn_plan_desc *plan)
+{
+    const int64_t n = DACPU_TILE_ROWS / plan->group_size;
+    return n < 1 ? 1 : n > DACPU_TILE_POSITIONS ? DACPU_TILE_POSITIONS : n;
+}
+
 static tile_scratch take_tile_scratch(dacpu_arena *a, const dashattn_plan_desc *plan)
 {
-    const size_t rows = DACPU_TILE_ROWS * (size_t)plan->group_size;
+    const size_t rows = (size_t)(tile_positions(plan) * plan->group_size);
     const size_t d = (size_t)plan->problem.head_dim, m = (size_t)plan->num_blocks;
     const size_t s = (size_t)plan->problem.block_size;
     const size_t ldt = (size_t)dacpu_shared_layout(plan, DASHATTN_OP_FORWARD).ld_block;
@@ -138,12 +145,13 @@ static tile_counts run_tile(const forward_call *call, int64_t b, int64_t h, int6
     const dashattn_forward_args *a = call->args;
     const dashattn_problem *p = &plan->problem;
     const int64_t g_count = plan->group_size, d = p->head_dim, m = plan->num_blocks;
-    const int64_t i_end = i0 + DACPU_TILE_ROWS < p->len_q ? i0 + DACPU_TILE_ROWS : p->len_q;
+    const int64_t positions = tile_positions(plan);
+    const int64_t i_end = i0 + positions < p->len_q ? i0 + positions : p->len_q;
     const int64_t rows = i_end - i0, bh = b * p->heads_kv + h;
     const int64_t ld_keys = call->layout.ld_keys;
     const float *keys_t = call->keys_t + bh * d * ld_keys;
-    dashattn_row_blocks layout[DACPU_TILE_ROWS];
-    int64_t nvis[DACPU_TILE_ROWS], max_vis = 0;
+    dashattn_row_blocks layout[DACPU_TILE_POSITIONS];
+    int64_t nvis[DACPU_TILE_POSITIONS], max_vis = 0;
     tile_counts counts = {0, 0};
 
     /* Stage 1 for every (position, head) of the tile; row index ri * G + g. */
@@ -227,7 +235,8 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
     call.keys_t = dacpu_shared_at(ws, call.layout.keys_t);
     call.kt_cache = dacpu_shared_at(ws, call.layout.kt_cache);
     call.kt_state = dacpu_shared_at(ws, call.layout.kt_state);
-    const int64_t tiles = (p->len_q + DACPU_TILE_ROWS - 1) / DACPU_TILE_ROWS;
+    const int64_t positions = tile_positions(plan);
+    const int64_t tiles = (p->len_q + positions - 1) / positions;
     const int64_t heads = p->batch * p->heads_kv, tasks = heads * tiles;
     int64_t visible = 0, attended = 0;
 
@@ -244,7 +253,7 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
         for (int64_t task = 0; task < tasks; task++) {
             const int64_t tile = tiles - 1 - task % tiles, bh = task / tiles;
             const tile_counts c =
-                run_tile(&call, bh / p->heads_kv, bh % p->heads_kv, tile * DACPU_TILE_ROWS, &t);
+                run_tile(&call, bh / p->heads_kv, bh % p->heads_kv, tile * positions, &t);
             visible += c.visible;
             attended += c.attended;
         }

@@ -7,9 +7,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Query rows of one position tile in the forward: every key block loaded is
- * reused by DACPU_TILE_ROWS * G query rows while it sits in cache. */
-#define DACPU_TILE_ROWS 64
+/* A forward tile holds up to DACPU_TILE_POSITIONS query positions of all G
+ * heads of one KV head, about DACPU_TILE_ROWS rows in all: every key block
+ * loaded is reused by those rows while it sits in cache. The decode groups
+ * its G heads the same way. */
+#define DACPU_TILE_ROWS 256
+#define DACPU_TILE_POSITIONS 64
 
 /* Keys (or dims) per register-resident chunk of the stage-2 loops; the
  * transposed layouts below are padded to multiples of it. */
