@@ -254,6 +254,30 @@ static dashattn_status decode(const dashattn_plan *plan, cache *c, float *out, f
     return st;
 }
 
+/* With more threads than (sequence, KV head) pairs, the CPU backend splits
+ * each group's heads among threads: the result must be the same bits. */
+static void check_split_heads(cache *c, const float *out, const float *lse)
+{
+    dashattn_context_options opt;
+    dashattn_context_options_init(&opt);
+    opt.backend = "cpu";
+    opt.num_threads = 4 * B * HKV;
+    dashattn_context *wide = NULL, *saved = ctx;
+    if (dashattn_context_create(&opt, &wide) != DASHATTN_OK) {
+        TU_CHECK(0, "context with %d threads: %s", opt.num_threads, dashattn_last_error());
+        return;
+    }
+    ctx = wide;
+    dashattn_plan *plan = decode_plan(B);
+    float out_w[B * HQ * DIM], lse_w[B * HQ];
+    if (plan && decode(plan, c, out_w, lse_w) == DASHATTN_OK)
+        TU_CHECK(memcmp(out, out_w, sizeof out_w) == 0 && memcmp(lse, lse_w, sizeof lse_w) == 0,
+                 "%s: decode on %d threads differs", c->name, opt.num_threads);
+    dashattn_plan_destroy(plan);
+    ctx = saved;
+    dashattn_context_destroy(wide);
+}
+
 /* The last row of a causal prefill over sequence b's first len tokens: the
  * library's forward (out_lib, lse_lib) and the float64 reference. */
 static void prefill_last_row(int b, int len, float *out_lib, float *lse_lib, double *out_ref,
@@ -449,6 +473,7 @@ static void run_config(void)
         TU_CHECK(memcmp(k0, paged.k, paged.kv_elems * sizeof(float)) == 0,
                  "decode modified the cache");
         free(k0);
+        check_split_heads(&paged, out[2], lse[2]);
 
         /* Capacity: sequence 1 has CAP - len1 slots left, sequence 0 more. */
         for (int i = 0; i < 3; i += 2) {

@@ -46,8 +46,11 @@ size_t dacpu_decode_scratch_bytes(const dashattn_plan_desc *plan)
     return counter.used;
 }
 
+/* Heads [g_begin, g_end) of the group of KV head h of sequence b. Stage 1
+ * runs for the whole group (shared mode needs every head's scores, and it
+ * reads only block keys); stage 2 only for the heads asked for. */
 static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_args *a, int64_t b,
-                         int64_t h, decode_scratch *t)
+                         int64_t h, int64_t g_begin, int64_t g_end, decode_scratch *t)
 {
     const dashattn_problem *p = &plan->problem;
     const dashattn_kv_cache *cache = a->cache;
@@ -82,8 +85,8 @@ static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_a
         t->q[c] *= (float)p->scale;
 
     float m_run[DACPU_TILE_ROWS], l_run[DACPU_TILE_ROWS];
-    for (int64_t g0 = 0; g0 < gc; g0 += DACPU_TILE_ROWS) {
-        const int64_t g1 = g0 + DACPU_TILE_ROWS < gc ? g0 + DACPU_TILE_ROWS : gc;
+    for (int64_t g0 = g_begin; g0 < g_end; g0 += DACPU_TILE_ROWS) {
+        const int64_t g1 = g0 + DACPU_TILE_ROWS < g_end ? g0 + DACPU_TILE_ROWS : g_end;
         for (int64_t g = g0; g < g1; g++) {
             dacpu_row_state rs = {0, 0, t->acc + g * d};
             dacpu_row_begin(&rs, d);
@@ -133,14 +136,23 @@ dashattn_status dacpu_decode(void *state, const dashattn_plan_desc *plan,
     dashattn_status status = dacpu_cache_check_readable(plan, a->cache);
     if (status != DASHATTN_OK)
         return status;
-    const int64_t pairs = p->batch * p->heads_kv;
+    /* With fewer (sequence, KV head) pairs than threads, the heads of each
+     * group are split too, so that every thread has work. */
+    const int64_t pairs = p->batch * p->heads_kv, gc = plan->group_size;
+    int64_t splits = (st->num_threads + pairs - 1) / pairs;
+    splits = splits < gc ? splits : gc;
+    const int64_t per_split = (gc + splits - 1) / splits;
 #pragma omp parallel num_threads(st->num_threads)
     {
         dacpu_arena arena = dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_DECODE, THREAD_ID());
         decode_scratch t = take_decode_scratch(&arena, plan);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t bh = 0; bh < pairs; bh++)
-            decode_group(plan, a, bh / p->heads_kv, bh % p->heads_kv, &t);
+        for (int64_t task = 0; task < pairs * splits; task++) {
+            const int64_t bh = task / splits, g0 = (task % splits) * per_split;
+            const int64_t g1 = g0 + per_split < gc ? g0 + per_split : gc;
+            if (g0 < g1)
+                decode_group(plan, a, bh / p->heads_kv, bh % p->heads_kv, g0, g1, &t);
+        }
     }
     return DASHATTN_OK;
 }
