@@ -31,10 +31,10 @@ int main(void)
         return 1;
     srand(1);
     for (size_t i = 0; i < nq; i++)
-        q[i] = (float)rand() / RAND_MAX - 0.5f;
+        q[i] = (float)((double)rand() / RAND_MAX - 0.5);
     for (size_t i = 0; i < nkv; i++) {
-        k[i] = (float)rand() / RAND_MAX - 0.5f;
-        v[i] = (float)rand() / RAND_MAX - 0.5f;
+        k[i] = (float)((double)rand() / RAND_MAX - 0.5);
+        v[i] = (float)((double)rand() / RAND_MAX - 0.5);
     }
 
     dashattn_context *ctx;

@@ -13,6 +13,16 @@ _Thread_local int da_tls;]], [[return da_tls;]])], [da_cv_c11=yes], [da_cv_c11=n
       [], [AC_MSG_ERROR([a C11 compiler with _Thread_local is required])])])
 ])
 
+# DA_CHECK_VECTOR_EXT: the CPU kernels use GNU vector extensions (GCC, Clang).
+AC_DEFUN([DA_CHECK_VECTOR_EXT], [
+  AC_CACHE_CHECK([whether $CC supports vector_size vectors], [da_cv_vector_ext], [
+    AC_COMPILE_IFELSE([AC_LANG_PROGRAM([[typedef float v16 __attribute__((vector_size(64)));]],
+      [[v16 a = {0}, b = {1}; a += 2.0f * b; return (int)a[3];]])],
+      [da_cv_vector_ext=yes], [da_cv_vector_ext=no])])
+  AS_IF([test "x$da_cv_vector_ext" = xno],
+    [AC_MSG_ERROR([the CPU backend needs a compiler with GNU vector extensions (GCC or Clang)])])
+])
+
 # DA_CHECK_PTHREAD: find the flag that enables POSIX threads (for tests).
 AC_DEFUN([DA_CHECK_PTHREAD], [
   AC_CACHE_CHECK([for the flag that enables POSIX threads], [da_cv_pthread_flag], [

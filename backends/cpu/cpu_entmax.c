@@ -7,6 +7,7 @@
 #include <config.h>
 
 #include "cpu_entmax.h"
+#include "cpu_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -82,7 +83,7 @@ static inline double row_max(const double *z, int64_t n)
 {
     /* Counts are doubles: mixed int and double lanes defeat vectorising. */
     double m = -INFINITY, nans = 0.0;
-#pragma omp simd reduction(max : m) reduction(+ : nans)
+    DACPU_SIMD_MAX(reduction(max : m) reduction(+ : nans))
     for (int64_t j = 0; j < n; j++) {
         m = z[j] > m ? z[j] : m;
         nans += z[j] != z[j] ? 1.0 : 0.0;

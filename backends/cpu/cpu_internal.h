@@ -27,6 +27,16 @@
 #define DACPU_HOT
 #endif
 
+/* `omp simd` for loops with a max reduction: GCC vectorises them under
+ * -fno-trapping-math; Clang does not without fast-math flags and warns when
+ * asked to, so there the loop is left to its own judgement. */
+#define DACPU_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define DACPU_SIMD_MAX(clauses)
+#else
+#define DACPU_SIMD_MAX(clauses) DACPU_PRAGMA(omp simd clauses)
+#endif
+
 typedef struct dacpu_state {
     int num_threads;
     char device[160];

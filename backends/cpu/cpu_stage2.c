@@ -156,7 +156,7 @@ HOT void dacpu_attend(const float *qs, const dacpu_kv_block *blk, int64_t ntok, 
 {
     dacpu_logits(qs, blk->kt, blk->ldt, ntok, d, s);
     float block_max = -INFINITY, finite = 0.0f;
-#pragma omp simd reduction(max : block_max) reduction(+ : finite)
+    DACPU_SIMD_MAX(reduction(max : block_max) reduction(+ : finite))
     for (int64_t t = 0; t < ntok; t++) {
         s[t] += logw;
         block_max = s[t] > block_max ? s[t] : block_max;
