@@ -342,8 +342,46 @@ static void test_plan_iterations(void)
     dashattn_context_destroy(ctx);
 }
 
+/* The exact methods' two threshold finders agree, including on rows with
+ * ties at the threshold and with one contender. */
+static void test_threshold_finders(void)
+{
+    da_synth_rng rng;
+    da_synth_seed(&rng, 23);
+    double x[300], copy[300];
+    int settled = 0, total = 0;
+    for (int rep = 0; rep < 400; rep++) {
+        const int r = 1 + rep % 2;
+        const int64_t m = 1 + (int64_t)(da_synth_uniform(&rng) * 299);
+        const double spread = rep % 3 == 0 ? 0.05 : rep % 3 == 1 ? 0.4 : 0.9;
+        x[0] = 0.0; /* the top score, shifted */
+        for (int64_t j = 1; j < m; j++) {
+            x[j] = -spread * da_synth_uniform(&rng);
+            if (rep % 5 == 0) /* coarse grid: many exact ties */
+                x[j] = -0.125 * (double)(int)(-x[j] / 0.125 * 4.0) / 4.0;
+        }
+        for (int64_t j = 0; j < m; j++)
+            copy[j] = x[j];
+        double by_support = 0.0;
+        const int ok = da_entmax_threshold_support(x, m, r, &by_support);
+        const double by_sorting = da_entmax_threshold_sorted(copy, m, r);
+        total++;
+        settled += ok;
+        if (ok)
+            TU_CHECK(fabs(by_support - by_sorting) <= 1e-12,
+                     "r=%d m=%lld: thresholds %.17g vs %.17g", r, (long long)m, by_support,
+                     by_sorting);
+        TU_CHECK(by_sorting >= -1.0 && by_sorting < 0.0, "r=%d m=%lld: sorted threshold %g", r,
+                 (long long)m, by_sorting);
+    }
+    /* The fast path must be the one normally taken. */
+    TU_CHECK(settled >= total * 9 / 10, "support iteration settled on %d of %d rows", settled,
+             total);
+}
+
 int main(void)
 {
+    test_threshold_finders();
     test_random();
     test_exact_vs_bracketed();
     test_edge_cases();

@@ -114,31 +114,82 @@ static double threshold_lower_bound(const double *x, int64_t m, int r)
     return tau - 1e-9;
 }
 
-/* Shifted values X_j > -1 (X_max = 0 is among them), narrowed to those
- * above a lower bound of the threshold when r is 1 or 2, ready to be taken
- * in descending order. */
-static descending contenders(const double *z, int64_t n, double scale, double zmax, int r,
-                             double *out)
+/* Shifted values X_j > -1 (X_max = 0 is among them) into out; returns
+ * their count. */
+static int64_t contenders(const double *z, int64_t n, double scale, double zmax, double *out)
 {
-    descending d = {out, 0, 0};
+    int64_t m = 0;
     /* Store always, advance when kept: no branch to mispredict. */
     for (int64_t j = 0; j < n; j++) {
         const double x = scale * (z[j] - zmax);
-        out[d.n] = x;
-        d.n += x > -1.0;
+        out[m] = x;
+        m += x > -1.0;
     }
-    if ((r == 1 || r == 2) && d.n > SORT_AT_MOST) {
-        const double bound = threshold_lower_bound(out, d.n, r);
+    return m;
+}
+
+/* The exact threshold for r = 1 (sparsemax) or r = 2 (1.5-entmax) without
+ * sorting. For a candidate support S = {X > tau} the closed form
+ * tau_S (r = 1: (sum - 1) / k; r = 2: mean - sqrt((1 - k var) / k)) is the
+ * threshold exactly when every member of S lies at or above it, as the
+ * others lie at or below tau <= tau_S. Otherwise tau moves up by a Newton
+ * step on the convex f(tau) = sum (X - tau)_+^r - 1, which never passes the
+ * root (for r = 1 the step is tau_S itself, Michelot's algorithm). Each step
+ * is one vectorised pass; returns 0 if it did not settle (rounding near a
+ * tie), and the caller then sorts. */
+DACPU_HOT int da_entmax_threshold_support(const double *x, int64_t m, int r, double *tau_out)
+{
+    double tau = -1.0;
+    for (int step = 0; step < 64; step++) {
+        double k = 0.0, s1 = 0.0, s2 = 0.0, lowest = INFINITY;
+        DACPU_SIMD_MAX(reduction(+ : k, s1, s2) reduction(min : lowest))
+        for (int64_t j = 0; j < m; j++) {
+            const int in = x[j] > tau;
+            k += in ? 1.0 : 0.0;
+            s1 += in ? x[j] : 0.0;
+            s2 += in ? x[j] * x[j] : 0.0;
+            lowest = in && x[j] < lowest ? x[j] : lowest;
+        }
+        if (k == 0.0)
+            return 0;
+        double closed, next;
+        if (r == 1) {
+            closed = next = (s1 - 1.0) / k;
+        } else {
+            const double mean = s1 / k, delta = (1.0 - (s2 - s1 * mean)) / k;
+            closed = mean - sqrt(delta > 0.0 ? delta : 0.0);
+            next = tau + (s2 - 2.0 * tau * s1 + k * tau * tau - 1.0) / (2.0 * (s1 - k * tau));
+        }
+        if (lowest >= closed) {
+            *tau_out = closed;
+            return 1;
+        }
+        if (!(next > tau))
+            return 0;
+        tau = next;
+    }
+    return 0;
+}
+
+static double tau_sparsemax(descending *h);
+static double tau_entmax15(descending *h);
+
+/* The same threshold by the sort-based scan: contenders above a lower bound
+ * of it, taken in descending order until the support ends. */
+double da_entmax_threshold_sorted(double *x, int64_t m, int r)
+{
+    descending d = {x, m, 0};
+    if (m > SORT_AT_MOST) {
+        const double bound = threshold_lower_bound(x, m, r);
         int64_t kept = 0;
-        for (int64_t j = 0; j < d.n; j++) {
-            out[kept] = out[j];
-            kept += out[j] > bound;
+        for (int64_t j = 0; j < m; j++) {
+            x[kept] = x[j];
+            kept += x[j] > bound;
         }
         d.n = kept;
     }
-    if (r == 1 || r == 2) /* the bracketed search needs no order */
-        arrange(&d);
-    return d;
+    arrange(&d);
+    return r == 1 ? tau_sparsemax(&d) : tau_entmax15(&d);
 }
 
 /* tau for sparsemax (alpha = 2): the largest k with 1 + k X_(k) > sum of
@@ -222,8 +273,8 @@ static double tau_bracketed(const double *xs, int64_t m, int64_t n, double alpha
     return lo;
 }
 
-int64_t da_entmax_forward(dashattn_threshold_method method, double alpha, int iterations,
-                          const double *z, int64_t n, double *p, double *scratch)
+DACPU_HOT int64_t da_entmax_forward(dashattn_threshold_method method, double alpha, int iterations,
+                                    const double *z, int64_t n, double *p, double *scratch)
 {
     const double zmax = row_max(z, n);
     if (!isfinite(zmax))
@@ -237,14 +288,14 @@ int64_t da_entmax_forward(dashattn_threshold_method method, double alpha, int it
         const int exact_r = method == DASHATTN_THRESHOLD_SORT_2    ? 1
                             : method == DASHATTN_THRESHOLD_SORT_15 ? 2
                                                                    : 0;
-        descending h = contenders(z, n, scale, zmax, exact_r, scratch);
+        const int64_t m = contenders(z, n, scale, zmax, scratch);
         double tau;
-        if (exact_r == 1)
-            tau = tau_sparsemax(&h);
-        else if (exact_r == 2)
-            tau = tau_entmax15(&h);
-        else
-            tau = tau_bracketed(h.v, h.n, n, alpha, iterations);
+        if (exact_r) {
+            if (!da_entmax_threshold_support(scratch, m, exact_r, &tau))
+                tau = da_entmax_threshold_sorted(scratch, m, exact_r);
+        } else {
+            tau = tau_bracketed(scratch, m, n, alpha, iterations);
+        }
         if (exact_r) {
             /* The exact thresholds make the weights sum to 1 to rounding. */
             double support = 0.0;

@@ -32,4 +32,15 @@ int64_t da_topk_forward(const double *z, int64_t n, int64_t k, double *p, double
  */
 void da_entmax_backward(double alpha, const double *p, const double *g, int64_t n, double *dz);
 
+/*
+ * The two ways the exact methods find the threshold, exposed so the tests
+ * can hold each to the other. x holds m shifted scores X = (alpha - 1)
+ * (z - max z) > -1; r is 1 (sparsemax) or 2 (1.5-entmax).
+ * da_entmax_threshold_support iterates on the support without sorting and
+ * returns 0 if it did not settle; da_entmax_threshold_sorted always works
+ * (and reorders x). da_entmax_forward tries the first, then the second.
+ */
+int da_entmax_threshold_support(const double *x, int64_t m, int r, double *tau);
+double da_entmax_threshold_sorted(double *x, int64_t m, int r);
+
 #endif

@@ -19,12 +19,21 @@
 
 enum { KT_ABSENT = 0, KT_WRITING = 1, KT_READY = 2 };
 
+/* A row that keeps a block: which row, the block's tokens it sees, and the
+ * log of its weight. */
+typedef struct keeper {
+    int32_t row, ntok;
+    float logw;
+} keeper;
+
 typedef struct tile_scratch {
     float *q;   /* rows x D: raw, then scaled for stage 2 */
     float *acc; /* rows x D */
     float *w;   /* rows x M block weights */
     float *m, *l;
     float *kbuf, *vbuf, *kt, *logits;
+    int64_t *first; /* M + 1: block j's keepers are keepers[first[j] .. first[j + 1]) */
+    keeper *keepers; /* up to rows x M */
     dacpu_stage1_scratch s1;
 } tile_scratch;
 
@@ -51,6 +60,8 @@ static tile_scratch take_tile_scratch(dacpu_arena *a, const dashattn_plan_desc *
     t.vbuf = dacpu_take(a, s * d * sizeof(float));
     t.kt = dacpu_take(a, d * ldt * sizeof(float));
     t.logits = dacpu_take(a, ldt * sizeof(float));
+    t.first = dacpu_take(a, (m + 1) * sizeof(int64_t));
+    t.keepers = dacpu_take(a, rows * m * sizeof(keeper));
     t.s1 = dacpu_stage1_scratch_take(a, plan);
     return t;
 }
@@ -181,12 +192,36 @@ static tile_counts run_tile(const forward_call *call, int64_t b, int64_t h, int6
         t->l[r] = rs.l;
     }
 
-    /* Stage 2, block-major over the union of kept blocks. */
+    /* The rows keeping each block, gathered in one row-major pass over the
+     * weights (a counting sort by block), so stage 2 visits only kept blocks
+     * and their keepers. */
+    for (int64_t j = 0; j <= max_vis; j++)
+        t->first[j] = 0;
+    for (int64_t r = 0; r < total_rows; r++) {
+        const float *w = t->w + r * m;
+        for (int64_t j = 0; j < nvis[r / g_count]; j++)
+            t->first[j + 1] += w[j] != 0.0f;
+    }
+    for (int64_t j = 0; j < max_vis; j++)
+        t->first[j + 1] += t->first[j];
+    for (int64_t r = 0; r < total_rows; r++) {
+        const int64_t ri = r / g_count;
+        const float *w = t->w + r * m;
+        for (int64_t j = 0; j < nvis[ri]; j++)
+            if (w[j] != 0.0f) {
+                const int64_t ntok = visible_tokens(plan, &layout[ri], j);
+                t->keepers[t->first[j]++] = (keeper){(int32_t)r, (int32_t)ntok, logf(w[j])};
+                counts.attended += ntok;
+            }
+    }
+    /* Filling advanced first[j] to block j + 1's start: shift back. */
+    for (int64_t j = max_vis; j > 0; j--)
+        t->first[j] = t->first[j - 1];
+    t->first[0] = 0;
+
+    /* Stage 2, block-major over the kept blocks. */
     for (int64_t j = 0; j < max_vis; j++) {
-        int any = 0;
-        for (int64_t r = 0; r < total_rows && !any; r++)
-            any = j < nvis[r / g_count] && t->w[r * m + j] != 0.0f;
-        if (!any)
+        if (t->first[j] == t->first[j + 1])
             continue;
         const int64_t first = j * p->block_size;
         const int64_t count = first + p->block_size <= p->len_k ? p->block_size : p->len_k - first;
@@ -194,19 +229,14 @@ static tile_counts run_tile(const forward_call *call, int64_t b, int64_t h, int6
         const float *vb = dacpu_rows(a->v, b, h, first, count, t->vbuf, &ldv);
         const dacpu_kv_block block = {transposed_block(call, b, h, j, count, t),
                                       call->layout.ld_block, vb, ldv};
-        for (int64_t r = 0; r < total_rows; r++) {
-            const int64_t ri = r / g_count;
-            const float wj = j < nvis[ri] ? t->w[r * m + j] : 0.0f;
-            if (wj == 0.0f)
+        for (int64_t e = t->first[j]; e < t->first[j + 1]; e++) {
+            const keeper *k = &t->keepers[e];
+            if (k->ntok == 0)
                 continue;
-            const int64_t ntok = visible_tokens(plan, &layout[ri], j);
-            if (ntok == 0)
-                continue;
-            dacpu_row_state rs = {t->m[r], t->l[r], t->acc + r * d};
-            dacpu_attend(t->q + r * d, &block, ntok, logf(wj), d, &rs, t->logits);
-            t->m[r] = rs.m;
-            t->l[r] = rs.l;
-            counts.attended += ntok;
+            dacpu_row_state rs = {t->m[k->row], t->l[k->row], t->acc + k->row * d};
+            dacpu_attend(t->q + k->row * d, &block, k->ntok, k->logw, d, &rs, t->logits);
+            t->m[k->row] = rs.m;
+            t->l[k->row] = rs.l;
         }
     }
 
