@@ -359,52 +359,32 @@ static int json_number(json *j)
     return j->p > s ? 0 : -1;
 }
 
-static int json_object(json *j)
+/* An object (close '}') or array (close ']'): values separated by commas,
+ * each one's path the container's extended by its key or index. */
+static int json_container(json *j, char close)
 {
     j->p++;
     json_ws(j);
-    if (j->p < j->end && *j->p == '}') {
+    if (j->p < j->end && *j->p == close) {
         j->p++;
         return 0;
     }
     const size_t base = strlen(j->path);
-    for (;;) {
-        const char *key;
-        size_t n;
-        json_ws(j);
-        if (json_string(j, &key, &n) != 0)
-            return -1;
-        json_ws(j);
-        if (j->p >= j->end || *j->p++ != ':')
-            return -1;
-        snprintf(j->path + base, sizeof j->path - base, "%s%.*s", base ? "." : "", (int)n, key);
-        if (json_value(j) != 0)
-            return -1;
-        j->path[base] = '\0';
-        json_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->end && *j->p == '}') {
-            j->p++;
-            return 0;
-        }
-        return -1;
-    }
-}
-
-static int json_array(json *j)
-{
-    j->p++;
-    json_ws(j);
-    if (j->p < j->end && *j->p == ']') {
-        j->p++;
-        return 0;
-    }
-    const size_t base = strlen(j->path);
+    const char *sep = base ? "." : "";
     for (int index = 0;; index++) {
-        snprintf(j->path + base, sizeof j->path - base, "%s%d", base ? "." : "", index);
+        if (close == '}') {
+            const char *key;
+            size_t n;
+            json_ws(j);
+            if (json_string(j, &key, &n) != 0)
+                return -1;
+            json_ws(j);
+            if (j->p >= j->end || *j->p++ != ':')
+                return -1;
+            snprintf(j->path + base, sizeof j->path - base, "%s%.*s", sep, (int)n, key);
+        } else {
+            snprintf(j->path + base, sizeof j->path - base, "%s%d", sep, index);
+        }
         if (json_value(j) != 0)
             return -1;
         j->path[base] = '\0';
@@ -413,7 +393,7 @@ static int json_array(json *j)
             j->p++;
             continue;
         }
-        if (j->p < j->end && *j->p == ']') {
+        if (j->p < j->end && *j->p == close) {
             j->p++;
             return 0;
         }
@@ -431,9 +411,9 @@ static int json_value(json *j)
     const char *s;
     size_t n;
     if (*j->p == '{')
-        rc = json_object(j);
+        rc = json_container(j, '}');
     else if (*j->p == '[')
-        rc = json_array(j);
+        rc = json_container(j, ']');
     else if (*j->p == '"')
         rc = json_string(j, &s, &n);
     else if (j->end - j->p >= 4 && (!strncmp(j->p, "true", 4) || !strncmp(j->p, "null", 4)))
