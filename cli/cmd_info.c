@@ -17,8 +17,8 @@ const char da_help_info[] =
     "\n"
     "Print the library version, every backend found with its devices, the directories\n"
     "searched for backend plugins, why a plugin was skipped, and which backend 'auto'\n"
-    "picks. DASHATTN_BACKEND_PATH adds plugin directories; DASHATTN_BACKEND forces a\n"
-    "backend.\n";
+    "picks. DASHATTN_BACKEND_PATH adds plugin directories, DASHATTN_PLUGIN_DIR\n"
+    "replaces the install directory, DASHATTN_BACKEND forces a backend.\n";
 
 static void print_env(const char *name)
 {
@@ -36,6 +36,7 @@ int da_cmd_info(int argc, char **argv)
            DASHATTN_VERSION_PATCH, dashattn_version());
     print_env("DASHATTN_BACKEND");
     print_env("DASHATTN_BACKEND_PATH");
+    print_env("DASHATTN_PLUGIN_DIR");
 
     const size_t needed = dashattn_backends_report(NULL, 0);
     char *report = malloc(needed + 1);

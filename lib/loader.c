@@ -46,7 +46,10 @@ void da_plugin_dirs(void (*visit)(const char *dir, void *arg), void *arg)
                 p++;
         }
     }
-    visit(DASHATTN_PLUGIN_DIR, arg);
+    /* The install directory, unless the environment moved it (relocated
+     * installs, and tests that must not see installed plugins). */
+    const char *installed = getenv("DASHATTN_PLUGIN_DIR");
+    visit(installed && installed[0] ? installed : DASHATTN_PLUGIN_DIR, arg);
 }
 
 dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plugin, char *why,

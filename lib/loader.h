@@ -14,7 +14,8 @@ typedef struct da_plugin {
 } da_plugin;
 
 /* Calls visit(dir, arg) for each plugin directory in search order:
- * DASHATTN_BACKEND_PATH's entries, then the install directory. */
+ * DASHATTN_BACKEND_PATH's entries, then the install directory (or
+ * DASHATTN_PLUGIN_DIR in its place when that is set). */
 void da_plugin_dirs(void (*visit)(const char *dir, void *arg), void *arg);
 
 /* Open dir/dashattn-<name>.so and check its ABI. On failure returns

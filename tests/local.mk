@@ -3,7 +3,8 @@
 TEST_EXTENSIONS = .sh
 SH_LOG_COMPILER = $(SHELL)
 
-# Tests load GPU plugins from the build tree only, never from an installed tree,
+# Tests load GPU plugins from the build tree only, never from an installed tree
+# (DASHATTN_PLUGIN_DIR points the install directory at a folder that is not there),
 # and ignore a DASHATTN_BACKEND the developer may have exported. OpenMP threads
 # sleep rather than spin between the many tiny calls, so parallel tests on a
 # small machine do not starve each other.
@@ -12,6 +13,7 @@ AM_TESTS_ENVIRONMENT = \
 	unset DASHATTN_BACKEND; \
 	OMP_WAIT_POLICY=passive; export OMP_WAIT_POLICY; \
 	DASHATTN_BACKEND_PATH='$(DASHATTN_TEST_PLUGIN_PATH)'; export DASHATTN_BACKEND_PATH; \
+	DASHATTN_PLUGIN_DIR='$(abs_top_builddir)/tests/no-installed-plugins'; export DASHATTN_PLUGIN_DIR; \
 	DASHATTN_CLI='$(abs_top_builddir)/dashattn$(EXEEXT)'; export DASHATTN_CLI; \
 	abs_top_srcdir='$(abs_top_srcdir)'; export abs_top_srcdir; \
 	abs_top_builddir='$(abs_top_builddir)'; export abs_top_builddir;

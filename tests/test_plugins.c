@@ -297,6 +297,25 @@ static void check_search_path(void)
     st = try_backend("faildev", NULL, 0);
     TU_CHECK(st == DASHATTN_ERR_BACKEND_UNAVAILABLE,
              "faildev off the path: status %d, want UNAVAILABLE", (int)st);
+
+    /* DASHATTN_PLUGIN_DIR stands in for the install directory, searched
+     * after DASHATTN_BACKEND_PATH. */
+    const char *installed = getenv("DASHATTN_PLUGIN_DIR");
+    char saved[sizeof(plugin_dir)] = "";
+    if (installed)
+        snprintf(saved, sizeof(saved), "%s", installed);
+    setenv("DASHATTN_PLUGIN_DIR", plugin_dir, 1);
+    st = try_backend("faildev", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
+             "faildev from DASHATTN_PLUGIN_DIR: status %d backend '%s' (%s)", (int)st, seen,
+             dashattn_last_error());
+    char report[8192];
+    dashattn_backends_report(report, sizeof(report));
+    TU_CHECK(strstr(report, plugin_dir) != NULL, "report lists DASHATTN_PLUGIN_DIR: %s", report);
+    if (installed)
+        setenv("DASHATTN_PLUGIN_DIR", saved, 1);
+    else
+        unsetenv("DASHATTN_PLUGIN_DIR");
     setenv("DASHATTN_BACKEND_PATH", plugin_dir, 1);
 }
 
