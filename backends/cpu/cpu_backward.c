@@ -10,15 +10,6 @@
 #include <math.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#define THREAD_ID() omp_get_thread_num()
-#define TEAM_SIZE() omp_get_num_threads()
-#else
-#define THREAD_ID() 0
-#define TEAM_SIZE() 1
-#endif
-
 /* One thread's accumulators and row buffers; the accumulators come first in
  * every arena so that other threads can find them for the reduction. */
 typedef struct grad_scratch {
@@ -73,14 +64,6 @@ static void axpy(float *y, float alpha, const float *x, int64_t n)
         y[i] += alpha * x[i];
 }
 
-static void load_row(const dashattn_tensor *t, int64_t b, int64_t h, int64_t i, float *dst)
-{
-    int64_t ld;
-    const float *src = dacpu_rows(t, b, h, i, 1, dst, &ld);
-    if (src != dst)
-        memcpy(dst, src, (size_t)t->shape[3] * sizeof(float));
-}
-
 /* Stage-1 gradient of one row: prior gradients -> entmax backward -> dq and
  * the block-key gradient. Shared mode runs one entmax backward on the sum of
  * the heads' prior gradients and splits dz evenly over the heads. */
@@ -126,12 +109,12 @@ static void backward_row(const dashattn_plan_desc *plan, const dashattn_backward
     const int64_t nvis = dacpu_visible_blocks(plan, &r);
 
     for (int64_t g = 0; g < gc; g++)
-        load_row(a->q, b, h * gc + g, i, t->q + g * d);
+        dacpu_load_row(a->q, b, h * gc + g, i, t->q + g * d);
     dacpu_stage1(plan, &r, nvis, t->q, d, keys_t, ld_keys, t->w, m, &t->s1);
     for (int64_t g = 0; g < gc; g++) {
         const int64_t hq = h * gc + g;
-        load_row(a->out, b, hq, i, t->o + g * d);
-        load_row(a->dout, b, hq, i, t->dout + g * d);
+        dacpu_load_row(a->out, b, hq, i, t->o + g * d);
+        dacpu_load_row(a->dout, b, hq, i, t->dout + g * d);
         t->delta[g] = dacpu_dot(t->dout + g * d, t->o + g * d, d);
         t->lse[g] = a->lse[(b * pr->heads_q + hq) * pr->len_q + i];
         for (int64_t c = 0; c < d; c++) {
@@ -216,9 +199,9 @@ dashattn_status dacpu_backward(void *state, const dashattn_plan_desc *plan,
 
 #pragma omp parallel num_threads(st->num_threads)
     {
-        const int team = TEAM_SIZE();
+        const int team = DACPU_TEAM_SIZE();
         dacpu_arena arena =
-            dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_BACKWARD, THREAD_ID());
+            dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_BACKWARD, DACPU_THREAD_ID());
         grad_scratch t = take_grad_scratch(&arena, plan);
         dacpu_block_keys(plan, a->k, &layout, a->workspace, t.kbuf);
         for (int64_t bh = 0; bh < pr->batch * pr->heads_kv; bh++) {

@@ -6,14 +6,6 @@
 #include "cpu_internal.h"
 
 #include <math.h>
-#include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#define THREAD_ID() omp_get_thread_num()
-#else
-#define THREAD_ID() 0
-#endif
 
 typedef struct decode_scratch {
     float *q, *acc, *w, *keys, *keys_t, *kbuf, *vbuf, *kt, *logits;
@@ -65,21 +57,12 @@ static void decode_group(const dashattn_plan_desc *plan, const dashattn_decode_a
     const int64_t n_cand = r.cand_end - r.cand_begin;
     for (int64_t c = 0; c < n_cand; c++) {
         const dacpu_cache_block loc = dacpu_cache_locate(cache, b, r.cand_begin + c, s);
-        int64_t ld;
-        float *row = t->keys + c * d;
-        const float *key = dacpu_rows(&cache->block_keys, loc.i0, h, loc.key_row, 1, row, &ld);
-        if (key != row)
-            memcpy(row, key, (size_t)d * sizeof(float));
+        dacpu_load_row(&cache->block_keys, loc.i0, h, loc.key_row, t->keys + c * d);
     }
     if (n_cand > 0)
         dacpu_transpose(t->keys, d, n_cand, d, t->keys_t, layout.ld_keys, r.cand_begin);
-    for (int64_t g = 0; g < gc; g++) {
-        int64_t ld;
-        float *qg = t->q + g * d;
-        const float *src = dacpu_rows(a->q, b, h * gc + g, 0, 1, qg, &ld);
-        if (src != qg)
-            memcpy(qg, src, (size_t)d * sizeof(float));
-    }
+    for (int64_t g = 0; g < gc; g++)
+        dacpu_load_row(a->q, b, h * gc + g, 0, t->q + g * d);
     dacpu_stage1(plan, &r, nvis, t->q, d, t->keys_t, layout.ld_keys, t->w, m, &t->s1);
     for (int64_t c = 0; c < gc * d; c++)
         t->q[c] *= (float)p->scale;
@@ -144,7 +127,8 @@ dashattn_status dacpu_decode(void *state, const dashattn_plan_desc *plan,
     const int64_t per_split = (gc + splits - 1) / splits;
 #pragma omp parallel num_threads(st->num_threads)
     {
-        dacpu_arena arena = dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_DECODE, THREAD_ID());
+        dacpu_arena arena =
+            dacpu_thread_arena(a->workspace, plan, DASHATTN_OP_DECODE, DACPU_THREAD_ID());
         decode_scratch t = take_decode_scratch(&arena, plan);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < pairs * splits; task++) {

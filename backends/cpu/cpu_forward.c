@@ -10,13 +10,6 @@
 #include <math.h>
 #include <stdatomic.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#define THREAD_ID() omp_get_thread_num()
-#else
-#define THREAD_ID() 0
-#endif
-
 enum { KT_ABSENT = 0, KT_WRITING = 1, KT_READY = 2 };
 
 /* A row that keeps a block: which row, the block's tokens it sees, and the
@@ -32,7 +25,7 @@ typedef struct tile_scratch {
     float *w;   /* rows x M block weights */
     float *m, *l;
     float *kbuf, *vbuf, *kt, *logits;
-    int64_t *first; /* M + 1: block j's keepers are keepers[first[j] .. first[j + 1]) */
+    int64_t *first;  /* M + 1: block j's keepers are keepers[first[j] .. first[j + 1]) */
     keeper *keepers; /* up to rows x M */
     dacpu_stage1_scratch s1;
 } tile_scratch;
@@ -172,13 +165,8 @@ static tile_counts run_tile(const forward_call *call, int64_t b, int64_t h, int6
         nvis[ri] = dacpu_visible_blocks(plan, &layout[ri]);
         max_vis = nvis[ri] > max_vis ? nvis[ri] : max_vis;
         float *q = t->q + ri * g_count * d;
-        for (int64_t g = 0; g < g_count; g++) {
-            int64_t ld;
-            const float *src = dacpu_rows(a->q, b, h * g_count + g, i, 1, q + g * d, &ld);
-            if (src != q + g * d)
-                for (int64_t c = 0; c < d; c++)
-                    q[g * d + c] = src[c];
-        }
+        for (int64_t g = 0; g < g_count; g++)
+            dacpu_load_row(a->q, b, h * g_count + g, i, q + g * d);
         dacpu_stage1(plan, &layout[ri], nvis[ri], q, d, keys_t, ld_keys, t->w + ri * g_count * m, m,
                      &t->s1);
         for (int64_t c = 0; c < g_count * d; c++)
@@ -272,7 +260,7 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
 
 #pragma omp parallel num_threads(st->num_threads) reduction(+ : visible, attended)
     {
-        dacpu_arena arena = dacpu_thread_arena(ws, plan, DASHATTN_OP_FORWARD, THREAD_ID());
+        dacpu_arena arena = dacpu_thread_arena(ws, plan, DASHATTN_OP_FORWARD, DACPU_THREAD_ID());
         tile_scratch t = take_tile_scratch(&arena, plan);
 #pragma omp for schedule(static)
         for (int64_t idx = 0; idx < heads * plan->num_blocks; idx++)

@@ -37,6 +37,16 @@
 #define DACPU_SIMD_MAX(clauses) DACPU_PRAGMA(omp simd clauses)
 #endif
 
+/* The calling thread's index and its team's size inside a parallel region. */
+#ifdef _OPENMP
+#include <omp.h>
+#define DACPU_THREAD_ID() omp_get_thread_num()
+#define DACPU_TEAM_SIZE() omp_get_num_threads()
+#else
+#define DACPU_THREAD_ID() 0
+#define DACPU_TEAM_SIZE() 1
+#endif
+
 typedef struct dacpu_state {
     int num_threads;
     char device[160];
@@ -49,6 +59,9 @@ typedef struct dacpu_state {
  * (count * D floats). *ld receives the row stride of the result. */
 const float *dacpu_rows(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r0, int64_t count,
                         float *scratch, int64_t *ld);
+
+/* Row r of t[i0, i1] as f32 into dst (D floats), copied or converted. */
+void dacpu_load_row(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r, float *dst);
 
 /* Write count rows of D floats (stride ld) to t[i0, i1, r0 ...]. */
 void dacpu_store_rows(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r0, int64_t count,

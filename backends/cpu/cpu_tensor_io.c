@@ -4,6 +4,8 @@
 #include "cpu_internal.h"
 #include "dtype_convert.h"
 
+#include <string.h>
+
 static int64_t offset_of(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t i2)
 {
     return i0 * t->strides[0] + i1 * t->strides[1] + i2 * t->strides[2];
@@ -37,6 +39,14 @@ const float *dacpu_rows(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_
     }
     *ld = d;
     return scratch;
+}
+
+void dacpu_load_row(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r, float *dst)
+{
+    int64_t ld;
+    const float *src = dacpu_rows(t, i0, i1, r, 1, dst, &ld);
+    if (src != dst)
+        memcpy(dst, src, (size_t)t->shape[3] * sizeof(float));
 }
 
 void dacpu_store_rows(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r0, int64_t count,
