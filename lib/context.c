@@ -250,6 +250,19 @@ static void report_dir(const char *dir, void *arg)
     text_add(arg, "  %s\n", dir);
 }
 
+/* A backend's device listing, one indented line per device. */
+static void report_devices(text *t, const dashattn_backend_iface *iface)
+{
+    if (!iface->describe)
+        return;
+    char devices[2048];
+    devices[0] = '\0';
+    iface->describe(devices, sizeof devices);
+    char *save = NULL;
+    for (char *line = strtok_r(devices, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        text_add(t, "           %s\n", line);
+}
+
 static void report_plugin(const char *dir, const char *name, void *arg)
 {
     text *t = arg;
@@ -264,15 +277,7 @@ static void report_plugin(const char *dir, const char *name, void *arg)
         text_add(t, "  %-8s skipped: %s: %s\n", name, p.path, why);
     } else {
         text_add(t, "  %-8s usable (priority %d): %s\n", name, score, p.path);
-        if (p.iface->describe) {
-            char devices[2048];
-            devices[0] = '\0';
-            p.iface->describe(devices, sizeof devices);
-            char *save = NULL;
-            for (char *line = strtok_r(devices, "\n", &save); line;
-                 line = strtok_r(NULL, "\n", &save))
-                text_add(t, "           %s\n", line);
-        }
+        report_devices(t, p.iface);
     }
     da_plugin_close(&p);
 }
@@ -288,13 +293,8 @@ DASHATTN_API size_t dashattn_backends_report(char *buffer, size_t size)
     text_add(t, "plugin directories searched, in order:\n");
     da_plugin_dirs(report_dir, t);
     text_add(t, "backends:\n");
-    const dashattn_backend_iface *cpu = da_cpu_backend();
     text_add(t, "  %-8s usable (built in)\n", "cpu");
-    if (cpu->describe) {
-        char devices[512];
-        cpu->describe(devices, sizeof devices);
-        text_add(t, "           %s\n", devices);
-    }
+    report_devices(t, da_cpu_backend());
     const size_t before = t->len;
     da_plugin_scan(report_plugin, t);
     if (t->len == before)
