@@ -1,0 +1,65 @@
+/* KV-cache addressing and the checks of device-resident cache arguments,
+ * shared by the append and decode kernels. */
+#ifndef DASHATTN_CUDA_CACHE_CUH
+#define DASHATTN_CUDA_CACHE_CUH
+
+#include "cuda_device.cuh"
+
+/* Element offset of token pos, dimension d of sequence b, KV head h in the
+ * cache's k or v tensor (page already looked up for paged caches). */
+static __device__ __forceinline__ int64_t da_cache_offset(const dashattn_kv_cache &c,
+                                                          const dashattn_tensor &t, int64_t S,
+                                                          int64_t b, int64_t h, int64_t pos,
+                                                          int64_t d)
+{
+    if (c.layout == DASHATTN_CACHE_PAGED) {
+        const int64_t page = c.block_table[b * c.table_stride + pos / S];
+        return page * t.strides[0] + h * t.strides[1] + (pos % S) * t.strides[2] + d * t.strides[3];
+    }
+    return da_offset(t, b, h, pos, d);
+}
+
+/* Offset of block j's key in the cache's block_keys tensor. */
+static __device__ __forceinline__ int64_t da_block_key_offset(const dashattn_kv_cache &c, int64_t b,
+                                                              int64_t h, int64_t j, int64_t d)
+{
+    const dashattn_tensor &t = c.block_keys;
+    if (c.layout == DASHATTN_CACHE_PAGED)
+        return da_offset(t, c.block_table[b * c.table_stride + j], h, 0, d);
+    return da_offset(t, b, h, j, d);
+}
+
+/* Records the first error the device finds; the next synchronize reports it. */
+static __device__ void da_report(dacuda_device_error *e, int code, int b, int value, int what)
+{
+    if (atomicCAS(&e->code, 0, code) == 0) {
+        e->batch = b;
+        e->value = value;
+        e->what = what;
+    }
+}
+
+/* Checks sequence b for holding tokens [0, len): len in [lo, capacity] and,
+ * for paged caches, every page of those tokens inside the page pool. Returns
+ * the failing kind (DACUDA_BAD_*) and sets *value, or 0. */
+static __device__ int da_check_sequence(const dacuda_params &p, const dashattn_kv_cache &c,
+                                        int64_t b, int64_t len, int64_t lo, int64_t first_block,
+                                        int *value)
+{
+    *value = (int)len;
+    if (len < lo || len > p.len_k)
+        return DACUDA_BAD_SEQ_LEN;
+    if (c.layout == DASHATTN_CACHE_PAGED) {
+        const int64_t pages = c.k.shape[0];
+        for (int64_t j = first_block; j * p.block_size < len; j++) {
+            const int32_t page = c.block_table[b * c.table_stride + j];
+            if (page < 0 || page >= pages) {
+                *value = page;
+                return DACUDA_BAD_PAGE;
+            }
+        }
+    }
+    return 0;
+}
+
+#endif

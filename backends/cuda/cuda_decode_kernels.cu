@@ -1,0 +1,481 @@
+/* Decode: stage 1 per (sequence, KV head) over the cached block keys, then
+ * split-KV attention over the blocks any head of the group selected (each
+ * loaded block serves all G query heads), then a merge of the splits. */
+#include "cuda_cache.cuh"
+#include "cuda_entmax.cuh"
+
+namespace
+{
+
+#define SELECT_THREADS 256
+#define SPLIT_THREADS 128
+#define TILE_TOKENS 64
+#define SCORE_BLOCKS 64
+
+/* Stage-1 scores of the cached block keys: each warp scores blocks for all
+ * G heads of its KV head, reading every block key once. z goes into the
+ * log2w array, which decode_select_kernel turns into priors in place. A
+ * block whose page is not in the pool scores NaN (select reports it). */
+__global__ void __launch_bounds__(SELECT_THREADS)
+    decode_scores_kernel(dacuda_params p, dashattn_tensor q, dashattn_kv_cache c,
+                         dacuda_decode_ws ws)
+{
+    extern __shared__ float smem[];
+    const int64_t kvh = blockIdx.y, b = blockIdx.z;
+    const int64_t D = p.head_dim, M = p.num_blocks, G = p.group_size, S = p.block_size;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = SELECT_THREADS / 32;
+    const int64_t len = c.seq_lens[b];
+    if (len < 1 || len > p.len_k)
+        return;
+    const da_rows lr = da_row_layout(p, len - 1, len);
+    const int64_t first = max(lr.cand_begin, (int64_t)blockIdx.x * SCORE_BLOCKS);
+    const int64_t last = min(lr.cand_end, (int64_t)(blockIdx.x + 1) * SCORE_BLOCKS);
+    if (first >= last)
+        return;
+    float *qs = smem; /* [G][D] */
+    for (int64_t e = tid; e < G * D; e += SELECT_THREADS)
+        qs[e] = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e / D, 0, e % D));
+    __syncthreads();
+    const bool vec =
+        c.block_keys.dtype == DASHATTN_F32 && c.block_keys.strides[3] == 1 && D % 128 == 0;
+    const int64_t pages = c.k.shape[0];
+    (void)S;
+    for (int64_t j = first + warp; j < last; j += warps) {
+        bool ok = true;
+        if (c.layout == DASHATTN_CACHE_PAGED) {
+            const int32_t page = c.block_table[b * c.table_stride + j];
+            ok = page >= 0 && page < pages;
+        }
+        float part[32];
+        for (int64_t g = 0; g < G && g < 32; g++)
+            part[g] = 0.0f;
+        if (ok && vec) {
+            const float *key = static_cast<const float *>(c.block_keys.data) +
+                               da_block_key_offset(c, b, kvh, j, 0);
+            for (int64_t d = lane * 4; d < D; d += 128) {
+                const float4 x = *reinterpret_cast<const float4 *>(key + d);
+                for (int64_t g = 0; g < G && g < 32; g++) {
+                    const float *qg = qs + g * D + d;
+                    part[g] += qg[0] * x.x + qg[1] * x.y + qg[2] * x.z + qg[3] * x.w;
+                }
+            }
+        } else if (ok) {
+            for (int64_t d = lane; d < D; d += 32) {
+                const float x = da_load(c.block_keys.data, c.block_keys.dtype,
+                                        da_block_key_offset(c, b, kvh, j, d));
+                for (int64_t g = 0; g < G && g < 32; g++)
+                    part[g] = fmaf(qs[g * D + d], x, part[g]);
+            }
+        }
+        for (int64_t g = 0; g < G && g < 32; g++) {
+            const float z = ok ? da_warp_sum(part[g]) * p.stage1_scale : CUDART_NAN_F;
+            if (lane == 0)
+                ws.log2w[(b * p.heads_q + kvh * G + g) * M + j] = z;
+        }
+    }
+}
+
+/* Thresholds and the union of selected blocks of one (sequence, KV head):
+ * turns the scores into log2 priors per head and block (-inf: not read) and
+ * lists the blocks to read in ascending order; nblocks = -1 marks a sequence
+ * whose seq_lens entry or block table is bad. */
+__global__ void __launch_bounds__(SELECT_THREADS)
+    decode_select_kernel(dacuda_params p, dashattn_kv_cache c, dacuda_decode_ws ws,
+                         dacuda_device_error *err)
+{
+    extern __shared__ float smem[];
+    const int64_t kvh = blockIdx.x, b = blockIdx.y;
+    const int64_t M = p.num_blocks, G = p.group_size, S = p.block_size;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = SELECT_THREADS / 32;
+    int32_t *nblocks = ws.nblocks + b * p.heads_kv + kvh;
+    const int64_t len = c.seq_lens[b];
+    int value;
+    const int bad = da_check_sequence(p, c, b, len, 1, 0, &value);
+    if (bad) {
+        if (tid == 0) {
+            da_report(err, DASHATTN_ERR_INVALID_ARGUMENT, (int)b, value, bad);
+            *nblocks = -1;
+        }
+        return;
+    }
+    const da_rows lr = da_row_layout(p, len - 1, len);
+    const int64_t cb = lr.cand_begin, n = lr.cand_end - lr.cand_begin;
+    float *zs = smem; /* [G][n]; shared mode: row 0 holds the group mean */
+    float *z_global = ws.log2w + (b * p.heads_q + kvh * G) * M;
+    for (int64_t e = tid; e < n; e += SELECT_THREADS) {
+        float mean = 0.0f;
+        for (int64_t g = 0; g < G; g++) {
+            const float z = z_global[g * M + cb + e];
+            mean += z;
+            if (!p.shared_group)
+                zs[g * n + e] = z;
+        }
+        if (p.shared_group)
+            zs[e] = mean / (float)G;
+    }
+    __syncthreads();
+
+    __shared__ dacuda_row_param params[32];
+    const int64_t rows = p.shared_group ? 1 : G;
+    for (int64_t g = warp; g < rows; g += warps) {
+        dacuda_row_param rp = {DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f};
+        if (n > 0)
+            rp = da_row_threshold(zs + g * n, (int)n, p);
+        if (lane == 0)
+            params[g] = rp;
+    }
+    __syncthreads();
+
+    const int64_t visible_blocks = (len + S - 1) / S;
+    for (int64_t e = tid; e < G * M; e += SELECT_THREADS) {
+        const int64_t g = e / M, j = e % M;
+        const int64_t row = p.shared_group ? 0 : g;
+        float w = -CUDART_INF_F;
+        if (j < visible_blocks) {
+            if (da_forced(lr, j))
+                w = 0.0f;
+            else if (j >= cb && j < lr.cand_end)
+                w = da_prior_log2(params[row], zs[row * n + j - cb], p.alpha);
+        }
+        z_global[g * M + j] = w;
+    }
+    __syncthreads();
+
+    if (warp == 0) {
+        int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
+        int count = 0;
+        for (int64_t base = 0; base < visible_blocks; base += 32) {
+            const int64_t j = base + lane;
+            bool keep = false;
+            for (int64_t g = 0; g < G && j < visible_blocks; g++)
+                keep |= !(z_global[g * M + j] == -CUDART_INF_F);
+            const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+            if (keep)
+                list[count + __popc(ballot & ((1u << lane) - 1u))] = (int32_t)j;
+            count += __popc(ballot);
+        }
+        if (lane == 0)
+            *nblocks = count;
+    }
+}
+
+/* Shared memory of one split: the G queries, a tile of keys and values as
+ * f32, scores, and the running (m, l, o) of each head. */
+struct split_smem_layout {
+    float *qs, *ks, *vs, *ss, *os, *ml;
+    int64_t kstride;
+};
+
+static __device__ split_smem_layout split_layout(float *smem, int64_t G, int64_t D)
+{
+    split_smem_layout L;
+    L.kstride = D + 1;   /* padded rows: threads scoring different tokens hit different banks */
+    L.qs = smem;         /* [G][D], pre-scaled to log2 units */
+    L.ks = L.qs + G * D; /* [TILE_TOKENS][D + 1] */
+    L.vs = L.ks + TILE_TOKENS * L.kstride; /* [TILE_TOKENS][D] */
+    L.ss = L.vs + TILE_TOKENS * D;         /* [G][TILE_TOKENS]: scores, then weights */
+    L.os = L.ss + G * TILE_TOKENS;         /* [G][D] */
+    L.ml = L.os + G * D;                   /* [G][3]: m, l, correction */
+    return L;
+}
+
+/* Online-softmax update of every head with the tile in shared memory (tokens
+ * valid keys of block j). Ends with the tile no longer needed. */
+static __device__ void attend_tile(const split_smem_layout &L, const float *log2w, int64_t M,
+                                   int64_t G, int64_t D, int64_t j, int64_t tokens)
+{
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int64_t e = tid; e < G * TILE_TOKENS; e += SPLIT_THREADS) {
+        const int64_t g = e / TILE_TOKENS, t = e % TILE_TOKENS;
+        const float prior = log2w[g * M + j];
+        float s = -CUDART_INF_F;
+        if (t < tokens && !(prior == -CUDART_INF_F)) {
+            float acc = 0.0f;
+            const float *qg = L.qs + g * D, *kt = L.ks + t * L.kstride;
+            for (int64_t d = 0; d < D; d++)
+                acc = fmaf(qg[d], kt[d], acc);
+            s = acc + prior;
+        }
+        L.ss[e] = s;
+    }
+    __syncthreads();
+    for (int64_t g = warp; g < G; g += SPLIT_THREADS / 32) {
+        float *sg = L.ss + g * TILE_TOKENS;
+        float mx = -CUDART_INF_F;
+        bool nan = false;
+        for (int t = lane; t < TILE_TOKENS; t += 32) {
+            mx = fmaxf(mx, sg[t]);
+            nan |= isnan(sg[t]);
+        }
+        mx = da_warp_max(mx);
+        nan = __any_sync(0xffffffffu, nan);
+        const float m_old = L.ml[g * 3];
+        const float m_new = fmaxf(m_old, mx);
+        float sum = 0.0f;
+        for (int t = lane; t < TILE_TOKENS; t += 32) {
+            const float w =
+                nan ? CUDART_NAN_F : (sg[t] == -CUDART_INF_F ? 0.0f : exp2f(sg[t] - m_new));
+            sg[t] = w;
+            sum += w;
+        }
+        sum = da_warp_sum(sum);
+        if (lane == 0) {
+            const float corr = m_new == -CUDART_INF_F ? 1.0f : exp2f(m_old - m_new);
+            L.ml[g * 3] = m_new;
+            L.ml[g * 3 + 1] = L.ml[g * 3 + 1] * corr + sum;
+            L.ml[g * 3 + 2] = corr;
+        }
+    }
+    __syncthreads();
+    for (int64_t e = tid; e < G * D; e += SPLIT_THREADS) {
+        const int64_t g = e / D, d = e % D;
+        const float *sg = L.ss + g * TILE_TOKENS;
+        float acc = L.os[e] * L.ml[g * 3 + 2];
+        for (int64_t t = 0; t < tokens; t++)
+            acc = fmaf(sg[t], L.vs[t * D + d], acc);
+        L.os[e] = acc;
+    }
+}
+
+static __device__ __forceinline__ float to_float(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+
+static __device__ __forceinline__ float to_float(__half x)
+{
+    return __half2float(x);
+}
+
+/* 8 consecutive 16-bit values into f32 shared memory. */
+template <typename T> static __device__ __forceinline__ void unpack8(float *dst, uint4 raw)
+{
+    const T *h = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        dst[i] = to_float(h[i]);
+}
+
+/* One split of one (sequence, KV head): online softmax over its share of the
+ * selected blocks for all G heads at once; writes (m, l, o) per head. VD = 0
+ * is the generic version (any dtype, head dimension, block size, strides);
+ * VD = 64 or 128 with T a 16-bit type loads each block with 16-byte loads
+ * into registers while the previous block is computed. */
+template <int VD, typename T>
+__global__ void __launch_bounds__(SPLIT_THREADS)
+    decode_split_kernel(dacuda_params p, dashattn_tensor q, dashattn_kv_cache c,
+                        dacuda_decode_ws ws)
+{
+    extern __shared__ float smem[];
+    const int64_t split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const int64_t D = VD ? VD : p.head_dim, G = p.group_size, M = p.num_blocks, S = p.block_size;
+    const int tid = threadIdx.x;
+    const int nb = ws.nblocks[b * p.heads_kv + kvh];
+    float *part = ws.partial + ((b * p.heads_q + kvh * G) * ws.splits + split) * (D + 2);
+    const int64_t part_head = ws.splits * (D + 2);
+    if (nb < 0)
+        return;
+    const int64_t first = (int64_t)nb * split / ws.splits,
+                  last = (int64_t)nb * (split + 1) / ws.splits;
+    const int64_t len = c.seq_lens[b];
+    const split_smem_layout L = split_layout(smem, G, D);
+    const float scale2 = p.scale * DA_LOG2E;
+    for (int64_t e = tid; e < G * D; e += SPLIT_THREADS) {
+        L.qs[e] = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e / D, 0, e % D)) * scale2;
+        L.os[e] = 0.0f;
+    }
+    for (int64_t g = tid; g < G; g += SPLIT_THREADS) {
+        L.ml[g * 3] = -CUDART_INF_F;
+        L.ml[g * 3 + 1] = 0.0f;
+    }
+    const int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
+    const float *log2w = ws.log2w + (b * p.heads_q + kvh * G) * M;
+
+    if constexpr (VD > 0) {
+        constexpr int CHUNKS = VD / 8, PER = TILE_TOKENS * CHUNKS / SPLIT_THREADS;
+        uint4 kr[PER], vr[PER];
+        auto fetch = [&](int64_t j) {
+            const T *kb = static_cast<const T *>(c.k.data), *vb = static_cast<const T *>(c.v.data);
+            int64_t kbase, vbase, krow = c.k.strides[2], vrow = c.v.strides[2];
+            if (c.layout == DASHATTN_CACHE_PAGED) {
+                const int64_t page = c.block_table[b * c.table_stride + j];
+                kbase = page * c.k.strides[0] + kvh * c.k.strides[1];
+                vbase = page * c.v.strides[0] + kvh * c.v.strides[1];
+            } else {
+                kbase = b * c.k.strides[0] + kvh * c.k.strides[1] + j * TILE_TOKENS * krow;
+                vbase = b * c.v.strides[0] + kvh * c.v.strides[1] + j * TILE_TOKENS * vrow;
+            }
+            const int64_t tokens = min((int64_t)TILE_TOKENS, len - j * TILE_TOKENS);
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                const int e = tid + i * SPLIT_THREADS, t = e / CHUNKS, ch = e % CHUNKS;
+                if (t < tokens) {
+                    kr[i] = *reinterpret_cast<const uint4 *>(kb + kbase + t * krow + ch * 8);
+                    vr[i] = *reinterpret_cast<const uint4 *>(vb + vbase + t * vrow + ch * 8);
+                } else {
+                    kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
+                }
+            }
+        };
+        if (first < last)
+            fetch(list[first]);
+        for (int64_t u = first; u < last; u++) {
+            const int64_t j = list[u];
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                const int e = tid + i * SPLIT_THREADS, t = e / CHUNKS, ch = e % CHUNKS;
+                unpack8<T>(L.ks + t * L.kstride + ch * 8, kr[i]);
+                unpack8<T>(L.vs + t * D + ch * 8, vr[i]);
+            }
+            __syncthreads();
+            if (u + 1 < last)
+                fetch(list[u + 1]);
+            attend_tile(L, log2w, M, G, D, j, min((int64_t)TILE_TOKENS, len - j * TILE_TOKENS));
+        }
+    } else {
+        for (int64_t u = first; u < last; u++) {
+            const int64_t j = list[u];
+            const int64_t block_end = min((j + 1) * S, len);
+            for (int64_t t0 = j * S; t0 < block_end; t0 += TILE_TOKENS) {
+                const int64_t tokens = min((int64_t)TILE_TOKENS, block_end - t0);
+                __syncthreads();
+                for (int64_t e = tid; e < tokens * D; e += SPLIT_THREADS) {
+                    const int64_t t = e / D, d = e % D;
+                    L.ks[t * L.kstride + d] =
+                        da_load(c.k.data, c.k.dtype, da_cache_offset(c, c.k, S, b, kvh, t0 + t, d));
+                    L.vs[t * D + d] =
+                        da_load(c.v.data, c.v.dtype, da_cache_offset(c, c.v, S, b, kvh, t0 + t, d));
+                }
+                __syncthreads();
+                attend_tile(L, log2w, M, G, D, j, tokens);
+            }
+        }
+    }
+    __syncthreads();
+    for (int64_t e = tid; e < G * D; e += SPLIT_THREADS)
+        part[(e / D) * part_head + 2 + e % D] = L.os[e];
+    for (int64_t g = tid; g < G; g += SPLIT_THREADS) {
+        part[g * part_head] = L.ml[g * 3];
+        part[g * part_head + 1] = L.ml[g * 3 + 1];
+    }
+}
+
+/* Combines the splits of one (sequence, query head). */
+__global__ void decode_merge_kernel(dacuda_params p, dashattn_tensor out, float *lse,
+                                    dacuda_decode_ws ws)
+{
+    const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim;
+    /* A call with any bad sequence leaves no output that looks valid. */
+    int bad = 0;
+    for (int64_t e = 0; e < p.batch * p.heads_kv; e++)
+        bad |= ws.nblocks[e] < 0;
+    const float *part = ws.partial + (b * p.heads_q + h) * ws.splits * (D + 2);
+    float m = -CUDART_INF_F;
+    for (int64_t s = 0; s < ws.splits; s++)
+        m = fmaxf(m, part[s * (D + 2)]);
+    float l = 0.0f;
+    for (int64_t s = 0; s < ws.splits; s++) {
+        const float ms = part[s * (D + 2)];
+        if (!(ms == -CUDART_INF_F))
+            l += part[s * (D + 2) + 1] * exp2f(ms - m);
+    }
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int64_t s = 0; s < ws.splits; s++) {
+            const float ms = part[s * (D + 2)];
+            if (!(ms == -CUDART_INF_F))
+                acc += part[s * (D + 2) + 2 + d] * exp2f(ms - m);
+        }
+        da_store(out.data, out.dtype, da_offset(out, b, h, 0, d), bad ? CUDART_NAN_F : acc / l);
+    }
+    if (lse && threadIdx.x == 0)
+        lse[b * p.heads_q + h] = bad ? CUDART_NAN_F : (m + log2f(l)) * DA_LN2;
+}
+
+/* Which decode_split_kernel instance fits the cache: 0 is the generic one. */
+static int split_variant(const dacuda_params *p, const dashattn_kv_cache *c)
+{
+    if (p->dtype == DASHATTN_F32 || p->block_size != TILE_TOKENS)
+        return 0;
+    if (p->head_dim != 64 && p->head_dim != 128)
+        return 0;
+    const dashattn_tensor *t[2] = {&c->k, &c->v};
+    for (int i = 0; i < 2; i++) {
+        if (t[i]->strides[3] != 1 || ((uintptr_t)t[i]->data & 15u) != 0)
+            return 0;
+        for (int d = 0; d < 3; d++)
+            if (t[i]->strides[d] % 8 != 0)
+                return 0;
+    }
+    const int wide = p->head_dim == 128;
+    return p->dtype == DASHATTN_BF16 ? 1 + wide : 3 + wide;
+}
+
+static size_t split_smem(const dacuda_params *p)
+{
+    const size_t D = (size_t)p->head_dim, G = (size_t)p->group_size;
+    return (G * D + TILE_TOKENS * (D + 1) + TILE_TOKENS * D + G * TILE_TOKENS + G * D + G * 3) *
+           sizeof(float);
+}
+
+} // namespace
+
+extern "C" cudaError_t dacuda_launch_decode(const dacuda_params *p, const dashattn_tensor *q,
+                                            const dashattn_kv_cache *cache,
+                                            const dashattn_tensor *out, float *lse,
+                                            const dacuda_decode_ws *ws, dacuda_device_error *err,
+                                            cudaStream_t stream)
+{
+    const size_t score_smem = (size_t)p->group_size * (size_t)p->head_dim * sizeof(float);
+    const size_t select_smem = (size_t)p->group_size * (size_t)p->num_blocks * sizeof(float);
+    cudaError_t e = cudaFuncSetAttribute(
+        decode_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)select_smem);
+    const size_t ssmem = split_smem(p);
+    const void *split_fns[] = {(const void *)decode_split_kernel<0, float>,
+                               (const void *)decode_split_kernel<64, __nv_bfloat16>,
+                               (const void *)decode_split_kernel<128, __nv_bfloat16>,
+                               (const void *)decode_split_kernel<64, __half>,
+                               (const void *)decode_split_kernel<128, __half>};
+    for (int i = 0; i < 5 && e == cudaSuccess; i++)
+        e = cudaFuncSetAttribute(split_fns[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)ssmem);
+    if (e != cudaSuccess)
+        return e;
+    const unsigned chunks = (unsigned)((p->num_blocks + SCORE_BLOCKS - 1) / SCORE_BLOCKS);
+    decode_scores_kernel<<<dim3(chunks, (unsigned)p->heads_kv, (unsigned)p->batch), SELECT_THREADS,
+                           score_smem, stream>>>(*p, *q, *cache, *ws);
+    decode_select_kernel<<<dim3((unsigned)p->heads_kv, (unsigned)p->batch), SELECT_THREADS,
+                           select_smem, stream>>>(*p, *cache, *ws, err);
+    const dim3 split_grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
+    const int variant = split_variant(p, cache);
+    if (variant > 0 && p->group_size <= 16) {
+        e = dacuda_launch_decode_split_mma(p, q, cache, ws, stream);
+        if (e != cudaSuccess)
+            return e;
+    } else
+        switch (variant) {
+        case 1:
+            decode_split_kernel<64, __nv_bfloat16>
+                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
+            break;
+        case 2:
+            decode_split_kernel<128, __nv_bfloat16>
+                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
+            break;
+        case 3:
+            decode_split_kernel<64, __half>
+                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
+            break;
+        case 4:
+            decode_split_kernel<128, __half>
+                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
+            break;
+        default:
+            decode_split_kernel<0, float>
+                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
+        }
+    decode_merge_kernel<<<dim3((unsigned)p->heads_q, (unsigned)p->batch), 128, 0, stream>>>(
+        *p, *out, lse, *ws);
+    return cudaGetLastError();
+}

@@ -1,0 +1,198 @@
+/* Decode split-KV on the tensor cores (16-bit caches, head dimension 64 or
+ * 128, block size 64, at most 16 query heads per KV head): the group's query
+ * heads are the rows of one 16-row mma tile, so each key block is read once
+ * for all of them. One warp per thread block keeps two blocks in flight with
+ * cp.async while it computes, which is what a memory-bound kernel needs. */
+#include "cuda_mma.cuh"
+
+namespace
+{
+
+template <int D, typename T>
+__global__ void __launch_bounds__(32)
+    decode_split_mma_kernel(dacuda_params p, dashattn_tensor q, dashattn_kv_cache c,
+                            dacuda_decode_ws ws)
+{
+    extern __shared__ __align__(128) unsigned char smem_dec[];
+    constexpr int KSTEPS = D / 16, DTILES = D / 8;
+    const int lane = threadIdx.x, g = lane >> 2, qd = lane & 3;
+    const int64_t split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const int64_t G = p.group_size, M = p.num_blocks;
+    const int nb = ws.nblocks[b * p.heads_kv + kvh];
+    if (nb < 0)
+        return;
+    const int64_t first = (int64_t)nb * split / ws.splits;
+    const int64_t last = (int64_t)nb * (split + 1) / ws.splits;
+    const int64_t len = c.seq_lens[b];
+    const uint32_t base = smem_addr(smem_dec);
+    const uint32_t ktile[2] = {base, base + MMA_KEYS * D * 2};
+    const uint32_t vtile[2] = {base + 2 * MMA_KEYS * D * 2, base + 3 * MMA_KEYS * D * 2};
+    const int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
+    const float *log2w = ws.log2w + (b * p.heads_q + kvh * G) * M;
+
+    auto block_base = [&](const dashattn_tensor &t, int64_t j) -> const T * {
+        const T *data = static_cast<const T *>(t.data);
+        if (c.layout == DASHATTN_CACHE_PAGED)
+            return data + (int64_t)c.block_table[b * c.table_stride + j] * t.strides[0] +
+                   kvh * t.strides[1];
+        return data + b * t.strides[0] + kvh * t.strides[1] + j * MMA_KEYS * t.strides[2];
+    };
+    auto fetch = [&](int64_t j, int buf) {
+        const int64_t valid = min((int64_t)MMA_KEYS, len - j * MMA_KEYS);
+        load_tile<D>(ktile[buf], block_base(c.k, j), c.k.strides[2], 0, valid);
+        load_tile<D>(vtile[buf], block_base(c.v, j), c.v.strides[2], 0, valid);
+    };
+    if (first < last)
+        fetch(list[first], 0);
+    cp_async_commit();
+
+    /* Query rows g and g + 8 of the tile are heads kvh * G + row; rows past
+     * G are zero and never written. */
+    uint32_t qf[KSTEPS][4];
+    const T *qrow[2];
+    for (int half = 0; half < 2; half++) {
+        const int64_t row = min((int64_t)(g + 8 * half), G - 1);
+        qrow[half] =
+            static_cast<const T *>(q.data) + b * q.strides[0] + (kvh * G + row) * q.strides[1];
+    }
+    const bool live0 = g < G, live1 = g + 8 < G;
+    for (int kk = 0; kk < KSTEPS; kk++) {
+        const int col = kk * 16 + qd * 2;
+        qf[kk][0] = live0 ? *reinterpret_cast<const uint32_t *>(qrow[0] + col) : 0u;
+        qf[kk][1] = live1 ? *reinterpret_cast<const uint32_t *>(qrow[1] + col) : 0u;
+        qf[kk][2] = live0 ? *reinterpret_cast<const uint32_t *>(qrow[0] + col + 8) : 0u;
+        qf[kk][3] = live1 ? *reinterpret_cast<const uint32_t *>(qrow[1] + col + 8) : 0u;
+    }
+
+    float o[DTILES][4];
+    for (int n = 0; n < DTILES; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.0f, 0.0f};
+    const float scale2 = p.scale * DA_LOG2E;
+    for (int64_t u = first; u < last; u++) {
+        const int buf = (int)((u - first) & 1);
+        if (u + 1 < last)
+            fetch(list[u + 1], buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncwarp();
+        const int64_t j = list[u];
+
+        float s[8][4];
+        for (int n = 0; n < 8; n++)
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int kk = 0; kk < KSTEPS; kk++) {
+            for (int np = 0; np < 4; np++) {
+                uint32_t bf[4];
+                const int r = np * 16 + (lane >> 4) * 8 + (lane & 7);
+                const int col = kk * 16 + ((lane >> 3) & 1) * 8;
+                ldmatrix_x4(bf, ktile[buf] + swz<D>(r, col));
+                mma_type<T>::mma(s[2 * np], qf[kk], bf[0], bf[1]);
+                mma_type<T>::mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+            }
+        }
+        const int vis_keys = (int)min((int64_t)MMA_KEYS, len - j * MMA_KEYS);
+        float corr[2];
+        for (int half = 0; half < 2; half++) {
+            const bool live = half ? live1 : live0;
+            const float prior = live ? log2w[(g + 8 * half) * M + j] : -CUDART_INF_F;
+            const int vis = prior == -CUDART_INF_F ? 0 : vis_keys;
+            float mx = -CUDART_INF_F;
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int col = n * 8 + qd * 2 + e;
+                    const float x = col < vis ? s[n][2 * half + e] * scale2 + prior : -CUDART_INF_F;
+                    s[n][2 * half + e] = x;
+                    mx = fmaxf(mx, x);
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[half], mx);
+            const float m_use = m_new == -CUDART_INF_F ? 0.0f : m_new;
+            corr[half] = exp2f(m[half] - m_use);
+            float ls = 0.0f;
+            for (int n = 0; n < 8; n++) {
+                for (int e = 0; e < 2; e++) {
+                    const float pr = exp2f(s[n][2 * half + e] - m_use);
+                    s[n][2 * half + e] = pr;
+                    ls += pr;
+                }
+            }
+            l[half] = l[half] * corr[half] + ls;
+            m[half] = m_new;
+        }
+        for (int n = 0; n < DTILES; n++) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+        }
+        for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+            uint32_t a[4];
+            a[0] = mma_type<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = mma_type<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = mma_type<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t bf[4];
+                const int r = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+                const int col = dp * 16 + (lane >> 4) * 8;
+                ldmatrix_x4_trans(bf, vtile[buf] + swz<D>(r, col));
+                mma_type<T>::mma(o[2 * dp], a, bf[0], bf[1]);
+                mma_type<T>::mma(o[2 * dp + 1], a, bf[2], bf[3]);
+            }
+        }
+        __syncwarp(); /* the buffer is refilled next */
+    }
+
+    for (int half = 0; half < 2; half++) {
+        if (!(half ? live1 : live0))
+            continue;
+        float lt = l[half];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        float *part =
+            ws.partial + ((b * p.heads_q + kvh * G + g + 8 * half) * ws.splits + split) * (D + 2);
+        for (int n = 0; n < DTILES; n++) {
+            part[2 + n * 8 + qd * 2] = o[n][2 * half];
+            part[2 + n * 8 + qd * 2 + 1] = o[n][2 * half + 1];
+        }
+        if (qd == 0) {
+            part[0] = m[half];
+            part[1] = lt;
+        }
+    }
+}
+
+template <int D, typename T>
+cudaError_t launch(const dacuda_params *p, const dashattn_tensor *q, const dashattn_kv_cache *c,
+                   const dacuda_decode_ws *ws, cudaStream_t stream)
+{
+    const size_t smem = 4 * (size_t)MMA_KEYS * D * 2;
+    cudaError_t e = cudaFuncSetAttribute(decode_split_mma_kernel<D, T>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    const dim3 grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
+    decode_split_mma_kernel<D, T><<<grid, 32, smem, stream>>>(*p, *q, *c, *ws);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" cudaError_t dacuda_launch_decode_split_mma(const dacuda_params *p,
+                                                      const dashattn_tensor *q,
+                                                      const dashattn_kv_cache *c,
+                                                      const dacuda_decode_ws *ws,
+                                                      cudaStream_t stream)
+{
+    const bool bf16 = p->dtype == DASHATTN_BF16;
+    if (p->head_dim == 64)
+        return bf16 ? launch<64, __nv_bfloat16>(p, q, c, ws, stream)
+                    : launch<64, __half>(p, q, c, ws, stream);
+    return bf16 ? launch<128, __nv_bfloat16>(p, q, c, ws, stream)
+                : launch<128, __half>(p, q, c, ws, stream);
+}

@@ -1,0 +1,126 @@
+/* Device-side helpers shared by the CUDA kernels: element access in the three
+ * dtypes, the row layout of SPEC.md, warp reductions, and the block prior. */
+#ifndef DASHATTN_CUDA_DEVICE_CUH
+#define DASHATTN_CUDA_DEVICE_CUH
+
+#include "cuda_internal.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+
+#define DA_LOG2E 1.4426950408889634f
+#define DA_LN2 0.6931471805599453f
+
+static __device__ __forceinline__ float da_load(const void *base, int dtype, int64_t i)
+{
+    if (dtype == DASHATTN_F32)
+        return static_cast<const float *>(base)[i];
+    if (dtype == DASHATTN_F16)
+        return __half2float(static_cast<const __half *>(base)[i]);
+    return __bfloat162float(static_cast<const __nv_bfloat16 *>(base)[i]);
+}
+
+static __device__ __forceinline__ void da_store(void *base, int dtype, int64_t i, float x)
+{
+    if (dtype == DASHATTN_F32)
+        static_cast<float *>(base)[i] = x;
+    else if (dtype == DASHATTN_F16)
+        static_cast<__half *>(base)[i] = __float2half_rn(x);
+    else
+        static_cast<__nv_bfloat16 *>(base)[i] = __float2bfloat16_rn(x);
+}
+
+static __device__ __forceinline__ int64_t da_offset(const dashattn_tensor &t, int64_t b, int64_t h,
+                                                    int64_t n, int64_t d)
+{
+    return b * t.strides[0] + h * t.strides[1] + n * t.strides[2] + d * t.strides[3];
+}
+
+/* SPEC.md's block layout of a row (dashattn_row_layout, on the device). */
+struct da_rows {
+    int64_t visible_end, sink_end, local_begin, local_end, cand_begin, cand_end;
+};
+
+static __device__ __forceinline__ da_rows da_row_layout(const dacuda_params &p, int64_t pos,
+                                                        int64_t len_k)
+{
+    const int64_t s = p.block_size;
+    da_rows r;
+    if (p.causal) {
+        const int64_t own = pos / s;
+        r.visible_end = pos + 1;
+        r.sink_end = min((int64_t)p.n_sink, own + 1);
+        r.local_begin = max(own - p.n_local + 1, (int64_t)0);
+        r.local_end = own + 1;
+    } else {
+        const int64_t blocks = (len_k + s - 1) / s;
+        r.visible_end = len_k;
+        r.sink_end = min((int64_t)p.n_sink, blocks);
+        r.local_begin = blocks;
+        r.local_end = blocks;
+    }
+    r.cand_begin = r.sink_end;
+    r.cand_end = max(r.local_begin, r.cand_begin);
+    return r;
+}
+
+static __device__ __forceinline__ bool da_forced(const da_rows &r, int64_t j)
+{
+    return j < r.sink_end || (j >= r.local_begin && j < r.local_end);
+}
+
+static __device__ __forceinline__ float da_warp_sum(float x)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+static __device__ __forceinline__ double da_warp_sum_d(double x)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+static __device__ __forceinline__ float da_warp_max(float x)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+/* The stage-1 score of a block for one row: every kernel that needs it calls
+ * this, so stage 1 and the generic stage 2 agree to the bit. */
+static __device__ __forceinline__ float da_block_score(const float *q, const float *kbar,
+                                                       int64_t dim, float stage1_scale)
+{
+    float acc = 0.0f;
+    for (int64_t d = 0; d < dim; d++)
+        acc = fmaf(q[d], kbar[d], acc);
+    return stage1_scale * acc;
+}
+
+/* log2 of a candidate block's weight from its score z: -inf when the block is
+ * not selected, NaN when the row's scores were unusable. */
+static __device__ __forceinline__ float da_prior_log2(const dacuda_row_param &rp, float z,
+                                                      float alpha)
+{
+    const int mode = (int)rp.mode;
+    if (isnan(rp.a) || isnan(z))
+        return CUDART_NAN_F;
+    if (mode == DACUDA_PRIOR_SOFTMAX)
+        return (z - rp.a) * DA_LOG2E;
+    if (mode == DACUDA_PRIOR_TOPK)
+        return z > rp.a ? 0.0f : -CUDART_INF_F;
+    if (mode == DACUDA_PRIOR_ENTMAX) {
+        const float t = (alpha - 1.0f) * (z - rp.a) - rp.tau;
+        if (!(t > 0.0f))
+            return -CUDART_INF_F;
+        return __log2f(t) / (alpha - 1.0f) - rp.log2norm;
+    }
+    return -CUDART_INF_F;
+}
+
+#endif

@@ -1,0 +1,213 @@
+/* Stage-1 thresholds on the device: one warp per query row, the row's
+ * candidate scores z[0..n) in shared memory. The methods are the CPU
+ * backend's (cpu_entmax.c), with warp reductions in double in place of its
+ * loops; the result is the dacuda_row_param that stage 2 applies. */
+#ifndef DASHATTN_CUDA_ENTMAX_CUH
+#define DASHATTN_CUDA_ENTMAX_CUH
+
+#include "cuda_device.cuh"
+
+static __device__ __forceinline__ double da_warp_min_d(double x)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        x = fmin(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+/* Exact threshold for r = 1 (sparsemax) or r = 2 (1.5-entmax) by iterating
+ * on the support (see da_entmax_threshold_support); false if it did not
+ * settle. */
+static __device__ bool da_support_threshold(const float *z, int n, float zmax, double scale, int r,
+                                            double *tau_out)
+{
+    const int lane = threadIdx.x & 31;
+    double tau = -1.0;
+    for (int step = 0; step < 64; step++) {
+        double k = 0.0, s1 = 0.0, s2 = 0.0, lowest = CUDART_INF;
+        for (int j = lane; j < n; j += 32) {
+            const double x = scale * ((double)z[j] - zmax);
+            if (x > tau) {
+                k += 1.0;
+                s1 += x;
+                s2 += x * x;
+                lowest = fmin(lowest, x);
+            }
+        }
+        k = da_warp_sum_d(k);
+        s1 = da_warp_sum_d(s1);
+        s2 = da_warp_sum_d(s2);
+        lowest = da_warp_min_d(lowest);
+        if (k == 0.0)
+            return false;
+        double closed, next;
+        if (r == 1) {
+            closed = next = (s1 - 1.0) / k;
+        } else {
+            const double mean = s1 / k, delta = (1.0 - (s2 - s1 * mean)) / k;
+            closed = mean - sqrt(delta > 0.0 ? delta : 0.0);
+            next = tau + (s2 - 2.0 * tau * s1 + k * tau * tau - 1.0) / (2.0 * (s1 - k * tau));
+        }
+        if (lowest >= closed) {
+            *tau_out = closed;
+            return true;
+        }
+        if (!(next > tau))
+            return false;
+        tau = next;
+    }
+    return false;
+}
+
+/* f(tau) = sum (X - tau)_+^r - 1 and its derivative, over the warp. */
+static __device__ void da_residual(const float *z, int n, float zmax, double scale, double r,
+                                   double tau, double *f, double *fp)
+{
+    const int lane = threadIdx.x & 31;
+    double s = 0.0, d = 0.0;
+    for (int j = lane; j < n; j += 32) {
+        const double t = scale * ((double)z[j] - zmax) - tau;
+        if (t > 0.0) {
+            const double tr1 = r == 2.0 ? t : r == 1.0 ? 1.0 : pow(t, r - 1.0);
+            s += tr1 * t;
+            d -= r * tr1;
+        }
+    }
+    *f = da_warp_sum_d(s) - 1.0;
+    *fp = da_warp_sum_d(d);
+}
+
+/* The bracketed search of the plan (tau_bracketed in cpu_entmax.c). With
+ * exact = true it is the fallback of the exact methods: enough bisection
+ * steps to reach double precision. */
+static __device__ double da_bracketed_threshold(const float *z, int n, float zmax, double alpha,
+                                                int iterations)
+{
+    const double scale = alpha - 1.0, r = 1.0 / scale;
+    double lo = -1.0, hi = -pow((double)n, 1.0 - alpha);
+    double f_lo, fp_lo;
+    da_residual(z, n, zmax, scale, r, lo, &f_lo, &fp_lo);
+    for (int it = 0; it < iterations && hi > lo; it++) {
+        double trial = 0.5 * (lo + hi);
+        if (it % 2 == 0 && fp_lo < 0.0) {
+            const double newton = lo - f_lo / fp_lo;
+            if (newton > lo && newton < hi)
+                trial = newton;
+        }
+        double f, fp;
+        da_residual(z, n, zmax, scale, r, trial, &f, &fp);
+        if (f >= 0.0) {
+            lo = trial;
+            f_lo = f;
+            fp_lo = fp;
+        } else {
+            hi = trial;
+        }
+    }
+    return lo;
+}
+
+/* Order-preserving map of a float onto unsigned integers. */
+static __device__ __forceinline__ unsigned da_float_key(float x)
+{
+    const unsigned u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static __device__ __forceinline__ float da_key_float(unsigned k)
+{
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+static __device__ int da_warp_count_ge(const float *z, int n, unsigned key)
+{
+    const int lane = threadIdx.x & 31;
+    int c = 0;
+    for (int j = lane; j < n; j += 32)
+        c += z[j] > -CUDART_INF_F && da_float_key(z[j]) >= key;
+    for (int o = 16; o > 0; o >>= 1)
+        c += __shfl_xor_sync(0xffffffffu, c, o);
+    return c;
+}
+
+/* Top-k as a threshold on z: a lies between the k-th and the (k+1)-th best
+ * score, so a score recomputed to within rounding keeps the same side. Ties
+ * at the k-th score keep every tied block (the CPU keeps the lower indices). */
+static __device__ float da_topk_threshold(const float *z, int n, int k)
+{
+    const int lane = threadIdx.x & 31;
+    if (da_warp_count_ge(z, n, 0u) <= k)
+        return -CUDART_INF_F;
+    unsigned res = 0;
+    for (int bit = 31; bit >= 0; bit--) {
+        const unsigned trial = res | (1u << bit);
+        if (da_warp_count_ge(z, n, trial) >= k)
+            res = trial;
+    }
+    const float vk = da_key_float(res);
+    if (da_warp_count_ge(z, n, res) > k)
+        return nextafterf(vk, -CUDART_INF_F);
+    float below = -CUDART_INF_F;
+    for (int j = lane; j < n; j += 32)
+        if (z[j] < vk)
+            below = fmaxf(below, z[j]);
+    below = da_warp_max(below);
+    const float mid = below + 0.5f * (vk - below);
+    return mid < vk && mid >= below ? mid : below;
+}
+
+/* The row's prior parameters from its n >= 1 candidate scores. */
+static __device__ dacuda_row_param da_row_threshold(const float *z, int n, const dacuda_params &p)
+{
+    const int lane = threadIdx.x & 31;
+    dacuda_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f};
+    float zmax = -CUDART_INF_F;
+    int nans = 0;
+    for (int j = lane; j < n; j += 32) {
+        zmax = fmaxf(zmax, z[j]);
+        nans += isnan(z[j]);
+    }
+    zmax = da_warp_max(zmax);
+    for (int o = 16; o > 0; o >>= 1)
+        nans += __shfl_xor_sync(0xffffffffu, nans, o);
+    if (p.method == DASHATTN_THRESHOLD_TOPK) {
+        rp.mode = DACUDA_PRIOR_TOPK;
+        rp.a = nans ? CUDART_NAN_F : da_topk_threshold(z, n, p.topk);
+        return rp;
+    }
+    rp.mode = p.method == DASHATTN_THRESHOLD_SOFTMAX ? DACUDA_PRIOR_SOFTMAX : DACUDA_PRIOR_ENTMAX;
+    if (nans || !isfinite(zmax)) {
+        rp.a = CUDART_NAN_F;
+        return rp;
+    }
+    rp.a = zmax;
+    if (p.method == DASHATTN_THRESHOLD_SOFTMAX) {
+        double total = 0.0;
+        for (int j = lane; j < n; j += 32)
+            total += exp((double)z[j] - zmax);
+        rp.a = (float)(zmax + log(da_warp_sum_d(total)));
+        return rp;
+    }
+    const double alpha = p.alpha;
+    if (p.method == DASHATTN_THRESHOLD_SORT_15 || p.method == DASHATTN_THRESHOLD_SORT_2) {
+        const int r = p.method == DASHATTN_THRESHOLD_SORT_2 ? 1 : 2;
+        double tau;
+        if (!da_support_threshold(z, n, zmax, alpha - 1.0, r, &tau))
+            tau = da_bracketed_threshold(z, n, zmax, alpha, 128);
+        rp.tau = (float)tau;
+        return rp;
+    }
+    const double tau = da_bracketed_threshold(z, n, zmax, alpha, p.iterations);
+    rp.tau = (float)tau;
+    /* The search stops short of the root: renormalise as the CPU does. */
+    const double scale = alpha - 1.0, r = 1.0 / scale;
+    double total = 0.0;
+    for (int j = lane; j < n; j += 32) {
+        const double t = scale * ((double)z[j] - zmax) - tau;
+        if (t > 0.0)
+            total += pow(t, r);
+    }
+    rp.log2norm = (float)log2(da_warp_sum_d(total));
+    return rp;
+}
+
+#endif

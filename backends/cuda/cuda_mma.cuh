@@ -1,0 +1,123 @@
+/* Tensor-core building blocks shared by the fast stage-1 and stage-2
+ * kernels: mma.sync m16n8k16 with f32 accumulation, ldmatrix, cp.async, and
+ * a swizzled shared-memory layout of [64][D] 16-bit tiles. */
+#ifndef DASHATTN_CUDA_MMA_CUH
+#define DASHATTN_CUDA_MMA_CUH
+
+#include "cuda_device.cuh"
+
+/* Rows of a key (or block-key) tile and the threads that load one. */
+#define MMA_KEYS 64
+
+namespace
+{
+
+template <typename T> struct mma_type;
+template <> struct mma_type<__nv_bfloat16> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0,
+                                               uint32_t b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct mma_type<__half> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b)
+    {
+        __half2 h = __floats2half2_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0,
+                                               uint32_t b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+static __device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t *r, uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *r, uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
+{
+    const int bytes = valid ? 16 : 0; /* 0: fill with zeros */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(bytes));
+}
+
+static __device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N> static __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Byte offset of element (row, col) in a [rows][D] 16-bit tile whose 16-byte
+ * chunks are XOR-swizzled by row, so ldmatrix reads hit distinct banks. */
+template <int D> static __device__ __forceinline__ uint32_t swz(int row, int col)
+{
+    const int chunk = (col >> 3) ^ (row & 7);
+    return (uint32_t)(row * D * 2 + chunk * 16 + (col & 7) * 2);
+}
+
+/* Loads rows [first, first + 64) of a [.., D] head slice into a tile; rows at
+ * or past limit read as zeros. */
+template <int D, typename T>
+static __device__ __forceinline__ void load_tile(uint32_t tile, const T *base, int64_t row_stride,
+                                                 int64_t first, int64_t limit)
+{
+    constexpr int chunks = D / 8;
+    for (int e = threadIdx.x; e < MMA_KEYS * chunks; e += blockDim.x) {
+        const int r = e / chunks, c = e % chunks;
+        const bool valid = first + r < limit;
+        const T *src = base + (valid ? first + r : first) * row_stride + c * 8;
+        cp_async16(tile + swz<D>(r, c * 8), src, valid);
+    }
+}
+
+/* Next block marked in the tile's mask after block j (-1 for none). */
+static __device__ __forceinline__ int next_block(const uint32_t *mask, int words, int j)
+{
+    int w = (j + 1) >> 5;
+    if (w >= words)
+        return -1;
+    uint32_t bits = mask[w] & (~0u << ((j + 1) & 31));
+    while (!bits) {
+        if (++w >= words)
+            return -1;
+        bits = mask[w];
+    }
+    return w * 32 + __ffs(bits) - 1;
+}
+
+} // namespace
+
+#endif

@@ -1,0 +1,1 @@
+# The OpenCL backend plugin (being written).
