@@ -1,6 +1,8 @@
 /* The smallest complete use of dashattn: one causal DashAttention forward on
- * random data, on whatever backend "auto" picks. Build against an installed
- * library with
+ * random data, on whatever backend "auto" picks (a GPU when a plugin finds
+ * one, else the CPU). Arrays live in the backend's memory, so they are
+ * allocated and filled through dashattn_memory_*; on the CPU backend that is
+ * plain host memory. Build against an installed library with
  *     cc quickstart.c $(pkg-config --cflags --libs dashattn) -o quickstart
  */
 #include <dashattn.h>
@@ -18,27 +20,43 @@
         }                                                                                          \
     } while (0)
 
+static float uniform(void)
+{
+    return (float)((double)rand() / RAND_MAX - 0.5);
+}
+
 int main(void)
 {
     /* 1 sequence, 4 query heads sharing 2 KV heads, 1024 tokens, head dim 64. */
     const int64_t batch = 1, heads_q = 4, heads_kv = 2, len = 1024, dim = 64;
     const size_t nq = (size_t)(batch * heads_q * len * dim);
     const size_t nkv = (size_t)(batch * heads_kv * len * dim);
-    float *q = malloc(nq * sizeof *q), *out = malloc(nq * sizeof *out);
-    float *k = malloc(nkv * sizeof *k), *v = malloc(nkv * sizeof *v);
-    float *lse = malloc((size_t)(batch * heads_q * len) * sizeof *lse);
-    if (!q || !out || !k || !v || !lse)
+    const size_t nrows = (size_t)(batch * heads_q * len);
+    float *host_q = malloc(nq * sizeof(float)), *host_out = malloc(nq * sizeof(float));
+    float *host_k = malloc(nkv * sizeof(float)), *host_v = malloc(nkv * sizeof(float));
+    float *host_lse = malloc(nrows * sizeof(float));
+    if (!host_q || !host_out || !host_k || !host_v || !host_lse)
         return 1;
     srand(1);
     for (size_t i = 0; i < nq; i++)
-        q[i] = (float)((double)rand() / RAND_MAX - 0.5);
+        host_q[i] = uniform();
     for (size_t i = 0; i < nkv; i++) {
-        k[i] = (float)((double)rand() / RAND_MAX - 0.5);
-        v[i] = (float)((double)rand() / RAND_MAX - 0.5);
+        host_k[i] = uniform();
+        host_v[i] = uniform();
     }
 
     dashattn_context *ctx;
     CHECK(dashattn_context_create(NULL, &ctx)); /* "auto"; DASHATTN_BACKEND overrides */
+
+    void *q, *k, *v, *out, *lse;
+    CHECK(dashattn_memory_alloc(ctx, nq * sizeof(float), &q));
+    CHECK(dashattn_memory_alloc(ctx, nkv * sizeof(float), &k));
+    CHECK(dashattn_memory_alloc(ctx, nkv * sizeof(float), &v));
+    CHECK(dashattn_memory_alloc(ctx, nq * sizeof(float), &out));
+    CHECK(dashattn_memory_alloc(ctx, nrows * sizeof(float), &lse));
+    CHECK(dashattn_memory_upload(ctx, q, host_q, nq * sizeof(float)));
+    CHECK(dashattn_memory_upload(ctx, k, host_k, nkv * sizeof(float)));
+    CHECK(dashattn_memory_upload(ctx, v, host_v, nkv * sizeof(float)));
 
     dashattn_problem problem;
     dashattn_problem_init(&problem, batch, heads_q, heads_kv, len, len, dim);
@@ -54,15 +72,23 @@ int main(void)
     const dashattn_tensor to = dashattn_tensor_bhsd(out, DASHATTN_F32, batch, heads_q, len, dim);
     dashattn_forward_stats stats;
     CHECK(dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, &stats, NULL, 0, NULL));
+    CHECK(dashattn_synchronize(ctx, NULL));
+    CHECK(dashattn_memory_download(ctx, host_out, out, nq * sizeof(float)));
+    CHECK(dashattn_memory_download(ctx, host_lse, lse, nrows * sizeof(float)));
 
     printf("backend %s: out[0] = %.6f, lse[0] = %.6f, sparsity %.1f%%\n",
-           dashattn_context_backend(ctx), out[0], lse[0], 100.0 * stats.sparsity);
+           dashattn_context_backend(ctx), host_out[0], host_lse[0], 100.0 * stats.sparsity);
     dashattn_plan_destroy(plan);
+    dashattn_memory_free(ctx, q);
+    dashattn_memory_free(ctx, k);
+    dashattn_memory_free(ctx, v);
+    dashattn_memory_free(ctx, out);
+    dashattn_memory_free(ctx, lse);
     dashattn_context_destroy(ctx);
-    free(q);
-    free(k);
-    free(v);
-    free(out);
-    free(lse);
+    free(host_q);
+    free(host_k);
+    free(host_v);
+    free(host_out);
+    free(host_lse);
     return 0;
 }

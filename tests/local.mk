@@ -30,6 +30,7 @@ libtestutil_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/c
 include $(srcdir)/tests/numerics.mk
 include $(srcdir)/tests/cli.mk
 include $(srcdir)/tests/infra.mk
+include $(srcdir)/tests/gpu.mk
 
 check_PROGRAMS += tests/test_memory
 tests_test_memory_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests

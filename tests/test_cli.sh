@@ -13,6 +13,10 @@ if [ -z "${DASHATTN_CLI:-}" ] || [ -z "${abs_top_builddir:-}" ]; then
     exit 77
 fi
 CLI=$DASHATTN_CLI
+# These tests hold the CPU backend's results; "auto" must not pick a GPU
+# plugin from the build tree (tests/test_cli_gpu.sh covers those).
+DASHATTN_BACKEND_PATH=
+export DASHATTN_BACKEND_PATH
 TOOL=$abs_top_builddir/tests/npy_tool
 for exe in "$CLI" "$TOOL"; do
     if [ ! -x "$exe" ]; then

@@ -1,0 +1,21 @@
+# Tests of the GPU backends against the CPU backend: one program,
+# tests/test_backend_parity BACKEND, run once per backend by a tiny wrapper
+# (automake and CTest both run .sh tests through $(SHELL) from the top build
+# directory with abs_top_builddir exported). A backend that is not built or
+# finds no device makes its test skip (exit 77). The cpu run compares two CPU
+# contexts: it proves the harness itself on every machine.
+check_PROGRAMS += tests/test_backend_parity
+tests_test_backend_parity_SOURCES = tests/test_backend_parity.c
+tests_test_backend_parity_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli
+tests_test_backend_parity_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
+
+PARITY_TESTS = \
+	tests/test_parity_cpu.sh \
+	tests/test_parity_opencl.sh \
+	tests/test_parity_cuda.sh
+TESTS += $(PARITY_TESTS)
+dist_noinst_SCRIPTS += $(PARITY_TESTS)
+
+# The command-line tool on each usable GPU backend.
+TESTS += tests/test_cli_gpu.sh
+dist_noinst_SCRIPTS += tests/test_cli_gpu.sh
