@@ -2,9 +2,10 @@
  *
  * Model: every key block j of every (batch, kv head) has a topic vector
  * t_j ~ N(0, I). A key of block j is c * t_j + N(0, I) with c = f / (1 + f)
- * for focus f, so block means point at their topic. Each query row picks a
- * few blocks at or before its own position and is f * (mean of their topics)
- * + N(0, I): the larger f, the more its stage-1 scores stand out on those
+ * for focus f, so block means point at their topic. Each segment of 64 query
+ * positions picks a few blocks at or before its start, shared by the query
+ * heads of a KV head; each of its queries is f * (mean of their topics) +
+ * N(0, I): the larger f, the more its stage-1 scores stand out on those
  * blocks and the sparser alpha-entmax gets. Values are N(0, I). With f = 0
  * everything is plain Gaussian. */
 #include "synthetic.h"
@@ -14,6 +15,10 @@
 
 /* Topics a query leans towards. */
 #define SYNTH_TOPICS_PER_QUERY 2
+/* Consecutive query positions that lean towards the same topics: attention
+ * in trained models changes slowly along the sequence, and tiled kernels
+ * (GPU stage 2 reads the union of a 64-row tile's blocks) depend on it. */
+#define SYNTH_SEGMENT 64
 /* Longest head dimension a topic buffer holds (the library's limit). */
 #define SYNTH_MAX_DIM 256
 
@@ -45,16 +50,22 @@ double da_synth_normal(da_synth_rng *rng)
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
+/* A seed from a base and three coordinates. */
+static uint64_t synth_mix(uint64_t base, int64_t a, int64_t b, int64_t c)
+{
+    uint64_t x = base;
+    x = synth_splitmix(&x) ^ (uint64_t)a;
+    x = synth_splitmix(&x) ^ (uint64_t)b;
+    x = synth_splitmix(&x) ^ (uint64_t)c;
+    return x;
+}
+
 /* Topic vectors are regenerated from a hash of their coordinates instead of
  * being stored, so the generator needs no allocation. */
 static void synth_topic(uint64_t seed, int64_t b, int64_t h, int64_t j, int64_t dim, double *t)
 {
-    uint64_t x = seed ^ 0x5bd1e995ull;
-    x = synth_splitmix(&x) ^ (uint64_t)b;
-    x = synth_splitmix(&x) ^ (uint64_t)h;
-    x = synth_splitmix(&x) ^ (uint64_t)j;
     da_synth_rng rng;
-    da_synth_seed(&rng, x);
+    da_synth_seed(&rng, synth_mix(seed ^ 0x5bd1e995ull, b, h, j));
     for (int64_t d = 0; d < dim; d++)
         t[d] = da_synth_normal(&rng);
 }
@@ -95,13 +106,18 @@ void da_synth_qkv(uint64_t seed, int64_t batch, int64_t heads_q, int64_t heads_k
                 /* The row's position as a bottom-right aligned causal query. */
                 int64_t pos = i + (len_k - len_q);
                 pos = pos < 0 ? 0 : (pos >= len_k ? len_k - 1 : pos);
-                const int64_t own = pos / block_size;
                 for (int64_t d = 0; d < head_dim; d++)
                     mix[d] = 0.0;
                 if (f > 0.0) {
+                    /* The segment's topics, drawn among the blocks its first
+                     * query may see, are shared by its queries and by the
+                     * query heads of one KV head. */
+                    const int64_t seg = pos / SYNTH_SEGMENT;
+                    const int64_t seen = (seg * SYNTH_SEGMENT) / block_size + 1;
+                    da_synth_rng pick;
+                    da_synth_seed(&pick, synth_mix(seed ^ 0x2545f4914f6cdd1dull, b, hkv, seg));
                     for (int n = 0; n < SYNTH_TOPICS_PER_QUERY; n++) {
-                        const int64_t j =
-                            (int64_t)(da_synth_uniform(&rng) * (double)(own + 1)) % (own + 1);
+                        const int64_t j = (int64_t)(da_synth_uniform(&pick) * (double)seen) % seen;
                         synth_topic(seed, b, hkv, j, head_dim, topic);
                         for (int64_t d = 0; d < head_dim; d++)
                             mix[d] += topic[d] * (f / SYNTH_TOPICS_PER_QUERY);
