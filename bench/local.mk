@@ -1,2 +1,6 @@
 # Benchmark scripts are shipped, not installed; `dashattn bench` is the CLI's.
 dist_noinst_SCRIPTS += bench/cpu_bench.sh
+# The GPU benchmark (ours against PyTorch SDPA; one command on a GPU machine)
+# and the script that builds, tests and runs it there.
+dist_noinst_SCRIPTS += bench/gpu_bench.py bench/gpu_run.sh
+EXTRA_DIST += bench/dashattn_ctypes.py

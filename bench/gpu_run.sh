@@ -1,0 +1,93 @@
+#!/bin/sh
+# Everything a GPU machine session needs, in one command: configure and build
+# out of tree, run the test suite (the CUDA parity test among them), run the
+# CUDA parity test once under compute-sanitizer, then the benchmark.
+#
+#   sh bench/gpu_run.sh [test] [sanitize] [bench] [BENCH ARGS...]
+#
+# With no phase named, all three run. Logs go to $OUT (default /tmp/gpu-run).
+# The source tree must already hold ./configure (run ./autogen.sh where
+# autotools and libtool are installed and carry the generated files along).
+set -u
+src=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/gpu-run}
+build=${DASHATTN_GPU_BUILD:-/tmp/dashattn-gpu-build}
+mkdir -p "$out" "$build"
+
+phases=
+while [ $# -gt 0 ]; do
+    case $1 in
+    test | sanitize | bench | profile) phases="$phases $1" ;;
+    *) break ;;
+    esac
+    shift
+done
+[ -n "$phases" ] || phases=" test sanitize bench"
+
+say() { printf '%s\n' "$*" | tee -a "$out/summary.txt"; }
+
+say "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+cd "$build" || exit 1
+if [ ! -f Makefile ]; then
+    "$src/configure" -q ${DASHATTN_CONFIGURE_ARGS:-} >"$out/configure.log" 2>&1 || { say "configure failed"; tail -30 "$out/configure.log"; exit 1; }
+fi
+grep -E '(cuda|opencl) plugin' "$out/configure.log" | tee -a "$out/summary.txt"
+# One architecture is enough on the machine itself and builds faster.
+arch=${NVCC_ARCH_FLAGS:--gencode arch=compute_90,code=sm_90}
+if ! make -j16 NVCC_ARCH_FLAGS="$arch" >"$out/build.log" 2>&1; then
+    say "build failed"
+    tail -40 "$out/build.log"
+    exit 1
+fi
+
+status=0
+case $phases in *test*)
+    if make -j8 check NVCC_ARCH_FLAGS="$arch" >"$out/check.log" 2>&1; then
+        say "make check: passed"
+    else
+        say "make check: FAILED"
+        status=1
+    fi
+    grep -E '^(PASS|FAIL|SKIP|ERROR|XFAIL)' "$out/check.log" | tee -a "$out/summary.txt"
+    cp test-suite.log "$out/" 2>/dev/null
+    for t in tests/test_parity_cuda tests/test_parity_opencl; do
+        [ -f "$t.log" ] && cp "$t.log" "$out/$(basename "$t").log"
+    done
+    ;;
+esac
+
+case $phases in *sanitize*)
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    if compute-sanitizer --tool memcheck --error-exitcode 9 tests/test_backend_parity cuda \
+        >"$out/sanitizer.log" 2>&1; then
+        say "compute-sanitizer memcheck: clean"
+    else
+        say "compute-sanitizer memcheck: FAILED (rc $?)"
+        status=1
+    fi
+    tail -5 "$out/sanitizer.log" | tee -a "$out/summary.txt"
+    ;;
+esac
+
+case $phases in *profile*)
+    # Kernel times of one causal prefill at the benchmark's shape (stage 1
+    # against stage 2), read by Nsight Compute from the CLI's bench.
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    ncu --csv --metrics gpu__time_duration.sum -k 'regex:stage|block_keys' --launch-count 4 \
+        ./dashattn bench --backend cuda --dtype bf16 --lengths ${PROFILE_LEN:-32768} \
+        --heads-q 32 --heads-kv 8 --head-dim 128 --repeat 1 --focus ${PROFILE_FOCUS:-1.7} \
+        >"$out/profile.csv" 2>"$out/profile.err"
+    say "kernel times (ns), N=${PROFILE_LEN:-32768}:"
+    grep gpu__time_duration "$out/profile.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' |
+        tee -a "$out/summary.txt"
+    ;;
+esac
+
+case $phases in *bench*)
+    # No pipe: the script's exit status must reach ours.
+    PYTHONUNBUFFERED=1 python3 "$src/bench/gpu_bench.py" --builddir "$build" --json "$out/bench.json" "$@" \
+        >"$out/bench.log" 2>&1 || status=1
+    cat "$out/bench.log"
+    ;;
+esac
+exit $status
