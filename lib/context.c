@@ -73,6 +73,10 @@ static int probe(const da_plugin *p, char *why, size_t why_size)
 
 /* ---- auto selection: every plugin found, best probe score first ---- */
 
+/* The built-in CPU backend's standing: plugins scoring no more are used only
+ * when named (backend.h, probe). */
+#define DA_SCORE_CPU 1
+
 #define MAX_CANDIDATES 32
 
 struct auto_search {
@@ -137,8 +141,11 @@ static dashattn_status create_auto(const dashattn_context_options *options,
     for (int round = 0; round < s.count && st != DASHATTN_OK; round++) {
         int best = -1;
         for (int i = 0; i < s.count; i++)
-            if (s.plugins[i].handle && (best < 0 || s.scores[i] > s.scores[best]))
+            if (s.plugins[i].handle && s.scores[i] > DA_SCORE_CPU &&
+                (best < 0 || s.scores[i] > s.scores[best]))
                 best = i;
+        if (best < 0)
+            break;
         da_plugin *p = &s.plugins[best];
         st = init_backend(p->iface, p->handle, s.names[best], options, context);
         if (st == DASHATTN_OK)
@@ -276,7 +283,8 @@ static void report_plugin(const char *dir, const char *name, void *arg)
     if (score == 0) {
         text_add(t, "  %-8s skipped: %s: %s\n", name, p.path, why);
     } else {
-        text_add(t, "  %-8s usable (priority %d): %s\n", name, score, p.path);
+        text_add(t, "  %-8s usable (priority %d%s): %s\n", name, score,
+                 score > DA_SCORE_CPU ? "" : "; only when named, auto prefers cpu", p.path);
         report_devices(t, p.iface);
     }
     da_plugin_close(&p);

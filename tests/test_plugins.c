@@ -217,7 +217,9 @@ static void check_failing_device(void)
 }
 
 /* "auto" must refuse abitest (even though it probes highest), pass over
- * nodevice, and take faildev (score 1) rather than the CPU fallback. */
+ * nodevice, and take faildev (score 2) rather than the CPU fallback; a
+ * plugin scoring 1 (a device no better than the CPU, such as an OpenCL CPU
+ * device) is left to be named and auto takes the CPU backend. */
 static void check_auto(void)
 {
     char seen[64];
@@ -227,6 +229,14 @@ static void check_auto(void)
     st = try_backend(NULL, seen, sizeof(seen));
     TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
              "NULL backend (auto): status %d backend '%s', want faildev", (int)st, seen);
+    setenv("DASHATTN_TEST_FAILDEV_SCORE", "1", 1);
+    st = try_backend("auto", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "cpu") == 0,
+             "auto with a score-1 plugin: status %d backend '%s', want cpu", (int)st, seen);
+    st = try_backend("faildev", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
+             "score-1 plugin by name: status %d backend '%s'", (int)st, seen);
+    unsetenv("DASHATTN_TEST_FAILDEV_SCORE");
 }
 
 static void check_report(void)

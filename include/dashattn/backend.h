@@ -169,7 +169,9 @@ typedef struct dashattn_backend_iface {
 
     /**
      * How good this backend is here: 0 means unusable (no device, no driver;
-     * the reason goes into reason), higher is preferred by "auto".
+     * the reason goes into reason); 1 means usable when named but no better
+     * than the built-in CPU backend (an OpenCL CPU device, say), so "auto"
+     * passes it over; 2 and above are preferred by "auto", highest first.
      */
     int (*probe)(const dashattn_host *host, char *reason, size_t reason_size);
 

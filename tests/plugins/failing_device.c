@@ -17,12 +17,16 @@ typedef struct faildev_state {
     const dashattn_host *host;
 } faildev_state;
 
+/* Score 2 (preferred over the CPU by "auto"), or what
+ * DASHATTN_TEST_FAILDEV_SCORE says, so tests can play a plugin whose only
+ * device is no better than the CPU (score 1). */
 static int faildev_probe(const dashattn_host *host, char *reason, size_t reason_size)
 {
     (void)host;
     (void)reason;
     (void)reason_size;
-    return 1;
+    const char *score = getenv("DASHATTN_TEST_FAILDEV_SCORE");
+    return score ? atoi(score) : 2;
 }
 
 static dashattn_status faildev_init(const dashattn_host *host,
