@@ -7,7 +7,8 @@ SH_LOG_COMPILER = $(SHELL)
 # (DASHATTN_PLUGIN_DIR points the install directory at a folder that is not there),
 # and ignore a DASHATTN_BACKEND the developer may have exported. OpenMP threads
 # sleep rather than spin between the many tiny calls, so parallel tests on a
-# small machine do not starve each other.
+# small machine do not starve each other. Compiled OpenCL programs are cached
+# in the build tree, not in the developer's ~/.cache.
 DASHATTN_TEST_PLUGIN_PATH = $(abs_top_builddir)/backends/cuda/.libs:$(abs_top_builddir)/backends/hip/.libs:$(abs_top_builddir)/backends/opencl/.libs
 AM_TESTS_ENVIRONMENT = \
 	unset DASHATTN_BACKEND; \
@@ -15,6 +16,7 @@ AM_TESTS_ENVIRONMENT = \
 	DASHATTN_BACKEND_PATH='$(DASHATTN_TEST_PLUGIN_PATH)'; export DASHATTN_BACKEND_PATH; \
 	DASHATTN_PLUGIN_DIR='$(abs_top_builddir)/tests/no-installed-plugins'; export DASHATTN_PLUGIN_DIR; \
 	DASHATTN_CLI='$(abs_top_builddir)/dashattn$(EXEEXT)'; export DASHATTN_CLI; \
+	XDG_CACHE_HOME='$(abs_top_builddir)/tests/xdg-cache'; export XDG_CACHE_HOME; \
 	abs_top_srcdir='$(abs_top_srcdir)'; export abs_top_srcdir; \
 	abs_top_builddir='$(abs_top_builddir)'; export abs_top_builddir;
 
@@ -31,8 +33,15 @@ include $(srcdir)/tests/numerics.mk
 include $(srcdir)/tests/cli.mk
 include $(srcdir)/tests/infra.mk
 include $(srcdir)/tests/gpu.mk
+include $(srcdir)/tests/opencl.mk
 
 check_PROGRAMS += tests/test_memory
 tests_test_memory_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests
 tests_test_memory_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
 TESTS += tests/test_memory
+
+# The OpenCL program cache the tests fill (XDG_CACHE_HOME above).
+clean-local: clean-test-cache
+clean-test-cache:
+	-rm -rf tests/xdg-cache
+.PHONY: clean-test-cache
