@@ -50,7 +50,8 @@ dashattn_status dacuda_decode(void *state, const dashattn_plan_desc *plan,
                                (long long)p.group_size);
         return DASHATTN_ERR_UNSUPPORTED;
     }
-    const size_t select_smem = (size_t)p.group_size * (size_t)p.num_blocks * sizeof(float);
+    const size_t select_smem = (size_t)p.group_size * (size_t)p.num_blocks * sizeof(float) +
+                               (size_t)(p.num_blocks + 31) / 32 * sizeof(unsigned);
     if (select_smem > st->smem_optin) {
         dacuda_host->set_error("cuda backend: decode over %lld blocks with %lld heads per group "
                                "needs %zu bytes of shared memory, the device offers %zu; use a "

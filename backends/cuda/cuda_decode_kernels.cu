@@ -126,10 +126,18 @@ __global__ void __launch_bounds__(SELECT_THREADS)
     }
     __syncthreads();
 
+    /* The union is gathered as a bitmask in shared memory, then listed. */
     const int64_t visible_blocks = (len + S - 1) / S;
-    for (int64_t e = tid; e < G * M; e += SELECT_THREADS) {
-        const int64_t g = e / M, j = e % M;
-        const int64_t row = p.shared_group ? 0 : g;
+    unsigned *keep = reinterpret_cast<unsigned *>(zs + G * n);
+    const int64_t words = (M + 31) / 32;
+    for (int64_t w = tid; w < words; w += SELECT_THREADS)
+        keep[w] = 0;
+    __syncthreads();
+    /* 32-bit indices: 64-bit division is many instructions per element. */
+    const int gm = (int)(G * M), mi = (int)M;
+    for (int e = tid; e < gm; e += SELECT_THREADS) {
+        const int g = e / mi, j = e % mi;
+        const int row = p.shared_group ? 0 : g;
         float w = -CUDART_INF_F;
         if (j < visible_blocks) {
             if (da_forced(lr, j))
@@ -138,21 +146,24 @@ __global__ void __launch_bounds__(SELECT_THREADS)
                 w = da_prior_log2(params[row], zs[row * n + j - cb], p.alpha);
         }
         z_global[g * M + j] = w;
+        if (!(w == -CUDART_INF_F))
+            atomicOr(keep + j / 32, 1u << (j % 32));
     }
     __syncthreads();
 
     if (warp == 0) {
         int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
         int count = 0;
-        for (int64_t base = 0; base < visible_blocks; base += 32) {
-            const int64_t j = base + lane;
-            bool keep = false;
-            for (int64_t g = 0; g < G && j < visible_blocks; g++)
-                keep |= !(z_global[g * M + j] == -CUDART_INF_F);
-            const unsigned ballot = __ballot_sync(0xffffffffu, keep);
-            if (keep)
-                list[count + __popc(ballot & ((1u << lane) - 1u))] = (int32_t)j;
-            count += __popc(ballot);
+        for (int64_t w = 0; w < words; w++) {
+            const unsigned bits = keep[w];
+            if (lane < __popc(bits)) {
+                /* The lane-th set bit of the word. */
+                unsigned rest = bits;
+                for (int i = 0; i < lane; i++)
+                    rest &= rest - 1;
+                list[count + lane] = (int32_t)(w * 32 + __ffs(rest) - 1);
+            }
+            count += __popc(bits);
         }
         if (lane == 0)
             *nblocks = count;
@@ -361,35 +372,78 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
     }
 }
 
-/* Combines the splits of one (sequence, query head). */
-__global__ void decode_merge_kernel(dacuda_params p, dashattn_tensor out, float *lse,
-                                    dacuda_decode_ws ws)
+#define MERGE_THREADS 256
+#define MERGE_COLUMNS 32
+
+/* Combines the splits of one (sequence, query head) for MERGE_COLUMNS of
+ * its output columns. The splits are spread over the threads at every step:
+ * with many splits (small batches) a loop over them per output element would
+ * wait on one load after another. */
+__global__ void __launch_bounds__(MERGE_THREADS)
+    decode_merge_kernel(dacuda_params p, dashattn_tensor out, float *lse, dacuda_decode_ws ws)
 {
-    const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim;
+    extern __shared__ float weight[]; /* [splits] */
+    __shared__ float red[MERGE_THREADS];
+    const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim, S = ws.splits;
+    const int64_t col0 = (int64_t)blockIdx.z * MERGE_COLUMNS;
+    const int64_t cols = min((int64_t)MERGE_COLUMNS, D - col0);
+    const int tid = threadIdx.x;
+    const float *part = ws.partial + (b * p.heads_q + h) * S * (D + 2);
     /* A call with any bad sequence leaves no output that looks valid. */
     int bad = 0;
-    for (int64_t e = 0; e < p.batch * p.heads_kv; e++)
+    for (int64_t e = tid; e < p.batch * p.heads_kv; e += MERGE_THREADS)
         bad |= ws.nblocks[e] < 0;
-    const float *part = ws.partial + (b * p.heads_q + h) * ws.splits * (D + 2);
+    bad = __syncthreads_or(bad);
+
     float m = -CUDART_INF_F;
-    for (int64_t s = 0; s < ws.splits; s++)
+    for (int64_t s = tid; s < S; s += MERGE_THREADS)
         m = fmaxf(m, part[s * (D + 2)]);
+    red[tid] = m;
+    __syncthreads();
+    for (int w = MERGE_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w)
+            red[tid] = fmaxf(red[tid], red[tid + w]);
+        __syncthreads();
+    }
+    m = red[0];
+    __syncthreads();
     float l = 0.0f;
-    for (int64_t s = 0; s < ws.splits; s++) {
+    for (int64_t s = tid; s < S; s += MERGE_THREADS) {
         const float ms = part[s * (D + 2)];
-        if (!(ms == -CUDART_INF_F))
-            l += part[s * (D + 2) + 1] * exp2f(ms - m);
+        const float w = ms == -CUDART_INF_F ? 0.0f : exp2f(ms - m);
+        weight[s] = w;
+        l += w == 0.0f ? 0.0f : part[s * (D + 2) + 1] * w;
     }
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    red[tid] = l;
+    __syncthreads();
+    for (int w = MERGE_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w)
+            red[tid] += red[tid + w];
+        __syncthreads();
+    }
+    l = red[0];
+    __syncthreads();
+
+    /* Thread (c, d) sums splits c, c + C, ... of output column col0 + d. */
+    const int64_t C = MERGE_THREADS / MERGE_COLUMNS;
+    {
+        const int64_t d = tid % MERGE_COLUMNS, c = tid / MERGE_COLUMNS;
         float acc = 0.0f;
-        for (int64_t s = 0; s < ws.splits; s++) {
-            const float ms = part[s * (D + 2)];
-            if (!(ms == -CUDART_INF_F))
-                acc += part[s * (D + 2) + 2 + d] * exp2f(ms - m);
+        if (d < cols)
+            for (int64_t s = c; s < S; s += C)
+                if (weight[s] != 0.0f)
+                    acc += part[s * (D + 2) + 2 + col0 + d] * weight[s];
+        red[tid] = acc;
+        __syncthreads();
+        if (c == 0 && d < cols) {
+            float total = 0.0f;
+            for (int64_t k = 0; k < C; k++)
+                total += red[k * MERGE_COLUMNS + tid];
+            da_store(out.data, out.dtype, da_offset(out, b, h, 0, col0 + d),
+                     bad ? CUDART_NAN_F : total / l);
         }
-        da_store(out.data, out.dtype, da_offset(out, b, h, 0, d), bad ? CUDART_NAN_F : acc / l);
     }
-    if (lse && threadIdx.x == 0)
+    if (lse && tid == 0 && blockIdx.z == 0)
         lse[b * p.heads_q + h] = bad ? CUDART_NAN_F : (m + log2f(l)) * DA_LN2;
 }
 
@@ -428,7 +482,8 @@ extern "C" cudaError_t dacuda_launch_decode(const dacuda_params *p, const dashat
                                             cudaStream_t stream)
 {
     const size_t score_smem = (size_t)p->group_size * (size_t)p->head_dim * sizeof(float);
-    const size_t select_smem = (size_t)p->group_size * (size_t)p->num_blocks * sizeof(float);
+    const size_t select_smem = (size_t)p->group_size * (size_t)p->num_blocks * sizeof(float) +
+                               (size_t)(p->num_blocks + 31) / 32 * sizeof(unsigned);
     cudaError_t e = cudaFuncSetAttribute(
         decode_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)select_smem);
     const size_t ssmem = split_smem(p);
@@ -475,7 +530,9 @@ extern "C" cudaError_t dacuda_launch_decode(const dacuda_params *p, const dashat
             decode_split_kernel<0, float>
                 <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
         }
-    decode_merge_kernel<<<dim3((unsigned)p->heads_q, (unsigned)p->batch), 128, 0, stream>>>(
-        *p, *out, lse, *ws);
+    const unsigned column_chunks = (unsigned)((p->head_dim + MERGE_COLUMNS - 1) / MERGE_COLUMNS);
+    decode_merge_kernel<<<dim3((unsigned)p->heads_q, (unsigned)p->batch, column_chunks),
+                          MERGE_THREADS, (size_t)ws->splits * sizeof(float), stream>>>(*p, *out,
+                                                                                       lse, *ws);
     return cudaGetLastError();
 }

@@ -18,10 +18,9 @@ static __device__ __forceinline__ double da_warp_min_d(double x)
  * on the support (see da_entmax_threshold_support); false if it did not
  * settle. */
 static __device__ bool da_support_threshold(const float *z, int n, float zmax, double scale, int r,
-                                            double *tau_out)
+                                            double tau, double *tau_out)
 {
     const int lane = threadIdx.x & 31;
-    double tau = -1.0;
     for (int step = 0; step < 64; step++) {
         double k = 0.0, s1 = 0.0, s2 = 0.0, lowest = CUDART_INF;
         for (int j = lane; j < n; j += 32) {
@@ -56,6 +55,39 @@ static __device__ bool da_support_threshold(const float *z, int n, float zmax, d
         tau = next;
     }
     return false;
+}
+
+/* A start for da_support_threshold: the same Newton steps in float (half
+ * the cost of double on every reduction), stopped short of the root by a
+ * margin far above float rounding, so the double iteration that follows
+ * only confirms the support in a step or two. -1 if float does not settle. */
+static __device__ double da_support_start(const float *z, int n, float zmax, float scale, int r)
+{
+    const int lane = threadIdx.x & 31;
+    float tau = -1.0f;
+    for (int step = 0; step < 64; step++) {
+        float k = 0.0f, s1 = 0.0f, s2 = 0.0f;
+        for (int j = lane; j < n; j += 32) {
+            const float x = scale * (z[j] - zmax);
+            if (x > tau) {
+                k += 1.0f;
+                s1 += x;
+                s2 += x * x;
+            }
+        }
+        k = da_warp_sum(k);
+        s1 = da_warp_sum(s1);
+        s2 = da_warp_sum(s2);
+        if (k == 0.0f)
+            return -1.0;
+        const float next =
+            r == 1 ? (s1 - 1.0f) / k
+                   : tau + (s2 - 2.0f * tau * s1 + k * tau * tau - 1.0f) / (2.0f * (s1 - k * tau));
+        if (!(next > tau) || next - tau < 1e-6f)
+            return fmax(-1.0, (double)tau - 1e-4);
+        tau = next;
+    }
+    return -1.0;
 }
 
 /* f(tau) = sum (X - tau)_+^r - 1 and its derivative, over the warp. */
@@ -191,7 +223,9 @@ static __device__ dacuda_row_param da_row_threshold(const float *z, int n, const
     if (p.method == DASHATTN_THRESHOLD_SORT_15 || p.method == DASHATTN_THRESHOLD_SORT_2) {
         const int r = p.method == DASHATTN_THRESHOLD_SORT_2 ? 1 : 2;
         double tau;
-        if (!da_support_threshold(z, n, zmax, alpha - 1.0, r, &tau))
+        const double start = da_support_start(z, n, zmax, (float)(alpha - 1.0), r);
+        if (!da_support_threshold(z, n, zmax, alpha - 1.0, r, start, &tau) &&
+            !da_support_threshold(z, n, zmax, alpha - 1.0, r, -1.0, &tau))
             tau = da_bracketed_threshold(z, n, zmax, alpha, 128);
         rp.tau = (float)tau;
         return rp;

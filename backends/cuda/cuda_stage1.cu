@@ -30,7 +30,8 @@ static __device__ void stage1_finish(const dacuda_params &p, const dacuda_forwar
 
         int count = 0;
         unsigned long long attended = 0;
-        for (int64_t base = 0; base < M; base += 32) {
+        const int64_t visible_blocks = (lr.visible_end + p.block_size - 1) / p.block_size;
+        for (int64_t base = 0; base < visible_blocks; base += 32) {
             const int64_t j = base + lane;
             bool keep = false;
             float w = 0.0f;
@@ -148,21 +149,26 @@ __global__ void __launch_bounds__(128)
     stage1_finish(p, ws, sel, zs, M, rows, row0, b, hh, mask, block_counts);
 }
 
-#define STAGE1_MMA_THREADS 512
+/* Rows of one tensor-core stage-1 block, and its threads. 32 rows with one
+ * buffer of block keys keep the shared memory under half of a
+ * multiprocessor's at 512 blocks, so two blocks overlap their score and
+ * threshold phases. */
+#define STAGE1_MMA_ROWS 32
+#define STAGE1_MMA_THREADS 256
 
-/* Dynamic shared memory of the tensor-core stage 1: scores of 64 rows, the
- * mask words, and two buffers of high and low block-key tiles. */
+/* Dynamic shared memory of the tensor-core stage 1: scores of its rows,
+ * the mask words, and one tile each of high and low block keys. */
 static size_t stage1_mma_smem(const dacuda_params *p, int64_t *zstride)
 {
     const int64_t zs = (p->num_blocks + MMA_KEYS - 1) / MMA_KEYS * MMA_KEYS;
     if (zstride)
         *zstride = zs;
-    const size_t head = (size_t)DACUDA_TILE_ROWS * (size_t)zs * sizeof(float) +
+    const size_t head = (size_t)STAGE1_MMA_ROWS * (size_t)zs * sizeof(float) +
                         (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
-    return ((head + 127) & ~(size_t)127) + 4 * (size_t)MMA_KEYS * (size_t)p->head_dim * 2;
+    return ((head + 127) & ~(size_t)127) + 2 * (size_t)MMA_KEYS * (size_t)p->head_dim * 2;
 }
 
-/* Stage 1 on the tensor cores for 64 rows of one query head: z = q . kbar
+/* Stage 1 on the tensor cores for 32 rows of one query head: z = q . kbar
  * with kbar split into a 16-bit high part and remainder (two products into
  * one f32 accumulator), so the scores carry about f32 accuracy. */
 template <int D, typename T>
@@ -175,15 +181,14 @@ __global__ void __launch_bounds__(STAGE1_MMA_THREADS)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, qd = lane & 3;
     const int64_t b = blockIdx.z, h = blockIdx.y, kvh = h / p.group_size;
-    const int64_t row0 = (int64_t)blockIdx.x * DACUDA_TILE_ROWS;
-    const int rows = (int)min((int64_t)DACUDA_TILE_ROWS, p.len_q - row0);
+    const int64_t row0 = (int64_t)blockIdx.x * STAGE1_MMA_ROWS;
+    const int rows = (int)min((int64_t)STAGE1_MMA_ROWS, p.len_q - row0);
     float *zs = reinterpret_cast<float *>(smem_tc);
-    unsigned *mask = reinterpret_cast<unsigned *>(zs + DACUDA_TILE_ROWS * zstride);
-    size_t head = (size_t)DACUDA_TILE_ROWS * zstride * sizeof(float) + ws.words * sizeof(unsigned);
+    unsigned *mask = reinterpret_cast<unsigned *>(zs + STAGE1_MMA_ROWS * zstride);
+    size_t head = (size_t)STAGE1_MMA_ROWS * zstride * sizeof(float) + ws.words * sizeof(unsigned);
     head = (head + 127) & ~(size_t)127;
     const uint32_t tiles = smem_addr(smem_tc + head);
-    const uint32_t hi_tile[2] = {tiles, tiles + MMA_KEYS * D * 2};
-    const uint32_t lo_tile[2] = {tiles + 2 * MMA_KEYS * D * 2, tiles + 3 * MMA_KEYS * D * 2};
+    const uint32_t hi_tile = tiles, lo_tile = tiles + MMA_KEYS * D * 2;
     __shared__ unsigned long long block_counts[2];
     for (int64_t w = tid; w < ws.words; w += blockDim.x)
         mask[w] = 0;
@@ -196,16 +201,11 @@ __global__ void __launch_bounds__(STAGE1_MMA_THREADS)
     const int64_t ntiles = (nblk + MMA_KEYS - 1) / MMA_KEYS;
     const T *hi = static_cast<const T *>(ws.kbar_hi) + (b * p.heads_kv + kvh) * p.num_blocks * D;
     const T *lo = static_cast<const T *>(ws.kbar_lo) + (b * p.heads_kv + kvh) * p.num_blocks * D;
-    if (ntiles > 0) {
-        load_tile<D>(hi_tile[0], hi, D, 0, p.num_blocks);
-        load_tile<D>(lo_tile[0], lo, D, 0, p.num_blocks);
-    }
-    cp_async_commit();
 
-    /* Warp w scores rows 16 (w % 4) .. + 15 against n-tiles 2 (w / 4) and
-     * 2 (w / 4) + 1 of each tile of 64 blocks; all 16 warps then share the
+    /* Warp w scores rows 16 (w % 2) .. + 15 against n-tiles 2 (w / 2) and
+     * 2 (w / 2) + 1 of each tile of 64 blocks; all 8 warps then share the
      * thresholds, which dominate the time. */
-    const int rg = warp & 3, np = warp >> 2;
+    const int rg = warp & 1, np = warp >> 1;
     uint32_t qf[KSTEPS][4];
     const T *qrow[2];
     for (int half = 0; half < 2; half++) {
@@ -222,13 +222,10 @@ __global__ void __launch_bounds__(STAGE1_MMA_THREADS)
     }
 
     for (int64_t bt = 0; bt < ntiles; bt++) {
-        const int buf = (int)(bt & 1);
-        if (bt + 1 < ntiles) {
-            load_tile<D>(hi_tile[buf ^ 1], hi, D, (bt + 1) * MMA_KEYS, p.num_blocks);
-            load_tile<D>(lo_tile[buf ^ 1], lo, D, (bt + 1) * MMA_KEYS, p.num_blocks);
-        }
+        load_tile<D>(hi_tile, hi, D, bt * MMA_KEYS, p.num_blocks);
+        load_tile<D>(lo_tile, lo, D, bt * MMA_KEYS, p.num_blocks);
         cp_async_commit();
-        cp_async_wait<1>();
+        cp_async_wait<0>();
         __syncthreads();
         float acc[2][4];
         for (int n = 0; n < 2; n++)
@@ -237,10 +234,10 @@ __global__ void __launch_bounds__(STAGE1_MMA_THREADS)
             const int r = np * 16 + (lane >> 4) * 8 + (lane & 7);
             const int c = kk * 16 + ((lane >> 3) & 1) * 8;
             uint32_t bf[4];
-            ldmatrix_x4(bf, hi_tile[buf] + swz<D>(r, c));
+            ldmatrix_x4(bf, hi_tile + swz<D>(r, c));
             mma_type<T>::mma(acc[0], qf[kk], bf[0], bf[1]);
             mma_type<T>::mma(acc[1], qf[kk], bf[2], bf[3]);
-            ldmatrix_x4(bf, lo_tile[buf] + swz<D>(r, c));
+            ldmatrix_x4(bf, lo_tile + swz<D>(r, c));
             mma_type<T>::mma(acc[0], qf[kk], bf[0], bf[1]);
             mma_type<T>::mma(acc[1], qf[kk], bf[2], bf[3]);
         }
@@ -272,7 +269,8 @@ static cudaError_t launch_mma(const dacuda_params *p, const dashattn_tensor *q,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
         return e;
-    const dim3 grid((unsigned)ws->tiles, (unsigned)p->heads_q, (unsigned)p->batch);
+    const dim3 grid((unsigned)((p->len_q + STAGE1_MMA_ROWS - 1) / STAGE1_MMA_ROWS),
+                    (unsigned)p->heads_q, (unsigned)p->batch);
     stage1_mma_kernel<D, T><<<grid, STAGE1_MMA_THREADS, smem, stream>>>(*p, *q, *ws, s, zstride);
     return cudaGetLastError();
 }
