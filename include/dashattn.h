@@ -186,6 +186,17 @@ DASHATTN_API size_t dashattn_backends_report(char *buffer, size_t size);
  * Allocate bytes in the context's memory space (host memory for the CPU
  * backend, device memory for GPU backends), for tensors and workspaces.
  * Free with dashattn_memory_free().
+ *
+ * What a "pointer" is depends on the backend, and every array handed to the
+ * compute functions (tensor data, lse, selection arrays, cache seq_lens and
+ * block_table, workspace) must live in that space:
+ * - cpu: host memory;
+ * - cuda: device memory of the context's device (cudaMalloc or this
+ *   function); stream arguments are cudaStream_t;
+ * - opencl: a cl_mem buffer cast to void *, used from offset 0 (no pointer
+ *   arithmetic: give every array its own buffer); strides apply inside it;
+ *   stream arguments are cl_command_queue objects of the plugin's context.
+ * dashattn_forward_stats is host memory on every backend.
  */
 DASHATTN_API dashattn_status dashattn_memory_alloc(dashattn_context *context, size_t bytes,
                                                    void **ptr);
@@ -211,6 +222,14 @@ DASHATTN_API dashattn_status dashattn_memory_download(dashattn_context *context,
  * Wait until all work queued by this context on stream (NULL: the default
  * stream) has finished. The CPU backend works synchronously; this returns at
  * once there.
+ *
+ * GPU backends that never wait inside a call (cuda) check device-resident
+ * arguments (seq_lens, block_table entries, room in the cache) on the
+ * device: a bad one makes that call write NaN to all its outputs (decode) or
+ * change nothing (append), and the next dashattn_synchronize on the context
+ * returns its status (DASHATTN_ERR_INVALID_ARGUMENT or
+ * DASHATTN_ERR_CACHE_FULL) with a message naming the sequence. Until then,
+ * later appends on the context change nothing either.
  */
 DASHATTN_API dashattn_status dashattn_synchronize(dashattn_context *context, void *stream);
 
@@ -347,7 +366,9 @@ typedef struct dashattn_forward_stats {
  * natural-log logsumexp of each row's logits. selection and stats are
  * optional. stream is a native stream or queue (cudaStream_t, hipStream_t,
  * cl_command_queue) for GPU backends, ignored by the CPU backend; NULL is the
- * backend's default.
+ * backend's default. On GPU backends the call only queues the work, unless
+ * stats is given: the counts then come back to the host, which waits for
+ * the call to finish.
  */
 DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const dashattn_plan *plan,
                                               const dashattn_tensor *q, const dashattn_tensor *k,
