@@ -6,6 +6,12 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+
+#ifdef RTLD_NODELETE
+#define DA_RTLD_NODELETE RTLD_NODELETE
+#else
+#define DA_RTLD_NODELETE 0
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +72,10 @@ dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plu
         snprintf(why, why_size, "%s: not found", plugin->path);
         return DASHATTN_ERR_BACKEND_UNAVAILABLE;
     }
-    void *handle = dlopen(plugin->path, RTLD_NOW | RTLD_LOCAL);
+    /* Plugins stay mapped after dlclose: GPU runtimes (the CUDA runtime, the
+     * OpenCL ICD loader and its drivers) keep process-wide state that is
+     * not safe to unload, and unloading would strand their allocations. */
+    void *handle = dlopen(plugin->path, RTLD_NOW | RTLD_LOCAL | DA_RTLD_NODELETE);
     if (!handle) {
         const char *err = dlerror();
         snprintf(why, why_size, "%s: cannot be loaded: %s", plugin->path, err ? err : "unknown");
