@@ -35,6 +35,8 @@ include $(srcdir)/tests/infra.mk
 include $(srcdir)/tests/gpu.mk
 include $(srcdir)/tests/opencl.mk
 
+EXTRA_DIST += tests/lsan-suppressions.txt
+
 check_PROGRAMS += tests/test_memory
 tests_test_memory_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests
 tests_test_memory_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
