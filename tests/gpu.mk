@@ -19,3 +19,14 @@ dist_noinst_SCRIPTS += $(PARITY_TESTS)
 # The command-line tool on each usable GPU backend.
 TESTS += tests/test_cli_gpu.sh
 dist_noinst_SCRIPTS += tests/test_cli_gpu.sh
+
+# What only the CUDA backend promises: the caller's stream and CUDA graph
+# capture of append + decode. Links the CUDA runtime for streams and graphs.
+if HAVE_CUDA
+check_PROGRAMS += tests/test_cuda
+TESTS += tests/test_cuda
+tests_test_cuda_SOURCES = tests/test_cuda.c
+tests_test_cuda_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests $(CUDA_CPPFLAGS)
+tests_test_cuda_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS) $(CUDA_LDFLAGS) -lcudart_static \
+	-lrt -ldl -lpthread -lstdc++
+endif

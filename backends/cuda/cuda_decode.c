@@ -60,6 +60,9 @@ dashattn_status dacuda_decode(void *state, const dashattn_plan_desc *plan,
                                st->smem_optin);
         return DASHATTN_ERR_UNSUPPORTED;
     }
+    s = dacuda_check_workspace("dashattn_decode", a->workspace);
+    if (s != DASHATTN_OK)
+        return s;
     dacuda_decode_ws ws;
     dacuda_decode_layout(plan, st->sm_count, a->workspace, &ws);
     const cudaError_t err = dacuda_launch_decode(&p, a->q, a->cache, a->out, a->lse, &ws, st->error,

@@ -40,6 +40,16 @@ void *dacuda_carve(dacuda_carver *c, size_t bytes)
     return ptr;
 }
 
+dashattn_status dacuda_check_workspace(const char *op, const void *workspace)
+{
+    if (((uintptr_t)workspace & 255u) == 0)
+        return DASHATTN_OK;
+    dacuda_host->set_error("cuda backend: %s: workspace %p is not 256-byte aligned (memory from "
+                           "cudaMalloc or dashattn_memory_alloc is)",
+                           op, workspace);
+    return DASHATTN_ERR_INVALID_ARGUMENT;
+}
+
 size_t dacuda_forward_layout(const dashattn_plan_desc *plan, void *base, dacuda_forward_ws *ws)
 {
     const dashattn_problem *p = &plan->problem;
@@ -131,6 +141,7 @@ dashattn_status dacuda_forward(void *state, const dashattn_plan_desc *plan,
     }
     cudaStream_t stream = (cudaStream_t)a->stream;
     dacuda_forward_ws ws;
+    TRY(dacuda_check_workspace("dashattn_forward", a->workspace));
     dacuda_forward_layout(plan, a->workspace, &ws);
     if (!a->stats)
         ws.counts = NULL;

@@ -28,6 +28,10 @@ typedef struct dacuda_carver {
 
 void *dacuda_carve(dacuda_carver *c, size_t bytes);
 
+/* Fails with INVALID_ARGUMENT unless the workspace is 256-byte aligned, as
+ * cudaMalloc memory is: its arrays are read with 16-byte vector loads. */
+dashattn_status dacuda_check_workspace(const char *op, const void *workspace);
+
 size_t dacuda_workspace_size(void *state, const dashattn_plan_desc *plan, dashattn_operation op);
 dashattn_status dacuda_forward(void *state, const dashattn_plan_desc *plan,
                                const dashattn_forward_args *args);
