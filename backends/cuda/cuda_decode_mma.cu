@@ -79,72 +79,16 @@ __global__ void __launch_bounds__(32)
         const int64_t j = list[u];
 
         float s[8][4];
-        for (int n = 0; n < 8; n++)
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        for (int kk = 0; kk < KSTEPS; kk++) {
-            for (int np = 0; np < 4; np++) {
-                uint32_t bf[4];
-                const int r = np * 16 + (lane >> 4) * 8 + (lane & 7);
-                const int col = kk * 16 + ((lane >> 3) & 1) * 8;
-                ldmatrix_x4(bf, ktile[buf] + swz<D>(r, col));
-                mma_type<T>::mma(s[2 * np], qf[kk], bf[0], bf[1]);
-                mma_type<T>::mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
-            }
-        }
+        tile_scores<D, T>(s, qf, ktile[buf], lane);
         const int vis_keys = (int)min((int64_t)MMA_KEYS, len - j * MMA_KEYS);
-        float corr[2];
+        float prior[2];
+        int vis[2];
         for (int half = 0; half < 2; half++) {
             const bool live = half ? live1 : live0;
-            const float prior = live ? log2w[(g + 8 * half) * M + j] : -CUDART_INF_F;
-            const int vis = prior == -CUDART_INF_F ? 0 : vis_keys;
-            float mx = -CUDART_INF_F;
-#pragma unroll
-            for (int n = 0; n < 8; n++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int col = n * 8 + qd * 2 + e;
-                    const float x = col < vis ? s[n][2 * half + e] * scale2 + prior : -CUDART_INF_F;
-                    s[n][2 * half + e] = x;
-                    mx = fmaxf(mx, x);
-                }
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m[half], mx);
-            const float m_use = m_new == -CUDART_INF_F ? 0.0f : m_new;
-            corr[half] = exp2f(m[half] - m_use);
-            float ls = 0.0f;
-            for (int n = 0; n < 8; n++) {
-                for (int e = 0; e < 2; e++) {
-                    const float pr = exp2f(s[n][2 * half + e] - m_use);
-                    s[n][2 * half + e] = pr;
-                    ls += pr;
-                }
-            }
-            l[half] = l[half] * corr[half] + ls;
-            m[half] = m_new;
+            prior[half] = live ? log2w[(g + 8 * half) * M + j] : -CUDART_INF_F;
+            vis[half] = prior[half] == -CUDART_INF_F ? 0 : vis_keys;
         }
-        for (int n = 0; n < DTILES; n++) {
-            o[n][0] *= corr[0];
-            o[n][1] *= corr[0];
-            o[n][2] *= corr[1];
-            o[n][3] *= corr[1];
-        }
-        for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
-            uint32_t a[4];
-            a[0] = mma_type<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = mma_type<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = mma_type<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            for (int dp = 0; dp < D / 16; dp++) {
-                uint32_t bf[4];
-                const int r = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-                const int col = dp * 16 + (lane >> 4) * 8;
-                ldmatrix_x4_trans(bf, vtile[buf] + swz<D>(r, col));
-                mma_type<T>::mma(o[2 * dp], a, bf[0], bf[1]);
-                mma_type<T>::mma(o[2 * dp + 1], a, bf[2], bf[3]);
-            }
-        }
+        tile_softmax_pv<D, T>(s, o, m, l, prior, vis, scale2, vtile[buf], lane);
         __syncwarp(); /* the buffer is refilled next */
     }
 

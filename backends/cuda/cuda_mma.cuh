@@ -118,6 +118,91 @@ static __device__ __forceinline__ int next_block(const uint32_t *mask, int words
     return w * 32 + __ffs(bits) - 1;
 }
 
+/* s = Q K^T of a warp's 16 query rows (A fragments qf) against the 64 keys
+ * of a swizzled tile, in the C-fragment layout of 8 n-tiles of 8 keys. */
+template <int D, typename T>
+static __device__ __forceinline__ void
+tile_scores(float (&s)[8][4], const uint32_t (&qf)[D / 16][4], uint32_t ktile, int lane)
+{
+    for (int n = 0; n < 8; n++)
+        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int kk = 0; kk < D / 16; kk++) {
+        for (int np = 0; np < 4; np++) {
+            uint32_t bf[4];
+            const int r = np * 16 + (lane >> 4) * 8 + (lane & 7);
+            const int c = kk * 16 + ((lane >> 3) & 1) * 8;
+            ldmatrix_x4(bf, ktile + swz<D>(r, c));
+            mma_type<T>::mma(s[2 * np], qf[kk], bf[0], bf[1]);
+            mma_type<T>::mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+        }
+    }
+}
+
+/* One online-softmax step over a 64-key tile for the thread's two rows
+ * (half 0: row lane / 4, half 1: that row + 8): logits are s * scale2 +
+ * prior[half] (log2 units) for the first vis[half] keys, -inf for the rest;
+ * m, l and the accumulator o are updated and o += P V with V from a swizzled
+ * tile. s is consumed. */
+template <int D, typename T>
+static __device__ __forceinline__ void tile_softmax_pv(float (&s)[8][4], float (&o)[D / 8][4],
+                                                       float (&m)[2], float (&l)[2],
+                                                       const float (&prior)[2], const int (&vis)[2],
+                                                       float scale2, uint32_t vtile, int lane)
+{
+    const int qd = lane & 3;
+    float corr[2];
+    for (int half = 0; half < 2; half++) {
+        float mx = -CUDART_INF_F;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int col = n * 8 + qd * 2 + e;
+                const float x =
+                    col < vis[half] ? s[n][2 * half + e] * scale2 + prior[half] : -CUDART_INF_F;
+                s[n][2 * half + e] = x;
+                mx = fmaxf(mx, x);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[half], mx);
+        const float m_use = m_new == -CUDART_INF_F ? 0.0f : m_new;
+        corr[half] = exp2f(m[half] - m_use);
+        float ls = 0.0f;
+        for (int n = 0; n < 8; n++) {
+            for (int e = 0; e < 2; e++) {
+                const float pr = exp2f(s[n][2 * half + e] - m_use);
+                s[n][2 * half + e] = pr;
+                ls += pr;
+            }
+        }
+        l[half] = l[half] * corr[half] + ls;
+        m[half] = m_new;
+    }
+    for (int n = 0; n < D / 8; n++) {
+        o[n][0] *= corr[0];
+        o[n][1] *= corr[0];
+        o[n][2] *= corr[1];
+        o[n][3] *= corr[1];
+    }
+    for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+        uint32_t a[4];
+        a[0] = mma_type<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+        a[1] = mma_type<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+        a[2] = mma_type<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        for (int dp = 0; dp < D / 16; dp++) {
+            uint32_t bf[4];
+            const int r = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+            const int c = dp * 16 + (lane >> 4) * 8;
+            ldmatrix_x4_trans(bf, vtile + swz<D>(r, c));
+            mma_type<T>::mma(o[2 * dp], a, bf[0], bf[1]);
+            mma_type<T>::mma(o[2 * dp + 1], a, bf[2], bf[3]);
+        }
+    }
+}
+
 } // namespace
 
 #endif

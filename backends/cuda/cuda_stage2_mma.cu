@@ -85,22 +85,14 @@ __global__ void __launch_bounds__(MMA_THREADS)
         __syncthreads();
 
         float s[8][4];
-        for (int n = 0; n < 8; n++)
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        for (int kk = 0; kk < KSTEPS; kk++) {
-            for (int np = 0; np < 4; np++) {
-                uint32_t bf[4];
-                const int r = np * 16 + (lane >> 4) * 8 + (lane & 7);
-                const int c = kk * 16 + ((lane >> 3) & 1) * 8;
-                ldmatrix_x4(bf, ktile[buf] + swz<D>(r, c));
-                mma_type<T>::mma(s[2 * np], qf[kk], bf[0], bf[1]);
-                mma_type<T>::mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
-            }
-        }
+        tile_scores<D, T>(s, qf, ktile[buf], lane);
 
+        /* Each row's prior for this block; a candidate's score is the mean
+         * of its raw logits over the block's keys (q . kbar). */
         const int64_t key0 = (int64_t)j * MMA_KEYS;
         const float real = (float)min((int64_t)MMA_KEYS, p.len_k - key0);
-        float corr[2];
+        float prior[2];
+        int vis[2];
         for (int half = 0; half < 2; half++) {
             const row_state &r = rs[half];
             float sum = 0.0f;
@@ -108,65 +100,20 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 sum += s[n][2 * half] + s[n][2 * half + 1];
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            float prior = -CUDART_INF_F;
+            prior[half] = -CUDART_INF_F;
             if (r.valid && key0 < r.lr.visible_end) {
                 if (da_forced(r.lr, j))
-                    prior = 0.0f;
+                    prior[half] = 0.0f;
                 else if (j >= r.lr.cand_begin && j < r.lr.cand_end)
-                    prior = da_prior_log2(r.rp, p.stage1_scale * sum / real, p.alpha);
+                    prior[half] = da_prior_log2(r.rp, p.stage1_scale * sum / real, p.alpha);
             }
             /* Keys of this block the row sees: all 64 except on its own
              * (diagonal) block and a ragged last block. */
-            const int vis =
-                prior == -CUDART_INF_F ? 0 : (int)min(r.lr.visible_end - key0, (int64_t)MMA_KEYS);
-            float mx = -CUDART_INF_F;
-#pragma unroll
-            for (int n = 0; n < 8; n++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int col = n * 8 + qd * 2 + e;
-                    const float x = col < vis ? s[n][2 * half + e] * scale2 + prior : -CUDART_INF_F;
-                    s[n][2 * half + e] = x;
-                    mx = fmaxf(mx, x);
-                }
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m[half], mx);
-            const float m_use = m_new == -CUDART_INF_F ? 0.0f : m_new;
-            corr[half] = exp2f(m[half] - m_use);
-            float ls = 0.0f;
-            for (int n = 0; n < 8; n++) {
-                for (int e = 0; e < 2; e++) {
-                    const float pr = exp2f(s[n][2 * half + e] - m_use);
-                    s[n][2 * half + e] = pr;
-                    ls += pr;
-                }
-            }
-            l[half] = l[half] * corr[half] + ls;
-            m[half] = m_new;
+            vis[half] = prior[half] == -CUDART_INF_F
+                            ? 0
+                            : (int)min(r.lr.visible_end - key0, (int64_t)MMA_KEYS);
         }
-        for (int n = 0; n < DTILES; n++) {
-            o[n][0] *= corr[0];
-            o[n][1] *= corr[0];
-            o[n][2] *= corr[1];
-            o[n][3] *= corr[1];
-        }
-        for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
-            uint32_t a[4];
-            a[0] = mma_type<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = mma_type<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = mma_type<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            for (int dp = 0; dp < D / 16; dp++) {
-                uint32_t bf[4];
-                const int r = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-                const int c = dp * 16 + (lane >> 4) * 8;
-                ldmatrix_x4_trans(bf, vtile[buf] + swz<D>(r, c));
-                mma_type<T>::mma(o[2 * dp], a, bf[0], bf[1]);
-                mma_type<T>::mma(o[2 * dp + 1], a, bf[2], bf[3]);
-            }
-        }
+        tile_softmax_pv<D, T>(s, o, m, l, prior, vis, scale2, vtile[buf], lane);
         __syncthreads(); /* the buffer is refilled by the next iteration */
         buf ^= 1;
         j = jn;
