@@ -217,35 +217,9 @@ static dashattn_status decode(daocl_state *st, const dashattn_plan_desc *plan,
         const size_t g1[2] = {(size_t)plan->num_blocks, (size_t)cfg.rows};
         CHECK(daocl_launch(&c, queue, 2, g1, NULL));
     }
-    const int shared = p->group_mode == DASHATTN_GROUP_SHARED;
-    CHECK(daocl_call_begin(&c, st, prog, "da_select"));
-    daocl_arg_mem(&c, ws);
-    daocl_arg_long(&c, (int64_t)cfg.w);
-    daocl_arg_long(&c, cfg.rows);
-    daocl_arg_long(&c, (int64_t)cfg.att);
-    daocl_arg_int(&c, p->heads_kv);
-    daocl_arg_int(&c, g);
-    daocl_arg_long(&c, 0);
-    daocl_arg_long(&c, 1);
-    daocl_arg_long(&c, 1);
-    daocl_arg_long(&c, 0);
-    daocl_arg_long(&c, p->len_k);
-    daocl_arg_long(&c, plan->num_blocks);
-    daocl_arg_layout(&c, plan);
-    daocl_arg_int(&c, plan->threshold_method);
-    daocl_arg_int(&c, shared);
-    daocl_arg_int(&c, plan->threshold_iterations);
-    daocl_arg_int(&c, p->topk);
-    daocl_arg_real(&c, p->alpha);
-    daocl_arg_real(&c, p->stage1_scale);
-    daocl_arg_mem(&c, cache->seq_lens);
-    daocl_arg_mem(&c, NULL);
-    daocl_arg_mem(&c, NULL);
-    daocl_arg_mem(&c, NULL);
-    daocl_arg_long(&c, 0);
-    daocl_arg_long(&c, 1);
-    const size_t g2[1] = {(size_t)(heads * (shared ? 1 : g))};
-    CHECK(daocl_launch(&c, queue, 1, g2, NULL));
+    /* One row per sequence, at its last position (seq_lens on the device). */
+    const daocl_select_rows rows = {0, 1, 1, 0, 1};
+    CHECK(daocl_select(st, prog, plan, &cfg, &rows, cache->seq_lens, NULL, ws, queue));
 
     CHECK(daocl_call_begin(&c, st, prog, "da_decode_attend"));
     daocl_arg_mem(&c, a->q->data);

@@ -77,7 +77,19 @@ dashattn_status daocl_stage1(const daocl_state *st, cl_program prog, const dasha
         const size_t local[3] = {16, 16, 1};
         CHECK(daocl_launch(&c, queue, 3, global, local));
     }
+    const daocl_select_rows rows = {i0, npos, cfg->chunk, plan->query_offset, p->len_q};
+    return daocl_select(st, prog, plan, cfg, &rows, NULL, sel, ws, queue);
+}
+
+dashattn_status daocl_select(const daocl_state *st, cl_program prog, const dashattn_plan_desc *plan,
+                             const daocl_config *cfg, const daocl_select_rows *rows,
+                             const void *seq_lens, const dashattn_selection *sel, cl_mem ws,
+                             cl_command_queue queue)
+{
+    const dashattn_problem *p = &plan->problem;
+    const int64_t g = plan->group_size, heads = p->batch * p->heads_kv;
     const int shared = p->group_mode == DASHATTN_GROUP_SHARED;
+    daocl_call c;
     CHECK(daocl_call_begin(&c, st, prog, "da_select"));
     daocl_arg_mem(&c, ws);
     daocl_arg_long(&c, (int64_t)cfg->w);
@@ -85,10 +97,10 @@ dashattn_status daocl_stage1(const daocl_state *st, cl_program prog, const dasha
     daocl_arg_long(&c, (int64_t)cfg->att);
     daocl_arg_int(&c, p->heads_kv);
     daocl_arg_int(&c, g);
-    daocl_arg_long(&c, i0);
-    daocl_arg_long(&c, npos);
-    daocl_arg_long(&c, cfg->chunk);
-    daocl_arg_long(&c, plan->query_offset);
+    daocl_arg_long(&c, rows->first);
+    daocl_arg_long(&c, rows->count);
+    daocl_arg_long(&c, rows->chunk);
+    daocl_arg_long(&c, rows->query_offset);
     daocl_arg_long(&c, p->len_k);
     daocl_arg_long(&c, plan->num_blocks);
     daocl_arg_layout(&c, plan);
@@ -98,13 +110,13 @@ dashattn_status daocl_stage1(const daocl_state *st, cl_program prog, const dasha
     daocl_arg_int(&c, p->topk);
     daocl_arg_real(&c, p->alpha);
     daocl_arg_real(&c, p->stage1_scale);
-    daocl_arg_mem(&c, NULL); /* seq_lens: prefill */
+    daocl_arg_mem(&c, seq_lens);
     daocl_arg_mem(&c, sel ? sel->block_index : NULL);
     daocl_arg_mem(&c, sel ? sel->block_weight : NULL);
     daocl_arg_mem(&c, sel ? sel->block_count : NULL);
     daocl_arg_long(&c, sel ? sel->max_blocks : 0);
-    daocl_arg_long(&c, p->len_q);
-    const size_t global[1] = {(size_t)(heads * npos * (shared ? 1 : g))};
+    daocl_arg_long(&c, rows->len_q);
+    const size_t global[1] = {(size_t)(heads * rows->count * (shared ? 1 : g))};
     return daocl_launch(&c, queue, 1, global, NULL);
 }
 

@@ -134,6 +134,19 @@ dashattn_status daocl_block_keys(const daocl_state *st, cl_program prog,
                                  const dashattn_plan_desc *plan, const daocl_config *cfg,
                                  const dashattn_tensor *k, cl_mem ws, cl_command_queue queue);
 
+/* The query rows one da_select launch covers: positions first .. first +
+ * count - 1 of a pass of chunk positions, at query_offset, of len_q rows. */
+typedef struct daocl_select_rows {
+    int64_t first, count, chunk, query_offset, len_q;
+} daocl_select_rows;
+
+/* Stage-1 thresholds, block weights and the optional selection output of
+ * the rows (seq_lens: decode's sequence lengths on the device, else NULL). */
+dashattn_status daocl_select(const daocl_state *st, cl_program prog, const dashattn_plan_desc *plan,
+                             const daocl_config *cfg, const daocl_select_rows *rows,
+                             const void *seq_lens, const dashattn_selection *sel, cl_mem ws,
+                             cl_command_queue queue);
+
 /* Stage 1 of query positions [i0, i0 + npos): candidate scores (when there
  * are candidates), then block weights into cfg->w and the tokens each row
  * reads into cfg->att; selection lists too when sel is given. */
