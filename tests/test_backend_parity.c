@@ -853,6 +853,7 @@ typedef struct dec_case {
     int steps;                /* then: append one token, decode, this many times */
     int unmapped;             /* paged: block `unmapped` (> 0) of the last sequence has no page */
     int bad_lens;             /* also decode with seq_lens outside [1, capacity] */
+    int q_spread;             /* q's elements two apart (strides x2), NaN between them */
 } dec_case;
 
 /* Fields left out are 0: BHSD contiguous cache, f32 data and keys, ENTMAX
@@ -957,6 +958,20 @@ static const dec_case dec_cases[] = {
      .alpha = 1.5,
      .chunks = {100, 130, 150},
      .steps = 3},
+    /* The fast decode path with a q whose elements are not adjacent: a
+     * backend that assumes contiguous rows reads the NaN between them. */
+    {.name = "contiguous bf16 S64 D128 gqa4:2 spread q",
+     .dtype = DASHATTN_BF16,
+     .batch = 2,
+     .heads_q = 8,
+     .heads_kv = 2,
+     .dim = 128,
+     .cap = 256,
+     .block_size = 64,
+     .alpha = 1.5,
+     .chunks = {150},
+     .steps = 2,
+     .q_spread = 1},
     {.name = "contiguous f16 S64 D64 gqa4:1 unequal lens",
      .dtype = DASHATTN_F16,
      .batch = 2,
@@ -1248,10 +1263,17 @@ static call_result dec_decode_side(dec_state *ds, int s, const int32_t *lens, vo
             memcpy(q + (size_t)(b * d->heads_q + h) * row,
                    (unsigned char *)ds->sq + stream_off(ds, d->heads_q, b, h, pos) * ds->es, row);
         }
+    /* Spread q: element e of the dense rows goes to slot 2e, NaN between. */
+    const size_t spread = d->q_spread ? 2 : 1;
+    unsigned char *qs = tu_xcalloc(nq * spread, 1);
+    memset(qs, POISON_FLOAT, nq * spread);
+    for (size_t e = 0; e < nq / ds->es; e++)
+        memcpy(qs + e * spread * ds->es, q + e * ds->es, ds->es);
     dashattn_kv_cache cache = ds->dc[s].c;
-    void *mem[5] = {
-        dev_copy(s, q, nq), dev_filled(s, POISON_FLOAT, nq), dev_filled(s, POISON_FLOAT, nl),
-        lens ? dev_copy(s, lens, (size_t)d->batch * sizeof(int32_t)) : cache.seq_lens, NULL};
+    void *mem[5] = {dev_copy(s, qs, nq * spread), dev_filled(s, POISON_FLOAT, nq),
+                    dev_filled(s, POISON_FLOAT, nl),
+                    lens ? dev_copy(s, lens, (size_t)d->batch * sizeof(int32_t)) : cache.seq_lens,
+                    NULL};
     size_t ws_size;
     int ok = all_allocated(mem, 4);
     mem[4] = workspace_for(s, ds->plan[s], DASHATTN_OP_DECODE, ds->call_no++ % 2, &ws_size, &ok);
@@ -1259,8 +1281,10 @@ static call_result dec_decode_side(dec_state *ds, int s, const int32_t *lens, vo
     snprintf(r.why, sizeof r.why, "not run: device memory failed");
     if (ok) {
         cache.seq_lens = mem[3];
-        const dashattn_tensor tq =
+        dashattn_tensor tq =
             dashattn_tensor_bhsd(mem[0], d->dtype, d->batch, d->heads_q, 1, d->dim);
+        for (int i = 0; i < 4; i++)
+            tq.strides[i] *= (int64_t)spread;
         const dashattn_tensor to =
             dashattn_tensor_bhsd(mem[1], d->dtype, d->batch, d->heads_q, 1, d->dim);
         r = settled(s, dashattn_decode(ctxs[s], ds->plan[s], &tq, &cache, &to, mem[2], mem[4],
@@ -1272,6 +1296,7 @@ static call_result dec_decode_side(dec_state *ds, int s, const int32_t *lens, vo
         mem[3] = NULL; /* the cache's own */
     dev_free(s, mem, 5);
     free(q);
+    free(qs);
     return r;
 }
 

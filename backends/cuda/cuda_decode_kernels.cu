@@ -248,38 +248,17 @@ static __device__ void attend_tile(const split_smem_layout &L, const float *log2
     }
 }
 
-static __device__ __forceinline__ float to_float(__nv_bfloat16 x)
-{
-    return __bfloat162float(x);
-}
-
-static __device__ __forceinline__ float to_float(__half x)
-{
-    return __half2float(x);
-}
-
-/* 8 consecutive 16-bit values into f32 shared memory. */
-template <typename T> static __device__ __forceinline__ void unpack8(float *dst, uint4 raw)
-{
-    const T *h = reinterpret_cast<const T *>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-        dst[i] = to_float(h[i]);
-}
-
 /* One split of one (sequence, KV head): online softmax over its share of the
- * selected blocks for all G heads at once; writes (m, l, o) per head. VD = 0
- * is the generic version (any dtype, head dimension, block size, strides);
- * VD = 64 or 128 with T a 16-bit type loads each block with 16-byte loads
- * into registers while the previous block is computed. */
-template <int VD, typename T>
+ * selected blocks for all G heads at once; writes (m, l, o) per head. Any
+ * dtype, head dimension, block size and strides; 16-bit caches with the
+ * common shapes take the tensor-core kernel (cuda_decode_mma.cu) instead. */
 __global__ void __launch_bounds__(SPLIT_THREADS)
     decode_split_kernel(dacuda_params p, dashattn_tensor q, dashattn_kv_cache c,
                         dacuda_decode_ws ws)
 {
     extern __shared__ float smem[];
     const int64_t split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-    const int64_t D = VD ? VD : p.head_dim, G = p.group_size, M = p.num_blocks, S = p.block_size;
+    const int64_t D = p.head_dim, G = p.group_size, M = p.num_blocks, S = p.block_size;
     const int tid = threadIdx.x;
     const int nb = ws.nblocks[b * p.heads_kv + kvh];
     float *part = ws.partial + ((b * p.heads_q + kvh * G) * ws.splits + split) * (D + 2);
@@ -302,65 +281,21 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
     const int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
     const float *log2w = ws.log2w + (b * p.heads_q + kvh * G) * M;
 
-    if constexpr (VD > 0) {
-        constexpr int CHUNKS = VD / 8, PER = TILE_TOKENS * CHUNKS / SPLIT_THREADS;
-        uint4 kr[PER], vr[PER];
-        auto fetch = [&](int64_t j) {
-            const T *kb = static_cast<const T *>(c.k.data), *vb = static_cast<const T *>(c.v.data);
-            int64_t kbase, vbase, krow = c.k.strides[2], vrow = c.v.strides[2];
-            if (c.layout == DASHATTN_CACHE_PAGED) {
-                const int64_t page = c.block_table[b * c.table_stride + j];
-                kbase = page * c.k.strides[0] + kvh * c.k.strides[1];
-                vbase = page * c.v.strides[0] + kvh * c.v.strides[1];
-            } else {
-                kbase = b * c.k.strides[0] + kvh * c.k.strides[1] + j * TILE_TOKENS * krow;
-                vbase = b * c.v.strides[0] + kvh * c.v.strides[1] + j * TILE_TOKENS * vrow;
-            }
-            const int64_t tokens = min((int64_t)TILE_TOKENS, len - j * TILE_TOKENS);
-#pragma unroll
-            for (int i = 0; i < PER; i++) {
-                const int e = tid + i * SPLIT_THREADS, t = e / CHUNKS, ch = e % CHUNKS;
-                if (t < tokens) {
-                    kr[i] = *reinterpret_cast<const uint4 *>(kb + kbase + t * krow + ch * 8);
-                    vr[i] = *reinterpret_cast<const uint4 *>(vb + vbase + t * vrow + ch * 8);
-                } else {
-                    kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
-                }
-            }
-        };
-        if (first < last)
-            fetch(list[first]);
-        for (int64_t u = first; u < last; u++) {
-            const int64_t j = list[u];
+    for (int64_t u = first; u < last; u++) {
+        const int64_t j = list[u];
+        const int64_t block_end = min((j + 1) * S, len);
+        for (int64_t t0 = j * S; t0 < block_end; t0 += TILE_TOKENS) {
+            const int64_t tokens = min((int64_t)TILE_TOKENS, block_end - t0);
             __syncthreads();
-#pragma unroll
-            for (int i = 0; i < PER; i++) {
-                const int e = tid + i * SPLIT_THREADS, t = e / CHUNKS, ch = e % CHUNKS;
-                unpack8<T>(L.ks + t * L.kstride + ch * 8, kr[i]);
-                unpack8<T>(L.vs + t * D + ch * 8, vr[i]);
+            for (int64_t e = tid; e < tokens * D; e += SPLIT_THREADS) {
+                const int64_t t = e / D, d = e % D;
+                L.ks[t * L.kstride + d] =
+                    da_load(c.k.data, c.k.dtype, da_cache_offset(c, c.k, S, b, kvh, t0 + t, d));
+                L.vs[t * D + d] =
+                    da_load(c.v.data, c.v.dtype, da_cache_offset(c, c.v, S, b, kvh, t0 + t, d));
             }
             __syncthreads();
-            if (u + 1 < last)
-                fetch(list[u + 1]);
-            attend_tile(L, log2w, M, G, D, j, min((int64_t)TILE_TOKENS, len - j * TILE_TOKENS));
-        }
-    } else {
-        for (int64_t u = first; u < last; u++) {
-            const int64_t j = list[u];
-            const int64_t block_end = min((j + 1) * S, len);
-            for (int64_t t0 = j * S; t0 < block_end; t0 += TILE_TOKENS) {
-                const int64_t tokens = min((int64_t)TILE_TOKENS, block_end - t0);
-                __syncthreads();
-                for (int64_t e = tid; e < tokens * D; e += SPLIT_THREADS) {
-                    const int64_t t = e / D, d = e % D;
-                    L.ks[t * L.kstride + d] =
-                        da_load(c.k.data, c.k.dtype, da_cache_offset(c, c.k, S, b, kvh, t0 + t, d));
-                    L.vs[t * D + d] =
-                        da_load(c.v.data, c.v.dtype, da_cache_offset(c, c.v, S, b, kvh, t0 + t, d));
-                }
-                __syncthreads();
-                attend_tile(L, log2w, M, G, D, j, tokens);
-            }
+            attend_tile(L, log2w, M, G, D, j, tokens);
         }
     }
     __syncthreads();
@@ -447,23 +382,25 @@ __global__ void __launch_bounds__(MERGE_THREADS)
         lse[b * p.heads_q + h] = bad ? CUDART_NAN_F : (m + log2f(l)) * DA_LN2;
 }
 
-/* Which decode_split_kernel instance fits the cache: 0 is the generic one. */
-static int split_variant(const dacuda_params *p, const dashattn_kv_cache *c)
+/* Whether the tensor-core split kernel takes this call: 16-bit data, head
+ * dimension 64 or 128, blocks of 64, at most 16 query heads per KV head,
+ * and q, k, v with contiguous, 16-byte aligned rows. */
+static bool split_mma_ok(const dacuda_params *p, const dashattn_tensor *q,
+                         const dashattn_kv_cache *c)
 {
-    if (p->dtype == DASHATTN_F32 || p->block_size != TILE_TOKENS)
-        return 0;
+    if (p->dtype == DASHATTN_F32 || p->block_size != TILE_TOKENS || p->group_size > 16)
+        return false;
     if (p->head_dim != 64 && p->head_dim != 128)
-        return 0;
-    const dashattn_tensor *t[2] = {&c->k, &c->v};
-    for (int i = 0; i < 2; i++) {
+        return false;
+    const dashattn_tensor *t[3] = {q, &c->k, &c->v};
+    for (int i = 0; i < 3; i++) {
         if (t[i]->strides[3] != 1 || ((uintptr_t)t[i]->data & 15u) != 0)
-            return 0;
+            return false;
         for (int d = 0; d < 3; d++)
             if (t[i]->strides[d] % 8 != 0)
-                return 0;
+                return false;
     }
-    const int wide = p->head_dim == 128;
-    return p->dtype == DASHATTN_BF16 ? 1 + wide : 3 + wide;
+    return true;
 }
 
 static size_t split_smem(const dacuda_params *p)
@@ -487,13 +424,8 @@ extern "C" cudaError_t dacuda_launch_decode(const dacuda_params *p, const dashat
     cudaError_t e = cudaFuncSetAttribute(
         decode_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)select_smem);
     const size_t ssmem = split_smem(p);
-    const void *split_fns[] = {(const void *)decode_split_kernel<0, float>,
-                               (const void *)decode_split_kernel<64, __nv_bfloat16>,
-                               (const void *)decode_split_kernel<128, __nv_bfloat16>,
-                               (const void *)decode_split_kernel<64, __half>,
-                               (const void *)decode_split_kernel<128, __half>};
-    for (int i = 0; i < 5 && e == cudaSuccess; i++)
-        e = cudaFuncSetAttribute(split_fns[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(decode_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)ssmem);
     if (e != cudaSuccess)
         return e;
@@ -503,33 +435,13 @@ extern "C" cudaError_t dacuda_launch_decode(const dacuda_params *p, const dashat
     decode_select_kernel<<<dim3((unsigned)p->heads_kv, (unsigned)p->batch), SELECT_THREADS,
                            select_smem, stream>>>(*p, *cache, *ws, err);
     const dim3 split_grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
-    const int variant = split_variant(p, cache);
-    if (variant > 0 && p->group_size <= 16) {
+    if (split_mma_ok(p, q, cache)) {
         e = dacuda_launch_decode_split_mma(p, q, cache, ws, stream);
         if (e != cudaSuccess)
             return e;
-    } else
-        switch (variant) {
-        case 1:
-            decode_split_kernel<64, __nv_bfloat16>
-                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
-            break;
-        case 2:
-            decode_split_kernel<128, __nv_bfloat16>
-                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
-            break;
-        case 3:
-            decode_split_kernel<64, __half>
-                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
-            break;
-        case 4:
-            decode_split_kernel<128, __half>
-                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
-            break;
-        default:
-            decode_split_kernel<0, float>
-                <<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
-        }
+    } else {
+        decode_split_kernel<<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
+    }
     const unsigned column_chunks = (unsigned)((p->head_dim + MERGE_COLUMNS - 1) / MERGE_COLUMNS);
     decode_merge_kernel<<<dim3((unsigned)p->heads_q, (unsigned)p->batch, column_chunks),
                           MERGE_THREADS, (size_t)ws->splits * sizeof(float), stream>>>(*p, *out,
