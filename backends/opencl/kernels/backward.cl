@@ -56,9 +56,7 @@ da_bwd_dq(__global const elem *q, long4 qs, __global const elem *k, long4 ks,
     const float lse_r = valid ? lse[(b * heads_kv * group + hq) * len_q + i] : 0.0f;
 
     for (long j0 = 0; j0 < tile_blocks; j0 += 32) {
-        uint bits = 0;
-        for (int x = 0; x < 32 && j0 + x < nvis; x++)
-            bits |= (uint)(w[(j0 + x) * rows_total + r] != 0.0f) << x;
+        const uint bits = da_row_kept_bits(w, j0, nvis, rows_total, r);
         uint mask = da_kept_mask(&need, bits);
         while (mask) {
             const int x = 31 - clz(mask & (~mask + 1u));

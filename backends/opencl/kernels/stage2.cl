@@ -10,6 +10,17 @@
 
 #define DA_D4 (DA_DPAD / 4)
 
+/* Bit x set where row r keeps block j0 + x (weight w[(j0 + x) * rows_total
+ * + r] nonzero), for the blocks below nvis. */
+inline uint da_row_kept_bits(__global const float *w, long j0, long nvis, long rows_total,
+                             long r)
+{
+    uint bits = 0;
+    for (int x = 0; x < 32 && j0 + x < nvis; x++)
+        bits |= (uint)(w[(j0 + x) * rows_total + r] != 0.0f) << x;
+    return bits;
+}
+
 /* The union of the rows' kept blocks, 32 at a time, as a bit mask. */
 inline uint da_kept_mask(__local volatile uint *mask, uint mine)
 {
@@ -189,9 +200,7 @@ da_attend(__global const elem *q, long4 qs, __global const elem *k, long4 ks,
     }
 #else
     for (long j0 = 0; j0 < tile_blocks; j0 += 32) {
-        uint bits = 0;
-        for (int x = 0; x < 32 && j0 + x < nvis; x++)
-            bits |= (uint)(w[(j0 + x) * rows_total + r] != 0.0f) << x;
+        const uint bits = da_row_kept_bits(w, j0, nvis, rows_total, r);
         uint mask = da_kept_mask(&need, bits);
         while (mask) {
             const int x = 31 - clz(mask & (~mask + 1u));
