@@ -35,7 +35,9 @@ DTYPE_SIZE = {F32: 4, F16: 2, BF16: 2}
 
 # enum dashattn_selection_mode, dashattn_group_mode
 SELECT_ENTMAX, SELECT_TOPK = 0, 1
-GROUP_PER_HEAD, GROUP_SHARED = 0, 1
+GROUP_PER_HEAD, GROUP_SHARED, GROUP_MEAN = 0, 1, 2
+PRIOR_LOG, PRIOR_FLAT = 0, 1
+SCHEDULE_EXACT, SCHEDULE_HALLEY = 0, 1
 
 # enum dashattn_operation
 OP_FORWARD, OP_BACKWARD, OP_DECODE = 0, 1, 2
@@ -80,6 +82,10 @@ class Problem(C.Structure):
         ("group_mode", C.c_int),
         ("scale", C.c_double),
         ("stage1_scale", C.c_double),
+        ("prior", C.c_int),
+        ("prior_sigma", C.c_double),
+        ("threshold_schedule", C.c_int),
+        ("halley_steps", C.c_int32),
     ]
 
 
@@ -158,15 +164,16 @@ _PROTOTYPES = {
     "dashattn_plan_threshold_iterations": (C.c_int, [_plan_p]),
     "dashattn_forward": (
         C.c_int,
-        [_ctx_p, _plan_p, _T, _T, _T, _T, C.c_void_p, C.POINTER(Selection),
+        [_ctx_p, _plan_p, _T, _T, _T, _T, _T, C.c_void_p, C.POINTER(Selection),
          C.POINTER(ForwardStats), C.c_void_p, C.c_size_t, C.c_void_p],
     ),
     "dashattn_backward": (
         C.c_int,
-        [_ctx_p, _plan_p, _T, _T, _T, _T, C.c_void_p, _T, _T, _T, _T, C.c_void_p, C.c_size_t,
-         C.c_void_p],
+        [_ctx_p, _plan_p, _T, _T, _T, _T, _T, C.c_void_p, _T, _T, _T, _T, _T, C.c_void_p,
+         C.c_size_t, C.c_void_p],
     ),
-    "dashattn_cache_append": (C.c_int, [_ctx_p, _plan_p, C.POINTER(KVCache), _T, _T, C.c_void_p]),
+    "dashattn_cache_append": (C.c_int,
+                              [_ctx_p, _plan_p, C.POINTER(KVCache), _T, _T, _T, C.c_void_p]),
     "dashattn_decode": (
         C.c_int,
         [_ctx_p, _plan_p, _T, C.POINTER(KVCache), _T, C.c_void_p, C.c_void_p, C.c_size_t,
@@ -360,16 +367,17 @@ def _ref(x):
 
 
 def forward(ctx, plan, q, k, v, out, lse=None, selection=None, stats=None, workspace=None,
-            workspace_size=0):
-    """dashattn_forward on the backend's default stream; q, k, v, out are Tensors."""
+            workspace_size=0, summary=None):
+    """dashattn_forward on the backend's default stream; q, k, v, out (and the
+    optional learned block summary) are Tensors."""
     ctx.lib.check("dashattn_forward", ctx.handle, plan.handle, C.byref(q), C.byref(k),
-                  C.byref(v), C.byref(out), lse, _ref(selection), _ref(stats), workspace,
-                  workspace_size, None)
+                  C.byref(v), _ref(summary), C.byref(out), lse, _ref(selection), _ref(stats),
+                  workspace, workspace_size, None)
 
 
-def cache_append(ctx, plan, cache, k_new, v_new):
+def cache_append(ctx, plan, cache, k_new, v_new, summary=None):
     ctx.lib.check("dashattn_cache_append", ctx.handle, plan.handle, C.byref(cache),
-                  C.byref(k_new), C.byref(v_new), None)
+                  C.byref(k_new), C.byref(v_new), _ref(summary), None)
 
 
 def decode(ctx, plan, q, cache, out, lse=None, workspace=None, workspace_size=0):

@@ -903,7 +903,7 @@ def prefill_case(bench, case, N, B):
             load(ln)
         st = ln["stats"]
         call = da.bound_call(r.ctx, "dashattn_forward", r.ctx.handle, ln["plan"].handle,
-                             ln["tq"], ln["tk"], ln["tv"], ln["tout"], None, None, None,
+                             ln["tq"], ln["tk"], ln["tv"], None, ln["tout"], None, None, None,
                              ln["ws"].ptr, ln["ws_size"], None)
         t = bench.lib_timing(r, call)
         bits = ln["out"].download_into(np.empty(qshape, dtype=storage_dtype_np(dt)))

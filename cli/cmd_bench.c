@@ -281,7 +281,7 @@ static int time_forward(dashattn_context *ctx, const dashattn_plan *plan, const 
     dashattn_forward_stats stats;
     for (int r = -1; r < repeat && st == DASHATTN_OK; r++) {
         const double t0 = da_now_ms();
-        st = dashattn_forward(ctx, plan, &in->tq, &in->tk, &in->tv, &in->tout, NULL, NULL,
+        st = dashattn_forward(ctx, plan, &in->tq, &in->tk, &in->tv, NULL, &in->tout, NULL, NULL,
                               r < 0 ? &stats : NULL, ws, ws_size, NULL);
         if (st == DASHATTN_OK)
             st = dashattn_synchronize(ctx, NULL);

@@ -417,7 +417,7 @@ static int execute(const run_args *a, run_state *s)
     memset(&stats, 0, sizeof stats);
     double t0 = da_now_ms();
     double ms;
-    dashattn_status st = dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, &s->out.t,
+    dashattn_status st = dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, NULL, &s->out.t,
                                           s->lse_dev.data, NULL, &stats, s->workspace, ws, NULL);
     st = timed_sync(s->ctx, st, t0, &ms);
     if (st != DASHATTN_OK) {
@@ -427,8 +427,8 @@ static int execute(const run_args *a, run_state *s)
     double ms_backward = 0.0;
     if (a->dout) {
         t0 = da_now_ms();
-        st = dashattn_backward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, &s->out.t,
-                               s->lse_dev.data, &s->dout.t, &s->dq.t, &s->dk.t, &s->dv.t,
+        st = dashattn_backward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, NULL, &s->out.t,
+                               s->lse_dev.data, &s->dout.t, &s->dq.t, &s->dk.t, &s->dv.t, NULL,
                                s->workspace, ws, NULL);
         st = timed_sync(s->ctx, st, t0, &ms_backward);
         if (st != DASHATTN_OK) {

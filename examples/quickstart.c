@@ -71,7 +71,7 @@ int main(void)
     const dashattn_tensor tv = dashattn_tensor_bhsd(v, DASHATTN_F32, batch, heads_kv, len, dim);
     const dashattn_tensor to = dashattn_tensor_bhsd(out, DASHATTN_F32, batch, heads_q, len, dim);
     dashattn_forward_stats stats;
-    CHECK(dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, &stats, NULL, 0, NULL));
+    CHECK(dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, NULL, &stats, NULL, 0, NULL));
     CHECK(dashattn_synchronize(ctx, NULL));
     CHECK(dashattn_memory_download(ctx, host_out, out, nq * sizeof(float)));
     CHECK(dashattn_memory_download(ctx, host_lse, lse, nrows * sizeof(float)));

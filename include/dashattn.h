@@ -40,7 +40,7 @@ extern "C" {
 
 /** Version of the library this header belongs to. */
 #define DASHATTN_VERSION_MAJOR 0
-#define DASHATTN_VERSION_MINOR 1
+#define DASHATTN_VERSION_MINOR 2
 #define DASHATTN_VERSION_PATCH 0
 
 /** Version string of the library actually linked, e.g. "0.1.0". */
@@ -244,16 +244,52 @@ typedef enum dashattn_selection_mode {
     DASHATTN_SELECT_TOPK = 1
 } dashattn_selection_mode;
 
+/** How the G query heads of a KV head share stage 1 (GQA). */
 typedef enum dashattn_group_mode {
-    /** One entmax per query head. */
+    /** One entmax per query head; each head keeps its own blocks. */
     DASHATTN_GROUP_PER_HEAD = 0,
     /** One entmax per KV head, on the mean of its query heads' scores. */
-    DASHATTN_GROUP_SHARED = 1
+    DASHATTN_GROUP_SHARED = 1,
+    /**
+     * The default, as the released models were trained: one entmax per
+     * query head, then the group's mean probability is the weight of a block
+     * for every head of the group, which all read the same blocks.
+     */
+    DASHATTN_GROUP_MEAN = 2
 } dashattn_group_mode;
+
+/** The stage-2 prior of a candidate block with stage-1 weight w. */
+typedef enum dashattn_prior_mode {
+    /** The default: logits get log w. */
+    DASHATTN_PRIOR_LOG = 0,
+    /**
+     * Flattened: logits get (log w - mean of log w over the row's kept
+     * candidates) / prior_sigma (the release's estimate_diagonal = True);
+     * candidates with w <= 1e-20 are dropped.
+     */
+    DASHATTN_PRIOR_FLAT = 1
+} dashattn_prior_mode;
+
+/** How stage 1 finds the entmax threshold. */
+typedef enum dashattn_threshold_schedule {
+    /** The default: exact thresholds (to the dtype's tolerance). */
+    DASHATTN_SCHEDULE_EXACT = 0,
+    /**
+     * The released kernels' fixed schedule: halley_steps safeguarded Halley
+     * steps from the bracket [max - 1, max] in (alpha - 1) z units, the
+     * probabilities not renormalised. alpha 1.5 and entmax selection only.
+     */
+    DASHATTN_SCHEDULE_HALLEY = 1
+} dashattn_threshold_schedule;
 
 /**
  * What to compute. Fill with dashattn_problem_init(), then override fields.
- * SPEC.md in the source tree defines every field precisely.
+ * SPEC.md in the source tree defines every field precisely; the defaults are
+ * the function of the authors' released implementation.
+ *
+ * ABI: fields are only ever added, and any change to this struct's layout
+ * bumps the library's soname (libdashattn.so.1 has this layout), so a
+ * program always runs with the struct it was compiled against.
  */
 typedef struct dashattn_problem {
     int64_t batch;                     /**< B */
@@ -265,14 +301,23 @@ typedef struct dashattn_problem {
     dashattn_dtype dtype;              /**< dtype of q, k, v, out and gradients */
     int causal;                        /**< nonzero: bottom-right aligned causal mask */
     int32_t block_size;                /**< S, tokens per key block (default 64) */
-    int32_t n_sink;                    /**< leading blocks always kept (default 1) */
-    int32_t n_local;                   /**< trailing blocks up to the own block kept (default 2) */
+    int32_t n_sink;                    /**< leading blocks always kept (default 0) */
+    int32_t n_local;                   /**< trailing blocks up to the own block kept (default 1) */
     double alpha;                      /**< entmax alpha in [1, 2] (default 1.5) */
     dashattn_selection_mode selection; /**< default DASHATTN_SELECT_ENTMAX */
     int32_t topk;                      /**< candidate blocks kept in TOPK mode */
-    dashattn_group_mode group_mode;    /**< default DASHATTN_GROUP_PER_HEAD */
+    dashattn_group_mode group_mode;    /**< default DASHATTN_GROUP_MEAN */
     double scale;                      /**< stage-2 logit scale; 0 means 1/sqrt(D) */
-    double stage1_scale;               /**< stage-1 score scale; 0 means same as scale */
+    /**
+     * Stage-1 score scale; 0 means the same as scale. The release's
+     * scaling_factor s (queries multiplied by s for stage 1 only) is
+     * stage1_scale = s / sqrt(D).
+     */
+    double stage1_scale;
+    dashattn_prior_mode prior;                      /**< default DASHATTN_PRIOR_LOG */
+    double prior_sigma;                             /**< sigma of the flat prior, > 0 (default 1e6) */
+    dashattn_threshold_schedule threshold_schedule; /**< default DASHATTN_SCHEDULE_EXACT */
+    int32_t halley_steps;                           /**< steps of the Halley schedule, 1..64 (default 3) */
 } dashattn_problem;
 
 /** Fill problem with the given shape and every default of SPEC.md. */
@@ -323,10 +368,10 @@ DASHATTN_API size_t dashattn_plan_workspace_size(const dashattn_plan *plan);
 DASHATTN_API size_t dashattn_plan_operation_workspace_size(const dashattn_plan *plan,
                                                            dashattn_operation operation);
 
-/** Name of the entmax threshold method the plan chose ("sort-1.5", ...). */
+/** Name of the entmax threshold method the plan chose ("sort-1.5", "halley", ...). */
 DASHATTN_API const char *dashattn_plan_threshold_method(const dashattn_plan *plan);
 
-/** Threshold search iterations the plan fixed (0 for exact methods). */
+/** Threshold search iterations the plan fixed (0 for sort-based methods). */
 DASHATTN_API int dashattn_plan_threshold_iterations(const dashattn_plan *plan);
 
 /* ------------------------------------------------------------------------ */
@@ -337,8 +382,10 @@ DASHATTN_API int dashattn_plan_threshold_iterations(const dashattn_plan *plan);
  * Optional output of the blocks each query row attends to. Arrays are
  * contiguous [B, Hq, Nq, max_blocks] (block_index, block_weight) and
  * [B, Hq, Nq] (block_count), in the context's memory space. Row entries are
- * sorted by block index; weight is 1 for forced blocks and the entmax
- * probability (or 1 in topk mode) for selected candidates; unused entries
+ * sorted by block index; weight is the prior the block gets in stage 2: 1
+ * for forced blocks, for candidates the stage-1 weight (the entmax
+ * probability, the group's mean of them, or 1 in topk mode) or, with the
+ * flat prior, its flattened value. Unused entries
  * hold index -1 and weight 0. max_blocks must be at least
  * dashattn_plan_num_blocks(). Any of the pointers may be NULL.
  */
@@ -362,7 +409,10 @@ typedef struct dashattn_forward_stats {
 /**
  * DashAttention forward.
  * q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D], out [B, Hq, Nq, D], all of the
- * plan's dtype. lse (optional, NULL to skip) is float [B, Hq, Nq] contiguous,
+ * plan's dtype. block_summary (optional, NULL for mean pooling) is the
+ * learned vector h of each KV head that weights a block's keys into its
+ * summary (the release's head_cls): an f32 tensor of shape [1, Hkv, 1, D];
+ * h = 0 gives mean pooling. lse (optional, NULL to skip) is float [B, Hq, Nq] contiguous,
  * natural-log logsumexp of each row's logits. selection and stats are
  * optional. stream is a native stream or queue (cudaStream_t, hipStream_t,
  * cl_command_queue) for GPU backends, ignored by the CPU backend; NULL is the
@@ -372,23 +422,27 @@ typedef struct dashattn_forward_stats {
  */
 DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const dashattn_plan *plan,
                                               const dashattn_tensor *q, const dashattn_tensor *k,
-                                              const dashattn_tensor *v, const dashattn_tensor *out,
-                                              float *lse, const dashattn_selection *selection,
+                                              const dashattn_tensor *v,
+                                              const dashattn_tensor *block_summary,
+                                              const dashattn_tensor *out, float *lse,
+                                              const dashattn_selection *selection,
                                               dashattn_forward_stats *stats, void *workspace,
                                               size_t workspace_size, void *stream);
 
 /**
  * Gradients of a DashAttention forward. out and lse must be the forward's
- * results for the same q, k, v; dout has out's shape. dq, dk, dv have the
- * shapes of q, k, v and are overwritten (not accumulated into).
+ * results for the same q, k, v and block_summary; dout has out's shape. dq,
+ * dk, dv have the shapes of q, k, v and are overwritten (not accumulated
+ * into); dk includes the gradient through the block summaries. dh
+ * (optional) receives the gradient of block_summary, f32 [1, Hkv, 1, D],
+ * overwritten; it may be given only with a block_summary.
  */
-DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context, const dashattn_plan *plan,
-                                               const dashattn_tensor *q, const dashattn_tensor *k,
-                                               const dashattn_tensor *v, const dashattn_tensor *out,
-                                               const float *lse, const dashattn_tensor *dout,
-                                               const dashattn_tensor *dq, const dashattn_tensor *dk,
-                                               const dashattn_tensor *dv, void *workspace,
-                                               size_t workspace_size, void *stream);
+DASHATTN_API dashattn_status dashattn_backward(
+    dashattn_context *context, const dashattn_plan *plan, const dashattn_tensor *q,
+    const dashattn_tensor *k, const dashattn_tensor *v, const dashattn_tensor *block_summary,
+    const dashattn_tensor *out, const float *lse, const dashattn_tensor *dout,
+    const dashattn_tensor *dq, const dashattn_tensor *dk, const dashattn_tensor *dv,
+    const dashattn_tensor *dh, void *workspace, size_t workspace_size, void *stream);
 
 /* ------------------------------------------------------------------------ */
 /* KV caches and decode                                                     */
@@ -408,7 +462,8 @@ typedef enum dashattn_cache_layout {
 /**
  * A KV cache in caller-owned memory. seq_lens [B] holds each sequence's
  * current token count and is advanced by dashattn_cache_append(). The
- * library keeps block_keys equal to the mean key of every complete block.
+ * library keeps block_keys equal to the summary of every complete block
+ * (the mean key, or the learned summary given to dashattn_cache_append).
  * block_keys must have the plan's dtype or F32 (recommended).
  * Arrays live in the context's memory space.
  */
@@ -424,22 +479,26 @@ typedef struct dashattn_kv_cache {
 
 /**
  * Append k_new, v_new [B, Hkv, T, D] to every sequence of the cache: tokens
- * go to positions seq_lens[b] .. seq_lens[b] + T - 1, the block key of each
- * block that becomes complete is computed once, and seq_lens advance by T.
- * Fails with DASHATTN_ERR_CACHE_FULL, changing nothing, if any sequence lacks
- * room. The plan is a decode plan (len_q 1, len_k = capacity).
+ * go to positions seq_lens[b] .. seq_lens[b] + T - 1, the summary of each
+ * block that becomes complete is computed once (with block_summary, optional
+ * f32 [1, Hkv, 1, D] as in dashattn_forward, NULL for mean pooling; pass the
+ * same one on every append), and seq_lens advance by T. Fails with
+ * DASHATTN_ERR_CACHE_FULL, changing nothing, if any sequence lacks room. The
+ * plan is a decode plan (len_q 1, len_k = capacity).
  */
 DASHATTN_API dashattn_status dashattn_cache_append(dashattn_context *context,
                                                    const dashattn_plan *plan,
                                                    const dashattn_kv_cache *cache,
                                                    const dashattn_tensor *k_new,
-                                                   const dashattn_tensor *v_new, void *stream);
+                                                   const dashattn_tensor *v_new,
+                                                   const dashattn_tensor *block_summary,
+                                                   void *stream);
 
 /**
  * Decode one query token per sequence against a cache: q, out [B, Hq, 1, D];
  * sequence b attends over its seq_lens[b] cached tokens, the query sitting at
  * the last position (append its key and value first). Only forced blocks,
- * selected blocks and cached block keys are read. lse is optional [B, Hq].
+ * selected blocks and cached block summaries are read. lse is optional [B, Hq].
  */
 DASHATTN_API dashattn_status dashattn_decode(dashattn_context *context, const dashattn_plan *plan,
                                              const dashattn_tensor *q,

@@ -84,10 +84,22 @@ static dashattn_status check_qkv(const char *fn, const dashattn_problem *p,
     return da_check_tensor(fn, "v", v, p->dtype, kv_shape(p), DA_INPUT);
 }
 
+/* The learned summary vectors h, or their gradient: f32 [1, Hkv, 1, D]. */
+static dashattn_status check_summary(const char *fn, const char *name, const dashattn_problem *p,
+                                     const dashattn_tensor *h, da_access access)
+{
+    if (!h)
+        return DASHATTN_OK;
+    const da_shape shape = {{1, p->heads_kv, 1, p->head_dim}};
+    return da_check_tensor(fn, name, h, DASHATTN_F32, shape, access);
+}
+
 DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const dashattn_plan *plan,
                                               const dashattn_tensor *q, const dashattn_tensor *k,
-                                              const dashattn_tensor *v, const dashattn_tensor *out,
-                                              float *lse, const dashattn_selection *selection,
+                                              const dashattn_tensor *v,
+                                              const dashattn_tensor *block_summary,
+                                              const dashattn_tensor *out, float *lse,
+                                              const dashattn_selection *selection,
                                               dashattn_forward_stats *stats, void *workspace_ptr,
                                               size_t workspace_size, void *stream)
 {
@@ -96,31 +108,36 @@ DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const d
     CHECK(da_check_call(fn, context, plan));
     const dashattn_problem *p = &plan->desc.problem;
     CHECK(check_qkv(fn, p, q, k, v));
+    CHECK(check_summary(fn, "block_summary", p, block_summary, DA_INPUT));
     CHECK(da_check_tensor(fn, "out", out, p->dtype, q_shape(p), DA_OUTPUT));
     CHECK(da_check_selection(fn, plan, selection));
     workspace ws;
     CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_FORWARD, workspace_ptr, workspace_size,
                             &ws));
-    const dashattn_forward_args args = {q,         k,     v,      out,     lse,
-                                        selection, stats, ws.ptr, ws.size, stream};
+    const dashattn_forward_args args = {q,         k,     v,      out,     lse,    selection,
+                                        stats,     ws.ptr, ws.size, stream, block_summary};
     dashattn_status st = context->iface->forward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
 }
 
-DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context, const dashattn_plan *plan,
-                                               const dashattn_tensor *q, const dashattn_tensor *k,
-                                               const dashattn_tensor *v, const dashattn_tensor *out,
-                                               const float *lse, const dashattn_tensor *dout,
-                                               const dashattn_tensor *dq, const dashattn_tensor *dk,
-                                               const dashattn_tensor *dv, void *workspace_ptr,
-                                               size_t workspace_size, void *stream)
+DASHATTN_API dashattn_status dashattn_backward(
+    dashattn_context *context, const dashattn_plan *plan, const dashattn_tensor *q,
+    const dashattn_tensor *k, const dashattn_tensor *v, const dashattn_tensor *block_summary,
+    const dashattn_tensor *out, const float *lse, const dashattn_tensor *dout,
+    const dashattn_tensor *dq, const dashattn_tensor *dk, const dashattn_tensor *dv,
+    const dashattn_tensor *dh, void *workspace_ptr, size_t workspace_size, void *stream)
 {
     static const char fn[] = "dashattn_backward";
     da_clear_error();
     CHECK(da_check_call(fn, context, plan));
     const dashattn_problem *p = &plan->desc.problem;
     CHECK(check_qkv(fn, p, q, k, v));
+    CHECK(check_summary(fn, "block_summary", p, block_summary, DA_INPUT));
+    if (dh && !block_summary)
+        return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
+                       "%s: dh is given without a block_summary (mean pooling has no h)", fn);
+    CHECK(check_summary(fn, "dh", p, dh, DA_OUTPUT));
     CHECK(da_check_tensor(fn, "out", out, p->dtype, q_shape(p), DA_INPUT));
     if (!lse)
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
@@ -134,8 +151,9 @@ DASHATTN_API dashattn_status dashattn_backward(dashattn_context *context, const 
     workspace ws;
     CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_BACKWARD, workspace_ptr, workspace_size,
                             &ws));
-    const dashattn_backward_args args = {q,  k,  v,  out,    lse,     dout,
-                                         dq, dk, dv, ws.ptr, ws.size, stream};
+    const dashattn_backward_args args = {q,  k,      v,       out,    lse,           dout,
+                                         dq, dk,     dv,      ws.ptr, ws.size,       stream,
+                                         block_summary, dh};
     dashattn_status st = context->iface->backward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
@@ -145,7 +163,9 @@ DASHATTN_API dashattn_status dashattn_cache_append(dashattn_context *context,
                                                    const dashattn_plan *plan,
                                                    const dashattn_kv_cache *cache,
                                                    const dashattn_tensor *k_new,
-                                                   const dashattn_tensor *v_new, void *stream)
+                                                   const dashattn_tensor *v_new,
+                                                   const dashattn_tensor *block_summary,
+                                                   void *stream)
 {
     static const char fn[] = "dashattn_cache_append";
     da_clear_error();
@@ -161,9 +181,10 @@ DASHATTN_API dashattn_status dashattn_cache_append(dashattn_context *context,
     const da_shape shape = {{p->batch, p->heads_kv, tokens, p->head_dim}};
     CHECK(da_check_tensor(fn, "k_new", k_new, p->dtype, shape, DA_INPUT));
     CHECK(da_check_tensor(fn, "v_new", v_new, p->dtype, shape, DA_INPUT));
+    CHECK(check_summary(fn, "block_summary", p, block_summary, DA_INPUT));
     if (!context->iface->cache_append)
         return unsupported(fn, context);
-    const dashattn_append_args args = {cache, k_new, v_new, stream};
+    const dashattn_append_args args = {cache, k_new, v_new, stream, block_summary};
     return backend_result(fn, context,
                           context->iface->cache_append(context->state, &plan->desc, &args));
 }

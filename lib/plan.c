@@ -15,6 +15,9 @@
 #define TOLERANCE_F32 (1.0 / (1 << 26))
 #define TOLERANCE_HALF (1.0 / (1 << 14))
 
+/* The release runs 3 steps; far more than a bracketed search needs is a typo. */
+#define DASHATTN_MAX_HALLEY_STEPS 64
+
 DASHATTN_API void dashattn_problem_init(dashattn_problem *problem, int64_t batch, int64_t heads_q,
                                         int64_t heads_kv, int64_t len_q, int64_t len_k,
                                         int64_t head_dim)
@@ -31,14 +34,18 @@ DASHATTN_API void dashattn_problem_init(dashattn_problem *problem, int64_t batch
     problem->dtype = DASHATTN_F32;
     problem->causal = 1;
     problem->block_size = 64;
-    problem->n_sink = 1;
-    problem->n_local = 2;
+    problem->n_sink = 0;
+    problem->n_local = 1;
     problem->alpha = 1.5;
     problem->selection = DASHATTN_SELECT_ENTMAX;
     problem->topk = 0;
-    problem->group_mode = DASHATTN_GROUP_PER_HEAD;
+    problem->group_mode = DASHATTN_GROUP_MEAN;
     problem->scale = 0.0;
     problem->stage1_scale = 0.0;
+    problem->prior = DASHATTN_PRIOR_LOG;
+    problem->prior_sigma = 1e6;
+    problem->threshold_schedule = DASHATTN_SCHEDULE_EXACT;
+    problem->halley_steps = 3;
 }
 
 #define BAD(...) da_fail(DASHATTN_ERR_INVALID_ARGUMENT, "dashattn_plan_create: " __VA_ARGS__)
@@ -83,8 +90,27 @@ static dashattn_status check_problem(const dashattn_problem *p)
         return BAD("problem->selection %d is not a dashattn_selection_mode", (int)p->selection);
     if (p->selection == DASHATTN_SELECT_TOPK && p->topk < 1)
         return BAD("problem->topk is %d, must be >= 1 with DASHATTN_SELECT_TOPK", (int)p->topk);
-    if (p->group_mode != DASHATTN_GROUP_PER_HEAD && p->group_mode != DASHATTN_GROUP_SHARED)
+    if (p->group_mode != DASHATTN_GROUP_PER_HEAD && p->group_mode != DASHATTN_GROUP_SHARED &&
+        p->group_mode != DASHATTN_GROUP_MEAN)
         return BAD("problem->group_mode %d is not a dashattn_group_mode", (int)p->group_mode);
+    if (p->prior != DASHATTN_PRIOR_LOG && p->prior != DASHATTN_PRIOR_FLAT)
+        return BAD("problem->prior %d is not a dashattn_prior_mode", (int)p->prior);
+    if (p->prior == DASHATTN_PRIOR_FLAT && !(p->prior_sigma > 0.0 && isfinite(p->prior_sigma)))
+        return BAD("problem->prior_sigma is %g, must be finite and > 0 with DASHATTN_PRIOR_FLAT",
+                   p->prior_sigma);
+    if (p->threshold_schedule != DASHATTN_SCHEDULE_EXACT &&
+        p->threshold_schedule != DASHATTN_SCHEDULE_HALLEY)
+        return BAD("problem->threshold_schedule %d is not a dashattn_threshold_schedule",
+                   (int)p->threshold_schedule);
+    if (p->threshold_schedule == DASHATTN_SCHEDULE_HALLEY) {
+        if (p->selection != DASHATTN_SELECT_ENTMAX || p->alpha != 1.5)
+            return BAD("the Halley threshold schedule needs entmax selection with alpha 1.5 (it "
+                       "has alpha %g%s)",
+                       p->alpha, p->selection == DASHATTN_SELECT_TOPK ? " and topk selection" : "");
+        if (p->halley_steps < 1 || p->halley_steps > DASHATTN_MAX_HALLEY_STEPS)
+            return BAD("problem->halley_steps is %d, must be in [1, %d]", (int)p->halley_steps,
+                       DASHATTN_MAX_HALLEY_STEPS);
+    }
     if (!(p->scale >= 0.0 && isfinite(p->scale)))
         return BAD("problem->scale is %g, must be finite and >= 0 (0 selects 1/sqrt(D))", p->scale);
     if (!(p->stage1_scale >= 0.0 && isfinite(p->stage1_scale)))
@@ -106,7 +132,10 @@ static void plan_threshold(dashattn_plan_desc *d)
     d->threshold_tolerance = 0.0;
     if (p->selection == DASHATTN_SELECT_TOPK)
         d->threshold_method = DASHATTN_THRESHOLD_TOPK;
-    else if (p->alpha == 1.0)
+    else if (p->threshold_schedule == DASHATTN_SCHEDULE_HALLEY) {
+        d->threshold_method = DASHATTN_THRESHOLD_HALLEY;
+        d->threshold_iterations = p->halley_steps;
+    } else if (p->alpha == 1.0)
         d->threshold_method = DASHATTN_THRESHOLD_SOFTMAX;
     else if (p->alpha == 1.5)
         d->threshold_method = DASHATTN_THRESHOLD_SORT_15;
@@ -146,6 +175,12 @@ DASHATTN_API dashattn_status dashattn_plan_create(dashattn_context *context,
         d->problem.stage1_scale = d->problem.scale;
     if (d->problem.selection != DASHATTN_SELECT_TOPK)
         d->problem.topk = 0;
+    /* Fields an option does not use are normalised, so that backends (and
+     * their program caches) see one plan per function. */
+    if (d->problem.prior != DASHATTN_PRIOR_FLAT)
+        d->problem.prior_sigma = 0.0;
+    if (d->problem.threshold_schedule != DASHATTN_SCHEDULE_HALLEY)
+        d->problem.halley_steps = 0;
     d->num_blocks = (problem->len_k + problem->block_size - 1) / problem->block_size;
     d->group_size = problem->heads_q / problem->heads_kv;
     d->query_offset = problem->len_k - problem->len_q;
@@ -204,6 +239,8 @@ DASHATTN_API const char *dashattn_plan_threshold_method(const dashattn_plan *pla
         return "bracketed-newton";
     case DASHATTN_THRESHOLD_TOPK:
         return "topk";
+    case DASHATTN_THRESHOLD_HALLEY:
+        return "halley";
     }
     return "unknown";
 }

@@ -90,7 +90,7 @@ int main(void)
     dashattn_tensor to = dashattn_tensor_bhsd(out, DASHATTN_F32, B, HQ, N, D);
     if (dashattn_context_create(&opt, &ctx) != DASHATTN_OK ||
         dashattn_plan_create(ctx, &p, &plan) != DASHATTN_OK ||
-        dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL) !=
+        dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, NULL, NULL, NULL, 0, NULL) !=
             DASHATTN_OK) {
         fprintf(stderr, "consumer: %s\n", dashattn_last_error());
         dashattn_plan_destroy(plan);

@@ -576,7 +576,7 @@ static void fwd_run(int s, const dashattn_plan *plan, const fwd_case *c, const f
         const dashattn_tensor to = case_view(c, mem[3], x->dt, 0);
         const dashattn_selection sel = {mem[5], mem[6], mem[7], x->max_blocks};
         r->stats = (dashattn_forward_stats){-1, -1, NAN};
-        r->call = called(dashattn_forward(ctxs[s], plan, &tq, &tk, &tv, &to, mem[4], &sel,
+        r->call = called(dashattn_forward(ctxs[s], plan, &tq, &tk, &tv, NULL, &to, mem[4], &sel,
                                           &r->stats, mem[8], ws_size, NULL));
     }
     if (r->call.status == DASHATTN_OK) {
@@ -769,8 +769,8 @@ static call_result bwd_run(int s, const dashattn_plan *plan, const fwd_case *c, 
         const dashattn_tensor tdq = case_view(c, mem[6], x->dt, 0);
         const dashattn_tensor tdk = case_view(c, mem[7], x->dt, 1);
         const dashattn_tensor tdv = case_view(c, mem[8], x->dt, 1);
-        res = called(dashattn_backward(ctxs[s], plan, &tq, &tk, &tv, &to, mem[4], &tdo, &tdq, &tdk,
-                                       &tdv, mem[9], ws_size, NULL));
+        res = called(dashattn_backward(ctxs[s], plan, &tq, &tk, &tv, NULL, &to, mem[4], &tdo, &tdq, &tdk,
+                                       &tdv, NULL, mem[9], ws_size, NULL));
     }
     for (int g = 0; g < 3; g++) {
         grads[g] = NULL;
@@ -1224,7 +1224,7 @@ static call_result dec_append_side(dec_state *ds, int s, int64_t t)
             dashattn_tensor_bhsd(mem[0], d->dtype, d->batch, d->heads_kv, t, d->dim);
         const dashattn_tensor tv =
             dashattn_tensor_bhsd(mem[1], d->dtype, d->batch, d->heads_kv, t, d->dim);
-        r = settled(s, dashattn_cache_append(ctxs[s], ds->plan[s], &ds->dc[s].c, &tk, &tv, NULL));
+        r = settled(s, dashattn_cache_append(ctxs[s], ds->plan[s], &ds->dc[s].c, &tk, &tv, NULL, NULL));
     }
     dev_free(s, mem, 2);
     free(kn);

@@ -61,10 +61,10 @@ static void run_case(const tc_case *c, uint64_t seed)
     const dashattn_tensor tdk = tc_view_kv(c, dk, DASHATTN_F32);
     const dashattn_tensor tdv = tc_view_kv(c, dv, DASHATTN_F32);
     dashattn_status st =
-        dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
+        dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, NULL, NULL, NULL, 0, NULL);
     TU_CHECK(st == DASHATTN_OK, "%s: forward: %s", c->name, dashattn_last_error());
     if (st == DASHATTN_OK) {
-        st = dashattn_backward(ctx, plan, &tq, &tk, &tv, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, 0,
+        st = dashattn_backward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL, 0,
                                NULL);
         TU_CHECK(st == DASHATTN_OK, "%s: backward: %s (%s)", c->name, dashattn_status_string(st),
                  dashattn_last_error());
@@ -93,7 +93,7 @@ static void run_case(const tc_case *c, uint64_t seed)
             dq[i] = 1e3f;
         for (size_t i = 0; i < in->nkv; i++)
             dk[i] = dv[i] = 1e3f;
-        st = dashattn_backward(ctx, plan, &tq, &tk, &tv, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, 0,
+        st = dashattn_backward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL, 0,
                                NULL);
         TU_CHECK(st == DASHATTN_OK && memcmp(dq, dq2, in->nq * sizeof(float)) == 0,
                  "%s: a second backward call gives another dq (accumulates?)", c->name);

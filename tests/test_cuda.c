@@ -99,7 +99,7 @@ static dashattn_status append(setup *s, int64_t tokens, cudaStream_t stream)
 {
     const dashattn_tensor kn = dashattn_tensor_bhsd(s->kn, DASHATTN_BF16, B, HKV, tokens, D);
     const dashattn_tensor vn = dashattn_tensor_bhsd(s->vn, DASHATTN_BF16, B, HKV, tokens, D);
-    return dashattn_cache_append(s->ctx, s->plan, &s->cache, &kn, &vn, stream);
+    return dashattn_cache_append(s->ctx, s->plan, &s->cache, &kn, &vn, NULL, stream);
 }
 
 /* One generation step: append one token, decode. */

@@ -194,7 +194,7 @@ static dashattn_status append(const dashattn_plan *plan, cache *c, int b0, int n
             }
     const dashattn_tensor tk = dashattn_tensor_bhsd(kn, DASHATTN_F32, nb, HKV, t, DIM);
     const dashattn_tensor tv = dashattn_tensor_bhsd(vn, DASHATTN_F32, nb, HKV, t, DIM);
-    const dashattn_status st = dashattn_cache_append(ctx, plan, &view, &tk, &tv, NULL);
+    const dashattn_status st = dashattn_cache_append(ctx, plan, &view, &tk, &tv, NULL, NULL);
     free(kn);
     free(vn);
     return st;
@@ -309,7 +309,7 @@ static void prefill_last_row(int b, int len, float *out_lib, float *lse_lib, dou
         const dashattn_tensor tk = dashattn_tensor_bhsd(k, DASHATTN_F32, 1, HKV, len, DIM);
         const dashattn_tensor tv = dashattn_tensor_bhsd(v, DASHATTN_F32, 1, HKV, len, DIM);
         const dashattn_tensor to = dashattn_tensor_bhsd(out, DASHATTN_F32, 1, HQ, len, DIM);
-        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
+        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, NULL, NULL, NULL, 0, NULL);
     }
     TU_CHECK(st == DASHATTN_OK, "prefill of sequence %d, %d tokens: %s", b, len,
              dashattn_last_error());

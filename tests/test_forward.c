@@ -100,7 +100,7 @@ static void check_padded(const dashattn_plan *plan, const tc_case *c, const tc_i
     const dashattn_tensor tv = padded_view(v, c->batch, c->heads_kv, c->len_k, c->dim);
     const dashattn_tensor to = padded_view(o, c->batch, c->heads_q, c->len_q, c->dim);
     const dashattn_status st =
-        dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, NULL, NULL, NULL, NULL, 0, NULL);
+        dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, NULL, NULL, NULL, NULL, 0, NULL);
     TU_CHECK(st == DASHATTN_OK, "%s: padded forward: %s", c->name, dashattn_last_error());
     if (st == DASHATTN_OK) {
         double num = 0.0, den = 0.0;
@@ -144,7 +144,7 @@ static dashattn_status run_forward(const dashattn_plan *plan, const tc_case *c, 
     const dashattn_tensor tv = view(in->v, DASHATTN_F32, c->batch, c->heads_kv, c->len_k, c->dim);
     const dashattn_tensor to = view(out, DASHATTN_F32, c->batch, c->heads_q, c->len_q, c->dim);
     const dashattn_status st =
-        dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, sel, stats, ws, ws_size, NULL);
+        dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, sel, stats, ws, ws_size, NULL);
     TU_CHECK(st == DASHATTN_OK, "%s: forward failed: %s (%s)", c->name, dashattn_status_string(st),
              dashattn_last_error());
     return st;
@@ -245,7 +245,7 @@ static void check_halves(const tc_case *c, const tc_inputs *in, const float *out
         const dashattn_tensor tq = tc_view_q(c, q, dt), tk = tc_view_kv(c, k, dt);
         const dashattn_tensor tv = tc_view_kv(c, v, dt), to = tc_view_q(c, o, dt);
         const dashattn_status st =
-            dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
+            dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, NULL, NULL, NULL, 0, NULL);
         TU_CHECK(st == DASHATTN_OK, "%s %s: forward: %s", c->name, dashattn_dtype_name(dt),
                  dashattn_last_error());
         conv_ok &= dashattn_convert(of, DASHATTN_F32, o, dt, in->nq) == DASHATTN_OK;
@@ -380,7 +380,7 @@ static void run_case(const fcase *f, uint64_t seed)
         const dashattn_tensor tk = tc_view_kv(c, in.k, DASHATTN_F32);
         const dashattn_tensor tv = tc_view_kv(c, in.v, DASHATTN_F32);
         const dashattn_tensor to = tc_view_q(c, out_n, DASHATTN_F32);
-        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, NULL, &only_counts, NULL, NULL, 0,
+        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, NULL, &only_counts, NULL, NULL, 0,
                               NULL);
         TU_CHECK(st == DASHATTN_OK && memcmp(out_n, out, in.nq * sizeof(float)) == 0 &&
                      memcmp(counts, sel.block_count, rows * sizeof(int32_t)) == 0,

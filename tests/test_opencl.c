@@ -77,7 +77,7 @@ static dashattn_status forward_on(const char *backend, float *out)
         const dashattn_tensor tk = dashattn_tensor_bhsd(k, DASHATTN_F32, B, HKV, N, D);
         const dashattn_tensor tv = dashattn_tensor_bhsd(v, DASHATTN_F32, B, HKV, N, D);
         const dashattn_tensor to = dashattn_tensor_bhsd(o, DASHATTN_F32, B, HQ, N, D);
-        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, NULL, NULL, NULL, NULL, 0, NULL);
+        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, NULL, NULL, NULL, NULL, 0, NULL);
     }
     if (st == DASHATTN_OK)
         st = dashattn_memory_download(ctx, out, o, nq * 4);

@@ -155,14 +155,14 @@ static void check_failing_device(void)
     dashattn_tensor tdk = dashattn_tensor_bhsd(dk, DASHATTN_F32, B, H, N, D);
     dashattn_tensor tdv = dashattn_tensor_bhsd(dv, DASHATTN_F32, B, H, N, D);
 
-    st = dashattn_forward(ctx, plan, &tq, &tk, &tv, &to, lse, NULL, NULL, NULL, 0, NULL);
+    st = dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, NULL, NULL, NULL, 0, NULL);
     TU_CHECK(st == DASHATTN_ERR_DEVICE, "faildev forward: status %d, want DEVICE", (int)st);
     TU_CHECK(contains(dashattn_last_error(), "simulated device failure"),
              "faildev forward: plugin's message passed through: '%s'", dashattn_last_error());
     TU_CHECK(all_nan(o, n), "faildev forward: failed output is NaN, not a plausible result");
     TU_CHECK(all_nan(lse, sizeof(lse) / sizeof(lse[0])), "faildev forward: failed lse is NaN");
 
-    st = dashattn_backward(ctx, plan, &tq, &tk, &tv, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, 0,
+    st = dashattn_backward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL, 0,
                            NULL);
     TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev backward: status %d, want UNSUPPORTED",
              (int)st);
@@ -195,7 +195,7 @@ static void check_failing_device(void)
         dashattn_tensor tvn = dashattn_tensor_bhsd(vnew, DASHATTN_F32, 1, 1, 1, D);
         dashattn_tensor tq1 = dashattn_tensor_bhsd(q1, DASHATTN_F32, 1, 1, 1, D);
         dashattn_tensor to1 = dashattn_tensor_bhsd(out1, DASHATTN_F32, 1, 1, 1, D);
-        st = dashattn_cache_append(ctx, dplan, &cache, &tkn, &tvn, NULL);
+        st = dashattn_cache_append(ctx, dplan, &cache, &tkn, &tvn, NULL, NULL);
         TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev append: status %d, want UNSUPPORTED",
                  (int)st);
         TU_CHECK(seq_lens[0] == 1, "faildev append: seq_lens untouched (%d)", (int)seq_lens[0]);

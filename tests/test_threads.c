@@ -42,7 +42,7 @@ static dashattn_status forward_into(const worker *w, float *out, float *lse, voi
     dashattn_tensor tk = dashattn_tensor_bhsd(w->k, DASHATTN_F32, B, HKV, N, D);
     dashattn_tensor tv = dashattn_tensor_bhsd(w->v, DASHATTN_F32, B, HKV, N, D);
     dashattn_tensor to = dashattn_tensor_bhsd(out, DASHATTN_F32, B, HQ, N, D);
-    return dashattn_forward(w->ctx, w->plan, &tq, &tk, &tv, &to, lse, NULL, NULL, ws, ws_size,
+    return dashattn_forward(w->ctx, w->plan, &tq, &tk, &tv, NULL, &to, lse, NULL, NULL, ws, ws_size,
                             NULL);
 }
 

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define DASHATTN_BACKEND_ABI_VERSION 1u
+#define DASHATTN_BACKEND_ABI_VERSION 2u
 
 /** Name of the symbol every plugin exports. */
 #define DASHATTN_BACKEND_ENTRY_SYMBOL "dashattn_backend_entry"
@@ -41,7 +41,17 @@ typedef enum dashattn_threshold_method {
      */
     DASHATTN_THRESHOLD_BRACKETED = 3,
     /** selection = TOPK: the topk best candidates get weight 1. */
-    DASHATTN_THRESHOLD_TOPK = 4
+    DASHATTN_THRESHOLD_TOPK = 4,
+    /**
+     * The release's schedule (alpha 1.5): x = z / 2, bracket
+     * [max x - 1, max x], t at its middle, then exactly threshold_iterations
+     * steps: f = sum (x - t)_+^2 - 1, f' = -2 sum (x - t)_+,
+     * f'' = 2 #{x > t}; the bracket end on f's side moves to t (f > 0: lower,
+     * f < 0: upper); t becomes t - 2 f f' / (2 f'^2 - f f'') if that lies in
+     * the bracket widened by 1e-5, else the bracket's middle. Then
+     * p = (x - t)_+^2, not renormalised.
+     */
+    DASHATTN_THRESHOLD_HALLEY = 5
 } dashattn_threshold_method;
 
 /** A plan as the core resolved it; read-only for backends. */
@@ -55,7 +65,7 @@ typedef struct dashattn_plan_desc {
     /** len_k - len_q: query row i sits at position i + query_offset. */
     int64_t query_offset;
     dashattn_threshold_method threshold_method;
-    /** Search steps for DASHATTN_THRESHOLD_BRACKETED, else 0. */
+    /** Steps for DASHATTN_THRESHOLD_BRACKETED and _HALLEY, else 0. */
     int32_t threshold_iterations;
     /** Bracket width the search reaches, in (alpha - 1) z units. */
     double threshold_tolerance;
@@ -122,6 +132,11 @@ typedef struct dashattn_host {
         ;
 } dashattn_host;
 
+/*
+ * block_summary, where present, is NULL (mean pooling) or the validated f32
+ * [1, Hkv, 1, D] tensor of learned summary vectors h (SPEC.md, "Block layout
+ * and block summaries"); dh likewise, and only given with block_summary.
+ */
 typedef struct dashattn_forward_args {
     const dashattn_tensor *q, *k, *v, *out;
     float *lse;
@@ -130,6 +145,7 @@ typedef struct dashattn_forward_args {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    const dashattn_tensor *block_summary;
 } dashattn_forward_args;
 
 typedef struct dashattn_backward_args {
@@ -139,12 +155,15 @@ typedef struct dashattn_backward_args {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    const dashattn_tensor *block_summary;
+    const dashattn_tensor *dh;
 } dashattn_backward_args;
 
 typedef struct dashattn_append_args {
     const dashattn_kv_cache *cache;
     const dashattn_tensor *k_new, *v_new;
     void *stream;
+    const dashattn_tensor *block_summary;
 } dashattn_append_args;
 
 typedef struct dashattn_decode_args {
