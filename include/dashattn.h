@@ -329,7 +329,10 @@ typedef struct dashattn_plan dashattn_plan;
 
 /**
  * Validate a problem and plan it on a context: block layout, forced and
- * candidate blocks, entmax threshold schedule, workspace size.
+ * candidate blocks, entmax threshold schedule, workspace size. A problem
+ * whose tensors ([B, H, N, D] as f32) or whose workspace for any operation
+ * would exceed the address space (PTRDIFF_MAX bytes) is refused with
+ * DASHATTN_ERR_INVALID_ARGUMENT; sizes are never computed modulo 2^64.
  */
 DASHATTN_API dashattn_status dashattn_plan_create(dashattn_context *context,
                                                   const dashattn_problem *problem,
@@ -363,7 +366,8 @@ DASHATTN_API size_t dashattn_plan_workspace_size(const dashattn_plan *plan);
 /**
  * Bytes of workspace one operation needs; smaller than
  * dashattn_plan_workspace_size() for users that never run, say, backward.
- * Returns 0 for an unknown operation.
+ * Returns 0 for an unknown operation, and for DASHATTN_OP_DECODE on a plan
+ * that cannot decode (len_q other than 1, or not causal).
  */
 DASHATTN_API size_t dashattn_plan_operation_workspace_size(const dashattn_plan *plan,
                                                            dashattn_operation operation);

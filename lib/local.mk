@@ -4,6 +4,7 @@
 noinst_LTLIBRARIES += libdashattn_internal.la
 libdashattn_internal_la_SOURCES += \
 	lib/internal.h \
+	lib/checked_size.h \
 	lib/error.c \
 	lib/tensor.c \
 	lib/dtype_convert.c \

@@ -3,6 +3,7 @@
  * that backends only execute. */
 #include <config.h>
 
+#include "checked_size.h"
 #include "internal.h"
 
 #include <math.h>
@@ -71,6 +72,21 @@ static dashattn_status check_problem(const dashattn_problem *p)
     if (p->heads_q % p->heads_kv != 0)
         return BAD("problem->heads_q (%lld) must be a multiple of problem->heads_kv (%lld)",
                    (long long)p->heads_q, (long long)p->heads_kv);
+    /* out [B, Hq, Nq, D] and dk, dv [B, Hkv, Nk, D] are distinct elements in
+     * memory, so a problem whose tensors cannot be addressed cannot exist;
+     * refusing it keeps every index product of every backend in range. */
+    const size_t elem = sizeof(float);
+    const size_t q_bytes =
+        da_size_mul(da_size_mul3((size_t)p->batch, (size_t)p->heads_q, (size_t)p->len_q),
+                    (size_t)p->head_dim * elem);
+    const size_t kv_bytes =
+        da_size_mul(da_size_mul3((size_t)p->batch, (size_t)p->heads_kv, (size_t)p->len_k),
+                    (size_t)p->head_dim * elem);
+    if (q_bytes > DA_MAX_WORKSPACE_BYTES || kv_bytes > DA_MAX_WORKSPACE_BYTES)
+        return BAD("a [B, H, N, D] tensor of this problem (batch %lld, heads_q %lld, heads_kv "
+                   "%lld, len_q %lld, len_k %lld, head_dim %lld) would exceed the address space",
+                   (long long)p->batch, (long long)p->heads_q, (long long)p->heads_kv,
+                   (long long)p->len_q, (long long)p->len_k, (long long)p->head_dim);
     if (p->causal && p->len_q > p->len_k)
         return BAD("problem->len_q (%lld) exceeds problem->len_k (%lld) in a causal problem",
                    (long long)p->len_q, (long long)p->len_k);
@@ -186,9 +202,24 @@ DASHATTN_API dashattn_status dashattn_plan_create(dashattn_context *context,
     d->query_offset = problem->len_k - problem->len_q;
     plan_threshold(d);
     pl->context = context;
-    for (int op = DASHATTN_OP_FORWARD; op <= DASHATTN_OP_DECODE; op++)
-        pl->workspace_size[op] =
-            context->iface->workspace_size(context->state, d, (dashattn_operation)op);
+    static const char *const op_names[] = {"forward", "backward", "decode"};
+    /* Decode runs only on decode plans (len_q 1, causal); others need none. */
+    const int decodes = problem->len_q == 1 && problem->causal;
+    for (int op = DASHATTN_OP_FORWARD; op <= DASHATTN_OP_DECODE; op++) {
+        const size_t bytes =
+            op == DASHATTN_OP_DECODE && !decodes
+                ? 0
+                : context->iface->workspace_size(context->state, d, (dashattn_operation)op);
+        /* Backends saturate sizes that overflow at SIZE_MAX. */
+        if (bytes > DA_MAX_WORKSPACE_BYTES) {
+            free(pl);
+            return BAD("the %s workspace of this problem on backend %s would exceed the address "
+                       "space (%s bytes)",
+                       op_names[op], context->name,
+                       bytes == SIZE_MAX ? "more than SIZE_MAX" : "more than PTRDIFF_MAX");
+        }
+        pl->workspace_size[op] = bytes;
+    }
     *plan = pl;
     return DASHATTN_OK;
 }

@@ -4,6 +4,8 @@
 
 #include "validate.h"
 
+#include "checked_size.h"
+
 #include <stdio.h>
 
 #define MAX_STRIDE (1LL << 48)
@@ -42,7 +44,8 @@ dashattn_status da_check_tensor(const char *fn, const char *name, const dashattn
 {
     if (!t)
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, name);
-    const int empty = expected.dim[0] * expected.dim[1] * expected.dim[2] * expected.dim[3] == 0;
+    const int empty = expected.dim[0] == 0 || expected.dim[1] == 0 || expected.dim[2] == 0 ||
+                      expected.dim[3] == 0;
     if (!t->data && !empty)
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT, "%s: %s->data is NULL", fn, name);
     if (t->dtype != dtype) {
@@ -63,6 +66,15 @@ dashattn_status da_check_tensor(const char *fn, const char *name, const dashattn
             return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
                            "%s: %s->strides[%d] is %lld, must be in [0, 2^48]", fn, name, i,
                            (long long)t->strides[i]);
+    /* Backends address elements with int64 offsets from data: the farthest
+     * one must lie inside the address space. */
+    size_t last = 0;
+    for (int i = 0; i < 4; i++)
+        if (t->shape[i] > 0)
+            last = da_size_add(last, da_size_mul((size_t)(t->shape[i] - 1), (size_t)t->strides[i]));
+    if (da_size_mul(da_size_add(last, 1), dashattn_dtype_size(dtype)) > DA_MAX_WORKSPACE_BYTES)
+        return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
+                       "%s: %s spans more than the address space with these strides", fn, name);
     if (access == DA_OUTPUT && output_overlaps(t))
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
                        "%s: %s is an output whose strides make elements overlap", fn, name);
@@ -94,6 +106,14 @@ dashattn_status da_check_selection(const char *fn, const dashattn_plan *plan,
                        "%s: selection->max_blocks is %lld, must be at least the plan's %lld "
                        "blocks",
                        fn, (long long)selection->max_blocks, (long long)plan->desc.num_blocks);
+    const dashattn_problem *p = &plan->desc.problem;
+    const size_t rows = da_size_mul3((size_t)p->batch, (size_t)p->heads_q, (size_t)p->len_q);
+    if ((selection->block_index || selection->block_weight) &&
+        da_size_mul3(rows, (size_t)selection->max_blocks, sizeof(float)) > DA_MAX_WORKSPACE_BYTES)
+        return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
+                       "%s: selection->max_blocks is %lld: [B, Hq, Nq, max_blocks] arrays would "
+                       "exceed the address space",
+                       fn, (long long)selection->max_blocks);
     return DASHATTN_OK;
 }
 
@@ -129,6 +149,12 @@ dashattn_status da_check_cache(const char *fn, const dashattn_plan *plan,
                            "%s: cache->table_stride is %lld, must be at least %lld (capacity / "
                            "block size)",
                            fn, (long long)cache->table_stride, (long long)per_seq);
+        if (da_size_mul3((size_t)p->batch, (size_t)cache->table_stride, sizeof(int32_t)) >
+            DA_MAX_WORKSPACE_BYTES)
+            return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
+                           "%s: cache->table_stride is %lld: the block table would exceed the "
+                           "address space",
+                           fn, (long long)cache->table_stride);
         kv = (da_shape){{pages, p->heads_kv, s, p->head_dim}};
         keys = (da_shape){{pages, p->heads_kv, 1, p->head_dim}};
     } else {

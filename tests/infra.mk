@@ -79,3 +79,10 @@ CTestTestfile.cmake: Makefile
 	  done; \
 	} >$@-t && mv -f $@-t $@
 CLEANFILES += CTestTestfile.cmake CTestTestfile.cmake-t
+
+# Sizes at the edge of the address space, thread counts.
+check_PROGRAMS += tests/test_limits
+tests_test_limits_SOURCES = tests/test_limits.c
+tests_test_limits_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests
+tests_test_limits_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
+TESTS += tests/test_limits

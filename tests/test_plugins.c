@@ -162,8 +162,8 @@ static void check_failing_device(void)
     TU_CHECK(all_nan(o, n), "faildev forward: failed output is NaN, not a plausible result");
     TU_CHECK(all_nan(lse, sizeof(lse) / sizeof(lse[0])), "faildev forward: failed lse is NaN");
 
-    st = dashattn_backward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL, 0,
-                           NULL);
+    st = dashattn_backward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
+                           NULL, 0, NULL);
     TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev backward: status %d, want UNSUPPORTED",
              (int)st);
     TU_CHECK(dashattn_last_error()[0] != '\0', "faildev backward: message is set");
@@ -213,6 +213,33 @@ static void check_failing_device(void)
     free(dq);
     free(dk);
     free(dv);
+    dashattn_context_destroy(ctx);
+}
+
+/* A backend whose workspace size saturated (SIZE_MAX) gets no plan. */
+static void check_workspace_overflow(void)
+{
+    dashattn_context_options opt;
+    dashattn_context *ctx = NULL;
+    dashattn_context_options_init(&opt);
+    opt.backend = "faildev";
+    if (dashattn_context_create(&opt, &ctx) != DASHATTN_OK) {
+        TU_CHECK(0, "faildev: create failed (%s)", dashattn_last_error());
+        return;
+    }
+    dashattn_problem prob;
+    dashattn_problem_init(&prob, 1, 2, 2, 8, 8, 4);
+    setenv("DASHATTN_TEST_FAILDEV_WORKSPACE", "max", 1);
+    dashattn_plan *plan = (dashattn_plan *)&prob; /* must be overwritten */
+    dashattn_status st = dashattn_plan_create(ctx, &prob, &plan);
+    unsetenv("DASHATTN_TEST_FAILDEV_WORKSPACE");
+    TU_CHECK(st == DASHATTN_ERR_INVALID_ARGUMENT, "SIZE_MAX workspace: plan status %d", (int)st);
+    TU_CHECK(plan == NULL, "SIZE_MAX workspace: *plan is NULL");
+    TU_CHECK(
+        contains(dashattn_last_error(), "workspace") && contains(dashattn_last_error(), "faildev"),
+        "SIZE_MAX workspace: message names the workspace and backend: '%s'", dashattn_last_error());
+    if (st == DASHATTN_OK)
+        dashattn_plan_destroy(plan);
     dashattn_context_destroy(ctx);
 }
 
@@ -345,6 +372,7 @@ int main(void)
     check_missing_plugin();
     check_bad_names();
     check_failing_device();
+    check_workspace_overflow();
     check_auto();
     check_report();
     check_env_override();

@@ -18,15 +18,15 @@ static decode_scratch take_decode_scratch(dacpu_arena *a, const dashattn_plan_de
     const size_t m = (size_t)plan->num_blocks, s = (size_t)plan->problem.block_size;
     const dacpu_shared layout = dacpu_shared_layout(plan, DASHATTN_OP_DECODE);
     decode_scratch t;
-    t.q = dacpu_take(a, g * d * sizeof(float));
-    t.acc = dacpu_take(a, g * d * sizeof(float));
-    t.w = dacpu_take(a, g * m * sizeof(float));
-    t.keys = dacpu_take(a, m * d * sizeof(float));
-    t.keys_t = dacpu_take(a, d * (size_t)layout.ld_keys * sizeof(float));
-    t.kbuf = dacpu_take(a, s * d * sizeof(float));
-    t.vbuf = dacpu_take(a, s * d * sizeof(float));
-    t.kt = dacpu_take(a, d * (size_t)layout.ld_block * sizeof(float));
-    t.logits = dacpu_take(a, (size_t)layout.ld_block * sizeof(float));
+    t.q = dacpu_take(a, da_size_mul3(g, d, sizeof(float)));
+    t.acc = dacpu_take(a, da_size_mul3(g, d, sizeof(float)));
+    t.w = dacpu_take(a, da_size_mul3(g, m, sizeof(float)));
+    t.keys = dacpu_take(a, da_size_mul3(m, d, sizeof(float)));
+    t.keys_t = dacpu_take(a, da_size_mul3(d, (size_t)layout.ld_keys, sizeof(float)));
+    t.kbuf = dacpu_take(a, da_size_mul3(s, d, sizeof(float)));
+    t.vbuf = dacpu_take(a, da_size_mul3(s, d, sizeof(float)));
+    t.kt = dacpu_take(a, da_size_mul3(d, (size_t)layout.ld_block, sizeof(float)));
+    t.logits = dacpu_take(a, da_size_mul((size_t)layout.ld_block, sizeof(float)));
     t.s1 = dacpu_stage1_scratch_take(a, plan);
     return t;
 }

@@ -44,17 +44,17 @@ static tile_scratch take_tile_scratch(dacpu_arena *a, const dashattn_plan_desc *
     const size_t s = (size_t)plan->problem.block_size;
     const size_t ldt = (size_t)dacpu_shared_layout(plan, DASHATTN_OP_FORWARD).ld_block;
     tile_scratch t;
-    t.q = dacpu_take(a, rows * d * sizeof(float));
-    t.acc = dacpu_take(a, rows * d * sizeof(float));
-    t.w = dacpu_take(a, rows * m * sizeof(float));
-    t.m = dacpu_take(a, rows * sizeof(float));
-    t.l = dacpu_take(a, rows * sizeof(float));
-    t.kbuf = dacpu_take(a, s * d * sizeof(float));
-    t.vbuf = dacpu_take(a, s * d * sizeof(float));
-    t.kt = dacpu_take(a, d * ldt * sizeof(float));
-    t.logits = dacpu_take(a, ldt * sizeof(float));
-    t.first = dacpu_take(a, (m + 1) * sizeof(int64_t));
-    t.keepers = dacpu_take(a, rows * m * sizeof(keeper));
+    t.q = dacpu_take(a, da_size_mul3(rows, d, sizeof(float)));
+    t.acc = dacpu_take(a, da_size_mul3(rows, d, sizeof(float)));
+    t.w = dacpu_take(a, da_size_mul3(rows, m, sizeof(float)));
+    t.m = dacpu_take(a, da_size_mul(rows, sizeof(float)));
+    t.l = dacpu_take(a, da_size_mul(rows, sizeof(float)));
+    t.kbuf = dacpu_take(a, da_size_mul3(s, d, sizeof(float)));
+    t.vbuf = dacpu_take(a, da_size_mul3(s, d, sizeof(float)));
+    t.kt = dacpu_take(a, da_size_mul3(d, ldt, sizeof(float)));
+    t.logits = dacpu_take(a, da_size_mul(ldt, sizeof(float)));
+    t.first = dacpu_take(a, da_size_mul(m + 1, sizeof(int64_t)));
+    t.keepers = dacpu_take(a, da_size_mul3(rows, m, sizeof(keeper)));
     t.s1 = dacpu_stage1_scratch_take(a, plan);
     return t;
 }

@@ -3,6 +3,8 @@
 #ifndef DASHATTN_CPU_INTERNAL_H
 #define DASHATTN_CPU_INTERNAL_H
 
+#include "checked_size.h"
+
 #include <dashattn/backend.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -92,7 +94,9 @@ dacpu_shared dacpu_shared_layout(const dashattn_plan_desc *plan, dashattn_operat
 
 /* Carves aligned pieces out of one thread's slice of the workspace. With
  * base NULL it only counts, which is how the slices are sized: each driver
- * takes its scratch through one function, used both to size and to carve. */
+ * takes its scratch through one function, used both to size and to carve.
+ * Sizes are computed with checked_size.h, so an overflow saturates the
+ * count at SIZE_MAX (and planning refuses the problem). */
 typedef struct dacpu_arena {
     char *base;
     size_t used;

@@ -8,9 +8,11 @@
 
 #define ALIGN 64
 
+/* Every size here saturates (checked_size.h): a problem whose workspace
+ * does not fit size_t gets SIZE_MAX, which planning refuses. */
 static size_t round_up(size_t n)
 {
-    return (n + ALIGN - 1) / ALIGN * ALIGN;
+    return da_size_round_up(n, ALIGN);
 }
 
 static int64_t pad_chunk(int64_t n)
@@ -21,7 +23,7 @@ static int64_t pad_chunk(int64_t n)
 void *dacpu_take(dacpu_arena *arena, size_t bytes)
 {
     void *p = arena->base ? arena->base + arena->used : NULL;
-    arena->used += round_up(bytes);
+    arena->used = da_size_add(arena->used, round_up(bytes));
     /* Slices are sized by the same take sequence; overrunning is a bug. */
     return arena->base && arena->used > arena->cap ? NULL : p;
 }
@@ -29,8 +31,8 @@ void *dacpu_take(dacpu_arena *arena, size_t bytes)
 dacpu_shared dacpu_shared_layout(const dashattn_plan_desc *plan, dashattn_operation op)
 {
     const dashattn_problem *p = &plan->problem;
-    const size_t heads = (size_t)(p->batch * p->heads_kv), m = (size_t)plan->num_blocks;
-    const size_t d = (size_t)p->head_dim;
+    const size_t heads = da_size_mul((size_t)p->batch, (size_t)p->heads_kv);
+    const size_t m = (size_t)plan->num_blocks, d = (size_t)p->head_dim;
     dacpu_shared s = {0};
     /* A candidate range read in chunks may run DACPU_CHUNK columns past M. */
     s.ld_keys = pad_chunk(plan->num_blocks) + DACPU_CHUNK;
@@ -39,14 +41,15 @@ dacpu_shared dacpu_shared_layout(const dashattn_plan_desc *plan, dashattn_operat
         return s; /* decode reads the cache's block keys */
     size_t at = 0;
     s.keys = at;
-    at += round_up(heads * m * d * sizeof(float));
+    at = da_size_add(at, round_up(da_size_mul3(heads, m, d * sizeof(float))));
     s.keys_t = at;
-    at += round_up(heads * d * (size_t)s.ld_keys * sizeof(float));
+    at = da_size_add(at, round_up(da_size_mul3(heads, d * sizeof(float), (size_t)s.ld_keys)));
     if (op == DASHATTN_OP_FORWARD) {
         s.kt_cache = at;
-        at += round_up(heads * m * d * (size_t)s.ld_block * sizeof(float));
+        at = da_size_add(at, round_up(da_size_mul3(da_size_mul(heads, m), d * sizeof(float),
+                                                   (size_t)s.ld_block)));
         s.kt_state = at;
-        at += round_up(heads * m * sizeof(atomic_int));
+        at = da_size_add(at, round_up(da_size_mul3(heads, m, sizeof(atomic_int))));
     }
     s.total = at;
     return s;
@@ -75,8 +78,9 @@ void *dacpu_shared_at(void *workspace, size_t offset)
 
 size_t dacpu_workspace_bytes(const dashattn_plan_desc *plan, dashattn_operation op, int threads)
 {
-    return ALIGN + dacpu_shared_layout(plan, op).total +
-           (size_t)threads * dacpu_thread_bytes(plan, op);
+    return da_size_add(ALIGN,
+                       da_size_add(dacpu_shared_layout(plan, op).total,
+                                   da_size_mul((size_t)threads, dacpu_thread_bytes(plan, op))));
 }
 
 dacpu_arena dacpu_thread_arena(void *workspace, const dashattn_plan_desc *plan,

@@ -10,11 +10,11 @@ dacpu_stage1_scratch dacpu_stage1_scratch_take(dacpu_arena *arena, const dashatt
     const size_t m = (size_t)plan->num_blocks;
     const size_t ld = (size_t)dacpu_shared_layout(plan, DASHATTN_OP_DECODE).ld_keys;
     dacpu_stage1_scratch s;
-    s.s = dacpu_take(arena, ld * sizeof(float));
-    s.z = dacpu_take(arena, m * sizeof(double));
-    s.zsum = dacpu_take(arena, m * sizeof(double));
-    s.p = dacpu_take(arena, m * sizeof(double));
-    s.sort = dacpu_take(arena, 2 * m * sizeof(double));
+    s.s = dacpu_take(arena, da_size_mul(ld, sizeof(float)));
+    s.z = dacpu_take(arena, da_size_mul(m, sizeof(double)));
+    s.zsum = dacpu_take(arena, da_size_mul(m, sizeof(double)));
+    s.p = dacpu_take(arena, da_size_mul(m, sizeof(double)));
+    s.sort = dacpu_take(arena, da_size_mul3(2, m, sizeof(double)));
     return s;
 }
 

@@ -77,9 +77,29 @@ size_t dacuda_forward_layout(const dashattn_plan_desc *plan, void *base, dacuda_
     return c.used;
 }
 
+/* The layouts sum sizes in size_t. This bound, in double with every part
+ * at its largest (decode splits at most M), tells whether they could wrap:
+ * the core refuses a plan whose workspace size is SIZE_MAX. */
+static int layout_may_wrap(const dashattn_plan_desc *plan, dashattn_operation op)
+{
+    const dashattn_problem *p = &plan->problem;
+    const double b = (double)p->batch, hq = (double)p->heads_q, hkv = (double)p->heads_kv;
+    const double nq = (double)p->len_q, d = (double)p->head_dim, m = (double)plan->num_blocks;
+    double bytes = 0.0;
+    if (op == DASHATTN_OP_FORWARD)
+        bytes = b * hkv * m * d * 8.0 + b * hkv * nq * d * 4.0 +
+                b * hq * nq * (double)sizeof(dacuda_row_param) +
+                b * hq * (nq / DACUDA_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0;
+    else if (op == DASHATTN_OP_DECODE)
+        bytes = b * hq * m * 4.0 + b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
+    return bytes + 4096.0 > 0x1p62;
+}
+
 size_t dacuda_workspace_size(void *state, const dashattn_plan_desc *plan, dashattn_operation op)
 {
     const dacuda_state *st = state;
+    if (layout_may_wrap(plan, op))
+        return SIZE_MAX;
     switch (op) {
     case DASHATTN_OP_FORWARD:
         return dacuda_forward_layout(plan, NULL, NULL);

@@ -166,9 +166,36 @@ static const char *ocl_device_name(void *state)
     return ((const daocl_state *)state)->name;
 }
 
+/* daocl_plan_config sums sizes in size_t. The same sums in double (each
+ * part padded to a 128-byte line) tell whether they wrapped: the core
+ * refuses a plan whose workspace size is SIZE_MAX. */
+static int layout_wraps(const dashattn_plan_desc *plan, dashattn_operation op,
+                        const daocl_config *c)
+{
+    const dashattn_problem *p = &plan->problem;
+    const double kbar =
+        (double)p->batch * (double)p->heads_kv * (double)plan->num_blocks * (double)p->head_dim;
+    const double m = (double)plan->num_blocks, d = (double)p->head_dim, r = (double)c->rows;
+    double floats = 0.0;
+    switch (op) {
+    case DASHATTN_OP_FORWARD:
+        floats = kbar + m * r + r;
+        break;
+    case DASHATTN_OP_BACKWARD:
+        floats = kbar + 2.0 * m * r + r * d + 2.0 * r;
+        break;
+    case DASHATTN_OP_DECODE:
+        floats = m * r + r + (double)c->splits * r * (d + 2.0);
+        break;
+    }
+    return (floats + 6.0 * 32.0) * sizeof(float) > 0x1p62;
+}
+
 static size_t ocl_workspace_size(void *state, const dashattn_plan_desc *plan, dashattn_operation op)
 {
     const daocl_config cfg = daocl_plan_config(state, plan, op);
+    if (layout_wraps(plan, op, &cfg))
+        return SIZE_MAX;
     return cfg.floats * sizeof(float);
 }
 

@@ -52,13 +52,16 @@ static const char *faildev_device_name(void *state)
     return "simulated failing device";
 }
 
+/* 0, or SIZE_MAX (a layout that overflowed) when
+ * DASHATTN_TEST_FAILDEV_WORKSPACE=max, so tests can see the core refuse it. */
 static size_t faildev_workspace_size(void *state, const dashattn_plan_desc *plan,
                                      dashattn_operation operation)
 {
     (void)state;
     (void)plan;
     (void)operation;
-    return 0;
+    const char *ws = getenv("DASHATTN_TEST_FAILDEV_WORKSPACE");
+    return ws && strcmp(ws, "max") == 0 ? SIZE_MAX : 0;
 }
 
 static dashattn_status faildev_alloc(void *state, size_t bytes, void **ptr)
