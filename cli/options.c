@@ -27,7 +27,8 @@ const char da_common_options_help[] =
     "  --dtype T             f32 (default), f16 or bf16: inputs are rounded to T for the call\n"
     "  --backend NAME        auto (default: the best usable GPU plugin, else cpu), cpu,\n"
     "                        cuda, hip, opencl; DASHATTN_BACKEND overrides\n"
-    "  --threads N           CPU worker threads (default 0: every core)\n"
+    "  --threads N           CPU worker threads, at most 1024 (default 0: OMP_NUM_THREADS,\n"
+    "                        else every core)\n"
     "  --json                print one JSON object on stdout\n";
 
 void da_error(const char *format, ...)
@@ -236,7 +237,7 @@ int da_parse_common_option(da_common_options *o, int argc, char **argv, int *i)
     }
     if ((m = da_flag_value(argc, argv, i, "--threads", &v)) != 0) {
         long long t;
-        if (m < 0 || da_parse_int("--threads", v, 0, INT_MAX, &t) != 0)
+        if (m < 0 || da_parse_int("--threads", v, 0, DASHATTN_MAX_THREADS, &t) != 0)
             return -1;
         o->threads = (int)t;
         return 1;

@@ -134,6 +134,9 @@ DASHATTN_API dashattn_tensor dashattn_tensor_bshd(void *data, dashattn_dtype dty
 
 typedef struct dashattn_context dashattn_context;
 
+/** Most worker threads a context runs (dashattn_context_options.num_threads). */
+#define DASHATTN_MAX_THREADS 1024
+
 typedef struct dashattn_context_options {
     /**
      * Backend name: "auto" (best usable GPU plugin, else CPU), "cpu", "cuda",
@@ -143,7 +146,14 @@ typedef struct dashattn_context_options {
     const char *backend;
     /** Device index for GPU backends (default 0). */
     int device;
-    /** Worker threads for the CPU backend; 0 uses every available core. */
+    /**
+     * Worker threads for the CPU backend, 0 to DASHATTN_MAX_THREADS; larger
+     * values are refused (DASHATTN_ERR_INVALID_ARGUMENT). 0 takes OpenMP's
+     * default (OMP_NUM_THREADS, else every available core), clamped to
+     * DASHATTN_MAX_THREADS. A call that cannot start its threads (no address
+     * space for their stacks) fails with DASHATTN_ERR_OUT_OF_MEMORY; the
+     * process is never ended.
+     */
     int num_threads;
 } dashattn_context_options;
 

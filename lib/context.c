@@ -193,10 +193,11 @@ DASHATTN_API dashattn_status dashattn_context_create(const dashattn_context_opti
     dashattn_context_options_init(&defaults);
     if (!options)
         options = &defaults;
-    if (options->num_threads < 0)
+    if (options->num_threads < 0 || options->num_threads > DASHATTN_MAX_THREADS)
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
-                       "dashattn_context_create: options->num_threads is %d, must be >= 0",
-                       options->num_threads);
+                       "dashattn_context_create: options->num_threads is %d, must be in [0, %d] "
+                       "(0: OpenMP's default)",
+                       options->num_threads, DASHATTN_MAX_THREADS);
     if (options->device < 0)
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
                        "dashattn_context_create: options->device is %d, must be >= 0",

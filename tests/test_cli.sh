@@ -194,6 +194,15 @@ check "bench sparsity in [0, 1)" is_true 'x >= 0 && x < 1' "$(json results.1.spa
 check "bench --threads-sweep" sh -c "'$CLI' bench $TINY --threads-sweep >out.txt 2>/dev/null"
 check "bench --threads-sweep compares with 1 thread" grep -q 'vs 1 thread' out.txt
 
+# --- thread counts: bounded, never a crash or an exit inside libgomp -------
+OMP_NUM_THREADS=100000
+export OMP_NUM_THREADS
+ok "OMP_NUM_THREADS=100000" run $QKV --out O.npy --block-size $S --backend cpu --json
+check "OMP_NUM_THREADS=100000 is clamped to 1024 threads" [ "$(json threads)" = 1024 ]
+check "OMP_NUM_THREADS=100000: same result" "$TOOL" compare O.npy O_run.npy 0
+unset OMP_NUM_THREADS
+fail_with 2 "--threads must be in [0, 1024]" run $QKV --out O.npy --threads 100000
+
 # --- bad input: one line on stderr, status 2, no output file ----------------
 dd if=q.npy of=trunc.npy bs=1000 count=1 2>/dev/null
 dd if=q.npy of=trunchead.npy bs=100 count=1 2>/dev/null

@@ -5,11 +5,27 @@
  * selections and block tables whose extent cannot be addressed are refused
  * before any backend indexes them. Nothing here allocates more than a few
  * bytes: calls that pass validation stop at a deliberately small workspace.
+ * Thread counts are bounded, and a call that cannot start its threads
+ * returns a status where libgomp would end the process.
  */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#define _POSIX_C_SOURCE 200809L
+
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <dashattn.h>
 
@@ -179,8 +195,121 @@ static void check_extents(void)
     dashattn_context_destroy(ctx);
 }
 
+static void check_thread_bounds(void)
+{
+    static const int bad[] = {DASHATTN_MAX_THREADS + 1, 50000, 100000, -1};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dashattn_context_options opt;
+        dashattn_context_options_init(&opt);
+        opt.backend = "cpu";
+        opt.num_threads = bad[i];
+        dashattn_context *ctx = NULL;
+        const dashattn_status st = dashattn_context_create(&opt, &ctx);
+        TU_CHECK(st == DASHATTN_ERR_INVALID_ARGUMENT && ctx == NULL &&
+                     contains(dashattn_last_error(), "num_threads"),
+                 "num_threads %d: status %d (%s)", bad[i], (int)st, dashattn_last_error());
+        dashattn_context_destroy(ctx);
+    }
+    /* The bound itself is accepted (creating the context starts no thread). */
+    dashattn_context *ctx = cpu_context(DASHATTN_MAX_THREADS);
+    const int n = dashattn_context_num_threads(ctx);
+    TU_CHECK(n == DASHATTN_MAX_THREADS || n == 1, "num_threads at the bound: %d", n);
+    dashattn_context_destroy(ctx);
+}
+
+/* Bytes of address space in use, from /proc/self/statm (0 if unknown). */
+static size_t address_space_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lu", &pages) != 1)
+        pages = 0;
+    fclose(f);
+    return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* In a child: with the address space limited to what is in use plus less
+ * than one thread stack, a forward on 4 threads must fail with
+ * OUT_OF_MEMORY (libgomp would exit with "Thread creation failed") and one
+ * on 1 thread must still work. Returns the child's verdict: 0 passed, 77
+ * not testable here, else failed. Must run before any parallel region of
+ * this process: libgomp's thread pool does not survive fork. */
+static int thread_start_child(void)
+{
+    enum { N = 32, D = 8 };
+    static float q[N * D], o[N * D];
+    for (int i = 0; i < N * D; i++)
+        q[i] = (float)(i % 7) * 0.25f;
+    dashattn_context *ctx4 = cpu_context(4), *ctx1 = cpu_context(1);
+    if (dashattn_context_num_threads(ctx4) != 4)
+        return 77; /* built without OpenMP */
+    dashattn_problem p;
+    dashattn_problem_init(&p, 1, 1, 1, N, N, D);
+    p.block_size = 8;
+    dashattn_plan *plan4 = NULL, *plan1 = NULL;
+    if (dashattn_plan_create(ctx4, &p, &plan4) != DASHATTN_OK ||
+        dashattn_plan_create(ctx1, &p, &plan1) != DASHATTN_OK)
+        return 2;
+    const dashattn_tensor t = dashattn_tensor_bhsd(q, DASHATTN_F32, 1, 1, N, D);
+    const dashattn_tensor out = dashattn_tensor_bhsd(o, DASHATTN_F32, 1, 1, N, D);
+    pthread_attr_t attr;
+    size_t stack = 0;
+    pthread_attr_init(&attr);
+    pthread_attr_getstacksize(&attr, &stack);
+    pthread_attr_destroy(&attr);
+    const size_t used = address_space_bytes();
+    if (used == 0 || stack < ((size_t)1 << 20))
+        return 77;
+    /* Room for the calls' small allocations, not for one more stack. */
+    const struct rlimit lim = {used + stack / 2, used + stack / 2};
+    if (setrlimit(RLIMIT_AS, &lim) != 0)
+        return 77;
+    dashattn_status st =
+        dashattn_forward(ctx4, plan4, &t, &t, &t, NULL, &out, NULL, NULL, NULL, NULL, 0, NULL);
+    if (st != DASHATTN_ERR_OUT_OF_MEMORY || !contains(dashattn_last_error(), "threads")) {
+        fprintf(stderr, "test_limits: 4 threads without room for stacks: status %d (%s)\n", (int)st,
+                dashattn_last_error());
+        return 3;
+    }
+    st = dashattn_forward(ctx1, plan1, &t, &t, &t, NULL, &out, NULL, NULL, NULL, NULL, 0, NULL);
+    if (st != DASHATTN_OK) {
+        fprintf(stderr, "test_limits: 1 thread: status %d (%s)\n", (int)st, dashattn_last_error());
+        return 4;
+    }
+    return 0;
+}
+
+static void check_thread_start_failure(void)
+{
+#ifdef UNDER_ASAN
+    printf("test_limits: thread start under RLIMIT_AS not tested (AddressSanitizer)\n");
+#else
+    fflush(NULL);
+    const pid_t pid = fork();
+    if (pid == 0)
+        _exit(thread_start_child());
+    int status = 0;
+    TU_CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork and wait");
+    if (pid <= 0)
+        return;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+        printf("test_limits: thread start under RLIMIT_AS not testable here\n");
+        return;
+    }
+    TU_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+             "thread start failure: child %s %d (1 is libgomp's exit)",
+             WIFEXITED(status) ? "exited with" : "killed by signal",
+             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+#endif
+}
+
 int main(void)
 {
+    /* First: no parallel region may have run in this process before. */
+    check_thread_start_failure();
+    check_thread_bounds();
     check_plan_overflow();
     check_extents();
     return tu_finish("test_limits");

@@ -9,10 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* OpenMP's default (OMP_NUM_THREADS, else the cores), within the bound:
+ * libgomp crashes or exits on absurd counts instead of failing. */
 static int default_threads(void)
 {
 #ifdef _OPENMP
-    return omp_get_max_threads(); /* honours OMP_NUM_THREADS */
+    int n = omp_get_max_threads();
+    const int limit = omp_get_thread_limit();
+    n = n < limit ? n : limit;
+    return n < 1 ? 1 : n > DASHATTN_MAX_THREADS ? DASHATTN_MAX_THREADS : n;
 #else
     return 1;
 #endif

@@ -196,6 +196,9 @@ dashattn_status dacpu_backward(void *state, const dashattn_plan_desc *plan,
     const dacpu_shared layout = dacpu_shared_layout(plan, DASHATTN_OP_BACKWARD);
     const float *keys = dacpu_shared_at(a->workspace, layout.keys);
     const float *keys_t = dacpu_shared_at(a->workspace, layout.keys_t);
+    const dashattn_status started = dacpu_team_check("dashattn_backward", st->num_threads);
+    if (started != DASHATTN_OK)
+        return started;
 
 #pragma omp parallel num_threads(st->num_threads)
     {

@@ -108,6 +108,9 @@ dashattn_status dacpu_cache_append(void *state, const dashattn_plan_desc *plan,
     if (status != DASHATTN_OK)
         return status;
     const int64_t pairs = p->batch * p->heads_kv;
+    status = dacpu_team_check("dashattn_cache_append", st->num_threads);
+    if (status != DASHATTN_OK)
+        return status;
 #pragma omp parallel for num_threads(st->num_threads) schedule(static)
     for (int64_t bh = 0; bh < pairs; bh++) {
         const int64_t b = bh / p->heads_kv, h = bh % p->heads_kv;

@@ -125,6 +125,9 @@ dashattn_status dacpu_decode(void *state, const dashattn_plan_desc *plan,
     int64_t splits = (st->num_threads + pairs - 1) / pairs;
     splits = splits < gc ? splits : gc;
     const int64_t per_split = (gc + splits - 1) / splits;
+    status = dacpu_team_check("dashattn_decode", st->num_threads);
+    if (status != DASHATTN_OK)
+        return status;
 #pragma omp parallel num_threads(st->num_threads)
     {
         dacpu_arena arena =

@@ -257,6 +257,9 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
     const int64_t tiles = (p->len_q + positions - 1) / positions;
     const int64_t heads = p->batch * p->heads_kv, tasks = heads * tiles;
     int64_t visible = 0, attended = 0;
+    const dashattn_status team = dacpu_team_check("dashattn_forward", st->num_threads);
+    if (team != DASHATTN_OK)
+        return team;
 
 #pragma omp parallel num_threads(st->num_threads) reduction(+ : visible, attended)
     {

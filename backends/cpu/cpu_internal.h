@@ -54,6 +54,14 @@ typedef struct dacpu_state {
     char device[160];
 } dacpu_state;
 
+/* ---- teams (cpu_team.c) ---- */
+
+/* Call before a parallel region of `threads` threads: DASHATTN_OK, or
+ * DASHATTN_ERR_OUT_OF_MEMORY (message set, fn named) when the threads it
+ * would create could not be started, which libgomp would answer by ending
+ * the process. */
+dashattn_status dacpu_team_check(const char *fn, int threads);
+
 /* ---- tensor rows (cpu_tensor_io.c) ---- */
 
 /* Rows [r0, r0 + count) of t[i0, i1] as f32: a pointer into t itself when

@@ -5,6 +5,7 @@ libdashattn_internal_la_SOURCES = \
 	backends/cpu/cpu_backend.c \
 	backends/cpu/cpu_tensor_io.c \
 	backends/cpu/cpu_scratch.c \
+	backends/cpu/cpu_team.c \
 	backends/cpu/cpu_entmax.c \
 	backends/cpu/cpu_entmax.h \
 	backends/cpu/cpu_block_keys.c \
