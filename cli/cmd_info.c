@@ -18,7 +18,8 @@ const char da_help_info[] =
     "Print the library version, every backend found with its devices, the directories\n"
     "searched for backend plugins, why a plugin was skipped, and which backend 'auto'\n"
     "picks. DASHATTN_BACKEND_PATH adds plugin directories, DASHATTN_PLUGIN_DIR\n"
-    "replaces the install directory, DASHATTN_BACKEND forces a backend.\n";
+    "replaces the install directory, DASHATTN_BACKEND picks the backend of 'auto'\n"
+    "(an explicit --backend wins).\n";
 
 static void print_env(const char *name)
 {

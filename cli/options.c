@@ -26,7 +26,7 @@ const char da_common_options_help[] =
     "  --scale X             logit scale (default 1/sqrt(D))\n"
     "  --dtype T             f32 (default), f16 or bf16: inputs are rounded to T for the call\n"
     "  --backend NAME        auto (default: the best usable GPU plugin, else cpu), cpu,\n"
-    "                        cuda, hip, opencl; DASHATTN_BACKEND overrides\n"
+    "                        cuda, hip, opencl; DASHATTN_BACKEND chooses when NAME is auto\n"
     "  --threads N           CPU worker threads, at most 1024 (default 0: OMP_NUM_THREADS,\n"
     "                        else every core)\n"
     "  --json                print one JSON object on stdout\n";

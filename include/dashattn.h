@@ -141,7 +141,9 @@ typedef struct dashattn_context_options {
     /**
      * Backend name: "auto" (best usable GPU plugin, else CPU), "cpu", "cuda",
      * "hip", "opencl", or the name of any installed plugin. NULL means
-     * "auto". The environment variable DASHATTN_BACKEND overrides it.
+     * "auto". The environment variable DASHATTN_BACKEND chooses the backend
+     * only where the program asks for "auto" (or NULL): an explicit name
+     * here always wins.
      */
     const char *backend;
     /** Device index for GPU backends (default 0). */

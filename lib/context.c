@@ -202,11 +202,15 @@ DASHATTN_API dashattn_status dashattn_context_create(const dashattn_context_opti
         return da_fail(DASHATTN_ERR_INVALID_ARGUMENT,
                        "dashattn_context_create: options->device is %d, must be >= 0",
                        options->device);
-    const char *name = getenv("DASHATTN_BACKEND");
-    const char *source = "environment variable DASHATTN_BACKEND";
-    if (!name || !name[0]) {
-        name = options->backend ? options->backend : "auto";
-        source = "options->backend";
+    /* The program's explicit choice wins: the environment picks only where
+     * it asked for "auto" (a host-memory program forced onto a GPU backend
+     * would hand the device host pointers). */
+    const char *name = options->backend ? options->backend : "auto";
+    const char *source = "options->backend";
+    const char *env = getenv("DASHATTN_BACKEND");
+    if (strcmp(name, "auto") == 0 && env && env[0]) {
+        name = env;
+        source = "environment variable DASHATTN_BACKEND";
     }
     if (strcmp(name, "auto") == 0)
         return create_auto(options, context);

@@ -263,6 +263,12 @@ fail_with 2 "multiple of --heads-kv" bench --heads-q 3 --heads-kv 2
 fail_with 2 "O.npy" run $QKV --out no/such/dir/O.npy
 # A backend that does not exist is a library failure: status 1.
 fail_with 1 "nosuch" run $QKV $O --backend nosuch
+# DASHATTN_BACKEND chooses for "auto" only; --backend wins.
+DASHATTN_BACKEND=nosuch
+export DASHATTN_BACKEND
+fail_with 1 "nosuch" run $QKV $O
+ok "DASHATTN_BACKEND=nosuch, --backend cpu" run $QKV $O --backend cpu
+unset DASHATTN_BACKEND
 
 echo "test_cli.sh: $checks checks, $failures failed"
 [ "$failures" -eq 0 ]

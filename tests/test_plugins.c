@@ -290,23 +290,40 @@ static void check_report(void)
     free(text);
 }
 
+/* DASHATTN_BACKEND chooses only for "auto" (or NULL): an explicit name wins,
+ * so a program that passes host pointers to "cpu" stays on the CPU. */
 static void check_env_override(void)
 {
     char seen[64];
     setenv("DASHATTN_BACKEND", "cpu", 1);
     dashattn_status st = try_backend("faildev", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
+             "DASHATTN_BACKEND=cpu, 'faildev' asked for: status %d backend '%s'", (int)st, seen);
+    st = try_backend("auto", seen, sizeof(seen));
     TU_CHECK(st == DASHATTN_OK && strcmp(seen, "cpu") == 0,
-             "DASHATTN_BACKEND=cpu over 'faildev': status %d backend '%s'", (int)st, seen);
+             "DASHATTN_BACKEND=cpu, 'auto' (which would take faildev): status %d backend '%s'",
+             (int)st, seen);
 
     setenv("DASHATTN_BACKEND", "faildev", 1);
     st = try_backend("cpu", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "cpu") == 0,
+             "DASHATTN_BACKEND=faildev, 'cpu' asked for: status %d backend '%s'", (int)st, seen);
+    setenv("DASHATTN_TEST_FAILDEV_SCORE", "1", 1); /* auto alone would take cpu */
+    st = try_backend(NULL, seen, sizeof(seen));
     TU_CHECK(st == DASHATTN_OK && strcmp(seen, "faildev") == 0,
-             "DASHATTN_BACKEND=faildev over 'cpu': status %d backend '%s'", (int)st, seen);
+             "DASHATTN_BACKEND=faildev, NULL (auto): status %d backend '%s'", (int)st, seen);
+    unsetenv("DASHATTN_TEST_FAILDEV_SCORE");
 
     setenv("DASHATTN_BACKEND", "abitest", 1);
-    st = try_backend("cpu", NULL, 0);
-    TU_CHECK(st == DASHATTN_ERR_ABI_MISMATCH, "DASHATTN_BACKEND=abitest over 'cpu': status %d",
+    st = try_backend("cpu", seen, sizeof(seen));
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "cpu") == 0,
+             "DASHATTN_BACKEND=abitest, 'cpu' asked for: status %d", (int)st);
+    st = try_backend("auto", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_ABI_MISMATCH, "DASHATTN_BACKEND=abitest, 'auto': status %d",
              (int)st);
+    TU_CHECK(contains(dashattn_last_error(), "DASHATTN_BACKEND") ||
+                 contains(dashattn_last_error(), "abitest"),
+             "DASHATTN_BACKEND=abitest: the message names it: '%s'", dashattn_last_error());
     unsetenv("DASHATTN_BACKEND");
 
     st = try_backend("cpu", seen, sizeof(seen));
