@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define PLUGIN_PREFIX "dashattn-"
 #define PLUGIN_SUFFIX ".so"
@@ -68,10 +67,8 @@ dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plu
         snprintf(why, why_size, "plugin path too long in %s", dir);
         return DASHATTN_ERR_BACKEND_UNAVAILABLE;
     }
-    if (access(plugin->path, R_OK) != 0) {
-        snprintf(why, why_size, "%s: not found", plugin->path);
+    if (!da_plugin_file_ok(plugin->path, why, why_size))
         return DASHATTN_ERR_BACKEND_UNAVAILABLE;
-    }
     /* Plugins stay mapped after dlclose: GPU runtimes (the CUDA runtime, the
      * OpenCL ICD loader and its drivers) keep process-wide state that is
      * not safe to unload, and unloading would strand their allocations. */

@@ -26,6 +26,11 @@ dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plu
 
 void da_plugin_close(da_plugin *plugin);
 
+/* Nonzero if path is a regular file holding a complete ELF shared object of
+ * this machine's class, which dlopen can map without faulting; else 0 with
+ * the reason in why (elf_check.c). */
+int da_plugin_file_ok(const char *path, char *why, size_t why_size);
+
 /* Nonzero if name is a well-formed plugin name ([a-z0-9_]{1,32}). */
 int da_plugin_name_ok(const char *name);
 

@@ -9,6 +9,7 @@ libdashattn_internal_la_SOURCES += \
 	lib/tensor.c \
 	lib/dtype_convert.c \
 	lib/dtype_convert.h \
+	lib/elf_check.c \
 	lib/loader.c \
 	lib/loader.h \
 	lib/context.c \

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <dashattn.h>
 
@@ -331,6 +333,95 @@ static void check_env_override(void)
              seen);
 }
 
+/* Write the first `keep` bytes of src to dst (all if keep is 0, none if < 0);
+ * returns the size of src, 0 on failure. */
+static long copy_prefix(const char *src, const char *dst, long keep)
+{
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    long size = 0;
+    int c;
+    while (in && out && (c = getc(in)) != EOF) {
+        if (keep == 0 || size < keep)
+            putc(c, out);
+        size++;
+    }
+    if (in)
+        fclose(in);
+    if (out == NULL || fclose(out) != 0)
+        return 0;
+    return size;
+}
+
+/* Files that are not complete plugins are skipped with a reason before
+ * dlopen: a truncated copy (dlopen died of SIGBUS on it), an empty file, a
+ * text file, a directory and a FIFO (opening it would wait for a writer). */
+static void check_bad_plugin_files(void)
+{
+    char dir[] = "/tmp/dashattn-test-plugins-XXXXXX";
+    if (mkdtemp(dir) == NULL) {
+        TU_CHECK(0, "mkdtemp");
+        return;
+    }
+    char src[sizeof plugin_dir + 32], path[sizeof dir + 64];
+    snprintf(src, sizeof src, "%s/dashattn-faildev.so", plugin_dir);
+    snprintf(path, sizeof path, "%s/dashattn-trunc.so", dir);
+    const long size = copy_prefix(src, path, 5000);
+    TU_CHECK(size > 5000, "faildev plugin of %ld bytes is longer than the 5000 kept", size);
+    snprintf(path, sizeof path, "%s/dashattn-whole.so", dir);
+    copy_prefix(src, path, 0);
+    snprintf(path, sizeof path, "%s/dashattn-empty.so", dir);
+    copy_prefix(src, path, -1);
+    snprintf(path, sizeof path, "%s/dashattn-text.so", dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs("INPUT(-lc)\n", f);
+        fclose(f);
+    }
+    snprintf(path, sizeof path, "%s/dashattn-dir.so", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/dashattn-fifo.so", dir);
+    const int have_fifo = mkfifo(path, 0600) == 0;
+    setenv("DASHATTN_BACKEND_PATH", dir, 1);
+
+    static const struct {
+        const char *name, *reason;
+    } bad[] = {{"trunc", "truncated"},
+               {"empty", "not an ELF"},
+               {"text", "not an ELF"},
+               {"dir", "not a regular"},
+               {"fifo", "not a regular"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (strcmp(bad[i].name, "fifo") == 0 && !have_fifo)
+            continue;
+        const dashattn_status st = try_backend(bad[i].name, NULL, 0);
+        TU_CHECK(st == DASHATTN_ERR_BACKEND_UNAVAILABLE &&
+                     contains(dashattn_last_error(), bad[i].reason),
+                 "plugin file '%s': status %d, message has '%s': '%s'", bad[i].name, (int)st,
+                 bad[i].reason, dashattn_last_error());
+    }
+    /* The complete copy beside them still loads; auto and the report survive. */
+    char seen[64];
+    dashattn_status st = try_backend("whole", seen, sizeof seen);
+    TU_CHECK(st == DASHATTN_OK && strcmp(seen, "whole") == 0, "complete copy: status %d (%s)",
+             (int)st, dashattn_last_error());
+    st = try_backend("auto", seen, sizeof seen);
+    TU_CHECK(st == DASHATTN_OK, "auto beside bad plugin files: status %d", (int)st);
+    char report[8192];
+    dashattn_backends_report(report, sizeof report);
+    TU_CHECK(contains(report, "trunc") && contains(report, "truncated"),
+             "report says why trunc was skipped:\n%s", report);
+
+    static const char *const names[] = {"trunc", "whole", "empty", "text", "fifo"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(path, sizeof path, "%s/dashattn-%s.so", dir, names[i]);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/dashattn-dir.so", dir);
+    rmdir(path);
+    rmdir(dir);
+    setenv("DASHATTN_BACKEND_PATH", plugin_dir, 1);
+}
+
 /* Several directories: the first that holds the plugin wins; with none of the
  * test plugins on the path, "auto" does not pick them. */
 static void check_search_path(void)
@@ -394,5 +485,6 @@ int main(void)
     check_report();
     check_env_override();
     check_search_path();
+    check_bad_plugin_files();
     return tu_finish("test_plugins");
 }
