@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "npy.h"
 #include "options.h"
+#include "outputs.h"
 #include "staging.h"
 
 #include <dashattn.h>
@@ -234,16 +235,6 @@ static void release_state(run_state *s)
     dashattn_context_destroy(s->ctx);
 }
 
-static int write_array(const char *path, const float *data, int ndim, const int64_t *shape)
-{
-    char err[256];
-    if (da_npy_write(path, data, ndim, shape, err, sizeof err) != 0) {
-        da_error("%s: %s", path, err);
-        return -1;
-    }
-    return 0;
-}
-
 static const char *selection_name(dashattn_selection_mode m)
 {
     return m == DASHATTN_SELECT_TOPK ? "topk" : "entmax";
@@ -359,36 +350,49 @@ static int stage_all(const run_args *a, run_state *s)
     return 0;
 }
 
-/* Write every requested output; if one fails, remove those this call
- * already wrote, so that a failed command leaves no output file. */
+/* The file arguments, for outputs.h: checked before anything runs, and the
+ * outputs written all or none. */
+static void path_args(const run_args *a, da_path_arg in[4], da_path_arg out[5])
+{
+    const da_path_arg inputs[4] = {
+        {"--q", a->q}, {"--k", a->k}, {"--v", a->v}, {"--dout", a->dout}};
+    const da_path_arg outputs[5] = {
+        {"--out", a->out}, {"--lse", a->lse}, {"--dq", a->dq}, {"--dk", a->dk}, {"--dv", a->dv}};
+    memcpy(in, inputs, sizeof inputs);
+    memcpy(out, outputs, sizeof outputs);
+}
+
+static int check_files(const run_args *a)
+{
+    da_path_arg in[4], out[5];
+    path_args(a, in, out);
+    char err[2600];
+    if (da_outputs_check(in, 4, out, 5, err, sizeof err) != 0) {
+        da_error("%s", err);
+        return -1;
+    }
+    return 0;
+}
+
 static int write_outputs(const run_args *a, run_state *s)
 {
     if (unstage(&s->out) != 0 || da_device_array_download(&s->lse_dev, s->lse) != 0)
         return DA_EXIT_FAILURE;
     if (a->dout && (unstage(&s->dq) != 0 || unstage(&s->dk) != 0 || unstage(&s->dv) != 0))
         return DA_EXIT_FAILURE;
-    struct {
-        const char *path;
-        const float *data;
-        int ndim;
-        const int64_t *shape;
-    } files[] = {
-        {a->out, s->out.host.data, 4, s->out.host.shape},
-        {a->lse, s->lse, 3, s->q.host.shape},
-        {a->dq, s->dq.host.data, 4, s->dq.host.shape},
-        {a->dk, s->dk.host.data, 4, s->dk.host.shape},
-        {a->dv, s->dv.host.data, 4, s->dv.host.shape},
+    da_path_arg in[4], out[5];
+    path_args(a, in, out);
+    const da_output_file files[5] = {
+        {out[0], s->out.host.data, 4, s->out.host.shape},
+        {out[1], s->lse, 3, s->q.host.shape},
+        {out[2], s->dq.host.data, 4, s->dq.host.shape},
+        {out[3], s->dk.host.data, 4, s->dk.host.shape},
+        {out[4], s->dv.host.data, 4, s->dv.host.shape},
     };
-    const size_t n = sizeof files / sizeof files[0];
-    for (size_t i = 0; i < n; i++) {
-        if (files[i].path == NULL)
-            continue;
-        if (write_array(files[i].path, files[i].data, files[i].ndim, files[i].shape) != 0) {
-            for (size_t j = 0; j < i; j++)
-                if (files[j].path != NULL)
-                    remove(files[j].path);
-            return DA_EXIT_USAGE;
-        }
+    char err[2600];
+    if (da_outputs_write(files, 5, err, sizeof err) != 0) {
+        da_error("%s", err);
+        return DA_EXIT_USAGE;
     }
     return DA_EXIT_OK;
 }
@@ -404,7 +408,7 @@ static dashattn_status timed_sync(dashattn_context *ctx, dashattn_status st, dou
 
 static int execute(const run_args *a, run_state *s)
 {
-    if (load_inputs(a, s) != 0)
+    if (check_files(a) != 0 || load_inputs(a, s) != 0)
         return DA_EXIT_USAGE;
     int rc = make_plan(a, s);
     if (rc != DA_EXIT_OK)

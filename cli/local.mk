@@ -10,6 +10,8 @@ dashattn_SOURCES = \
 	cli/cmd_bench.c \
 	cli/npy.c \
 	cli/npy.h \
+	cli/outputs.c \
+	cli/outputs.h \
 	cli/staging.c \
 	cli/staging.h \
 	cli/synthetic.c \

@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "options.h"
+#include "outputs.h"
 
 #include <dashattn.h>
 
@@ -35,13 +36,14 @@ typedef struct command {
     int (*run)(int argc, char **argv);
     const char *help;
     int common_options;
+    int writes_files; /* its help says how outputs are written */
 } command;
 
 static const command commands[] = {
-    {"bench", da_cmd_bench, da_help_bench, 1},
-    {"run", da_cmd_run, da_help_run, 1},
-    {"grad", da_cmd_grad, da_help_grad, 1},
-    {"info", da_cmd_info, da_help_info, 0},
+    {"bench", da_cmd_bench, da_help_bench, 1, 0},
+    {"run", da_cmd_run, da_help_run, 1, 1},
+    {"grad", da_cmd_grad, da_help_grad, 1, 1},
+    {"info", da_cmd_info, da_help_info, 0, 0},
 };
 
 static const command *find_command(const char *name)
@@ -55,6 +57,10 @@ static const command *find_command(const char *name)
 static void print_help(const command *c)
 {
     fputs(c->help, stdout);
+    if (c->writes_files) {
+        fputs("\n", stdout);
+        fputs(da_outputs_help, stdout);
+    }
     if (c->common_options) {
         fputs("\nproblem and backend options:\n", stdout);
         fputs(da_common_options_help, stdout);

@@ -1,4 +1,4 @@
-/* Strict .npy float32 reader and atomic writer (see npy.h).
+/* Strict .npy float32 reader and writer (see npy.h).
  *
  * Format (numpy.lib.format): the magic "\x93NUMPY", a major and minor
  * version byte, the header length (2 bytes little-endian for version 1.0, 4
@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAGIC_LEN 6
@@ -512,8 +511,8 @@ static int write_body(FILE *f, const char *header, size_t header_len, const floa
     return 0;
 }
 
-int da_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *err,
-                 size_t err_size)
+int da_npy_write_stream(FILE *f, const float *data, int ndim, const int64_t *shape, char *err,
+                        size_t err_size)
 {
     if (ndim < 0 || ndim > DA_NPY_MAX_DIMS)
         return npy_fail(err, err_size, "cannot write %d dimensions", ndim);
@@ -531,33 +530,8 @@ int da_npy_write(const char *path, const float *data, int ndim, const int64_t *s
     size_t header_len;
     if (format_header(ndim, shape, header, sizeof header, &header_len) != 0)
         return npy_fail(err, err_size, "header too long");
-
-    const size_t tmp_size = strlen(path) + 32;
-    char *tmp = malloc(tmp_size);
-    if (tmp == NULL)
-        return npy_fail(err, err_size, "out of memory");
-    snprintf(tmp, tmp_size, "%s.tmp%ld", path, (long)getpid());
     errno = 0;
-    FILE *f = fopen(tmp, "wb");
-    if (f == NULL) {
-        npy_fail(err, err_size, "cannot create: %s", strerror(errno));
-        free(tmp);
-        return -1;
-    }
-    int rc = write_body(f, header, header_len, data, count);
-    int e = errno;
-    if (fclose(f) != 0 && rc == 0) {
-        rc = -1;
-        e = errno;
-    }
-    if (rc == 0 && rename(tmp, path) != 0) {
-        rc = -1;
-        e = errno;
-    }
-    if (rc != 0) {
-        remove(tmp);
-        npy_fail(err, err_size, "cannot write: %s", e ? strerror(e) : "I/O error");
-    }
-    free(tmp);
-    return rc;
+    if (write_body(f, header, header_len, data, count) != 0 || fflush(f) != 0)
+        return npy_fail(err, err_size, "cannot write: %s", errno ? strerror(errno) : "I/O error");
+    return 0;
 }

@@ -1,12 +1,13 @@
 /* NumPy .npy files holding little-endian float32 arrays in C order: a strict
  * reader that validates every header field before it trusts any size, and a
- * writer that never leaves a partial file behind. Independent of the CLI so
- * tests can link it alone. */
+ * writer of the format to a stream. Independent of the CLI so tests (and the
+ * fuzzer) can link it alone. */
 #ifndef DASHATTN_NPY_H
 #define DASHATTN_NPY_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /** Most dimensions a file may declare (NumPy 1.x's own limit). */
 #define DA_NPY_MAX_DIMS 32
@@ -33,13 +34,13 @@ int da_npy_decode(const void *bytes, size_t size, da_npy_array *array, char *err
 int da_npy_read(const char *path, da_npy_array *array, char *err, size_t err_size);
 
 /**
- * Write data [shape] as a version 1.0 '<f4' C-order file whose data start on
- * a 64-byte boundary. The file appears complete or not at all: it is written
- * under a temporary name in the same directory and renamed. Returns 0, or -1
- * with a reason in err.
+ * Write data [shape] to f as a version 1.0 '<f4' C-order file whose data
+ * start on a 64-byte boundary, and flush it. Returns 0, or -1 with a reason
+ * in err. Files that must never be left half-written are written through
+ * da_npy_write (outputs.h), which uses this on a temporary file.
  */
-int da_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *err,
-                 size_t err_size);
+int da_npy_write_stream(FILE *f, const float *data, int ndim, const int64_t *shape, char *err,
+                        size_t err_size);
 
 /** Release the data of an array and reset it to empty (NULL is accepted). */
 void da_npy_free(da_npy_array *array);

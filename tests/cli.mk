@@ -1,7 +1,7 @@
 # Tests of the command-line tool, its .npy files, and dtype conversion.
 check_PROGRAMS += tests/test_npy tests/test_convert tests/npy_tool
 
-tests_test_npy_SOURCES = tests/test_npy.c cli/npy.c cli/npy.h
+tests_test_npy_SOURCES = tests/test_npy.c cli/npy.c cli/npy.h cli/outputs.c cli/outputs.h
 tests_test_npy_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli
 tests_test_npy_LDADD = libtestutil.la $(LIBM)
 
@@ -13,7 +13,7 @@ tests_test_convert_LDADD = libtestutil.la $(TEST_INTERNAL_LIBS)
 
 # Writes test arrays (random, or deliberately malformed), computes dense
 # reference attention and its gradients, compares arrays, checks JSON.
-tests_npy_tool_SOURCES = tests/npy_tool.c cli/npy.c cli/npy.h
+tests_npy_tool_SOURCES = tests/npy_tool.c cli/npy.c cli/npy.h cli/outputs.c cli/outputs.h
 tests_npy_tool_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli
 tests_npy_tool_LDADD = libtestutil.la $(LIBM)
 

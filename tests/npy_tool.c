@@ -8,6 +8,7 @@
  *   npy_tool json-get KEY.PATH < JSON             validate JSON, print a value
  * SCALE 0 means 1/sqrt(D). Exit status 0 ok, 1 check failed, 2 bad usage. */
 #include "npy.h"
+#include "outputs.h"
 #include "testutil.h"
 
 #include <math.h>

@@ -270,5 +270,75 @@ fail_with 1 "nosuch" run $QKV $O
 ok "DASHATTN_BACKEND=nosuch, --backend cpu" run $QKV $O --backend cpu
 unset DASHATTN_BACKEND
 
+# --- output files: a user's file is never destroyed -------------------------
+# same_bytes A B: the files are identical.
+same_bytes() {
+    cmp -s "$1" "$2"
+}
+cp q.npy qq.npy
+fail_with 2 "--out qq.npy is the input --q qq.npy" \
+    run --q qq.npy --k k.npy --v v.npy --out qq.npy --lse /nonexistent/l.npy
+check "an input named as --out is intact" same_bytes qq.npy q.npy
+fail_with 2 "directory /nonexistent does not exist" run $QKV --out O.npy --lse /nonexistent/l.npy
+ln qq.npy qq_link.npy
+fail_with 2 "is the input --q" run --q qq.npy --k k.npy --v v.npy --out qq_link.npy
+check "an input's hard link named as --out is intact" same_bytes qq_link.npy q.npy
+rm -f x.npy
+fail_with 2 "are the same file" run $QKV --out x.npy --lse x.npy
+check "--out x --lse x writes nothing" [ ! -e x.npy ]
+fail_with 2 "are the same file" grad $QKV --dout do.npy --dq DQ.npy --dk DQ.npy --dv DV.npy
+mkfifo fifo.npy
+fail_with 2 "not a regular file" run $QKV --out fifo.npy
+check "a FIFO as --out stays a FIFO" [ -p fifo.npy ]
+# A device node of our own (never one in /dev: a regression run as root
+# would replace it), where we may create one: the one of /dev/full.
+if mknod full.npy c 1 7 2>/dev/null; then
+    fail_with 2 "not a regular file" run $QKV --out full.npy
+    check "a device node as --out stays a device node" [ -c full.npy ]
+fi
+mkdir dir.npy
+fail_with 2 "not a regular file" run $QKV --out dir.npy
+ln -s nowhere/O.npy dangling.npy
+fail_with 2 "symbolic link to nothing" run $QKV --out dangling.npy
+
+# A symlinked --out replaces the file it points to; the link stays.
+cp q.npy target.npy
+ln -s target.npy link.npy
+ok "run --out LINK" run $QKV --out link.npy --block-size $S
+check "the link stays a link" [ -L link.npy ]
+check "the file it points to holds the result" same_bytes target.npy O_run.npy
+
+# Modes: a new file gets 0666 less the umask, a replaced file keeps its mode.
+rm -f O_mode.npy
+(umask 027 && "$CLI" run $QKV --out O_mode.npy --block-size $S >/dev/null 2>&1)
+check "new output has mode 640 under umask 027" [ "$(stat -c %a O_mode.npy)" = 640 ]
+chmod 604 O_mode.npy
+ok "run replaces an output" run $QKV --out O_mode.npy --block-size $S
+check "a replaced output keeps mode 604" [ "$(stat -c %a O_mode.npy)" = 604 ]
+
+# A write that fails late (here: the file size limit, with SIGXFSZ ignored,
+# fails dk, the fourth file: 33 kB where out, lse and dq take 8 kB or less;
+# 24 blocks are 12 or 24 kB, as the shell counts) leaves every existing
+# output as it was and no temporary file behind.
+"$TOOL" random q32.npy 6 1 1 4 32 16 || exit 99
+for f in O_keep L_keep DQ_keep DK_keep DV_keep; do printf '%s\n' "$f" >$f.npy; done
+checks=$((checks + 1))
+(
+    trap '' XFSZ
+    ulimit -f 24
+    exec "$CLI" grad --q q32.npy --k k.npy --v v.npy --dout q32.npy --out O_keep.npy \
+        --lse L_keep.npy --dq DQ_keep.npy --dk DK_keep.npy --dv DV_keep.npy --block-size $S
+) >out.txt 2>err.txt
+status=$?
+if [ "$status" -eq 0 ] || ! grep -q 'DK_keep.npy' err.txt; then
+    failures=$((failures + 1))
+    echo "FAIL: grad past the file size limit: exit status $status; stderr:"
+    cat err.txt
+fi
+for f in O_keep L_keep DQ_keep DK_keep DV_keep; do
+    check "a failed grad leaves $f.npy as it was" [ "$(cat $f.npy)" = "$f" ]
+done
+check "a failed grad leaves no temporary file" [ -z "$(ls -A | grep '^\..*_keep\.npy\.')" ]
+
 echo "test_cli.sh: $checks checks, $failures failed"
 [ "$failures" -eq 0 ]

@@ -2,6 +2,7 @@
  * writer promises, and a table of malformed files that must each be rejected
  * with a message naming the problem (never a crash or an out-of-bounds read). */
 #include "npy.h"
+#include "outputs.h"
 #include "testutil.h"
 
 #include <stdio.h>
@@ -277,6 +278,36 @@ static void test_files(void)
     TU_CHECK(da_npy_write("no/such/dir/x.npy", &x, 1, &one, err, sizeof err) == -1 &&
                  err[0] != '\0',
              "write into a missing directory succeeded");
+
+    /* A symlink planted where the old writer put its temporary file
+     * (path.tmp<pid>) is not followed: the file it points to is unchanged. */
+    char victim[128], target[128], planted[192];
+    tmp_path(victim, sizeof victim, "victim");
+    tmp_path(target, sizeof target, "target");
+    snprintf(planted, sizeof planted, "%s.tmp%ld", target, (long)getpid());
+    FILE *v = fopen(victim, "w");
+    if (v != NULL) {
+        fputs("precious\n", v);
+        fclose(v);
+    }
+    TU_CHECK(symlink(victim, planted) == 0, "symlink %s", planted);
+    TU_CHECK(da_npy_write(target, &x, 1, &one, err, sizeof err) == 0,
+             "write beside a planted "
+             "symlink: %s",
+             err);
+    size_t vsize = 0;
+    unsigned char *vraw = read_all(victim, &vsize);
+    TU_CHECK(vraw != NULL && vsize == 9 && memcmp(vraw, "precious\n", 9) == 0,
+             "the planted symlink's target is unchanged");
+    free(vraw);
+    da_npy_array back;
+    TU_CHECK(da_npy_read(target, &back, err, sizeof err) == 0 && back.count == 1 &&
+                 back.data[0] == 1.0f,
+             "the file itself was written: %s", err);
+    da_npy_free(&back);
+    remove(planted);
+    remove(victim);
+    remove(target);
 
     /* A truncated file on disk is rejected like a truncated image. */
     char path[128];
