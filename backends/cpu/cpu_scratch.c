@@ -50,6 +50,10 @@ dacpu_shared dacpu_shared_layout(const dashattn_plan_desc *plan, dashattn_operat
                                                    (size_t)s.ld_block)));
         s.kt_state = at;
         at = da_size_add(at, round_up(da_size_mul3(heads, m, sizeof(atomic_int))));
+    } else {
+        s.pool = at;
+        s.has_pool = 1;
+        at = da_size_add(at, round_up(da_size_mul3(heads, (size_t)p->len_k, sizeof(float))));
     }
     s.total = at;
     return s;
