@@ -135,25 +135,31 @@ static void format_shape(const da_npy_array *a, char *buf, size_t size)
         snprintf(buf + n, size - n, a->ndim == 1 ? ",)" : ")");
 }
 
-/* Read a 4-D array with no empty dimension. */
+/* Exit status of a failed read: running out of memory is not bad input. */
+static int read_failure(const char *path, int rc, const char *err)
+{
+    da_error("%s: %s", path, err);
+    return rc == DA_NPY_NO_MEMORY ? DA_EXIT_FAILURE : DA_EXIT_USAGE;
+}
+
+/* Read a 4-D array with no empty dimension; returns an exit status. */
 static int load_4d(const char *path, da_npy_array *a)
 {
     char err[256];
-    if (da_npy_read(path, a, err, sizeof err) != 0) {
-        da_error("%s: %s", path, err);
-        return -1;
-    }
+    const int rc = da_npy_read(path, a, err, sizeof err);
+    if (rc != 0)
+        return read_failure(path, rc, err);
     char shape[128];
     format_shape(a, shape, sizeof shape);
     if (a->ndim != 4) {
         da_error("%s: expected a 4-D array [B, H, N, D], got shape %s", path, shape);
-        return -1;
+        return DA_EXIT_USAGE;
     }
     if (a->count == 0) {
         da_error("%s: shape %s has an empty dimension", path, shape);
-        return -1;
+        return DA_EXIT_USAGE;
     }
-    return 0;
+    return DA_EXIT_OK;
 }
 
 static int same_shape(const da_npy_array *a, const da_npy_array *b)
@@ -302,11 +308,17 @@ static void print_summary(const run_args *a, const run_state *s, const dashattn_
                           double ms, double ms_backward)
 {
     const dashattn_problem *p = dashattn_plan_problem(s->plan);
-    printf("backend %s (%d threads), %s, q [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
+    /* Threads mean something on the CPU only; a GPU backend names its device. */
+    const char *backend = dashattn_context_backend(s->ctx);
+    char where[256];
+    if (strcmp(backend, "cpu") == 0)
+        snprintf(where, sizeof where, "%d threads", dashattn_context_num_threads(s->ctx));
+    else
+        snprintf(where, sizeof where, "%s", dashattn_context_device(s->ctx));
+    printf("backend %s (%s), %s, q [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
            "], k/v [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "]\n",
-           dashattn_context_backend(s->ctx), dashattn_context_num_threads(s->ctx),
-           dashattn_dtype_name(p->dtype), p->batch, p->heads_q, p->len_q, p->head_dim, p->batch,
-           p->heads_kv, p->len_k, p->head_dim);
+           backend, where, dashattn_dtype_name(p->dtype), p->batch, p->heads_q, p->len_q,
+           p->head_dim, p->batch, p->heads_kv, p->len_k, p->head_dim);
     printf("%s, block size %d, alpha %g, %s selection (%s, %s threshold, %s prior, %s "
            "summaries): sparsity %.4f (%" PRId64 " of %" PRId64 " visible pairs read)\n",
            p->causal ? "causal" : "non-causal", (int)p->block_size, p->alpha,
@@ -320,20 +332,25 @@ static void print_summary(const run_args *a, const run_state *s, const dashattn_
     printf("\n");
 }
 
+/* Returns an exit status. */
 static int load_inputs(const run_args *a, run_state *s)
 {
-    if (load_4d(a->q, &s->q.host) || load_4d(a->k, &s->k.host) || load_4d(a->v, &s->v.host))
-        return -1;
-    if (a->dout && load_4d(a->dout, &s->dout.host))
-        return -1;
-    if (a->summary) {
+    int rc = load_4d(a->q, &s->q.host);
+    if (rc == DA_EXIT_OK)
+        rc = load_4d(a->k, &s->k.host);
+    if (rc == DA_EXIT_OK)
+        rc = load_4d(a->v, &s->v.host);
+    if (rc == DA_EXIT_OK && a->dout)
+        rc = load_4d(a->dout, &s->dout.host);
+    if (rc == DA_EXIT_OK && a->summary) {
         char err[256];
-        if (da_npy_read(a->summary, &s->summary.host, err, sizeof err) != 0) {
-            da_error("%s: %s", a->summary, err);
-            return -1;
-        }
+        const int read = da_npy_read(a->summary, &s->summary.host, err, sizeof err);
+        if (read != 0)
+            rc = read_failure(a->summary, read, err);
     }
-    return check_shapes(a, s);
+    if (rc == DA_EXIT_OK && check_shapes(a, s) != 0)
+        rc = DA_EXIT_USAGE;
+    return rc;
 }
 
 static int make_plan(const run_args *a, run_state *s)
@@ -453,9 +470,12 @@ static dashattn_status timed_sync(dashattn_context *ctx, dashattn_status st, dou
 
 static int execute(const run_args *a, run_state *s)
 {
-    if (check_files(a) != 0 || load_inputs(a, s) != 0)
+    if (check_files(a) != 0)
         return DA_EXIT_USAGE;
-    int rc = make_plan(a, s);
+    int rc = load_inputs(a, s);
+    if (rc != DA_EXIT_OK)
+        return rc;
+    rc = make_plan(a, s);
     if (rc != DA_EXIT_OK)
         return rc;
     if (stage_all(a, s) != 0)

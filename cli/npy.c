@@ -57,6 +57,22 @@ npy_fail(char *err, size_t err_size, const char *format, ...)
     return -1;
 }
 
+/* A failure for want of memory, which is not the file's fault. */
+#ifdef __GNUC__
+__attribute__((format(printf, 3, 4)))
+#endif
+static int
+no_memory(char *err, size_t err_size, const char *format, ...)
+{
+    if (err != NULL && err_size > 0) {
+        va_list ap;
+        va_start(ap, format);
+        vsnprintf(err, err_size, format, ap);
+        va_end(ap);
+    }
+    return DA_NPY_NO_MEMORY;
+}
+
 static int host_is_little_endian(void)
 {
     const uint16_t one = 1;
@@ -382,7 +398,7 @@ int da_npy_decode(const void *bytes, size_t size, da_npy_array *array, char *err
     if (h.count > 0) {
         data = malloc(h.count * sizeof(float));
         if (data == NULL)
-            return npy_fail(err, err_size, "out of memory for %zu floats", h.count);
+            return no_memory(err, err_size, "out of memory for %zu floats", h.count);
         memcpy(data, (const unsigned char *)bytes + h.data_offset, h.count * sizeof(float));
         to_or_from_little_endian(data, h.count);
     }
@@ -397,7 +413,7 @@ static int slurp(FILE *f, unsigned char **out, size_t *out_size, char *err, size
     size_t cap = 1 << 16, size = 0;
     unsigned char *buf = malloc(cap);
     if (buf == NULL)
-        return npy_fail(err, err_size, "out of memory");
+        return no_memory(err, err_size, "out of memory");
     for (;;) {
         if (size == cap) {
             if (cap > SIZE_MAX / 2) {
@@ -407,7 +423,7 @@ static int slurp(FILE *f, unsigned char **out, size_t *out_size, char *err, size
             unsigned char *grown = realloc(buf, cap * 2);
             if (grown == NULL) {
                 free(buf);
-                return npy_fail(err, err_size, "out of memory reading the file");
+                return no_memory(err, err_size, "out of memory reading the file");
             }
             buf = grown;
             cap *= 2;
@@ -439,7 +455,7 @@ int da_npy_read(const char *path, da_npy_array *array, char *err, size_t err_siz
     const int rc = slurp(f, &buf, &size, err, err_size);
     fclose(f);
     if (rc != 0)
-        return -1;
+        return rc;
     npy_header h;
     if (parse_image(buf, size, &h, err, err_size) != 0) {
         free(buf);

@@ -22,10 +22,14 @@ typedef struct da_npy_array {
     float *data;
 } da_npy_array;
 
+/** What the readers return when memory, not the file, was the problem. */
+#define DA_NPY_NO_MEMORY (-2)
+
 /**
  * Decode the full image of a .npy file held in memory. Returns 0 and fills
- * array (release with da_npy_free) or returns -1, leaves array empty and
- * writes a one-line reason, without the file name, into err.
+ * array (release with da_npy_free) or returns -1 (a bad file) or
+ * DA_NPY_NO_MEMORY, leaves array empty and writes a one-line reason,
+ * without the file name, into err.
  */
 int da_npy_decode(const void *bytes, size_t size, da_npy_array *array, char *err, size_t err_size);
 

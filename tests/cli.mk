@@ -19,3 +19,9 @@ tests_npy_tool_LDADD = libtestutil.la $(LIBM)
 
 TESTS += tests/test_npy tests/test_convert tests/test_cli.sh
 dist_noinst_SCRIPTS += tests/test_cli.sh
+
+# LD_PRELOAD shim that fails large allocations: test_cli.sh checks that
+# running out of memory on an input is a failure (status 1), not bad input.
+check_LTLIBRARIES += tests/fault/failmalloc.la
+tests_fault_failmalloc_la_SOURCES = tests/fault/failmalloc.c
+tests_fault_failmalloc_la_LDFLAGS = -module -avoid-version -shared -rpath /nowhere

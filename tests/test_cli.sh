@@ -316,6 +316,21 @@ fail_with 1 "nosuch" run $QKV $O
 ok "DASHATTN_BACKEND=nosuch, --backend cpu" run $QKV $O --backend cpu
 unset DASHATTN_BACKEND
 
+# Running out of memory while reading an input is a failure (1), not bad
+# input (2): allocations above 16 MB fail while a 32 MB q is read.
+FAILMALLOC=$abs_top_builddir/tests/fault/.libs/failmalloc.so
+"$TOOL" random big.npy 7 1 1 1 2097152 4 || exit 99
+if [ -f "$FAILMALLOC" ] && LD_PRELOAD=$FAILMALLOC "$CLI" --version >/dev/null 2>&1; then
+    LD_PRELOAD=$FAILMALLOC
+    DASHATTN_FAILMALLOC_ABOVE=16000000
+    export LD_PRELOAD DASHATTN_FAILMALLOC_ABOVE
+    fail_with 1 "big.npy: out of memory" run --q big.npy --k k.npy --v v.npy $O
+    unset LD_PRELOAD DASHATTN_FAILMALLOC_ABOVE
+else
+    echo "test_cli.sh: out of memory while reading not tested (no LD_PRELOAD shim here)"
+fi
+rm -f big.npy
+
 # --- output files: a user's file is never destroyed -------------------------
 # same_bytes A B: the files are identical.
 same_bytes() {

@@ -67,6 +67,8 @@ run_ok "cpu grad" grad $QKV --dout do.npy --dq DQ_cpu.npy --dk DK_cpu.npy --dv D
 for b in $backends; do
     run_ok "$b: run f32" run $QKV --out O.npy --lse L.npy --backend $b &&
         same "$b: out = cpu" O.npy O_cpu.npy 1e-4 && same "$b: lse = cpu" L.npy L_cpu.npy 1e-4
+    checks=$((checks + 1))
+    grep -q "^backend $b (.*threads)" out.txt && fail "$b: run counts threads: $(head -n 1 out.txt)"
     for dt in bf16 f16; do
         if "$CLI" run $QKV --out O16.npy --backend $b --dtype $dt >out.txt 2>err.txt; then
             checks=$((checks + 1))
