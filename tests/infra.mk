@@ -86,3 +86,10 @@ tests_test_limits_SOURCES = tests/test_limits.c
 tests_test_limits_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests
 tests_test_limits_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
 TESTS += tests/test_limits
+
+# Allocation failures in every call of the CPU backend (replaces malloc).
+check_PROGRAMS += tests/test_alloc_failure
+tests_test_alloc_failure_SOURCES = tests/test_alloc_failure.c
+tests_test_alloc_failure_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests
+tests_test_alloc_failure_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
+TESTS += tests/test_alloc_failure

@@ -34,6 +34,7 @@ include $(srcdir)/tests/cli.mk
 include $(srcdir)/tests/infra.mk
 include $(srcdir)/tests/gpu.mk
 include $(srcdir)/tests/opencl.mk
+include $(srcdir)/tests/fuzz.mk
 
 EXTRA_DIST += tests/lsan-suppressions.txt
 
