@@ -2,6 +2,8 @@
 bin_PROGRAMS += dashattn
 dashattn_SOURCES = \
 	cli/main.c \
+	cli/build_tree.c \
+	cli/build_tree.h \
 	cli/commands.h \
 	cli/options.c \
 	cli/options.h \
@@ -18,5 +20,7 @@ dashattn_SOURCES = \
 	cli/synthetic.h
 # Per-target flags give the CLI its own object files, so cli/synthetic.c and
 # cli/npy.c can also be compiled into the tests' libtool objects.
-dashattn_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli
+# DA_BUILD_DIR lets the uninstalled tool find the plugins built beside it
+# (cli/build_tree.h); the installed one runs from elsewhere and ignores it.
+dashattn_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli -DDA_BUILD_DIR='"$(abs_top_builddir)"'
 dashattn_LDADD = libdashattn.la $(LIBM)

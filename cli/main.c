@@ -4,6 +4,7 @@
 #include <config.h>
 #endif
 
+#include "build_tree.h"
 #include "commands.h"
 #include "options.h"
 #include "outputs.h"
@@ -119,6 +120,7 @@ static int dispatch(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    da_use_build_tree_plugins();
     int status = dispatch(argc, argv);
     /* A full disk or a closed pipe must not look like success. */
     if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -4,6 +4,8 @@
 
 #include "loader.h"
 
+#include "lib/plugin_dir.h"
+
 #include <dirent.h>
 #include <dlfcn.h>
 

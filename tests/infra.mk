@@ -43,7 +43,8 @@ EXTRA_DIST += tests/install_consumer.c
 # failures, in the top build directory, with the environment that
 # AM_TESTS_ENVIRONMENT gives `make check`. The values are taken by running
 # AM_TESTS_ENVIRONMENT here; the names are listed below (keep them in step).
-CTEST_SET_VARS = DASHATTN_BACKEND_PATH DASHATTN_PLUGIN_DIR DASHATTN_CLI OMP_WAIT_POLICY XDG_CACHE_HOME \
+CTEST_SET_VARS = DASHATTN_BACKEND_PATH DASHATTN_PLUGIN_DIR DASHATTN_CLI DASHATTN_TEST_PKGLIBDIR \
+	OMP_WAIT_POLICY XDG_CACHE_HOME \
 	abs_top_srcdir abs_top_builddir
 CTEST_UNSET_VARS = DASHATTN_BACKEND
 all-local: CTestTestfile.cmake

@@ -16,6 +16,7 @@ AM_TESTS_ENVIRONMENT = \
 	DASHATTN_BACKEND_PATH='$(DASHATTN_TEST_PLUGIN_PATH)'; export DASHATTN_BACKEND_PATH; \
 	DASHATTN_PLUGIN_DIR='$(abs_top_builddir)/tests/no-installed-plugins'; export DASHATTN_PLUGIN_DIR; \
 	DASHATTN_CLI='$(abs_top_builddir)/dashattn$(EXEEXT)'; export DASHATTN_CLI; \
+	DASHATTN_TEST_PKGLIBDIR='$(pkglibdir)'; export DASHATTN_TEST_PKGLIBDIR; \
 	XDG_CACHE_HOME='$(abs_top_builddir)/tests/xdg-cache'; export XDG_CACHE_HOME; \
 	abs_top_srcdir='$(abs_top_srcdir)'; export abs_top_srcdir; \
 	abs_top_builddir='$(abs_top_builddir)'; export abs_top_builddir;

@@ -131,6 +131,22 @@ check "help run lists --q" grep -q -- '--q' out.txt
 ok "run --help" run --help
 check "run --help lists --alpha" grep -q -- '--alpha' out.txt
 
+# The tool in its build tree searches the plugins built beside it, unless
+# DASHATTN_BACKEND_PATH is set (as above, even empty).
+top=$(cd "$abs_top_builddir" && pwd -P)
+(unset DASHATTN_BACKEND_PATH && "$CLI" info) >out.txt 2>&1
+check "info in the build tree searches its plugin directories" \
+    grep -qF "  $top/backends/opencl/.libs" out.txt
+"$CLI" info >out.txt 2>&1
+check "a set DASHATTN_BACKEND_PATH wins" sh -c "! grep -qF '$top/backends' out.txt"
+# The install directory compiled into the loader is the configured one: a
+# configure with another prefix rebuilds the loader.
+if [ -n "${DASHATTN_TEST_PKGLIBDIR:-}" ]; then
+    (unset DASHATTN_PLUGIN_DIR && "$CLI" info) >out.txt 2>&1
+    check "info searches the configured install directory $DASHATTN_TEST_PKGLIBDIR" \
+        grep -qxF "  $DASHATTN_TEST_PKGLIBDIR" out.txt
+fi
+
 # --- run: defaults, JSON ---------------------------------------------------
 ok "run --json" run $QKV --out O.npy --lse L.npy --block-size $S --json
 check "run JSON names the backend" [ "$(json backend)" = cpu ]

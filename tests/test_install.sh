@@ -84,6 +84,11 @@ pc_cflags=$(pkg-config --cflags dashattn) || fail "pkg-config --cflags dashattn 
 pc_libs=$(pkg-config --libs dashattn) || fail "pkg-config --libs dashattn failed"
 echo "$me: pkg-config --cflags: $pc_cflags"
 echo "$me: pkg-config --libs: $pc_libs"
+# Private libraries (for a static link) are claimed only with a static library.
+pc_static=$(pkg-config --static --libs dashattn) || fail "pkg-config --static --libs failed"
+if [ "$pc_static" != "$pc_libs" ] && [ -z "$(find_one -name 'libdashattn.a')" ]; then
+    fail "pkg-config --static lists '$pc_static' but no libdashattn.a is installed"
+fi
 
 # Unquoted on purpose: each holds several words.
 # shellcheck disable=SC2086
