@@ -145,7 +145,13 @@ dashattn_status dacuda_forward(void *state, const dashattn_plan_desc *plan,
     dacuda_forward_layout(plan, a->workspace, &ws);
     if (!a->stats)
         ws.counts = NULL;
-    const int fast = dacuda_stage2_fast_ok(&p, a->q, a->k, a->v, a->out);
+    /* The tensor-core stage 2 recomputes a candidate's score from the mean
+     * of the block's logits, which is q . kbar only for mean pooling; with
+     * learned summaries the generic stage 2 scores kbar itself. */
+    const int fast2 = dacuda_stage2_fast_ok(&p, a->q, a->k, a->v, a->out) && !a->block_summary;
+    /* With the generic stage 2 stage 1 is generic too: the former recomputes
+     * the latter's scores to the bit. */
+    const int fast1 = fast2 && dacuda_stage1_mma_smem(&p) <= st->smem_optin;
 
     const size_t mask_bytes = (size_t)p.batch * (size_t)p.heads_q * (size_t)ws.tiles *
                               (size_t)ws.words * sizeof(uint32_t);
@@ -153,10 +159,10 @@ dashattn_status dacuda_forward(void *state, const dashattn_plan_desc *plan,
     if (ws.counts)
         TRY(check(cudaMemsetAsync(ws.counts, 0, 2 * sizeof(unsigned long long), stream),
                   "clearing counters"));
-    TRY(check(dacuda_launch_block_keys(&p, a->k, &ws, fast, stream), "block keys kernel"));
-    const int fast1 = fast && dacuda_stage1_mma_smem(&p) <= st->smem_optin;
+    TRY(check(dacuda_launch_block_keys(&p, a->k, a->block_summary, &ws, fast1, stream),
+              "block keys kernel"));
     TRY(check(dacuda_launch_stage1(&p, a->q, &ws, a->selection, fast1, stream), "stage-1 kernel"));
-    if (fast)
+    if (fast2)
         TRY(check(dacuda_launch_stage2_mma(&p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
                   "stage-2 tensor-core kernel"));
     else

@@ -45,7 +45,7 @@ void dacuda_params_from_plan(const dashattn_plan_desc *plan, dacuda_params *p);
 
 /* Device arrays of a forward call, carved from its workspace. */
 typedef struct dacuda_forward_ws {
-    float *kbar;                /* [B, Hkv, M, D] block means */
+    float *kbar;                /* [B, Hkv, M, D] block summaries (keys) */
     void *kbar_hi, *kbar_lo;    /* the same split into two 16-bit parts (fast path) */
     float *qbar;                /* [B, Hkv, Nq, D] group-mean queries (shared mode) */
     dacuda_row_param *rows;     /* [B, Hq, Nq] */
@@ -89,8 +89,10 @@ int dacuda_stage2_fast_ok(const dacuda_params *p, const dashattn_tensor *q,
                           const dashattn_tensor *k, const dashattn_tensor *v,
                           const dashattn_tensor *out);
 
+/* summary: the learned vectors h (f32 [1, Hkv, 1, D]), NULL for mean pooling. */
 cudaError_t dacuda_launch_block_keys(const dacuda_params *p, const dashattn_tensor *k,
-                                     const dacuda_forward_ws *ws, int split16, cudaStream_t stream);
+                                     const dashattn_tensor *summary, const dacuda_forward_ws *ws,
+                                     int split16, cudaStream_t stream);
 /* Shared memory of the tensor-core stage 1 (used only where it fits). */
 size_t dacuda_stage1_mma_smem(const dacuda_params *p);
 cudaError_t dacuda_launch_stage1(const dacuda_params *p, const dashattn_tensor *q,
@@ -115,7 +117,8 @@ cudaError_t dacuda_launch_decode_split_mma(const dacuda_params *p, const dashatt
                                            cudaStream_t stream);
 cudaError_t dacuda_launch_append(const dacuda_params *p, const dashattn_kv_cache *cache,
                                  const dashattn_tensor *k_new, const dashattn_tensor *v_new,
-                                 dacuda_device_error *err, cudaStream_t stream);
+                                 const dashattn_tensor *summary, dacuda_device_error *err,
+                                 cudaStream_t stream);
 
 #ifdef __cplusplus
 }
