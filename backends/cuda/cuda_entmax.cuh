@@ -222,7 +222,7 @@ static __device__ float da_topk_threshold(const float *z, int n, int k)
 static __device__ dacuda_row_param da_row_threshold(const float *z, int n, const dacuda_params &p)
 {
     const int lane = threadIdx.x & 31;
-    dacuda_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f};
+    dacuda_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     float zmax = -CUDART_INF_F;
     int nans = 0;
     for (int j = lane; j < n; j += 32) {
