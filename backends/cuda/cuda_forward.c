@@ -90,8 +90,9 @@ size_t dacuda_forward_layout(const dashattn_plan_desc *plan, void *base, dacuda_
 }
 
 /* The layouts sum sizes in size_t. This bound, in double with every part
- * at its largest (decode splits at most M), tells whether they could wrap:
- * the core refuses a plan whose workspace size is SIZE_MAX. */
+ * at its largest (the prior table always, decode splits at most M), tells
+ * whether they could wrap: the core refuses a plan whose workspace size is
+ * SIZE_MAX. A part added to a layout must be added here. */
 static int layout_may_wrap(const dashattn_plan_desc *plan, dashattn_operation op)
 {
     const dashattn_problem *p = &plan->problem;
@@ -99,7 +100,7 @@ static int layout_may_wrap(const dashattn_plan_desc *plan, dashattn_operation op
     const double nq = (double)p->len_q, d = (double)p->head_dim, m = (double)plan->num_blocks;
     double bytes = 0.0;
     if (op == DASHATTN_OP_FORWARD)
-        bytes = b * hkv * m * d * 8.0 + b * hkv * nq * d * 4.0 +
+        bytes = b * hkv * m * d * 8.0 + b * hkv * nq * m * 4.0 +
                 b * hq * nq * (double)sizeof(dacuda_row_param) +
                 b * hq * (nq / DACUDA_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0;
     else if (op == DASHATTN_OP_DECODE)
