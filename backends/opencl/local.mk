@@ -4,6 +4,7 @@
 # driver on first use (then cached on disk, see ocl_program.c).
 DAOCL_KERNELS = \
 	backends/opencl/kernels/common.cl \
+	backends/opencl/kernels/summary.cl \
 	backends/opencl/kernels/stage1.cl \
 	backends/opencl/kernels/stage2.cl \
 	backends/opencl/kernels/decode.cl \
@@ -33,6 +34,7 @@ EXTRA_DIST += backends/opencl/embed_cl.sh $(DAOCL_KERNELS)
 # The same list with its source-tree paths, for VPATH builds.
 DAOCL_KERNEL_SRCS = \
 	$(srcdir)/backends/opencl/kernels/common.cl \
+	$(srcdir)/backends/opencl/kernels/summary.cl \
 	$(srcdir)/backends/opencl/kernels/stage1.cl \
 	$(srcdir)/backends/opencl/kernels/stage2.cl \
 	$(srcdir)/backends/opencl/kernels/decode.cl \
