@@ -417,8 +417,9 @@ static int execute(const run_args *a, run_state *s)
     memset(&stats, 0, sizeof stats);
     double t0 = da_now_ms();
     double ms;
-    dashattn_status st = dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, NULL, &s->out.t,
-                                          s->lse_dev.data, NULL, &stats, s->workspace, ws, NULL);
+    dashattn_status st =
+        dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, NULL, &s->out.t,
+                         s->lse_dev.data, NULL, &stats, s->workspace, ws, NULL);
     st = timed_sync(s->ctx, st, t0, &ms);
     if (st != DASHATTN_OK) {
         da_library_error("forward", st);

@@ -353,7 +353,8 @@ static dashattn_status run_fwd(fwd_fixture *f, const dashattn_plan *plan, const 
                                size_t ws_size)
 {
     poison_fwd_outputs(f);
-    return dashattn_forward(f->ctx, plan, q, k, v, NULL, out, f->lse, sel, &f->stats, ws, ws_size, NULL);
+    return dashattn_forward(f->ctx, plan, q, k, v, NULL, out, f->lse, sel, &f->stats, ws, ws_size,
+                            NULL);
 }
 
 static void fwd_case(fwd_fixture *f, const char *what, dashattn_status st, dashattn_status want,
@@ -384,15 +385,15 @@ static void check_forward_errors(fwd_fixture *f)
     check_ok("second cpu context", dashattn_context_create(&opt, &other));
     if (other != NULL) {
         poison_fwd_outputs(f);
-        st = dashattn_forward(other, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse, &f->sel,
-                              &f->stats, NULL, 0, NULL);
+        st = dashattn_forward(other, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse,
+                              &f->sel, &f->stats, NULL, 0, NULL);
         fwd_case(f, "forward with another context's plan", st, BAD, "context|plan");
         dashattn_context_destroy(other);
     }
 
     /* NULL tensors and data. */
-    st = dashattn_forward(NULL, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, NULL, NULL, NULL, NULL,
-                          0, NULL);
+    st = dashattn_forward(NULL, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, NULL, NULL, NULL,
+                          NULL, 0, NULL);
     check_failure("forward NULL context", st, BAD, "context");
     fwd_case(f, "forward NULL plan",
              run_fwd(f, NULL, &f->tq, &f->tk, &f->tv, &f->tout, NULL, NULL, 0), BAD, "plan");
@@ -510,8 +511,8 @@ static dashattn_status run_bwd(fwd_fixture *f, bwd_outputs *g, const float *lse,
                                size_t ws_size)
 {
     poison_bwd(g);
-    return dashattn_backward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, lse, dout, dq, dk,
-                             dv, NULL, ws, ws_size, NULL);
+    return dashattn_backward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, lse, dout, dq,
+                             dk, dv, NULL, ws, ws_size, NULL);
 }
 
 static void check_backward_errors(fwd_fixture *f)
@@ -529,8 +530,8 @@ static void check_backward_errors(fwd_fixture *f)
     dashattn_status st;
 
     /* out and lse of a real forward. */
-    st = dashattn_forward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse, NULL, NULL,
-                          NULL, 0, NULL);
+    st = dashattn_forward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse, NULL,
+                          NULL, NULL, 0, NULL);
     check_ok("forward for backward", st);
     st = run_bwd(f, &g, f->lse, &tdout, &g.tdq, &g.tdk, &g.tdv, NULL, 0);
     check_ok("valid backward", st);
