@@ -195,18 +195,18 @@ inline real da_tau_bracketed(const da_entmax_args *a, real zmax)
 }
 
 /* The release's threshold (backend.h, DASHATTN_THRESHOLD_HALLEY): exactly
- * `iterations` steps from the middle of [max x - 1, max x], x = z / 2. A
- * candidate outside the widened bracket, NaN included, falls back to the
- * middle. */
+ * `iterations` steps from the middle of [max x - 1, max x], x = z / 2, here
+ * on x - max x (as the CPU backend: every step is the same, and the sums
+ * carry no large magnitudes). A candidate outside the widened bracket, NaN
+ * included, falls back to the middle. */
 inline real da_tau_halley(const da_entmax_args *a, real zmax)
 {
-    real lo = (real)0.5 * zmax - 1, hi = (real)0.5 * zmax;
-    real t = (real)0.5 * (lo + hi);
+    real lo = -1, hi = 0, t = (real)-0.5;
     for (int it = 0; it < a->iterations; it++) {
         real s2 = 0, s1 = 0, active = 0;
         for (long c = 0; c < a->n; c++) {
             const real x =
-                (real)0.5 * da_z(a->w, a->rows_total, a->r0, a->ng, a->cb + c, a->scale1);
+                (real)0.5 * (da_z(a->w, a->rows_total, a->r0, a->ng, a->cb + c, a->scale1) - zmax);
             if (x > t) {
                 s2 += (x - t) * (x - t);
                 s1 += x - t;
@@ -298,11 +298,12 @@ inline void da_entmax_row(const da_entmax_args *a)
         }
         return;
     }
-    if (a->method == 5) { /* the release's Halley schedule, on x = z / 2 unshifted */
+    if (a->method == 5) { /* the release's Halley schedule, p not renormalised */
         const real t = da_tau_halley(a, zmax);
         for (long c = 0; c < a->n; c++) {
             const real x =
-                (real)0.5 * da_z(a->w, a->rows_total, a->r0, a->ng, a->cb + c, a->scale1) - t;
+                (real)0.5 * (da_z(a->w, a->rows_total, a->r0, a->ng, a->cb + c, a->scale1) - zmax) -
+                t;
             da_put(a, c, x > 0 ? (float)(x * x) : 0.0f);
         }
         return;

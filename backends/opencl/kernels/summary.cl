@@ -124,12 +124,12 @@ __kernel void da_bwd_dh(__global const elem *k, long4 ks, long batch, int heads_
     const long g = get_global_id(1);
     if (c >= d)
         return;
-    float sum = 0.0f;
+    real sum = 0;
     for (long b = 0; b < batch && scored; b++) {
         __global const float *r = ws + rt_off + (b * heads_kv + g) * len_k;
         const long base = da_off(ks, b, g, 0) + c * ks.s3;
         for (long t = 0; t < len_k; t++)
-            sum += r[t] * LOAD(k, base + t * ks.s2);
+            sum += (real)r[t] * LOAD(k, base + t * ks.s2);
     }
-    dh[da_off(dhs, 0, g, 0) + c * dhs.s3] = sum / sqrt((float)d);
+    dh[da_off(dhs, 0, g, 0) + c * dhs.s3] = (float)(sum / sqrt((real)d));
 }
