@@ -1,14 +1,18 @@
-/* Backward (SPEC.md, "Backward"), after the block keys and stage 1 are
- * recomputed into the workspace (rows as in stage1.cl, one pass):
+/* Backward (SPEC.md, "Backward"), after the block summaries and stage 1 are
+ * recomputed into the workspace (rows as in stage1.cl, one pass; stage 1
+ * also keeps each row's own entmax probabilities and its weights before the
+ * prior):
  *   da_bwd_dq      row-parallel like da_attend: the stage-2 part of dq, the
  *                  prior gradients g_ij of kept candidates (into GP), and
  *                  Dl_i = dO_i . o_i;
- *   da_bwd_entmax  per row (per KV-head position in shared mode): the
+ *   da_bwd_entmax  per row (per KV-head position in the shared and mean
+ *                  modes): dL/dw through the prior, the group mode, the
  *                  entmax backward, dz into GP in place, and dq's stage-1
  *                  part; writes dq;
  *   da_bwd_dkdv    key-parallel: one work-item per key token sums over the
  *                  rows keeping its block, so dk and dv need no atomics and
- *                  are reproducible. */
+ *                  are reproducible; with summary vectors also r_t for dh
+ *                  (da_bwd_dh in summary.cl). */
 
 __kernel __attribute__((reqd_work_group_size(DA_WG, 1, 1))) void
 da_bwd_dq(__global const elem *q, long4 qs, __global const elem *k, long4 ks,

@@ -1,6 +1,8 @@
 /* Decode against a KV cache, and appending to one (SPEC.md, "Decode and KV
- * caches"). A decode row is r = b * Hq + hq (one query per sequence): the
- * pass layout of stage1.cl with chunk 1, so da_select serves decode too.
+ * caches"; the summaries of the blocks an append completes are
+ * da_append_keys in summary.cl). A decode row is r = b * Hq + hq (one query
+ * per sequence): the pass layout of stage1.cl with chunk 1, so da_select
+ * serves decode too.
  *
  * Stage 2 of decode is split-KV: the blocks of each (sequence, KV head) are
  * cut into ranges, one work-group per range, every work-group keeping a
