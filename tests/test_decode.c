@@ -51,7 +51,6 @@ static const decode_config configs[] = {
     {"per_head flat1e6 summaries", 1.5, 0, 0, 1, 0, 1e6, 0, 1},
 };
 
-
 static const decode_config *config;
 
 /* The learned summary vectors [HKV, DIM] of configurations that use them. */
@@ -273,8 +272,8 @@ static void check_cache_contents(const cache *c, const char *when)
     }
     TU_CHECK(bad_tokens == 0, "%s %s: %lld cached tokens differ from the appended ones", c->name,
              when, (long long)bad_tokens);
-    TU_CHECK(bad_keys == 0, "%s %s: block summaries off the reference by up to %.3g", c->name,
-             when, worst);
+    TU_CHECK(bad_keys == 0, "%s %s: block summaries off the reference by up to %.3g", c->name, when,
+             worst);
     free(kbar);
 }
 

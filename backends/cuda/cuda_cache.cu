@@ -3,6 +3,7 @@
  * advance seq_lens. Each step skips its work once an error is recorded, so
  * a failing append changes nothing. */
 #include "cuda_cache.cuh"
+#include "cuda_summary.cuh"
 
 namespace
 {
@@ -40,8 +41,10 @@ __global__ void append_copy_kernel(dacuda_params p, dashattn_kv_cache c, dashatt
     }
 }
 
-/* One thread block per (block that may complete, KV head, sequence). */
+/* One thread block per (block that may complete, KV head, sequence); with
+ * has_summary the block's learned summary under hvec, else its mean key. */
 __global__ void append_block_keys_kernel(dacuda_params p, dashattn_kv_cache c, int64_t tokens,
+                                         int has_summary, dashattn_tensor hvec,
                                          const dacuda_device_error *err)
 {
     if (err->code)
@@ -51,6 +54,18 @@ __global__ void append_block_keys_kernel(dacuda_params p, dashattn_kv_cache c, i
     const int64_t j = old_len / S + blockIdx.x;
     if ((j + 1) * S > new_len)
         return; /* not complete yet */
+    if (has_summary) {
+        da_block_summary(
+            hvec, h, p.head_dim, S,
+            [&](int64_t t, int64_t d) {
+                return da_load(c.k.data, c.k.dtype, da_cache_offset(c, c.k, S, b, h, j * S + t, d));
+            },
+            [&](int64_t d, float x) {
+                da_store(c.block_keys.data, c.block_keys.dtype, da_block_key_offset(c, b, h, j, d),
+                         x);
+            });
+        return;
+    }
     for (int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
         float acc = 0.0f;
         for (int64_t t = 0; t < S; t++)
@@ -73,9 +88,11 @@ __global__ void append_advance_kernel(dacuda_params p, dashattn_kv_cache c, int6
 
 extern "C" cudaError_t dacuda_launch_append(const dacuda_params *p, const dashattn_kv_cache *cache,
                                             const dashattn_tensor *k_new,
-                                            const dashattn_tensor *v_new, dacuda_device_error *err,
-                                            cudaStream_t stream)
+                                            const dashattn_tensor *v_new,
+                                            const dashattn_tensor *summary,
+                                            dacuda_device_error *err, cudaStream_t stream)
 {
+    const dashattn_tensor hvec = summary ? *summary : dashattn_tensor{};
     const int64_t tokens = k_new->shape[2];
     append_check_kernel<<<1, 256, 0, stream>>>(*p, *cache, tokens, err);
     const unsigned threads = p->head_dim >= 128 ? 128 : 64;
@@ -84,7 +101,8 @@ extern "C" cudaError_t dacuda_launch_append(const dacuda_params *p, const dashat
     /* Blocks touched: from the one holding the old end to the new end. */
     const int64_t span = tokens / p->block_size + 2;
     append_block_keys_kernel<<<dim3((unsigned)span, (unsigned)p->heads_kv, (unsigned)p->batch),
-                               threads, 0, stream>>>(*p, *cache, tokens, err);
+                               threads, 0, stream>>>(*p, *cache, tokens, summary != NULL, hvec,
+                                                     err);
     append_advance_kernel<<<1, 256, 0, stream>>>(*p, *cache, tokens, err);
     return cudaGetLastError();
 }

@@ -79,7 +79,7 @@ dashattn_status dacuda_cache_append(void *state, const dashattn_plan_desc *plan,
         return s;
     dacuda_params p;
     dacuda_params_from_plan(plan, &p);
-    const cudaError_t err =
-        dacuda_launch_append(&p, a->cache, a->k_new, a->v_new, st->error, (cudaStream_t)a->stream);
+    const cudaError_t err = dacuda_launch_append(&p, a->cache, a->k_new, a->v_new, a->block_summary,
+                                                 st->error, (cudaStream_t)a->stream);
     return err == cudaSuccess ? DASHATTN_OK : dacuda_fail(err, "cache append kernels");
 }

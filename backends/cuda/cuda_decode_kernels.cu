@@ -78,8 +78,10 @@ __global__ void __launch_bounds__(SELECT_THREADS)
 /* Thresholds and the union of selected blocks of one (sequence, KV head):
  * turns the scores into log2 priors per head and block (-inf: not read) and
  * lists the blocks to read in ascending order; nblocks = -1 marks a sequence
- * whose seq_lens entry or block table is bad. */
-__global__ void __launch_bounds__(SELECT_THREADS)
+ * whose seq_lens entry or block table is bad. The grid has only B x Hkv
+ * blocks, so two per multiprocessor are plenty; the bound keeps ptxas for
+ * sm_80 from spilling to fit more. */
+__global__ void __launch_bounds__(SELECT_THREADS, 2)
     decode_select_kernel(dacuda_params p, dashattn_kv_cache c, dacuda_decode_ws ws,
                          dacuda_device_error *err)
 {
@@ -118,13 +120,40 @@ __global__ void __launch_bounds__(SELECT_THREADS)
     __shared__ dacuda_row_param params[32];
     const int64_t rows = p.shared_group ? 1 : G;
     for (int64_t g = warp; g < rows; g += warps) {
-        dacuda_row_param rp = {DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f};
+        dacuda_row_param rp = {DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
         if (n > 0)
             rp = da_row_threshold(zs + g * n, (int)n, p);
         if (lane == 0)
             params[g] = rp;
     }
     __syncthreads();
+
+    /* Candidates' log2 weights in place of their scores: a row per head, or
+     * row 0 for the whole group when it shares one weight. */
+    const int wrows = p.shared_group || p.group_mean ? 1 : (int)G, ni = (int)n;
+    for (int e = tid; e < wrows * ni; e += SELECT_THREADS) {
+        const int row = e / ni, col = e % ni;
+        float l2;
+        if (p.group_mean) {
+            float top = -CUDART_INF_F, sum = 0.0f;
+            for (int64_t g = 0; g < G; g++)
+                da_log2_mean_add(top, sum, da_prior_log2(params[g], zs[g * n + col], p.alpha));
+            l2 = da_log2_mean(top, sum, G);
+        } else {
+            l2 = da_prior_log2(params[row], zs[row * n + col], p.alpha);
+        }
+        zs[row * n + col] = l2;
+    }
+    __syncthreads();
+    __shared__ float mu[32];
+    if (p.prior_flat) {
+        for (int row = warp; row < wrows; row += warps) {
+            const float m = da_flat_mu(n, [&](int64_t e) { return zs[row * n + e]; });
+            if (lane == 0)
+                mu[row] = m;
+        }
+        __syncthreads();
+    }
 
     /* The union is gathered as a bitmask in shared memory, then listed. */
     const int64_t visible_blocks = (len + S - 1) / S;
@@ -137,13 +166,16 @@ __global__ void __launch_bounds__(SELECT_THREADS)
     const int gm = (int)(G * M), mi = (int)M;
     for (int e = tid; e < gm; e += SELECT_THREADS) {
         const int g = e / mi, j = e % mi;
-        const int row = p.shared_group ? 0 : g;
+        const int row = wrows == 1 ? 0 : g;
         float w = -CUDART_INF_F;
         if (j < visible_blocks) {
-            if (da_forced(lr, j))
+            if (da_forced(lr, j)) {
                 w = 0.0f;
-            else if (j >= cb && j < lr.cand_end)
-                w = da_prior_log2(params[row], zs[row * n + j - cb], p.alpha);
+            } else if (j >= cb && j < lr.cand_end) {
+                w = zs[row * n + j - cb];
+                if (p.prior_flat)
+                    w = da_flatten(w, mu[row], p.inv_sigma);
+            }
         }
         z_global[g * M + j] = w;
         if (!(w == -CUDART_INF_F))

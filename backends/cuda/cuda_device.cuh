@@ -123,4 +123,65 @@ static __device__ __forceinline__ float da_prior_log2(const dacuda_row_param &rp
     return -CUDART_INF_F;
 }
 
+/* log2(1e-20): the flat prior drops candidates whose weight is not above
+ * 1e-20 (SPEC.md, "Stage 2"). */
+#define DA_LOG2_FLAT_FLOOR (-66.43856189774724f)
+
+/* The flat prior's log2 pi = (l2 - mu) / sigma from a candidate's log2
+ * weight l2 and the row's mean mu of log2 w over the candidates above the
+ * floor: NaN stays NaN. */
+static __device__ __forceinline__ float da_flatten(float l2, float mu, float inv_sigma)
+{
+    if (isnan(l2))
+        return l2;
+    return l2 > DA_LOG2_FLAT_FLOOR ? (l2 - mu) * inv_sigma : -CUDART_INF_F;
+}
+
+/* mu of the flat prior for one row, over a warp: the mean of l2_of(e), the
+ * log2 weights of candidates e in [0, n), over those above the floor; 0 if
+ * none is. */
+template <typename L2> static __device__ float da_flat_mu(int64_t n, L2 l2_of)
+{
+    const int lane = threadIdx.x & 31;
+    double sum = 0.0, count = 0.0;
+    for (int64_t e = lane; e < n; e += 32) {
+        const float l2 = l2_of(e);
+        if (l2 > DA_LOG2_FLAT_FLOOR) {
+            sum += l2;
+            count += 1.0;
+        }
+    }
+    sum = da_warp_sum_d(sum);
+    count = da_warp_sum_d(count);
+    return count > 0.0 ? (float)(sum / count) : 0.0f;
+}
+
+/* log2 of the mean of 2^l2 over a group, accumulated one l2 at a time into
+ * (top, sum), which start at (-inf, 0), with a running maximum, so weights
+ * below float's range still count. */
+static __device__ __forceinline__ void da_log2_mean_add(float &top, float &sum, float l2)
+{
+    if (l2 == -CUDART_INF_F)
+        return;
+    if (l2 > top) {
+        sum = sum * exp2f(top - l2) + 1.0f;
+        top = l2;
+    } else {
+        sum += exp2f(l2 - top); /* NaN lands here and stays */
+    }
+}
+
+static __device__ __forceinline__ float da_log2_mean(float top, float sum, int64_t count)
+{
+    return top + log2f(sum / (float)count);
+}
+
+/* log2 of a candidate's stage-2 prior pi under the plan's prior mode. */
+static __device__ __forceinline__ float da_candidate_log2(const dacuda_params &p,
+                                                          const dacuda_row_param &rp, float z)
+{
+    const float l2 = da_prior_log2(rp, z, p.alpha);
+    return p.prior_flat ? da_flatten(l2, rp.mu, p.inv_sigma) : l2;
+}
+
 #endif

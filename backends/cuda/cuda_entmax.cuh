@@ -138,6 +138,37 @@ static __device__ double da_bracketed_threshold(const float *z, int n, float zma
     return lo;
 }
 
+/* The release's fixed schedule (DASHATTN_THRESHOLD_HALLEY, alpha 1.5), in
+ * units x = (z - zmax) / 2: shifting x by its maximum moves t, the bracket
+ * and every test by the same amount, so this is the release's iteration on
+ * x = z / 2 up to rounding. Returns t; p = (x - t)_+^2, not renormalised. */
+static __device__ double da_halley_threshold(const float *z, int n, float zmax, int steps)
+{
+    const int lane = threadIdx.x & 31;
+    double lo = -1.0, hi = 0.0, t = -0.5;
+    for (int step = 0; step < steps; step++) {
+        double s2 = 0.0, s1 = 0.0, above = 0.0;
+        for (int j = lane; j < n; j += 32) {
+            const double u = 0.5 * ((double)z[j] - zmax) - t;
+            if (u > 0.0) {
+                s2 += u * u;
+                s1 += u;
+                above += 1.0;
+            }
+        }
+        const double f = da_warp_sum_d(s2) - 1.0, f1 = -2.0 * da_warp_sum_d(s1);
+        const double f2 = 2.0 * da_warp_sum_d(above);
+        const double next = t - 2.0 * f * f1 / (2.0 * f1 * f1 - f * f2);
+        if (f > 0.0)
+            lo = t;
+        if (f < 0.0)
+            hi = t;
+        /* A NaN or infinite step fails the test and bisects. */
+        t = next > lo - 1e-5 && next < hi + 1e-5 ? next : 0.5 * (lo + hi);
+    }
+    return t;
+}
+
 /* Order-preserving map of a float onto unsigned integers. */
 static __device__ __forceinline__ unsigned da_float_key(float x)
 {
@@ -191,7 +222,7 @@ static __device__ float da_topk_threshold(const float *z, int n, int k)
 static __device__ dacuda_row_param da_row_threshold(const float *z, int n, const dacuda_params &p)
 {
     const int lane = threadIdx.x & 31;
-    dacuda_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f};
+    dacuda_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     float zmax = -CUDART_INF_F;
     int nans = 0;
     for (int j = lane; j < n; j += 32) {
@@ -220,6 +251,12 @@ static __device__ dacuda_row_param da_row_threshold(const float *z, int n, const
         return rp;
     }
     const double alpha = p.alpha;
+    if (p.method == DASHATTN_THRESHOLD_HALLEY) {
+        /* Stage 2's p = ((alpha - 1)(z - a) - tau)_+^2 with alpha 1.5 and
+         * log2 norm 0 is exactly (x - t)_+^2. */
+        rp.tau = (float)da_halley_threshold(z, n, zmax, p.iterations);
+        return rp;
+    }
     if (p.method == DASHATTN_THRESHOLD_SORT_15 || p.method == DASHATTN_THRESHOLD_SORT_2) {
         const int r = p.method == DASHATTN_THRESHOLD_SORT_2 ? 1 : 2;
         double tau;

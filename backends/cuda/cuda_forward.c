@@ -25,11 +25,21 @@ void dacuda_params_from_plan(const dashattn_plan_desc *plan, dacuda_params *p)
     p->method = (int32_t)plan->threshold_method;
     p->iterations = plan->threshold_iterations;
     p->topk = pr->topk;
-    p->shared_group = pr->group_mode == DASHATTN_GROUP_SHARED;
+    /* One query head per KV head makes every group mode per-head; top-k in
+     * group-mean mode ranks the group's mean score, as shared mode does. */
+    const int grouped = plan->group_size > 1;
+    const int topk = plan->threshold_method == DASHATTN_THRESHOLD_TOPK;
+    p->shared_group = grouped && (pr->group_mode == DASHATTN_GROUP_SHARED ||
+                                  (pr->group_mode == DASHATTN_GROUP_MEAN && topk));
+    p->group_mean = grouped && pr->group_mode == DASHATTN_GROUP_MEAN && !topk;
+    p->prior_table = p->shared_group || p->group_mean;
+    p->prior_flat = pr->prior == DASHATTN_PRIOR_FLAT;
     p->dtype = (int32_t)pr->dtype;
     p->alpha = (float)pr->alpha;
     p->scale = (float)pr->scale;
     p->stage1_scale = (float)pr->stage1_scale;
+    /* 0 unless the prior is flat; a product, not a division, in the kernels. */
+    p->inv_sigma = pr->prior == DASHATTN_PRIOR_FLAT ? (float)(1.0 / pr->prior_sigma) : 0.0f;
 }
 
 void *dacuda_carve(dacuda_carver *c, size_t bytes)
@@ -53,8 +63,11 @@ dashattn_status dacuda_check_workspace(const char *op, const void *workspace)
 size_t dacuda_forward_layout(const dashattn_plan_desc *plan, void *base, dacuda_forward_ws *ws)
 {
     const dashattn_problem *p = &plan->problem;
+    dacuda_params kp;
+    dacuda_params_from_plan(plan, &kp);
     const size_t D = (size_t)p->head_dim, M = (size_t)plan->num_blocks;
     const size_t kv_blocks = (size_t)p->batch * (size_t)p->heads_kv * M * D;
+    const size_t kv_rows = (size_t)p->batch * (size_t)p->heads_kv * (size_t)p->len_q;
     const size_t rows = (size_t)p->batch * (size_t)p->heads_q * (size_t)p->len_q;
     const size_t half = p->dtype == DASHATTN_F32 ? 0 : 2;
     dacuda_carver c = {base, 0};
@@ -65,9 +78,8 @@ size_t dacuda_forward_layout(const dashattn_plan_desc *plan, void *base, dacuda_
     w.kbar = dacuda_carve(&c, kv_blocks * sizeof(float));
     w.kbar_hi = dacuda_carve(&c, kv_blocks * half);
     w.kbar_lo = dacuda_carve(&c, kv_blocks * half);
-    if (p->group_mode == DASHATTN_GROUP_SHARED)
-        w.qbar = dacuda_carve(&c, (size_t)p->batch * (size_t)p->heads_kv * (size_t)p->len_q * D *
-                                      sizeof(float));
+    if (kp.prior_table)
+        w.prior = dacuda_carve(&c, kv_rows * M * sizeof(float));
     w.rows = dacuda_carve(&c, rows * sizeof(dacuda_row_param));
     w.masks = dacuda_carve(&c, (size_t)p->batch * (size_t)p->heads_q * (size_t)w.tiles *
                                    (size_t)w.words * sizeof(uint32_t));
@@ -99,7 +111,7 @@ int dacuda_stage2_fast_ok(const dacuda_params *p, const dashattn_tensor *q,
                           const dashattn_tensor *k, const dashattn_tensor *v,
                           const dashattn_tensor *out)
 {
-    if (p->dtype == DASHATTN_F32 || p->shared_group || p->block_size != 64)
+    if (p->dtype == DASHATTN_F32 || p->block_size != 64)
         return 0;
     if (p->head_dim != 64 && p->head_dim != 128)
         return 0;
@@ -134,9 +146,11 @@ dashattn_status dacuda_forward(void *state, const dashattn_plan_desc *plan,
     dacuda_params p;
     dacuda_params_from_plan(plan, &p);
     if (dacuda_stage1_smem(&p) > st->smem_optin) {
-        dacuda_host->set_error("cuda backend: %lld key blocks need %zu bytes of shared memory in "
-                               "stage 1, the device offers %zu; use a larger block_size",
-                               (long long)p.num_blocks, dacuda_stage1_smem(&p), st->smem_optin);
+        dacuda_host->set_error("cuda backend: %lld key blocks%s need %zu bytes of shared memory "
+                               "in stage 1, the device offers %zu; use a larger block_size",
+                               (long long)p.num_blocks,
+                               p.group_mean ? " for every query head of a group" : "",
+                               dacuda_stage1_smem(&p), st->smem_optin);
         return DASHATTN_ERR_UNSUPPORTED;
     }
     cudaStream_t stream = (cudaStream_t)a->stream;
@@ -145,7 +159,19 @@ dashattn_status dacuda_forward(void *state, const dashattn_plan_desc *plan,
     dacuda_forward_layout(plan, a->workspace, &ws);
     if (!a->stats)
         ws.counts = NULL;
-    const int fast = dacuda_stage2_fast_ok(&p, a->q, a->k, a->v, a->out);
+    /* The tensor-core stage 2 recomputes a per-head prior from the mean of
+     * the block's logits, which is q . kbar only for mean pooling; with
+     * learned summaries per-head plans take the generic stage 2, which
+     * scores kbar itself. */
+    const int fast2 =
+        dacuda_stage2_fast_ok(&p, a->q, a->k, a->v, a->out) && (p.prior_table || !a->block_summary);
+    /* The tensor-core stage 1 scores 32 query vectors of single heads
+     * (shared mode scores the group's mean query in the generic kernel); a
+     * group-mean block needs all G heads of at least one row among them.
+     * With the generic stage 2 stage 1 is generic too: the former recomputes
+     * the latter's scores to the bit. */
+    const int fast1 = fast2 && !p.shared_group && dacuda_stage1_mma_smem(&p) <= st->smem_optin &&
+                      (!p.group_mean || p.group_size <= 32);
 
     const size_t mask_bytes = (size_t)p.batch * (size_t)p.heads_q * (size_t)ws.tiles *
                               (size_t)ws.words * sizeof(uint32_t);
@@ -153,10 +179,10 @@ dashattn_status dacuda_forward(void *state, const dashattn_plan_desc *plan,
     if (ws.counts)
         TRY(check(cudaMemsetAsync(ws.counts, 0, 2 * sizeof(unsigned long long), stream),
                   "clearing counters"));
-    TRY(check(dacuda_launch_block_keys(&p, a->k, &ws, fast, stream), "block keys kernel"));
-    const int fast1 = fast && dacuda_stage1_mma_smem(&p) <= st->smem_optin;
+    TRY(check(dacuda_launch_block_keys(&p, a->k, a->block_summary, &ws, fast1, stream),
+              "block keys kernel"));
     TRY(check(dacuda_launch_stage1(&p, a->q, &ws, a->selection, fast1, stream), "stage-1 kernel"));
-    if (fast)
+    if (fast2)
         TRY(check(dacuda_launch_stage2_mma(&p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
                   "stage-2 tensor-core kernel"));
     else

@@ -15,7 +15,8 @@ extern "C" {
 
 /* Rows of one stage-2 tile: the unit whose blocks stage 1 unites. */
 #define DACUDA_TILE_ROWS 64
-/* Rows one stage-1 thread block scores. */
+/* Query vectors one generic stage-1 thread block scores: rows of one head,
+ * or in group-mean mode the G heads of 16 / G rows (one row if G > 16). */
 #define DACUDA_STAGE1_ROWS 16
 
 /* How stage 2 turns a recomputed block score z into a log2 prior. */
@@ -26,9 +27,10 @@ enum {
     DACUDA_PRIOR_TOPK = 3     /* p = 1 where z > a */
 };
 
-/* Per query row, written by stage 1 (four floats: mode, a, tau, log2 norm). */
+/* Per query row, written by stage 1: mode, a, tau, log2 norm, and for the
+ * flat prior mu, the mean log2 weight of the row's blocks with w > 1e-20. */
 typedef struct dacuda_row_param {
-    float mode, a, tau, log2norm;
+    float mode, a, tau, log2norm, mu;
 } dacuda_row_param;
 
 /* The plan in the form kernels take by value. */
@@ -36,18 +38,24 @@ typedef struct dacuda_params {
     int64_t batch, heads_q, heads_kv, len_q, len_k, head_dim;
     int64_t num_blocks, group_size, query_offset;
     int32_t block_size, n_sink, n_local, causal;
-    int32_t method, iterations, topk, shared_group;
+    int32_t method, iterations, topk;
+    /* shared_group and group_mean: the mode, with G > 1 (G = 1 is per-head).
+     * prior_table goes with either: one weight per KV head, which stage 1
+     * writes for every candidate (dacuda_forward_ws.prior) and stage 2
+     * reads; otherwise stage 2 recomputes each head's prior from the
+     * candidate's score and the row's dacuda_row_param. */
+    uint8_t shared_group, group_mean, prior_table, prior_flat;
     int32_t dtype;
-    float alpha, scale, stage1_scale;
+    float alpha, scale, stage1_scale, inv_sigma; /* inv_sigma: 1 / prior_sigma (flat prior) */
 } dacuda_params;
 
 void dacuda_params_from_plan(const dashattn_plan_desc *plan, dacuda_params *p);
 
 /* Device arrays of a forward call, carved from its workspace. */
 typedef struct dacuda_forward_ws {
-    float *kbar;                /* [B, Hkv, M, D] block means */
+    float *kbar;                /* [B, Hkv, M, D] block summaries (keys) */
     void *kbar_hi, *kbar_lo;    /* the same split into two 16-bit parts (fast path) */
-    float *qbar;                /* [B, Hkv, Nq, D] group-mean queries (shared mode) */
+    float *prior;               /* [B, Hkv, Nq, M] log2 prior of candidates (prior_table) */
     dacuda_row_param *rows;     /* [B, Hq, Nq] */
     uint32_t *masks;            /* [B, Hq, tiles, words]: blocks a tile reads */
     unsigned long long *counts; /* visible and attended pairs */
@@ -77,10 +85,34 @@ typedef struct dacuda_device_error {
 
 enum { DACUDA_BAD_SEQ_LEN = 1, DACUDA_BAD_PAGE = 2, DACUDA_NO_ROOM = 3 };
 
-/* Dynamic shared memory of stage 1 (the call fails above the device's limit). */
+/* Query rows of one stage-1 thread block with `slots` query vectors: all of
+ * them in per-head and shared mode; in group-mean mode the largest power of
+ * two R with G * R <= slots (at least 1), the G heads of R rows, so a
+ * block's rows never straddle a stage-2 tile. */
+static inline int dacuda_stage1_rows(const dacuda_params *p, int slots)
+{
+    int rows = slots;
+    if (p->group_mean)
+        while (rows > 1 && (int64_t)rows * p->group_size > slots)
+            rows /= 2;
+    return rows;
+}
+
+/* Query vectors (heads x rows) one generic stage-1 thread block scores. */
+static inline int64_t dacuda_stage1_vectors(const dacuda_params *p)
+{
+    const int64_t rows = dacuda_stage1_rows(p, DACUDA_STAGE1_ROWS);
+    return p->group_mean ? rows * p->group_size : rows;
+}
+
+/* Dynamic shared memory of stage 1 (the call fails above the device's limit):
+ * queries and scores of its vectors, in group-mean mode their row
+ * parameters, and the mask words. */
 static inline size_t dacuda_stage1_smem(const dacuda_params *p)
 {
-    return (size_t)DACUDA_STAGE1_ROWS * (size_t)(p->head_dim + p->num_blocks) * sizeof(float) +
+    const size_t vectors = (size_t)dacuda_stage1_vectors(p);
+    return vectors * (size_t)(p->head_dim + p->num_blocks) * sizeof(float) +
+           (p->group_mean ? vectors * sizeof(dacuda_row_param) : 0) +
            (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
 }
 
@@ -89,8 +121,10 @@ int dacuda_stage2_fast_ok(const dacuda_params *p, const dashattn_tensor *q,
                           const dashattn_tensor *k, const dashattn_tensor *v,
                           const dashattn_tensor *out);
 
+/* summary: the learned vectors h (f32 [1, Hkv, 1, D]), NULL for mean pooling. */
 cudaError_t dacuda_launch_block_keys(const dacuda_params *p, const dashattn_tensor *k,
-                                     const dacuda_forward_ws *ws, int split16, cudaStream_t stream);
+                                     const dashattn_tensor *summary, const dacuda_forward_ws *ws,
+                                     int split16, cudaStream_t stream);
 /* Shared memory of the tensor-core stage 1 (used only where it fits). */
 size_t dacuda_stage1_mma_smem(const dacuda_params *p);
 cudaError_t dacuda_launch_stage1(const dacuda_params *p, const dashattn_tensor *q,
@@ -115,7 +149,8 @@ cudaError_t dacuda_launch_decode_split_mma(const dacuda_params *p, const dashatt
                                            cudaStream_t stream);
 cudaError_t dacuda_launch_append(const dacuda_params *p, const dashattn_kv_cache *cache,
                                  const dashattn_tensor *k_new, const dashattn_tensor *v_new,
-                                 dacuda_device_error *err, cudaStream_t stream);
+                                 const dashattn_tensor *summary, dacuda_device_error *err,
+                                 cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,8 @@
 /* Stage 2, generic path: one warp per query row, any dtype, head dimension
  * and stride. It recomputes each candidate's score with the very function
- * stage 1 used, so it keeps exactly the blocks stage 1 selected. The fast
- * tensor-core path is cuda_stage2_mma.cu. */
+ * stage 1 used, so it keeps exactly the blocks stage 1 selected, or reads
+ * the priors stage 1 wrote (one weight per KV head). The fast tensor-core
+ * path is cuda_stage2_mma.cu. */
 #include "cuda_device.cuh"
 
 namespace
@@ -10,7 +11,9 @@ namespace
 #define ROWS_PER_BLOCK 4
 #define MAX_DIM_PER_LANE 8 /* 256 / 32 */
 
-__global__ void __launch_bounds__(128)
+/* Six blocks per multiprocessor (80 registers): left to itself, ptxas for
+ * sm_90 trades spills for a seventh. */
+__global__ void __launch_bounds__(128, 6)
     stage2_kernel(dacuda_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
                   dashattn_tensor out, float *lse, dacuda_forward_ws ws)
 {
@@ -25,9 +28,12 @@ __global__ void __launch_bounds__(128)
     for (int64_t d = lane; d < D; d += 32)
         qs[d] = da_load(q.data, q.dtype, da_offset(q, b, h, i, d));
     __syncwarp();
-    const float *zq = p.shared_group ? ws.qbar + ((b * p.heads_kv + kvh) * p.len_q + i) * D : qs;
     const float *kbar = ws.kbar + (b * p.heads_kv + kvh) * p.num_blocks * D;
-    const dacuda_row_param rp = ws.rows[(b * p.heads_q + h) * p.len_q + i];
+    const dacuda_row_param rp = p.prior_table
+                                    ? dacuda_row_param{DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f}
+                                    : ws.rows[(b * p.heads_q + h) * p.len_q + i];
+    const float *table =
+        p.prior_table ? ws.prior + ((b * p.heads_kv + kvh) * p.len_q + i) * p.num_blocks : nullptr;
     const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
     const float scale2 = p.scale * DA_LOG2E;
 
@@ -40,11 +46,15 @@ __global__ void __launch_bounds__(128)
         if (da_forced(lr, j)) {
             prior = 0.0f;
         } else if (j >= lr.cand_begin && j < lr.cand_end) {
-            float z = 0.0f;
-            if (lane == 0)
-                z = da_block_score(zq, kbar + j * D, D, p.stage1_scale);
-            z = __shfl_sync(0xffffffffu, z, 0);
-            prior = da_prior_log2(rp, z, p.alpha);
+            if (p.prior_table) {
+                prior = table[j];
+            } else {
+                float z = 0.0f;
+                if (lane == 0)
+                    z = da_block_score(qs, kbar + j * D, D, p.stage1_scale);
+                z = __shfl_sync(0xffffffffu, z, 0);
+                prior = da_candidate_log2(p, rp, z);
+            }
             if (prior == -CUDART_INF_F)
                 continue;
         } else {

@@ -3,8 +3,9 @@
  * 64 and 128 and block size 64. A thread block owns 64 query rows of one
  * head and walks only the key blocks stage 1 marked for its tile, loading
  * each one with cp.async while the previous one is computed. A candidate's
- * score is recomputed from the very tile of logits: the mean of q.k over the
- * block equals q.kbar, so the prior costs one row sum per block. */
+ * score is recomputed from the very tile of logits: with mean pooling the
+ * mean of q.k over the block equals q.kbar, so a per-head prior costs one
+ * row sum per block. Weights shared by a KV head's heads come from stage 1. */
 #include "cuda_mma.cuh"
 
 namespace
@@ -17,6 +18,7 @@ struct row_state {
     int64_t pos;
     da_rows lr;
     dacuda_row_param rp;
+    const float *prior; /* with prior_table: the row's log2 priors from stage 1 */
     bool valid;
 };
 
@@ -56,8 +58,12 @@ __global__ void __launch_bounds__(MMA_THREADS)
         rs[half].valid = i < p.len_q;
         rs[half].pos = i + p.query_offset;
         rs[half].lr = da_row_layout(p, rs[half].valid ? rs[half].pos : 0, p.len_k);
-        rs[half].rp = rs[half].valid ? ws.rows[(b * p.heads_q + h) * p.len_q + i]
-                                     : dacuda_row_param{DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f};
+        rs[half].rp = rs[half].valid && !p.prior_table
+                          ? ws.rows[(b * p.heads_q + h) * p.len_q + i]
+                          : dacuda_row_param{DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
+        rs[half].prior = p.prior_table
+                             ? ws.prior + ((b * p.heads_kv + kvh) * p.len_q + i) * p.num_blocks
+                             : nullptr;
     }
 
     cp_async_wait<1>();
@@ -76,6 +82,13 @@ __global__ void __launch_bounds__(MMA_THREADS)
     int buf = 0;
     while (j >= 0) {
         const int jn = next_block(mask, words, j);
+        /* Read before the tiles are waited for, which hides the latency;
+         * stage 1 wrote the entries of candidates only. */
+        float table_prior[2] = {0.0f, 0.0f};
+        if (p.prior_table)
+            for (int half = 0; half < 2; half++)
+                if (rs[half].valid && j >= rs[half].lr.cand_begin && j < rs[half].lr.cand_end)
+                    table_prior[half] = rs[half].prior[j];
         if (jn >= 0) {
             load_tile<D>(ktile[buf ^ 1], kbase, k.strides[2], (int64_t)jn * MMA_KEYS, p.len_k);
             load_tile<D>(vtile[buf ^ 1], vbase, v.strides[2], (int64_t)jn * MMA_KEYS, p.len_k);
@@ -88,7 +101,9 @@ __global__ void __launch_bounds__(MMA_THREADS)
         tile_scores<D, T>(s, qf, ktile[buf], lane);
 
         /* Each row's prior for this block; a candidate's score is the mean
-         * of its raw logits over the block's keys (q . kbar). */
+         * of its raw logits over the block's keys (q . kbar for mean
+         * pooling). With one weight per KV head stage 1 wrote the prior: it
+         * needs all G heads' scores. */
         const int64_t key0 = (int64_t)j * MMA_KEYS;
         const float real = (float)min((int64_t)MMA_KEYS, p.len_k - key0);
         float prior[2];
@@ -96,16 +111,20 @@ __global__ void __launch_bounds__(MMA_THREADS)
         for (int half = 0; half < 2; half++) {
             const row_state &r = rs[half];
             float sum = 0.0f;
-            for (int n = 0; n < 8; n++)
-                sum += s[n][2 * half] + s[n][2 * half + 1];
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            if (!p.prior_table) {
+                for (int n = 0; n < 8; n++)
+                    sum += s[n][2 * half] + s[n][2 * half + 1];
+                sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            }
             prior[half] = -CUDART_INF_F;
             if (r.valid && key0 < r.lr.visible_end) {
                 if (da_forced(r.lr, j))
                     prior[half] = 0.0f;
                 else if (j >= r.lr.cand_begin && j < r.lr.cand_end)
-                    prior[half] = da_prior_log2(r.rp, p.stage1_scale * sum / real, p.alpha);
+                    prior[half] = p.prior_table
+                                      ? table_prior[half]
+                                      : da_candidate_log2(p, r.rp, p.stage1_scale * sum / real);
             }
             /* Keys of this block the row sees: all 64 except on its own
              * (diagonal) block and a ragged last block. */

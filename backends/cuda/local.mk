@@ -21,6 +21,7 @@ cuda_headers = \
 	backends/cuda/cuda_device.cuh \
 	backends/cuda/cuda_entmax.cuh \
 	backends/cuda/cuda_cache.cuh \
+	backends/cuda/cuda_summary.cuh \
 	backends/cuda/cuda_mma.cuh
 
 if HAVE_CUDA
