@@ -89,6 +89,7 @@ esac
 
 case $phases in *released*)
     release=${DASHATTN_RELEASE:-$src/.release}
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
     if PYTHONUNBUFFERED=1 python3 "$src/bench/released_compare.py" --lib "$build/.libs/libdashattn.so" \
         --release "$release" --json "$out/released.json" ${RELEASED_ARGS:-} >"$out/released.log" 2>&1; then
         say "released kernels: outputs and kept sets agree"
