@@ -35,6 +35,9 @@ tests_test_threads_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS) $(PTHREAD_LIBS)
 # test_install.sh builds install_consumer.c against a staged `make install`.
 TESTS += tests/test_plugins tests/test_api_errors tests/test_threads tests/test_install.sh
 dist_noinst_SCRIPTS += tests/test_install.sh
+# The exported symbols, their versions and the soname (lib/libdashattn.map).
+TESTS += tests/test_symbols.sh
+dist_noinst_SCRIPTS += tests/test_symbols.sh
 EXTRA_DIST += tests/install_consumer.c
 
 # CTest runs exactly $(TESTS) (gathered from every tests/*.mk fragment, all

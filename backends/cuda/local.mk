@@ -24,7 +24,7 @@ cuda_headers = \
 	backends/cuda/cuda_mma.cuh
 
 if HAVE_CUDA
-pkglib_LTLIBRARIES += backends/cuda/dashattn-cuda.la
+plugin_LTLIBRARIES += backends/cuda/dashattn-cuda.la
 endif
 backends_cuda_dashattn_cuda_la_SOURCES = \
 	$(cuda_headers) \

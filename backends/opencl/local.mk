@@ -9,7 +9,7 @@ DAOCL_KERNELS = \
 	backends/opencl/kernels/decode.cl \
 	backends/opencl/kernels/backward.cl
 
-pkglib_LTLIBRARIES += backends/opencl/dashattn-opencl.la
+plugin_LTLIBRARIES += backends/opencl/dashattn-opencl.la
 backends_opencl_dashattn_opencl_la_SOURCES = \
 	backends/opencl/ocl_internal.h \
 	backends/opencl/ocl_backend.c \
