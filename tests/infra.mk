@@ -38,7 +38,7 @@ dist_noinst_SCRIPTS += tests/test_install.sh
 # The exported symbols, their versions and the soname (lib/libdashattn.map).
 TESTS += tests/test_symbols.sh
 dist_noinst_SCRIPTS += tests/test_symbols.sh
-EXTRA_DIST += tests/install_consumer.c
+EXTRA_DIST += tests/install_consumer.c tests/cmake_consumer/CMakeLists.txt
 
 # CTest runs exactly $(TESTS) (gathered from every tests/*.mk fragment, all
 # included before this recipe runs): programs from the build tree, .sh

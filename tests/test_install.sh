@@ -113,5 +113,31 @@ fi
 LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LD_LIBRARY_PATH
 "$tmp/consumer" || fail "the consumer failed"
+
+# A CMake project finds the staged tree through find_package(dashattn)
+# (relocated: the config file is not where it was configured to be) and
+# through pkg_check_modules(IMPORTED_TARGET), with the pkg-config set-up above.
+config=$(find_one -path '*/cmake/dashattn/dashattnConfig.cmake' -type f)
+[ -n "$config" ] || fail "dashattnConfig.cmake not installed"
+[ -f "$(dirname "$config")/dashattnConfigVersion.cmake" ] || fail "dashattnConfigVersion.cmake not installed"
+if command -v cmake >/dev/null 2>&1; then
+    prefix_dir=$(dirname "$(dirname "$header")")
+    cc_prog=${cc%% *}
+    cc_args=${cc#"$cc_prog"}
+    if ! CC=$cc_prog cmake -S "$abs_top_srcdir/tests/cmake_consumer" -B "$tmp/cmake-build" \
+        -DCMAKE_PREFIX_PATH="$prefix_dir" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
+        -DCMAKE_C_FLAGS="$cc_args $cflags" -DCMAKE_EXE_LINKER_FLAGS="$ldflags" \
+        >"$tmp/cmake.log" 2>&1 ||
+        ! cmake --build "$tmp/cmake-build" >>"$tmp/cmake.log" 2>&1; then
+        cat "$tmp/cmake.log"
+        fail "the CMake consumer did not build against the installed tree"
+    fi
+    grep -q "plugins in $libdir/dashattn/$abi" "$tmp/cmake.log" ||
+        fail "dashattnConfig.cmake gives the wrong dashattn_PLUGIN_DIR: $(grep 'plugins in' "$tmp/cmake.log")"
+    "$tmp/cmake-build/consumer_config" || fail "the find_package(dashattn) consumer failed"
+    "$tmp/cmake-build/consumer_pkgconfig" || fail "the pkg_check_modules consumer failed"
+else
+    echo "$me: cmake not found, the CMake consumer is not checked"
+fi
 echo "$me: PASS"
 exit 0
