@@ -6,6 +6,9 @@ dashattn_SOURCES = \
 	cli/options.c \
 	cli/options.h \
 	cli/cmd_info.c \
+	cli/info_json.c \
+	cli/json.c \
+	cli/json.h \
 	cli/cmd_run.c \
 	cli/cmd_bench.c \
 	cli/npy.c \
