@@ -21,3 +21,6 @@ dashattn_SOURCES = \
 # cli/npy.c can also be compiled into the tests' libtool objects.
 dashattn_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli
 dashattn_LDADD = libdashattn.la $(LIBM)
+
+# The manual page; tests/test_manpage.sh holds it to the commands' help.
+dist_man_MANS = cli/dashattn.1

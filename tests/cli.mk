@@ -28,3 +28,6 @@ tests_test_json_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli
 tests_test_json_LDADD = $(TEST_PUBLIC_LIBS)
 TESTS += tests/test_json tests/test_cli_json.sh
 dist_noinst_SCRIPTS += tests/test_cli_json.sh
+
+TESTS += tests/test_manpage.sh
+dist_noinst_SCRIPTS += tests/test_manpage.sh
