@@ -6,8 +6,8 @@
 # device, one of another ABI, one usable), with skip reasons and paths.
 # A failing default backend still gives a whole document.
 
-if [ -z "${DASHATTN_CLI:-}" ] || [ -z "${abs_top_builddir:-}" ]; then
-    echo "test_cli_json.sh: DASHATTN_CLI or abs_top_builddir not set; run it through make check"
+if [ -z "${DASHATTN_CLI:-}" ] || [ -z "${abs_top_builddir:-}" ] || [ -z "${abs_top_srcdir:-}" ]; then
+    echo "test_cli_json.sh: DASHATTN_CLI, abs_top_builddir or abs_top_srcdir not set; run it through make check"
     exit 77
 fi
 CLI=$DASHATTN_CLI
