@@ -3,9 +3,13 @@
 # out of tree, run the test suite (the CUDA parity test among them), run the
 # CUDA parity test once under compute-sanitizer, then the benchmark.
 #
-#   sh bench/gpu_run.sh [test] [sanitize] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [sanitize] [released] [bench] [BENCH ARGS...]
 #
-# With no phase named, all three run. Logs go to $OUT (default /tmp/gpu-run).
+# With no phase named, test, sanitize and bench run. `released` compares the
+# CUDA backend with the authors' released Triton kernels
+# (bench/released_compare.py); it needs a copy of their repository, never
+# committed, in $DASHATTN_RELEASE (default: .release in the source tree, which
+# .git/info/exclude should ignore). Logs go to $OUT (default /tmp/gpu-run).
 # The source tree must already hold ./configure (run ./autogen.sh where
 # autotools and libtool are installed and carry the generated files along).
 set -u
@@ -17,7 +21,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | sanitize | bench | profile) phases="$phases $1" ;;
+    test | sanitize | bench | profile | released) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -80,6 +84,19 @@ case $phases in *profile*)
     say "kernel times (ns), N=${PROFILE_LEN:-32768}:"
     grep gpu__time_duration "$out/profile.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' |
         tee -a "$out/summary.txt"
+    ;;
+esac
+
+case $phases in *released*)
+    release=${DASHATTN_RELEASE:-$src/.release}
+    if PYTHONUNBUFFERED=1 python3 "$src/bench/released_compare.py" --lib "$build/.libs/libdashattn.so" \
+        --release "$release" --json "$out/released.json" ${RELEASED_ARGS:-} >"$out/released.log" 2>&1; then
+        say "released kernels: outputs and kept sets agree"
+    else
+        say "released kernels: comparison FAILED (rc $?)"
+        status=1
+    fi
+    tail -8 "$out/released.log" | tee -a "$out/summary.txt"
     ;;
 esac
 

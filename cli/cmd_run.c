@@ -22,28 +22,35 @@
 #include <string.h>
 
 const char da_help_run[] =
-    "usage: dashattn run --q Q.npy --k K.npy --v V.npy --out O.npy [--lse L.npy] [OPTIONS]\n"
+    "usage: dashattn run --q Q.npy --k K.npy --v V.npy --out O.npy [--lse L.npy]\n"
+    "                    [--block-summary H.npy] [OPTIONS]\n"
     "\n"
-    "DashAttention forward. Arrays are NumPy .npy float32 ('<f4'), C order:\n"
+    "DashAttention forward; with no option it computes the function of the authors'\n"
+    "released implementation (group-mean selection, only the own block forced, log\n"
+    "prior, exact thresholds). Arrays are NumPy .npy float32 ('<f4'), C order:\n"
     "q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D] with Hq a multiple of Hkv; out gets\n"
     "q's shape and lse (optional) is float32 [B, Hq, Nq], the natural-log logsumexp\n"
-    "of each row's logits. Prints the backend, sparsity (share of visible query-key\n"
-    "pairs skipped) and forward time. Output files are written only when the whole\n"
-    "command succeeds; a failed command leaves none of them behind.\n";
+    "of each row's logits. --block-summary gives the learned summary vector of each\n"
+    "KV head, float32 [Hkv, D] (the released models' head_cls); without it blocks\n"
+    "are summarised by their mean key. Prints the backend, sparsity (share of\n"
+    "visible query-key pairs skipped) and forward time. Output files are written\n"
+    "only when the whole command succeeds; a failed command leaves none of them\n"
+    "behind.\n";
 
 const char da_help_grad[] =
     "usage: dashattn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy\n"
     "                     --dq DQ.npy --dk DK.npy --dv DV.npy [--out O.npy] [--lse L.npy]\n"
-    "                     [OPTIONS]\n"
+    "                     [--block-summary H.npy [--dh DH.npy]] [OPTIONS]\n"
     "\n"
     "Runs the forward of `dashattn run`, then the gradients of sum(out * dout) with\n"
-    "respect to q, k and v. dout has q's shape; dq, dk, dv get the shapes of q, k, v.\n";
+    "respect to q, k and v (and the block summary vectors with --dh, float32\n"
+    "[Hkv, D]). dout has q's shape; dq, dk, dv get the shapes of q, k, v.\n";
 
 /* Paths and options of one invocation. */
 typedef struct run_args {
     da_common_options common;
-    const char *q, *k, *v, *out, *lse;
-    const char *dout, *dq, *dk, *dv;
+    const char *q, *k, *v, *out, *lse, *summary;
+    const char *dout, *dq, *dk, *dv, *dh;
 } run_args;
 
 /* An input or output array in host float32 and in the context's memory in
@@ -56,7 +63,7 @@ typedef struct staged {
 
 /* Everything run/grad allocate, released in one place. */
 typedef struct run_state {
-    staged q, k, v, out, dout, dq, dk, dv;
+    staged q, k, v, out, dout, dq, dk, dv, summary, dh;
     float *lse;
     da_device_array lse_dev;
     void *workspace; /* context memory */
@@ -75,12 +82,13 @@ static int parse_args(int argc, char **argv, int grad, run_args *a)
     memset(a, 0, sizeof *a);
     da_common_options_init(&a->common);
     const flag_slot slots[] = {
-        {"--q", &a->q},     {"--k", &a->k},     {"--v", &a->v},
-        {"--out", &a->out}, {"--lse", &a->lse}, {"--dout", &a->dout},
-        {"--dq", &a->dq},   {"--dk", &a->dk},   {"--dv", &a->dv},
+        {"--q", &a->q},       {"--k", &a->k},     {"--v", &a->v},
+        {"--out", &a->out},   {"--lse", &a->lse}, {"--block-summary", &a->summary},
+        {"--dout", &a->dout}, {"--dq", &a->dq},   {"--dk", &a->dk},
+        {"--dv", &a->dv},     {"--dh", &a->dh},
     };
-    /* run takes the first five path flags; grad takes them all. */
-    const size_t n_slots = grad ? sizeof slots / sizeof slots[0] : 5;
+    /* run takes the first six path flags; grad takes them all. */
+    const size_t n_slots = grad ? sizeof slots / sizeof slots[0] : 6;
     for (int i = 1; i < argc; i++) {
         int m = 0;
         for (size_t s = 0; s < n_slots && m == 0; s++)
@@ -109,6 +117,10 @@ static int parse_args(int argc, char **argv, int grad, run_args *a)
         missing = "--out O.npy";
     if (missing != NULL) {
         da_error("%s: missing %s (try 'dashattn %s --help')", cmd, missing, cmd);
+        return -1;
+    }
+    if (a->dh && !a->summary) {
+        da_error("grad: --dh needs --block-summary H.npy (mean pooling has no summary vectors)");
         return -1;
     }
     return da_check_common_options(&a->common);
@@ -179,6 +191,13 @@ static int check_shapes(const run_args *a, const run_state *s)
                  a->q, q[2], a->k, k[2]);
         return -1;
     }
+    if (a->summary != NULL && (s->summary.host.ndim != 2 || s->summary.host.shape[0] != k[1] ||
+                               s->summary.host.shape[1] != k[3])) {
+        format_shape(&s->summary.host, sa, sizeof sa);
+        da_error("%s must be float32 [Hkv, D] = (%" PRId64 ", %" PRId64 ") for %s, got shape %s",
+                 a->summary, k[1], k[3], a->k, sa);
+        return -1;
+    }
     if (a->dout != NULL && !same_shape(&s->q.host, &s->dout.host)) {
         format_shape(&s->q.host, sa, sizeof sa);
         format_shape(&s->dout.host, sb, sizeof sb);
@@ -225,7 +244,8 @@ static void release_staged(staged *s)
 
 static void release_state(run_state *s)
 {
-    staged *all[] = {&s->q, &s->k, &s->v, &s->out, &s->dout, &s->dq, &s->dk, &s->dv};
+    staged *all[] = {&s->q,  &s->k,  &s->v,  &s->out,     &s->dout,
+                     &s->dq, &s->dk, &s->dv, &s->summary, &s->dh};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         release_staged(all[i]);
     free(s->lse);
@@ -252,7 +272,7 @@ static const char *selection_name(dashattn_selection_mode m)
 
 static const char *group_name(dashattn_group_mode m)
 {
-    return m == DASHATTN_GROUP_SHARED ? "shared" : "per-head";
+    return m == DASHATTN_GROUP_SHARED ? "shared" : m == DASHATTN_GROUP_MEAN ? "mean" : "per-head";
 }
 
 static void print_json(const run_args *a, const run_state *s, const dashattn_forward_stats *st,
@@ -278,7 +298,11 @@ static void print_json(const run_args *a, const run_state *s, const dashattn_for
     da_json_number(stdout, p->scale);
     printf(", \"stage1_scale\": ");
     da_json_number(stdout, p->stage1_scale);
-    printf("},\n");
+    printf(", \"prior\": \"%s\", \"prior_sigma\": ",
+           p->prior == DASHATTN_PRIOR_FLAT ? "flat" : "log");
+    da_json_number(stdout, p->prior_sigma);
+    printf(", \"threshold_iterations\": %d, \"block_summary\": %s},\n",
+           dashattn_plan_threshold_iterations(s->plan), a->summary ? "true" : "false");
     printf(" \"num_blocks\": %" PRId64 ", \"threshold_method\": ",
            dashattn_plan_num_blocks(s->plan));
     da_json_string(stdout, dashattn_plan_threshold_method(s->plan));
@@ -303,10 +327,13 @@ static void print_summary(const run_args *a, const run_state *s, const dashattn_
            dashattn_context_backend(s->ctx), dashattn_context_num_threads(s->ctx),
            dashattn_dtype_name(p->dtype), p->batch, p->heads_q, p->len_q, p->head_dim, p->batch,
            p->heads_kv, p->len_k, p->head_dim);
-    printf("%s, block size %d, alpha %g, %s selection: sparsity %.4f (%" PRId64 " of %" PRId64
-           " visible pairs read)\n",
+    printf("%s, block size %d, alpha %g, %s selection (%s, %s threshold, %s prior, %s "
+           "summaries): sparsity %.4f (%" PRId64 " of %" PRId64 " visible pairs read)\n",
            p->causal ? "causal" : "non-causal", (int)p->block_size, p->alpha,
-           selection_name(p->selection), st->sparsity, st->attended_pairs, st->visible_pairs);
+           selection_name(p->selection), group_name(p->group_mode),
+           dashattn_plan_threshold_method(s->plan),
+           p->prior == DASHATTN_PRIOR_FLAT ? "flat" : "log", a->summary ? "learned" : "mean",
+           st->sparsity, st->attended_pairs, st->visible_pairs);
     printf("forward %.3f ms", ms);
     if (a->dout)
         printf(", backward %.3f ms", ms_backward);
@@ -319,6 +346,13 @@ static int load_inputs(const run_args *a, run_state *s)
         return -1;
     if (a->dout && load_4d(a->dout, &s->dout.host))
         return -1;
+    if (a->summary) {
+        char err[256];
+        if (da_npy_read(a->summary, &s->summary.host, err, sizeof err) != 0) {
+            da_error("%s: %s", a->summary, err);
+            return -1;
+        }
+    }
     return check_shapes(a, s);
 }
 
@@ -350,6 +384,12 @@ static int stage_all(const run_args *a, run_state *s)
         bad = stage(ctx, &s->dout, q, dt, 1) || stage(ctx, &s->dq, q, dt, 0) ||
               stage(ctx, &s->dk, s->k.host.shape, dt, 0) ||
               stage(ctx, &s->dv, s->v.host.shape, dt, 0);
+    /* Summary vectors and their gradient are f32 [1, Hkv, 1, D] whatever the dtype. */
+    const int64_t hshape[4] = {1, s->k.host.shape[1], 1, s->k.host.shape[3]};
+    if (!bad && a->summary)
+        bad = stage(ctx, &s->summary, hshape, DASHATTN_F32, 1);
+    if (!bad && a->dh)
+        bad = stage(ctx, &s->dh, hshape, DASHATTN_F32, 0);
     if (bad)
         return -1;
     const size_t rows = (size_t)(q[0] * q[1] * q[2]);
@@ -377,6 +417,8 @@ static int write_outputs(const run_args *a, run_state *s)
         return DA_EXIT_FAILURE;
     if (a->dout && (unstage(&s->dq) != 0 || unstage(&s->dk) != 0 || unstage(&s->dv) != 0))
         return DA_EXIT_FAILURE;
+    if (a->dh && unstage(&s->dh) != 0)
+        return DA_EXIT_FAILURE;
     struct {
         const char *path;
         const float *data;
@@ -388,6 +430,7 @@ static int write_outputs(const run_args *a, run_state *s)
         {a->dq, s->dq.host.data, 4, s->dq.host.shape},
         {a->dk, s->dk.host.data, 4, s->dk.host.shape},
         {a->dv, s->dv.host.data, 4, s->dv.host.shape},
+        {a->dh, s->dh.host.data, 2, s->summary.host.shape},
     };
     const size_t n = sizeof files / sizeof files[0];
     for (size_t i = 0; i < n; i++) {
@@ -423,12 +466,14 @@ static int execute(const run_args *a, run_state *s)
         return DA_EXIT_FAILURE;
 
     const size_t ws = dashattn_plan_workspace_size(s->plan);
+    const dashattn_tensor *summary = a->summary ? &s->summary.t : NULL;
     dashattn_forward_stats stats;
     memset(&stats, 0, sizeof stats);
     double t0 = da_now_ms();
     double ms;
-    dashattn_status st = dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, NULL, &s->out.t,
-                                          s->lse_dev.data, NULL, &stats, s->workspace, ws, NULL);
+    dashattn_status st =
+        dashattn_forward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, summary, &s->out.t,
+                         s->lse_dev.data, NULL, &stats, s->workspace, ws, NULL);
     st = timed_sync(s->ctx, st, t0, &ms);
     if (st != DASHATTN_OK) {
         da_library_error("forward", st);
@@ -437,9 +482,9 @@ static int execute(const run_args *a, run_state *s)
     double ms_backward = 0.0;
     if (a->dout) {
         t0 = da_now_ms();
-        st = dashattn_backward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, NULL, &s->out.t,
-                               s->lse_dev.data, &s->dout.t, &s->dq.t, &s->dk.t, &s->dv.t, NULL,
-                               s->workspace, ws, NULL);
+        st = dashattn_backward(s->ctx, s->plan, &s->q.t, &s->k.t, &s->v.t, summary, &s->out.t,
+                               s->lse_dev.data, &s->dout.t, &s->dq.t, &s->dk.t, &s->dv.t,
+                               a->dh ? &s->dh.t : NULL, s->workspace, ws, NULL);
         st = timed_sync(s->ctx, st, t0, &ms_backward);
         if (st != DASHATTN_OK) {
             da_library_error("backward", st);

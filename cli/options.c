@@ -17,13 +17,23 @@
 const char da_common_options_help[] =
     "  --alpha A             entmax alpha in [1, 2] (default 1.5; 2 is sparsemax)\n"
     "  --block-size S        tokens per key block (default 64)\n"
-    "  --sink N              leading blocks always kept (default 1)\n"
-    "  --local N             trailing blocks up to the query's own always kept (default 2)\n"
+    "  --sink N              leading blocks always kept (default 0)\n"
+    "  --local N             trailing blocks up to the query's own always kept (default 1:\n"
+    "                        the own block); causal attention only\n"
     "  --causal, --no-causal bottom-right aligned causal mask (default) or none\n"
     "  --selection MODE      entmax (default) or topk\n"
     "  --topk K              candidate blocks kept with --selection topk\n"
-    "  --group-select MODE   per-head (default) or shared entmax across a GQA group\n"
+    "  --group-select MODE   how the query heads of a GQA group select blocks: mean\n"
+    "                        (default: each head's entmax, the group's mean probability\n"
+    "                        for all), per-head, or shared (entmax on the mean score)\n"
+    "  --prior MODE          log (default: logits get log p) or flat (log p centred on\n"
+    "                        the row's mean and divided by --prior-sigma)\n"
+    "  --prior-sigma X       sigma of the flat prior, > 0 (default 1e6)\n"
+    "  --threshold T         exact (default) or halley:N, the released kernels' N fixed\n"
+    "                        Halley steps (alpha 1.5 only; their models use halley:3)\n"
     "  --scale X             logit scale (default 1/sqrt(D))\n"
+    "  --stage1-scale X      stage-1 score scale (default: --scale); the released\n"
+    "                        models' scaling_factor s is s/sqrt(D)\n"
     "  --dtype T             f32 (default), f16 or bf16: inputs are rounded to T for the call\n"
     "  --backend NAME        auto (default: the best usable GPU plugin, else cpu), cpu,\n"
     "                        cuda, hip, opencl; DASHATTN_BACKEND overrides\n"
@@ -172,7 +182,31 @@ void da_common_options_init(da_common_options *o)
     o->topk = 0;
     o->group_mode = p.group_mode;
     o->scale = 0.0;
+    o->stage1_scale = 0.0;
+    o->prior = p.prior;
+    o->prior_sigma = p.prior_sigma;
+    o->threshold = p.threshold_schedule;
+    o->halley_steps = p.halley_steps;
     o->json = 0;
+}
+
+/* "exact" or "halley:N". */
+static int parse_threshold(const char *text, da_common_options *o)
+{
+    if (strcmp(text, "exact") == 0) {
+        o->threshold = DASHATTN_SCHEDULE_EXACT;
+        return 0;
+    }
+    if (strncmp(text, "halley:", 7) == 0) {
+        long long n;
+        if (da_parse_int("--threshold halley:N", text + 7, 1, 64, &n) != 0)
+            return -1;
+        o->threshold = DASHATTN_SCHEDULE_HALLEY;
+        o->halley_steps = (int32_t)n;
+        return 0;
+    }
+    da_error("--threshold must be exact or halley:N, got '%s'", text);
+    return -1;
 }
 
 static int parse_int32(const char *flag, const char *text, long long min, int32_t *out)
@@ -261,12 +295,43 @@ int da_parse_common_option(da_common_options *o, int argc, char **argv, int *i)
             o->group_mode = DASHATTN_GROUP_PER_HEAD;
         } else if (strcmp(v, "shared") == 0) {
             o->group_mode = DASHATTN_GROUP_SHARED;
+        } else if (strcmp(v, "mean") == 0) {
+            o->group_mode = DASHATTN_GROUP_MEAN;
         } else {
-            da_error("--group-select must be per-head or shared, got '%s'", v);
+            da_error("--group-select must be mean, per-head or shared, got '%s'", v);
             return -1;
         }
         return 1;
     }
+    if ((m = da_flag_value(argc, argv, i, "--prior", &v)) != 0) {
+        if (m < 0)
+            return -1;
+        if (strcmp(v, "log") == 0) {
+            o->prior = DASHATTN_PRIOR_LOG;
+        } else if (strcmp(v, "flat") == 0) {
+            o->prior = DASHATTN_PRIOR_FLAT;
+        } else {
+            da_error("--prior must be log or flat, got '%s'", v);
+            return -1;
+        }
+        return 1;
+    }
+    if ((m = da_flag_value(argc, argv, i, "--prior-sigma", &v)) != 0) {
+        if (m < 0 || da_parse_double("--prior-sigma", v, 0.0, HUGE_VAL, &o->prior_sigma) != 0)
+            return -1;
+        if (!(o->prior_sigma > 0.0)) {
+            da_error("--prior-sigma must be greater than 0, got %s", v);
+            return -1;
+        }
+        o->sigma_given = 1;
+        return 1;
+    }
+    if ((m = da_flag_value(argc, argv, i, "--threshold", &v)) != 0)
+        return m < 0 ? -1 : (parse_threshold(v, o) ? -1 : 1);
+    if ((m = da_flag_value(argc, argv, i, "--stage1-scale", &v)) != 0)
+        return m < 0 ? -1
+                     : (da_parse_double("--stage1-scale", v, 0.0, HUGE_VAL, &o->stage1_scale) ? -1
+                                                                                              : 1);
     return 0;
 }
 
@@ -284,6 +349,15 @@ int da_check_common_options(const da_common_options *o)
         da_error("--local must be at least 1 with causal attention (the own block is always kept)");
         return -1;
     }
+    if (o->sigma_given && o->prior != DASHATTN_PRIOR_FLAT) {
+        da_error("--prior-sigma applies only with --prior flat");
+        return -1;
+    }
+    if (o->threshold == DASHATTN_SCHEDULE_HALLEY &&
+        (o->alpha != 1.5 || o->selection != DASHATTN_SELECT_ENTMAX)) {
+        da_error("--threshold halley:N needs entmax selection with --alpha 1.5");
+        return -1;
+    }
     return 0;
 }
 
@@ -299,6 +373,11 @@ void da_apply_common_options(const da_common_options *o, dashattn_problem *p)
     p->topk = o->topk;
     p->group_mode = o->group_mode;
     p->scale = o->scale;
+    p->stage1_scale = o->stage1_scale;
+    p->prior = o->prior;
+    p->prior_sigma = o->prior_sigma;
+    p->threshold_schedule = o->threshold;
+    p->halley_steps = o->halley_steps;
 }
 
 int da_open_context(const da_common_options *o, int threads, dashattn_context **context)

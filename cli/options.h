@@ -31,7 +31,13 @@ typedef struct da_common_options {
     dashattn_selection_mode selection;
     int32_t topk; /**< 0 unless --topk */
     dashattn_group_mode group_mode;
-    double scale; /**< 0: the library's 1/sqrt(D) */
+    double scale;        /**< 0: the library's 1/sqrt(D) */
+    double stage1_scale; /**< 0: the same as scale */
+    dashattn_prior_mode prior;
+    double prior_sigma;
+    int sigma_given; /**< --prior-sigma was on the command line */
+    dashattn_threshold_schedule threshold;
+    int32_t halley_steps;
     int json;
 } da_common_options;
 

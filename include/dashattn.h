@@ -314,10 +314,10 @@ typedef struct dashattn_problem {
      * stage1_scale = s / sqrt(D).
      */
     double stage1_scale;
-    dashattn_prior_mode prior;                      /**< default DASHATTN_PRIOR_LOG */
-    double prior_sigma;                             /**< sigma of the flat prior, > 0 (default 1e6) */
+    dashattn_prior_mode prior; /**< default DASHATTN_PRIOR_LOG */
+    double prior_sigma;        /**< sigma of the flat prior, > 0 (default 1e6) */
     dashattn_threshold_schedule threshold_schedule; /**< default DASHATTN_SCHEDULE_EXACT */
-    int32_t halley_steps;                           /**< steps of the Halley schedule, 1..64 (default 3) */
+    int32_t halley_steps; /**< steps of the Halley schedule, 1..64 (default 3) */
 } dashattn_problem;
 
 /** Fill problem with the given shape and every default of SPEC.md. */
@@ -420,14 +420,11 @@ typedef struct dashattn_forward_stats {
  * stats is given: the counts then come back to the host, which waits for
  * the call to finish.
  */
-DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const dashattn_plan *plan,
-                                              const dashattn_tensor *q, const dashattn_tensor *k,
-                                              const dashattn_tensor *v,
-                                              const dashattn_tensor *block_summary,
-                                              const dashattn_tensor *out, float *lse,
-                                              const dashattn_selection *selection,
-                                              dashattn_forward_stats *stats, void *workspace,
-                                              size_t workspace_size, void *stream);
+DASHATTN_API dashattn_status dashattn_forward(
+    dashattn_context *context, const dashattn_plan *plan, const dashattn_tensor *q,
+    const dashattn_tensor *k, const dashattn_tensor *v, const dashattn_tensor *block_summary,
+    const dashattn_tensor *out, float *lse, const dashattn_selection *selection,
+    dashattn_forward_stats *stats, void *workspace, size_t workspace_size, void *stream);
 
 /**
  * Gradients of a DashAttention forward. out and lse must be the forward's
@@ -486,13 +483,10 @@ typedef struct dashattn_kv_cache {
  * DASHATTN_ERR_CACHE_FULL, changing nothing, if any sequence lacks room. The
  * plan is a decode plan (len_q 1, len_k = capacity).
  */
-DASHATTN_API dashattn_status dashattn_cache_append(dashattn_context *context,
-                                                   const dashattn_plan *plan,
-                                                   const dashattn_kv_cache *cache,
-                                                   const dashattn_tensor *k_new,
-                                                   const dashattn_tensor *v_new,
-                                                   const dashattn_tensor *block_summary,
-                                                   void *stream);
+DASHATTN_API dashattn_status dashattn_cache_append(
+    dashattn_context *context, const dashattn_plan *plan, const dashattn_kv_cache *cache,
+    const dashattn_tensor *k_new, const dashattn_tensor *v_new,
+    const dashattn_tensor *block_summary, void *stream);
 
 /**
  * Decode one query token per sequence against a cache: q, out [B, Hq, 1, D];

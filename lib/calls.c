@@ -94,14 +94,11 @@ static dashattn_status check_summary(const char *fn, const char *name, const das
     return da_check_tensor(fn, name, h, DASHATTN_F32, shape, access);
 }
 
-DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const dashattn_plan *plan,
-                                              const dashattn_tensor *q, const dashattn_tensor *k,
-                                              const dashattn_tensor *v,
-                                              const dashattn_tensor *block_summary,
-                                              const dashattn_tensor *out, float *lse,
-                                              const dashattn_selection *selection,
-                                              dashattn_forward_stats *stats, void *workspace_ptr,
-                                              size_t workspace_size, void *stream)
+DASHATTN_API dashattn_status dashattn_forward(
+    dashattn_context *context, const dashattn_plan *plan, const dashattn_tensor *q,
+    const dashattn_tensor *k, const dashattn_tensor *v, const dashattn_tensor *block_summary,
+    const dashattn_tensor *out, float *lse, const dashattn_selection *selection,
+    dashattn_forward_stats *stats, void *workspace_ptr, size_t workspace_size, void *stream)
 {
     static const char fn[] = "dashattn_forward";
     da_clear_error();
@@ -114,8 +111,8 @@ DASHATTN_API dashattn_status dashattn_forward(dashattn_context *context, const d
     workspace ws;
     CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_FORWARD, workspace_ptr, workspace_size,
                             &ws));
-    const dashattn_forward_args args = {q,         k,     v,      out,     lse,    selection,
-                                        stats,     ws.ptr, ws.size, stream, block_summary};
+    const dashattn_forward_args args = {q,     k,      v,       out,    lse,          selection,
+                                        stats, ws.ptr, ws.size, stream, block_summary};
     dashattn_status st = context->iface->forward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
@@ -151,21 +148,17 @@ DASHATTN_API dashattn_status dashattn_backward(
     workspace ws;
     CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_BACKWARD, workspace_ptr, workspace_size,
                             &ws));
-    const dashattn_backward_args args = {q,  k,      v,       out,    lse,           dout,
-                                         dq, dk,     dv,      ws.ptr, ws.size,       stream,
-                                         block_summary, dh};
+    const dashattn_backward_args args = {q,  k,  v,      out,     lse,    dout,          dq,
+                                         dk, dv, ws.ptr, ws.size, stream, block_summary, dh};
     dashattn_status st = context->iface->backward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
 }
 
-DASHATTN_API dashattn_status dashattn_cache_append(dashattn_context *context,
-                                                   const dashattn_plan *plan,
-                                                   const dashattn_kv_cache *cache,
-                                                   const dashattn_tensor *k_new,
-                                                   const dashattn_tensor *v_new,
-                                                   const dashattn_tensor *block_summary,
-                                                   void *stream)
+DASHATTN_API dashattn_status dashattn_cache_append(
+    dashattn_context *context, const dashattn_plan *plan, const dashattn_kv_cache *cache,
+    const dashattn_tensor *k_new, const dashattn_tensor *v_new,
+    const dashattn_tensor *block_summary, void *stream)
 {
     static const char fn[] = "dashattn_cache_append";
     da_clear_error();

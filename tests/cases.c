@@ -20,9 +20,17 @@ void tc_problem(const tc_case *c, dashattn_dtype dtype, dashattn_problem *pr)
         pr->selection = DASHATTN_SELECT_TOPK;
         pr->topk = c->topk;
     }
-    pr->group_mode = c->shared ? DASHATTN_GROUP_SHARED : DASHATTN_GROUP_PER_HEAD;
+    pr->group_mode = (dashattn_group_mode)c->group;
     pr->scale = c->scale;
     pr->stage1_scale = c->scale1;
+    if (c->sigma > 0.0) {
+        pr->prior = DASHATTN_PRIOR_FLAT;
+        pr->prior_sigma = c->sigma;
+    }
+    if (c->halley > 0) {
+        pr->threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
+        pr->halley_steps = c->halley;
+    }
 }
 
 dashattn_plan *tc_plan(dashattn_context *ctx, const tc_case *c, dashattn_dtype dtype,
@@ -55,6 +63,17 @@ void tc_inputs_make(const tc_case *c, uint64_t seed, tc_inputs *in)
     in->qd = ref_to_double(in->q, (int64_t)in->nq);
     in->kd = ref_to_double(in->k, (int64_t)in->nkv);
     in->vd = ref_to_double(in->v, (int64_t)in->nkv);
+    in->nh = (size_t)(c->heads_kv * c->dim);
+    in->h = c->summary > 0.0 ? tu_random_floats(seed + 4, in->nh, c->summary) : NULL;
+    in->hd = in->h ? ref_to_double(in->h, (int64_t)in->nh) : NULL;
+}
+
+const dashattn_tensor *tc_summary(const tc_case *c, const tc_inputs *in, dashattn_tensor *view)
+{
+    if (!in->h)
+        return NULL;
+    *view = dashattn_tensor_bhsd(in->h, DASHATTN_F32, 1, c->heads_kv, 1, c->dim);
+    return view;
 }
 
 void tc_inputs_free(tc_inputs *in)
@@ -65,6 +84,8 @@ void tc_inputs_free(tc_inputs *in)
     free(in->qd);
     free(in->kd);
     free(in->vd);
+    free(in->h);
+    free(in->hd);
 }
 
 dashattn_tensor tc_view_q(const tc_case *c, void *data, dashattn_dtype dtype)

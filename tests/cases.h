@@ -18,9 +18,14 @@ typedef struct tc_case {
     int32_t block_size, n_sink, n_local;
     double alpha;
     int32_t topk; /* > 0 selects TOPK mode */
-    int shared;
+    int group;    /* a dashattn_group_mode: 0 per_head, 1 shared, 2 mean */
     double focus; /* < 0: plain Gaussian inputs instead of da_synth_qkv */
     double scale, scale1;
+    /* Options of the released function; zero keeps the log prior, exact
+     * thresholds and mean pooling. */
+    double sigma;   /* > 0: the flat prior with this sigma */
+    int halley;     /* > 0: the Halley schedule with this many steps */
+    double summary; /* > 0: learned summary vectors h ~ N(0, summary^2) */
 } tc_case;
 
 /** Fill pr with the problem c describes, in dtype. */
@@ -35,10 +40,11 @@ dashattn_plan *tc_plan(dashattn_context *ctx, const tc_case *c, dashattn_dtype d
 
 /** f32 q, k, v of a case in contiguous BHSD, with float64 copies for the reference. */
 typedef struct tc_inputs {
-    size_t nq, nkv, rows; /* floats in q (and out), in k and v; rows of q */
+    size_t nq, nkv, rows, nh; /* floats in q (and out), in k and v; rows of q; in h */
     float *q, *k, *v;
-    /* Made with q, k, v and not updated when a test edits those. */
-    double *qd, *kd, *vd;
+    float *h; /* [Hkv, D] learned summary vectors, NULL without */
+    /* Made with q, k, v (and h) and not updated when a test edits those. */
+    double *qd, *kd, *vd, *hd;
 } tc_inputs;
 
 /**
@@ -49,6 +55,9 @@ void tc_inputs_make(const tc_case *c, uint64_t seed, tc_inputs *in);
 
 /** Free what tc_inputs_make allocated (NULL members are fine). */
 void tc_inputs_free(tc_inputs *in);
+
+/** The block_summary tensor of in, or NULL when the case has none (view points into in). */
+const dashattn_tensor *tc_summary(const tc_case *c, const tc_inputs *in, dashattn_tensor *view);
 
 /** BHSD views of data shaped like q ([B, Hq, Nq, D]) or like k ([B, Hkv, Nk, D]). */
 dashattn_tensor tc_view_q(const tc_case *c, void *data, dashattn_dtype dtype);

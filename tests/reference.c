@@ -25,9 +25,14 @@ void ref_config_from_problem(ref_config *cfg, const dashattn_problem *problem)
     cfg->alpha = problem->alpha;
     cfg->topk_mode = problem->selection == DASHATTN_SELECT_TOPK;
     cfg->topk = problem->topk;
-    cfg->shared = problem->group_mode == DASHATTN_GROUP_SHARED;
+    cfg->group = (int)problem->group_mode;
     cfg->scale = problem->scale > 0.0 ? problem->scale : 1.0 / sqrt((double)problem->head_dim);
     cfg->scale1 = problem->stage1_scale > 0.0 ? problem->stage1_scale : cfg->scale;
+    cfg->flat = problem->prior == DASHATTN_PRIOR_FLAT;
+    cfg->sigma = problem->prior_sigma;
+    cfg->halley =
+        problem->threshold_schedule == DASHATTN_SCHEDULE_HALLEY ? problem->halley_steps : 0;
+    cfg->h = NULL;
 }
 
 int64_t ref_num_blocks(const ref_config *cfg)
@@ -114,6 +119,41 @@ void ref_entmax(double alpha, const double *z, int64_t n, double *p)
     }
 }
 
+void ref_halley(const double *z, int64_t n, int steps, double *p)
+{
+    long double top = -INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        if (isnan(z[j])) {
+            for (int64_t m = 0; m < n; m++)
+                p[m] = NAN;
+            return;
+        }
+        top = fmaxl(top, 0.5L * z[j]);
+    }
+    long double lo = top - 1.0L, hi = top, t = 0.5L * (lo + hi);
+    for (int step = 0; step < steps; step++) {
+        long double f = -1.0L, f1 = 0.0L, f2 = 0.0L;
+        for (int64_t j = 0; j < n; j++) {
+            const long double x = 0.5L * z[j];
+            if (x > t) {
+                f += (x - t) * (x - t);
+                f1 -= 2.0L * (x - t);
+                f2 += 2.0L;
+            }
+        }
+        const long double next = t - 2.0L * f * f1 / (2.0L * f1 * f1 - f * f2);
+        if (f > 0.0L)
+            lo = t;
+        if (f < 0.0L)
+            hi = t;
+        t = (next > lo - 1e-5L && next < hi + 1e-5L) ? next : 0.5L * (lo + hi);
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const long double x = 0.5L * z[j];
+        p[j] = x > t ? (double)((x - t) * (x - t)) : 0.0;
+    }
+}
+
 void ref_topk(const double *z, int64_t n, int64_t k, double *p)
 {
     for (int64_t j = 0; j < n; j++) {
@@ -156,42 +196,74 @@ double *ref_to_double(const float *x, int64_t n)
     return y;
 }
 
+/* Pooling weights w[t - t0] of block [t0, t1) of one KV head's keys. */
+static void ref_pooling(const ref_config *cfg, const double *kh, int64_t hk, int64_t t0, int64_t t1,
+                        double *w)
+{
+    const int64_t dim = cfg->head_dim;
+    if (cfg->h == NULL) {
+        for (int64_t t = t0; t < t1; t++)
+            w[t - t0] = 1.0 / (double)(t1 - t0);
+        return;
+    }
+    double top = -INFINITY, sum = 0.0;
+    for (int64_t t = t0; t < t1; t++) {
+        w[t - t0] = ref_dot(cfg->h + hk * dim, kh + t * dim, dim) / sqrt((double)dim);
+        top = fmax(top, w[t - t0]);
+    }
+    for (int64_t t = t0; t < t1; t++)
+        sum += w[t - t0] = exp(w[t - t0] - top);
+    for (int64_t t = t0; t < t1; t++)
+        w[t - t0] /= sum;
+}
+
 void ref_block_keys(const ref_config *cfg, const double *k, double *kbar)
 {
     const int64_t m_blocks = ref_num_blocks(cfg), dim = cfg->head_dim, s = cfg->block_size;
+    double *w = tu_xcalloc((size_t)s, sizeof *w);
     for (int64_t bh = 0; bh < cfg->batch * cfg->heads_kv; bh++) {
+        const double *kh = k + bh * cfg->len_k * dim;
         for (int64_t j = 0; j < m_blocks; j++) {
             const int64_t t0 = j * s;
             const int64_t t1 = (j + 1) * s < cfg->len_k ? (j + 1) * s : cfg->len_k;
             double *out = kbar + (bh * m_blocks + j) * dim;
+            ref_pooling(cfg, kh, bh % cfg->heads_kv, t0, t1, w);
             for (int64_t d = 0; d < dim; d++) {
                 double sum = 0.0;
                 for (int64_t t = t0; t < t1; t++)
-                    sum += k[(bh * cfg->len_k + t) * dim + d];
-                out[d] = sum / (double)(t1 - t0);
+                    sum += w[t - t0] * kh[t * dim + d];
+                out[d] = sum;
             }
         }
     }
+    free(w);
 }
 
-/* Scratch for one selection set (a query head, or a GQA group in shared mode). */
+/* Scratch of one query position of a GQA group (G heads). */
 typedef struct ref_row_scratch {
-    int64_t *cand; /* candidate block indices */
-    double *z, *p, *g, *dz;
-    double *w; /* [M] weights of the row */
-    double *e; /* [Nk] exp(lambda q.k_t - lse) */
-    double *o; /* [D] */
+    int64_t group, n;      /* heads, candidates */
+    int64_t *cand;         /* candidate block indices */
+    double *z;             /* [n] */
+    double *p;             /* [G][n] selection of each head (row 0 alone if the group has one) */
+    double *wg;            /* [G][n] weight each head gives each candidate, by the group mode */
+    double *pi;            /* [G][M] prior of every block */
+    double *g, *gsum, *dz; /* [G][n], [n], [n] */
+    double *e;             /* [Nk] exp(lambda q.k_t - lse) */
+    double *o;             /* [D] */
 } ref_row_scratch;
 
 static void ref_scratch_alloc(const ref_config *cfg, ref_row_scratch *s)
 {
-    const int64_t m_blocks = ref_num_blocks(cfg);
-    s->cand = tu_xcalloc((size_t)m_blocks, sizeof *s->cand);
-    s->z = tu_xcalloc((size_t)m_blocks, sizeof(double));
-    s->p = tu_xcalloc((size_t)m_blocks, sizeof(double));
-    s->g = tu_xcalloc((size_t)m_blocks, sizeof(double));
-    s->dz = tu_xcalloc((size_t)m_blocks, sizeof(double));
-    s->w = tu_xcalloc((size_t)m_blocks, sizeof(double));
+    const size_t m = (size_t)ref_num_blocks(cfg), g = (size_t)(cfg->heads_q / cfg->heads_kv);
+    s->group = (int64_t)g;
+    s->cand = tu_xcalloc(m, sizeof *s->cand);
+    s->z = tu_xcalloc(m, sizeof(double));
+    s->p = tu_xcalloc(g * m, sizeof(double));
+    s->wg = tu_xcalloc(g * m, sizeof(double));
+    s->pi = tu_xcalloc(g * m, sizeof(double));
+    s->g = tu_xcalloc(g * m, sizeof(double));
+    s->gsum = tu_xcalloc(m, sizeof(double));
+    s->dz = tu_xcalloc(m, sizeof(double));
     s->e = tu_xcalloc((size_t)cfg->len_k, sizeof(double));
     s->o = tu_xcalloc((size_t)cfg->head_dim, sizeof(double));
 }
@@ -201,9 +273,11 @@ static void ref_scratch_free(ref_row_scratch *s)
     free(s->cand);
     free(s->z);
     free(s->p);
+    free(s->wg);
+    free(s->pi);
     free(s->g);
+    free(s->gsum);
     free(s->dz);
-    free(s->w);
     free(s->e);
     free(s->o);
 }
@@ -214,55 +288,109 @@ static const double *ref_q_row(const ref_config *cfg, const double *q, int64_t b
     return q + ((b * cfg->heads_q + h) * cfg->len_q + i) * cfg->head_dim;
 }
 
-/* Stage 1 for query row i of heads [h0, h0 + nh) (nh > 1 only in shared mode):
- * fills s->w, and s->cand / s->p with the candidates; returns their count. */
-static int64_t ref_stage1(const ref_config *cfg, const double *q, const double *kbar, int64_t b,
-                          int64_t h0, int64_t nh, int64_t i, ref_row_scratch *s)
+/* One selection on the scores z[0, n): entmax, Halley or top-k. */
+static void ref_select(const ref_config *cfg, const double *z, int64_t n, double *p)
 {
-    const int64_t m_blocks = ref_num_blocks(cfg), dim = cfg->head_dim;
-    const int64_t group = cfg->heads_q / cfg->heads_kv, hk = h0 / group;
+    if (cfg->topk_mode)
+        ref_topk(z, n, cfg->topk, p);
+    else if (cfg->halley > 0)
+        ref_halley(z, n, cfg->halley, p);
+    else
+        ref_entmax(cfg->alpha, z, n, p);
+}
+
+/* Shared mode, and top-k in mean mode, select once on the group's mean score. */
+static int ref_one_selection(const ref_config *cfg)
+{
+    return cfg->group == DASHATTN_GROUP_SHARED ||
+           (cfg->group == DASHATTN_GROUP_MEAN && cfg->topk_mode);
+}
+
+/* Stage 1 of query row i of every head of KV head hk: s->cand, s->n, s->p,
+ * s->wg and the priors s->pi. */
+static void ref_stage1(const ref_config *cfg, const double *q, const double *kbar, int64_t b,
+                       int64_t hk, int64_t i, ref_row_scratch *s)
+{
+    const int64_t m_blocks = ref_num_blocks(cfg), dim = cfg->head_dim, gc = s->group;
     const int64_t pos = i + cfg->len_k - cfg->len_q;
     int64_t n = 0;
     for (int64_t j = 0; j < m_blocks; j++) {
         const int role = ref_block_role(cfg, pos, j);
-        s->w[j] = role == REF_BLOCK_FORCED ? 1.0 : 0.0;
+        for (int64_t g = 0; g < gc; g++)
+            s->pi[g * m_blocks + j] = role == REF_BLOCK_FORCED ? 1.0 : 0.0;
         if (role == REF_BLOCK_CANDIDATE)
             s->cand[n++] = j;
     }
+    s->n = n;
     if (n == 0)
-        return 0;
-    for (int64_t c = 0; c < n; c++) {
-        const double *kb = kbar + ((b * cfg->heads_kv + hk) * m_blocks + s->cand[c]) * dim;
-        double z = 0.0;
-        for (int64_t h = h0; h < h0 + nh; h++)
-            z += cfg->scale1 * ref_dot(ref_q_row(cfg, q, b, h, i), kb, dim);
-        s->z[c] = z / (double)nh;
+        return;
+    const int one = ref_one_selection(cfg);
+    for (int64_t g = 0; g < gc; g++) {
+        const double *qi = ref_q_row(cfg, q, b, hk * gc + g, i);
+        for (int64_t c = 0; c < n; c++) {
+            const double *kb = kbar + ((b * cfg->heads_kv + hk) * m_blocks + s->cand[c]) * dim;
+            const double z = cfg->scale1 * ref_dot(qi, kb, dim);
+            if (one)
+                s->z[c] = (g == 0 ? 0.0 : s->z[c]) + z / (double)gc;
+            else
+                s->z[c] = z;
+        }
+        if (!one)
+            ref_select(cfg, s->z, n, s->p + g * m_blocks);
     }
-    if (cfg->topk_mode)
-        ref_topk(s->z, n, cfg->topk, s->p);
-    else
-        ref_entmax(cfg->alpha, s->z, n, s->p);
-    for (int64_t c = 0; c < n; c++)
-        s->w[s->cand[c]] = s->p[c];
-    return n;
+    if (one)
+        ref_select(cfg, s->z, n, s->p);
+    for (int64_t g = 0; g < gc; g++)
+        for (int64_t c = 0; c < n; c++) {
+            double w;
+            if (one) {
+                w = s->p[c];
+            } else if (cfg->group == DASHATTN_GROUP_MEAN) {
+                w = 0.0;
+                for (int64_t x = 0; x < gc; x++)
+                    w += s->p[x * m_blocks + c] / (double)gc;
+            } else {
+                w = s->p[g * m_blocks + c];
+            }
+            s->wg[g * m_blocks + c] = w;
+        }
+    /* The prior of the candidates: w, or flattened around the mean log
+     * weight of the candidates above 1e-20. */
+    for (int64_t g = 0; g < gc; g++) {
+        const double *w = s->wg + g * m_blocks;
+        double mu = 0.0, count = 0.0;
+        for (int64_t c = 0; c < n; c++)
+            if (w[c] > 1e-20) {
+                mu += log(w[c]);
+                count += 1.0;
+            }
+        mu = count > 0.0 ? mu / count : 0.0;
+        for (int64_t c = 0; c < n; c++) {
+            double pi = w[c];
+            if (cfg->flat)
+                pi = w[c] > 1e-20 ? exp((log(w[c]) - mu) / cfg->sigma) : 0.0;
+            s->pi[g * m_blocks + s->cand[c]] = pi;
+        }
+    }
 }
 
-/* Stage 2 for one query row given s->w: fills s->e (exp(lambda q.k - lse) on
- * the attended keys, 0 elsewhere), s->o and the row's lse; counts pairs. */
+/* Stage 2 for one query row given its priors w[M]: fills s->e (exp(lambda
+ * q.k - lse) on the attended keys, 0 elsewhere), s->o and the row's lse;
+ * counts pairs. */
 static double ref_stage2(const ref_config *cfg, const double *qrow, const double *kh,
-                         const double *vh, int64_t pos, ref_row_scratch *s, int64_t *visible,
-                         int64_t *attended)
+                         const double *vh, int64_t pos, const double *pw, ref_row_scratch *s,
+                         int64_t *visible, int64_t *attended)
 {
     const int64_t dim = cfg->head_dim, nvis = ref_visible_keys(cfg, pos);
     double lmax = -INFINITY;
     for (int64_t t = 0; t < nvis; t++) {
-        const double w = s->w[t / cfg->block_size];
+        const double w = pw[t / cfg->block_size];
         if (w > 0.0)
             lmax = fmax(lmax, cfg->scale * ref_dot(qrow, kh + t * dim, dim) + log(w));
     }
     double sum = 0.0;
     for (int64_t t = 0; t < nvis; t++) {
-        const double w = s->w[t / cfg->block_size];
+        const double w = pw[t / cfg->block_size];
         if (w > 0.0) {
             sum += exp(cfg->scale * ref_dot(qrow, kh + t * dim, dim) + log(w) - lmax);
             (*attended)++;
@@ -273,7 +401,7 @@ static double ref_stage2(const ref_config *cfg, const double *qrow, const double
     for (int64_t d = 0; d < dim; d++)
         s->o[d] = 0.0;
     for (int64_t t = 0; t < cfg->len_k; t++) {
-        const double w = t < nvis ? s->w[t / cfg->block_size] : 0.0;
+        const double w = t < nvis ? pw[t / cfg->block_size] : 0.0;
         s->e[t] = w > 0.0 ? exp(cfg->scale * ref_dot(qrow, kh + t * dim, dim) - lse) : 0.0;
         const double a = w * s->e[t];
         for (int64_t d = 0; d < dim && a > 0.0; d++)
@@ -293,26 +421,34 @@ void ref_forward(const ref_config *cfg, const double *q, const double *k, const 
     res->out = tu_xcalloc((size_t)(rows * dim), sizeof(double));
     res->lse = tu_xcalloc((size_t)rows, sizeof(double));
     res->w = tu_xcalloc((size_t)(rows * m_blocks), sizeof(double));
+    res->wsel = tu_xcalloc((size_t)(rows * m_blocks), sizeof(double));
     res->visible_pairs = 0;
     res->attended_pairs = 0;
     ref_row_scratch s;
     ref_scratch_alloc(cfg, &s);
     for (int64_t b = 0; b < cfg->batch; b++) {
-        for (int64_t h = 0; h < cfg->heads_q; h++) {
-            const int64_t hk = h / group;
+        for (int64_t hk = 0; hk < cfg->heads_kv; hk++) {
             const double *kh = k + (b * cfg->heads_kv + hk) * cfg->len_k * dim;
             const double *vh = v + (b * cfg->heads_kv + hk) * cfg->len_k * dim;
             for (int64_t i = 0; i < cfg->len_q; i++) {
                 const int64_t pos = i + cfg->len_k - cfg->len_q;
-                const int64_t row = (b * cfg->heads_q + h) * cfg->len_q + i;
-                if (cfg->shared)
-                    ref_stage1(cfg, q, kbar, b, hk * group, group, i, &s);
-                else
-                    ref_stage1(cfg, q, kbar, b, h, 1, i, &s);
-                res->lse[row] = ref_stage2(cfg, ref_q_row(cfg, q, b, h, i), kh, vh, pos, &s,
-                                           &res->visible_pairs, &res->attended_pairs);
-                memcpy(res->out + row * dim, s.o, (size_t)dim * sizeof(double));
-                memcpy(res->w + row * m_blocks, s.w, (size_t)m_blocks * sizeof(double));
+                ref_stage1(cfg, q, kbar, b, hk, i, &s);
+                for (int64_t g = 0; g < group; g++) {
+                    const int64_t h = hk * group + g;
+                    const int64_t row = (b * cfg->heads_q + h) * cfg->len_q + i;
+                    const double *pw = s.pi + g * m_blocks;
+                    res->lse[row] = ref_stage2(cfg, ref_q_row(cfg, q, b, h, i), kh, vh, pos, pw, &s,
+                                               &res->visible_pairs, &res->attended_pairs);
+                    memcpy(res->out + row * dim, s.o, (size_t)dim * sizeof(double));
+                    memcpy(res->w + row * m_blocks, pw, (size_t)m_blocks * sizeof(double));
+                    double *ws = res->wsel + row * m_blocks;
+                    for (int64_t j = 0; j < m_blocks; j++)
+                        ws[j] = pw[j] == 1.0 && ref_block_role(cfg, pos, j) == REF_BLOCK_FORCED
+                                    ? 1.0
+                                    : 0.0;
+                    for (int64_t c = 0; c < s.n; c++)
+                        ws[s.cand[c]] = s.wg[g * m_blocks + c];
+                }
             }
         }
     }
@@ -328,11 +464,72 @@ void ref_forward_free(ref_result *res)
     free(res->out);
     free(res->lse);
     free(res->w);
-    res->out = res->lse = res->w = NULL;
+    free(res->wsel);
+    res->out = res->lse = res->w = res->wsel = NULL;
+}
+
+/* SPEC.md backward steps 2-5 for one query position of KV head hk, given
+ * each head's prior gradient dL/dpi in s->g ([G][M], indexed by block). */
+static void ref_stage1_backward(const ref_config *cfg, const double *q, const double *kbarh,
+                                int64_t b, int64_t hk, int64_t i, ref_row_scratch *s, double *dq,
+                                double *dkbarh)
+{
+    const int64_t m_blocks = ref_num_blocks(cfg), dim = cfg->head_dim, gc = s->group;
+    const int64_t n = s->n;
+    if (n == 0 || cfg->topk_mode)
+        return;
+    /* dL/dw of each head's candidates, in place of dL/dpi, re-indexed by candidate. */
+    for (int64_t g = 0; g < gc; g++) {
+        double *gr = s->g + g * m_blocks;
+        const double *w = s->wg + g * m_blocks, *pi = s->pi + g * m_blocks;
+        double gamma_mean = 0.0, count = 0.0;
+        for (int64_t c = 0; c < n; c++) {
+            s->gsum[c] = gr[s->cand[c]]; /* dL/dpi */
+            if (w[c] > 1e-20) {
+                gamma_mean += pi[s->cand[c]] * s->gsum[c];
+                count += 1.0;
+            }
+        }
+        gamma_mean = count > 0.0 ? gamma_mean / count : 0.0;
+        for (int64_t c = 0; c < n; c++) {
+            if (!cfg->flat)
+                gr[c] = s->gsum[c];
+            else
+                gr[c] = w[c] > 1e-20
+                            ? (pi[s->cand[c]] * s->gsum[c] - gamma_mean) / cfg->sigma / w[c]
+                            : 0.0;
+        }
+    }
+    const int one = ref_one_selection(cfg);
+    for (int64_t g = 0; g < gc; g++) {
+        const double *p = s->p + (one ? 0 : g) * m_blocks;
+        double share = 1.0;
+        if (one || cfg->group == DASHATTN_GROUP_MEAN) {
+            /* The weight is a sum (one selection) or mean over the heads. */
+            for (int64_t c = 0; c < n; c++) {
+                s->gsum[c] = 0.0;
+                for (int64_t x = 0; x < gc; x++)
+                    s->gsum[c] += s->g[x * m_blocks + c] / (one ? 1.0 : (double)gc);
+            }
+            ref_entmax_backward(cfg->alpha, p, s->gsum, n, s->dz);
+            share = one ? 1.0 / (double)gc : 1.0;
+        } else {
+            ref_entmax_backward(cfg->alpha, p, s->g + g * m_blocks, n, s->dz);
+        }
+        const double *qi = ref_q_row(cfg, q, b, hk * gc + g, i);
+        double *dqi = dq + ((b * cfg->heads_q + hk * gc + g) * cfg->len_q + i) * dim;
+        for (int64_t c = 0; c < n; c++) {
+            const double dz = cfg->scale1 * share * s->dz[c];
+            for (int64_t d = 0; d < dim; d++) {
+                dqi[d] += dz * kbarh[s->cand[c] * dim + d];
+                dkbarh[s->cand[c] * dim + d] += dz * qi[d];
+            }
+        }
+    }
 }
 
 void ref_backward(const ref_config *cfg, const double *q, const double *k, const double *v,
-                  const double *dout, double *dq, double *dk, double *dv)
+                  const double *dout, double *dq, double *dk, double *dv, double *dh)
 {
     const int64_t m_blocks = ref_num_blocks(cfg), dim = cfg->head_dim, s_blk = cfg->block_size;
     const int64_t group = cfg->heads_q / cfg->heads_kv;
@@ -340,14 +537,15 @@ void ref_backward(const ref_config *cfg, const double *q, const double *k, const
     const size_t kbar_elems = (size_t)(cfg->batch * cfg->heads_kv * m_blocks * dim);
     double *kbar = tu_xcalloc(kbar_elems, sizeof *kbar);
     double *dkbar = tu_xcalloc(kbar_elems, sizeof *dkbar);
+    double *pool = tu_xcalloc((size_t)s_blk, sizeof *pool);
     ref_block_keys(cfg, k, kbar);
     memset(dq, 0, (size_t)(cfg->batch * cfg->heads_q * cfg->len_q * dim) * sizeof *dq);
     memset(dk, 0, kv_elems * sizeof *dk);
     memset(dv, 0, kv_elems * sizeof *dv);
+    if (dh != NULL)
+        memset(dh, 0, (size_t)(cfg->heads_kv * dim) * sizeof *dh);
     ref_row_scratch s;
     ref_scratch_alloc(cfg, &s);
-    /* A selection set: one query head, or a whole GQA group in shared mode. */
-    const int64_t set_size = cfg->shared ? group : 1;
 
     for (int64_t b = 0; b < cfg->batch; b++) {
         for (int64_t hk = 0; hk < cfg->heads_kv; hk++) {
@@ -357,68 +555,66 @@ void ref_backward(const ref_config *cfg, const double *q, const double *k, const
             double *dvh = dv + (b * cfg->heads_kv + hk) * cfg->len_k * dim;
             double *dkbarh = dkbar + (b * cfg->heads_kv + hk) * m_blocks * dim;
             const double *kbarh = kbar + (b * cfg->heads_kv + hk) * m_blocks * dim;
-            for (int64_t h0 = hk * group; h0 < (hk + 1) * group; h0 += set_size) {
-                for (int64_t i = 0; i < cfg->len_q; i++) {
-                    const int64_t pos = i + cfg->len_k - cfg->len_q;
-                    const int64_t n = ref_stage1(cfg, q, kbar, b, h0, set_size, i, &s);
-                    for (int64_t c = 0; c < n; c++)
-                        s.g[c] = 0.0;
-                    for (int64_t h = h0; h < h0 + set_size; h++) {
-                        const double *qi = ref_q_row(cfg, q, b, h, i);
-                        const double *doi = dout + ((b * cfg->heads_q + h) * cfg->len_q + i) * dim;
-                        double *dqi = dq + ((b * cfg->heads_q + h) * cfg->len_q + i) * dim;
-                        int64_t vis = 0, att = 0;
-                        ref_stage2(cfg, qi, kh, vh, pos, &s, &vis, &att);
-                        const double dl_row = ref_dot(doi, s.o, dim);
-                        for (int64_t t = 0; t < cfg->len_k; t++) {
-                            if (s.e[t] == 0.0)
-                                continue;
-                            const double a = s.w[t / s_blk] * s.e[t];
-                            const double dp = ref_dot(doi, vh + t * dim, dim);
-                            const double dl = a * (dp - dl_row);
-                            for (int64_t d = 0; d < dim; d++) {
-                                dqi[d] += cfg->scale * dl * kh[t * dim + d];
-                                dkh[t * dim + d] += cfg->scale * dl * qi[d];
-                                dvh[t * dim + d] += a * doi[d];
-                            }
-                            /* SPEC.md step 3: the prior gradient of the key's block. */
-                            for (int64_t c = 0; c < n; c++)
-                                if (s.cand[c] == t / s_blk)
-                                    s.g[c] += s.e[t] * (dp - dl_row);
+            for (int64_t i = 0; i < cfg->len_q; i++) {
+                const int64_t pos = i + cfg->len_k - cfg->len_q;
+                ref_stage1(cfg, q, kbar, b, hk, i, &s);
+                for (int64_t g = 0; g < group; g++) {
+                    const int64_t h = hk * group + g;
+                    const double *qi = ref_q_row(cfg, q, b, h, i);
+                    const double *doi = dout + ((b * cfg->heads_q + h) * cfg->len_q + i) * dim;
+                    double *dqi = dq + ((b * cfg->heads_q + h) * cfg->len_q + i) * dim;
+                    const double *pw = s.pi + g * m_blocks;
+                    double *gpi = s.g + g * m_blocks;
+                    int64_t vis = 0, att = 0;
+                    ref_stage2(cfg, qi, kh, vh, pos, pw, &s, &vis, &att);
+                    const double dl_row = ref_dot(doi, s.o, dim);
+                    for (int64_t j = 0; j < m_blocks; j++)
+                        gpi[j] = 0.0;
+                    for (int64_t t = 0; t < cfg->len_k; t++) {
+                        if (s.e[t] == 0.0)
+                            continue;
+                        const double a = pw[t / s_blk] * s.e[t];
+                        const double dp = ref_dot(doi, vh + t * dim, dim);
+                        const double dl = a * (dp - dl_row);
+                        for (int64_t d = 0; d < dim; d++) {
+                            dqi[d] += cfg->scale * dl * kh[t * dim + d];
+                            dkh[t * dim + d] += cfg->scale * dl * qi[d];
+                            dvh[t * dim + d] += a * doi[d];
                         }
-                    }
-                    if (n == 0 || cfg->topk_mode)
-                        continue;
-                    ref_entmax_backward(cfg->alpha, s.p, s.g, n, s.dz);
-                    /* The shared score is the mean over the set's heads, so
-                     * each head's score receives dz / set_size. */
-                    for (int64_t h = h0; h < h0 + set_size; h++) {
-                        const double *qi = ref_q_row(cfg, q, b, h, i);
-                        double *dqi = dq + ((b * cfg->heads_q + h) * cfg->len_q + i) * dim;
-                        for (int64_t c = 0; c < n; c++) {
-                            const double dz = s.dz[c] / (double)set_size;
-                            if (dz == 0.0)
-                                continue;
-                            for (int64_t d = 0; d < dim; d++) {
-                                dqi[d] += cfg->scale1 * dz * kbarh[s.cand[c] * dim + d];
-                                dkbarh[s.cand[c] * dim + d] += cfg->scale1 * dz * qi[d];
-                            }
-                        }
+                        /* dL/dpi of the key's block: sum e (dP - Dl). */
+                        gpi[t / s_blk] += s.e[t] * (dp - dl_row);
                     }
                 }
+                ref_stage1_backward(cfg, q, kbarh, b, hk, i, &s, dq, dkbarh);
             }
-            /* kbar_j is the mean of its block's keys. */
-            for (int64_t t = 0; t < cfg->len_k; t++) {
-                const int64_t j = t / s_blk;
-                const int64_t count = (j + 1) * s_blk < cfg->len_k ? s_blk : cfg->len_k - j * s_blk;
-                for (int64_t d = 0; d < dim; d++)
-                    dkh[t * dim + d] += dkbarh[j * dim + d] / (double)count;
+            /* kbar_j = sum_t w_t k_t with w = softmax(h . k / sqrt(D)). */
+            for (int64_t j = 0; j < m_blocks; j++) {
+                const int64_t t0 = j * s_blk;
+                const int64_t t1 = t0 + s_blk < cfg->len_k ? t0 + s_blk : cfg->len_k;
+                ref_pooling(cfg, kh, hk, t0, t1, pool);
+                for (int64_t t = t0; t < t1; t++) {
+                    const double wt = pool[t - t0];
+                    double r = 0.0;
+                    for (int64_t d = 0; d < dim; d++) {
+                        dkh[t * dim + d] += wt * dkbarh[j * dim + d];
+                        r += wt * (kh[t * dim + d] - kbarh[j * dim + d]) * dkbarh[j * dim + d];
+                    }
+                    if (cfg->h == NULL)
+                        continue;
+                    r /= sqrt((double)dim);
+                    for (int64_t d = 0; d < dim; d++) {
+                        dkh[t * dim + d] += r * cfg->h[hk * dim + d];
+                        if (dh != NULL)
+                            dh[hk * dim + d] += r * kh[t * dim + d];
+                    }
+                }
             }
         }
     }
     ref_scratch_free(&s);
     free(kbar);
     free(dkbar);
+    free(pool);
 }
 
 void ref_dense(const ref_config *cfg, const double *q, const double *k, const double *v,

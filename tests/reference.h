@@ -16,12 +16,19 @@ typedef struct ref_config {
     double alpha;
     int topk_mode; /**< nonzero: hard top-k selection instead of entmax */
     int64_t topk;
-    int shared;    /**< nonzero: one selection per KV head on the mean scores */
+    int group;     /**< a dashattn_group_mode */
     double scale;  /**< stage 2 */
     double scale1; /**< stage 1 */
+    int flat;      /**< nonzero: the flat prior with sigma */
+    double sigma;
+    int halley;      /**< > 0: the Halley schedule with this many steps */
+    const double *h; /**< [Hkv, D] learned summary vectors, or NULL for mean pooling */
 } ref_config;
 
-/** Copy a dashattn_problem, resolving scale 0 to 1/sqrt(D) and stage1_scale 0 to scale. */
+/**
+ * Copy a dashattn_problem, resolving scale 0 to 1/sqrt(D) and stage1_scale 0
+ * to scale. h is left NULL (the problem does not hold it).
+ */
 void ref_config_from_problem(ref_config *cfg, const dashattn_problem *problem);
 
 /** M = ceil(len_k / block_size). */
@@ -40,6 +47,12 @@ int64_t ref_visible_keys(const ref_config *cfg, int64_t pos);
  */
 void ref_entmax(double alpha, const double *z, int64_t n, double *p);
 
+/**
+ * SPEC.md's halley:N schedule for alpha 1.5: N safeguarded Halley steps on
+ * x = z / 2 from the bracket [max x - 1, max x]; p is not renormalised.
+ */
+void ref_halley(const double *z, int64_t n, int steps, double *p);
+
 /** p_j = 1 for the k largest z_j (ties to the lower index), else 0. */
 void ref_topk(const double *z, int64_t n, int64_t k, double *p);
 
@@ -47,13 +60,17 @@ void ref_topk(const double *z, int64_t n, int64_t k, double *p);
 typedef struct ref_result {
     double *out; /**< [B, Hq, Nq, D] */
     double *lse; /**< [B, Hq, Nq] */
-    double *w;   /**< [B, Hq, Nq, M] block prior weight, 0 for unused blocks */
+    double *w;    /**< [B, Hq, Nq, M] block prior pi, 0 for unused blocks */
+    double *wsel; /**< [B, Hq, Nq, M] stage-1 weight by the group mode (1 forced), before the prior */
     int64_t visible_pairs;
     int64_t attended_pairs;
     double sparsity;
 } ref_result;
 
-/** kbar [B, Hkv, M, D]: mean key of every block (over its actual tokens). */
+/**
+ * kbar [B, Hkv, M, D]: summary of every block over its actual tokens (the
+ * mean, or softmax(h . k / sqrt(D))-weighted with cfg->h).
+ */
 void ref_block_keys(const ref_config *cfg, const double *k, double *kbar);
 
 /** DashAttention forward. Allocates res's arrays. */
@@ -64,10 +81,11 @@ void ref_forward_free(ref_result *res);
 
 /**
  * Gradients of sum(dout * out) for q, k, v (overwritten), SPEC.md's backward
- * including the path through stage 1 and the block keys.
+ * including the path through stage 1 and the block summaries; dh [Hkv, D]
+ * (optional) receives the gradient of cfg->h.
  */
 void ref_backward(const ref_config *cfg, const double *q, const double *k, const double *v,
-                  const double *dout, double *dq, double *dk, double *dv);
+                  const double *dout, double *dq, double *dk, double *dv, double *dh);
 
 /**
  * Dense softmax attention (causal when cfg->causal, bottom-right aligned),

@@ -276,6 +276,17 @@ static void check_plan_errors(dashattn_context *ctx)
         PC("stage1_scale -1", "stage1_scale", stage1_scale, F_DBL, -1.0, BAD),
         PC("stage1_scale NaN", "stage1_scale", stage1_scale, F_DBL, NAN, BAD),
         PC("dtype 9", "dtype", dtype, F_ENUM, 9, BAD),
+        PC("group_mode 3", "group_mode", group_mode, F_ENUM, 3, BAD),
+        PC("group_mode per_head", "", group_mode, F_ENUM, DASHATTN_GROUP_PER_HEAD, DASHATTN_OK),
+        PC("group_mode shared", "", group_mode, F_ENUM, DASHATTN_GROUP_SHARED, DASHATTN_OK),
+        PC("prior 2", "prior", prior, F_ENUM, 2, BAD),
+        PC("prior flat", "", prior, F_ENUM, DASHATTN_PRIOR_FLAT, DASHATTN_OK),
+        PC("threshold_schedule 2", "threshold_schedule", threshold_schedule, F_ENUM, 2, BAD),
+        PC("threshold_schedule halley", "", threshold_schedule, F_ENUM, DASHATTN_SCHEDULE_HALLEY,
+           DASHATTN_OK),
+        /* Fields an option does not use are not checked. */
+        PC("log prior, prior_sigma 0", "", prior_sigma, F_DBL, 0.0, DASHATTN_OK),
+        PC("exact schedule, halley_steps 0", "", halley_steps, F_I32, 0, DASHATTN_OK),
     };
     dashattn_problem p;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -285,6 +296,38 @@ static void check_plan_errors(dashattn_context *ctx)
     }
 
     /* Cases that need two fields, or no problem at all. */
+    static const struct {
+        const char *what;
+        double sigma;
+        int32_t steps;
+        double alpha;
+        dashattn_status want;
+        const char *names;
+    } released[] = {
+        {"flat prior, sigma 0", 0.0, 3, 1.5, BAD, "prior_sigma"},
+        {"flat prior, sigma -1", -1.0, 3, 1.5, BAD, "prior_sigma"},
+        {"flat prior, sigma inf", INFINITY, 3, 1.5, BAD, "prior_sigma"},
+        {"flat prior, sigma NaN", NAN, 3, 1.5, BAD, "prior_sigma"},
+        {"flat prior, halley_steps 0", 1.0, 0, 1.5, BAD, "halley_steps"},
+        {"flat prior, halley_steps 65", 1.0, 65, 1.5, BAD, "halley_steps"},
+        {"halley with alpha 2", 1.0, 3, 2.0, BAD, "alpha"},
+        {"halley with alpha 1.25", 1.0, 3, 1.25, BAD, "alpha"},
+        {"flat prior, halley_steps 64", 1e6, 64, 1.5, DASHATTN_OK, ""},
+    };
+    for (size_t i = 0; i < sizeof released / sizeof released[0]; i++) {
+        base_problem(&p);
+        p.prior = DASHATTN_PRIOR_FLAT;
+        p.prior_sigma = released[i].sigma;
+        p.threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
+        p.halley_steps = released[i].steps;
+        p.alpha = released[i].alpha;
+        try_plan(ctx, &p, released[i].what, released[i].want, released[i].names);
+    }
+    base_problem(&p);
+    p.threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
+    p.selection = DASHATTN_SELECT_TOPK;
+    p.topk = 1;
+    try_plan(ctx, &p, "halley with topk selection", BAD, "topk");
     base_problem(&p);
     p.selection = DASHATTN_SELECT_TOPK;
     p.topk = 1;
@@ -353,7 +396,8 @@ static dashattn_status run_fwd(fwd_fixture *f, const dashattn_plan *plan, const 
                                size_t ws_size)
 {
     poison_fwd_outputs(f);
-    return dashattn_forward(f->ctx, plan, q, k, v, NULL, out, f->lse, sel, &f->stats, ws, ws_size, NULL);
+    return dashattn_forward(f->ctx, plan, q, k, v, NULL, out, f->lse, sel, &f->stats, ws, ws_size,
+                            NULL);
 }
 
 static void fwd_case(fwd_fixture *f, const char *what, dashattn_status st, dashattn_status want,
@@ -384,15 +428,15 @@ static void check_forward_errors(fwd_fixture *f)
     check_ok("second cpu context", dashattn_context_create(&opt, &other));
     if (other != NULL) {
         poison_fwd_outputs(f);
-        st = dashattn_forward(other, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse, &f->sel,
-                              &f->stats, NULL, 0, NULL);
+        st = dashattn_forward(other, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse,
+                              &f->sel, &f->stats, NULL, 0, NULL);
         fwd_case(f, "forward with another context's plan", st, BAD, "context|plan");
         dashattn_context_destroy(other);
     }
 
     /* NULL tensors and data. */
-    st = dashattn_forward(NULL, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, NULL, NULL, NULL, NULL,
-                          0, NULL);
+    st = dashattn_forward(NULL, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, NULL, NULL, NULL,
+                          NULL, 0, NULL);
     check_failure("forward NULL context", st, BAD, "context");
     fwd_case(f, "forward NULL plan",
              run_fwd(f, NULL, &f->tq, &f->tk, &f->tv, &f->tout, NULL, NULL, 0), BAD, "plan");
@@ -510,8 +554,8 @@ static dashattn_status run_bwd(fwd_fixture *f, bwd_outputs *g, const float *lse,
                                size_t ws_size)
 {
     poison_bwd(g);
-    return dashattn_backward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, lse, dout, dq, dk,
-                             dv, NULL, ws, ws_size, NULL);
+    return dashattn_backward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, lse, dout, dq,
+                             dk, dv, NULL, ws, ws_size, NULL);
 }
 
 static void check_backward_errors(fwd_fixture *f)
@@ -529,8 +573,8 @@ static void check_backward_errors(fwd_fixture *f)
     dashattn_status st;
 
     /* out and lse of a real forward. */
-    st = dashattn_forward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse, NULL, NULL,
-                          NULL, 0, NULL);
+    st = dashattn_forward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse, NULL,
+                          NULL, NULL, 0, NULL);
     check_ok("forward for backward", st);
     st = run_bwd(f, &g, f->lse, &tdout, &g.tdq, &g.tdk, &g.tdv, NULL, 0);
     check_ok("valid backward", st);
@@ -868,6 +912,93 @@ static void check_cache_errors(dashattn_context *ctx)
     dashattn_plan_destroy(f->plan);
 }
 
+/* A bad block_summary or dh is refused before anything is written. */
+static void check_summary_errors(fwd_fixture *f)
+{
+    float h[FHKV * FD], dh[FHKV * FD];
+    for (int i = 0; i < FHKV * FD; i++)
+        h[i] = 0.5f * (float)i;
+    const dashattn_tensor th = dashattn_tensor_bhsd(h, DASHATTN_F32, 1, FHKV, 1, FD);
+    dashattn_tensor tdh = dashattn_tensor_bhsd(dh, DASHATTN_F32, 1, FHKV, 1, FD);
+    dashattn_status st;
+    struct {
+        const char *what;
+        dashattn_tensor t;
+        dashattn_status want;
+    } bad[] = {{"block_summary f16", th, BAD},
+               {"block_summary [1, 1, 1, 5]", th, DASHATTN_ERR_SHAPE_MISMATCH},
+               {"block_summary [2, 1, 1, 4]", th, DASHATTN_ERR_SHAPE_MISMATCH},
+               {"block_summary data NULL", th, BAD}};
+    bad[0].t.dtype = DASHATTN_F16;
+    bad[1].t.shape[3] = FD + 1;
+    bad[2].t.shape[0] = 2;
+    bad[3].t.data = NULL;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        poison_fwd_outputs(f);
+        st = dashattn_forward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, &bad[i].t, &f->tout, f->lse,
+                              &f->sel, &f->stats, NULL, 0, NULL);
+        fwd_case(f, bad[i].what, st, bad[i].want, "block_summary");
+    }
+    poison_fwd_outputs(f);
+    st = dashattn_forward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, &th, &f->tout, f->lse, NULL,
+                          NULL, NULL, 0, NULL);
+    check_ok("forward with a block_summary", st);
+
+    float *dq = tu_xcalloc(q_elems, sizeof(float)), *dk = tu_xcalloc(kv_elems, sizeof(float));
+    float *dv = tu_xcalloc(kv_elems, sizeof(float)), *dout = tu_random_floats(22, q_elems, 1.0);
+    const dashattn_tensor tdq = dashattn_tensor_bhsd(dq, DASHATTN_F32, FB, FHQ, FN, FD);
+    const dashattn_tensor tdk = dashattn_tensor_bhsd(dk, DASHATTN_F32, FB, FHKV, FN, FD);
+    const dashattn_tensor tdv = dashattn_tensor_bhsd(dv, DASHATTN_F32, FB, FHKV, FN, FD);
+    const dashattn_tensor tdo = dashattn_tensor_bhsd(dout, DASHATTN_F32, FB, FHQ, FN, FD);
+    poison(dq, q_elems * sizeof(float));
+    poison(dh, sizeof dh);
+    st = dashattn_backward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, NULL, &f->tout, f->lse, &tdo,
+                           &tdq, &tdk, &tdv, &tdh, NULL, 0, NULL);
+    check_failure("backward with dh but no block_summary", st, BAD, "dh");
+    TU_CHECK(untouched(dq, q_elems * sizeof(float)) && untouched(dh, sizeof dh),
+             "backward with dh but no block_summary: outputs untouched");
+    tdh.shape[1] = 2;
+    st = dashattn_backward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, &th, &f->tout, f->lse, &tdo,
+                           &tdq, &tdk, &tdv, &tdh, NULL, 0, NULL);
+    check_failure("backward with dh [1, 2, 1, 4]", st, DASHATTN_ERR_SHAPE_MISMATCH, "dh");
+    TU_CHECK(untouched(dq, q_elems * sizeof(float)) && untouched(dh, sizeof dh),
+             "backward with a bad dh: outputs untouched");
+    tdh.shape[1] = FHKV;
+    st = dashattn_backward(f->ctx, f->plan, &f->tq, &f->tk, &f->tv, &th, &f->tout, f->lse, &tdo,
+                           &tdq, &tdk, &tdv, &tdh, NULL, 0, NULL);
+    check_ok("backward with block_summary and dh", st);
+    TU_CHECK(!untouched(dh, sizeof dh), "backward writes dh");
+    free(dq);
+    free(dk);
+    free(dv);
+    free(dout);
+}
+
+/* SPEC.md's defaults, pinned here and nowhere derived from the library. */
+static void check_defaults(void)
+{
+    dashattn_problem p;
+    memset(&p, 0x5a, sizeof p);
+    dashattn_problem_init(&p, 2, 32, 2, 100, 200, 128);
+    TU_CHECK(p.batch == 2 && p.heads_q == 32 && p.heads_kv == 2 && p.len_q == 100 &&
+                 p.len_k == 200 && p.head_dim == 128,
+             "problem_init keeps the shape");
+    TU_CHECK(p.dtype == DASHATTN_F32 && p.causal == 1, "default dtype f32, causal");
+    TU_CHECK(p.block_size == 64, "default block size 64 (got %d)", (int)p.block_size);
+    TU_CHECK(p.n_sink == 0 && p.n_local == 1, "default n_sink 0, n_local 1 (got %d, %d)",
+             (int)p.n_sink, (int)p.n_local);
+    TU_CHECK(p.alpha == 1.5 && p.selection == DASHATTN_SELECT_ENTMAX,
+             "default entmax selection with alpha 1.5");
+    TU_CHECK(p.group_mode == DASHATTN_GROUP_MEAN, "default group mode mean (got %d)",
+             (int)p.group_mode);
+    TU_CHECK(p.prior == DASHATTN_PRIOR_LOG && p.prior_sigma == 1e6,
+             "default log prior, flat sigma 1e6");
+    TU_CHECK(p.threshold_schedule == DASHATTN_SCHEDULE_EXACT && p.halley_steps == 3,
+             "default exact thresholds, 3 Halley steps when asked for");
+    TU_CHECK(p.scale == 0.0 && p.stage1_scale == 0.0 && p.topk == 0,
+             "default scales resolved at plan time");
+}
+
 /* ---------------------------------------------------------------------- */
 
 static void check_forward_group(dashattn_context *ctx)
@@ -897,6 +1028,7 @@ static void check_forward_group(dashattn_context *ctx)
 
     check_forward_errors(f);
     check_backward_errors(f);
+    check_summary_errors(f);
 
     free(f->ws);
     free(f->q);
@@ -910,6 +1042,7 @@ int main(void)
 {
     check_status_strings();
     check_convert_errors();
+    check_defaults();
     /* Destroying NULL is a no-op, like free(NULL). */
     dashattn_plan_destroy(NULL);
     dashattn_context_destroy(NULL);

@@ -175,6 +175,52 @@ ok "run --alpha 2 --group-select shared" run $QKV --out O.npy --block-size $S --
     --group-select shared --json
 check "JSON reports alpha 2, shared" [ "$(json options.alpha)/$(json options.group_select)" = 2/shared ]
 
+# --- the released function and its options ---------------------------------
+"$TOOL" random h.npy 6 1.5 2 16 && "$TOOL" random h3.npy 6 1.5 3 16 &&
+    "$TOOL" random zero_h.npy 6 0 2 16 || exit 99
+ok "run, defaults, JSON" run $QKV --out O.npy --block-size $S --json
+check "the default is the released function" \
+    [ "$(json options.group_select)/$(json options.n_sink)/$(json options.n_local)/$(json options.prior)/$(json threshold_method)" = mean/0/1/log/sort-1.5 ]
+ok "run --block-summary" run $QKV --out O_h.npy --block-size $S --block-summary h.npy --json
+check "JSON reports the learned summaries" [ "$(json options.block_summary)" = true ]
+check "learned summaries change the result" \
+    sh -c "! '$TOOL' compare O_h.npy O_run.npy 1e-5 >/dev/null"
+ok "run, h = 0" run $QKV --out O.npy --block-size $S --block-summary zero_h.npy
+check "h = 0 is mean pooling" "$TOOL" compare O.npy O_run.npy 1e-6
+ok "run --threshold halley:3" run $QKV --out O.npy --block-size $S --threshold halley:3 --json
+check "JSON reports 3 Halley steps" \
+    [ "$(json threshold_method)/$(json options.threshold_iterations)" = halley/3 ]
+ok "run --prior flat --prior-sigma 0.5" run $QKV --out O.npy --block-size $S --prior flat \
+    --prior-sigma 0.5 --json
+check "JSON reports the flat prior" [ "$(json options.prior)/$(json options.prior_sigma)" = flat/0.5 ]
+check "the flat prior changes the result" sh -c "! '$TOOL' compare O.npy O_run.npy 1e-5 >/dev/null"
+ok "run --group-select per-head" run $QKV --out O.npy --block-size $S --group-select per-head \
+    --json
+check "JSON reports per-head" [ "$(json options.group_select)" = per-head ]
+ok "grad --block-summary --dh" grad $QKV --dout do.npy --dq DQ.npy --dk DK.npy --dv DV.npy \
+    --block-summary h.npy --dh DH.npy --block-size $S
+check "dh is nonzero" sh -c "! '$TOOL' compare DH.npy zero_h.npy 0 >/dev/null"
+ok "grad --dh, all blocks forced" grad $QKV --dout do.npy --dq DQ.npy --dk DK.npy --dv DV.npy \
+    --block-summary h.npy --dh DH.npy --block-size $S --local 100
+check "all blocks forced: dh = 0" "$TOOL" compare DH.npy zero_h.npy 0
+check "all blocks forced: dq = dense" "$TOOL" compare DQ.npy DQ_ref.npy 1e-5
+fail_with 2 "must be float32 [Hkv, D]" run $QKV --out O.npy --block-size $S --block-summary h3.npy
+fail_with 2 "must be float32 [Hkv, D]" run $QKV --out O.npy --block-summary q.npy
+fail_with 2 "--prior-sigma must be greater than 0" run $QKV --out O.npy --prior flat --prior-sigma 0
+fail_with 2 "--prior-sigma must be at least 0" run $QKV --out O.npy --prior flat --prior-sigma -1
+fail_with 2 "applies only with --prior flat" run $QKV --out O.npy --prior-sigma 2
+fail_with 2 "--prior must be log or flat" run $QKV --out O.npy --prior cosine
+fail_with 2 "must be in [1, 64]" run $QKV --out O.npy --threshold halley:0
+fail_with 2 "not an integer" run $QKV --out O.npy --threshold halley:
+fail_with 2 "--threshold must be exact or halley:N" run $QKV --out O.npy --threshold newton
+fail_with 2 "needs entmax selection with --alpha 1.5" run $QKV --out O.npy --threshold halley:3 --alpha 2
+fail_with 2 "--group-select must be mean, per-head or shared" run $QKV --out O.npy --group-select median
+fail_with 2 "--dh needs --block-summary" grad $QKV --dout do.npy --dq DQ.npy --dk DK.npy \
+    --dv DV.npy --dh DH.npy --out O.npy
+check "a failed grad writes no DH.npy" sh -c "rm -f DH.npy; '$CLI' grad $QKV --dout do.npy \
+    --dq DQ.npy --dk DK.npy --dv DV.npy --dh DH.npy --block-summary h3.npy 2>/dev/null; \
+    [ ! -e DH.npy ]"
+
 # --- reduced precision ------------------------------------------------------
 for dt in bf16 f16; do
     ok "run --dtype $dt" run $QKV --out O.npy --block-size $S --dtype $dt --json

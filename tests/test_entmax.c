@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define MAX_N 256
 
@@ -342,6 +343,71 @@ static void test_plan_iterations(void)
     dashattn_context_destroy(ctx);
 }
 
+/* The Halley schedule against the reference's, written from SPEC.md: the
+ * same steps give the same p (not renormalised: with few steps the sum is
+ * off 1), more steps converge to exact 1.5-entmax, and the plan carries
+ * halley_steps. */
+static void test_halley(void)
+{
+    da_synth_rng rng;
+    da_synth_seed(&rng, 16);
+    double z[MAX_N], p[MAX_N], ref[MAX_N], exact[MAX_N], scratch[2 * MAX_N];
+    double worst = 0.0, worst_converged = 0.0, off_one = 0.0;
+    for (int rep = 0; rep < 200; rep++) {
+        const int64_t n = 1 + (int64_t)(da_synth_uniform(&rng) * 200);
+        const double spread = 0.5 + 4.0 * da_synth_uniform(&rng);
+        for (int64_t j = 0; j < n; j++)
+            z[j] = spread * da_synth_normal(&rng);
+        const int steps = 1 + rep % 4;
+        da_entmax_forward(DASHATTN_THRESHOLD_HALLEY, 1.5, steps, z, n, p, scratch);
+        ref_halley(z, n, steps, ref);
+        double sum = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            worst = fmax(worst, isfinite(p[j]) ? fabs(p[j] - ref[j]) : INFINITY);
+            sum += p[j];
+        }
+        off_one = fmax(off_one, fabs(sum - 1.0));
+        da_entmax_forward(DASHATTN_THRESHOLD_HALLEY, 1.5, 40, z, n, p, scratch);
+        ref_entmax(1.5, z, n, exact);
+        for (int64_t j = 0; j < n; j++)
+            worst_converged = fmax(worst_converged, fabs(p[j] - exact[j]));
+    }
+    TU_CHECK(worst <= 1e-9, "Halley steps: max |p - reference| %.3g", worst);
+    TU_CHECK(off_one > 1e-6, "Halley p sums to 1 within %.3g: renormalised?", off_one);
+    TU_CHECK(worst_converged <= 1e-9, "40 Halley steps: max |p - exact| %.3g", worst_converged);
+    z[0] = 1.0;
+    z[1] = NAN;
+    da_entmax_forward(DASHATTN_THRESHOLD_HALLEY, 1.5, 3, z, 2, p, scratch);
+    TU_CHECK(isnan(p[0]) && isnan(p[1]), "Halley: a NaN score makes the row NaN");
+    z[0] = 2.0;
+    da_entmax_forward(DASHATTN_THRESHOLD_HALLEY, 1.5, 3, z, 1, p, scratch);
+    TU_CHECK(fabs(p[0] - 1.0) <= 1e-12, "Halley: one candidate gets p %.17g", p[0]);
+    printf("halley: max |p - reference| %.2e, 40 steps vs exact %.2e, sum off 1 up to %.2e\n",
+           worst, worst_converged, off_one);
+
+    dashattn_context_options opt;
+    dashattn_context_options_init(&opt);
+    opt.backend = "cpu";
+    dashattn_context *ctx = NULL;
+    if (dashattn_context_create(&opt, &ctx) != DASHATTN_OK)
+        return;
+    dashattn_problem pr;
+    dashattn_problem_init(&pr, 1, 1, 1, 1, 4096, 64);
+    pr.threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
+    pr.halley_steps = 5;
+    dashattn_plan *plan = NULL;
+    TU_CHECK(dashattn_plan_create(ctx, &pr, &plan) == DASHATTN_OK, "halley plan: %s",
+             dashattn_last_error());
+    if (plan != NULL) {
+        TU_CHECK(dashattn_plan_threshold_iterations(plan) == 5 &&
+                     strcmp(dashattn_plan_threshold_method(plan), "halley") == 0,
+                 "the plan runs 5 Halley steps (got %s, %d)", dashattn_plan_threshold_method(plan),
+                 dashattn_plan_threshold_iterations(plan));
+        dashattn_plan_destroy(plan);
+    }
+    dashattn_context_destroy(ctx);
+}
+
 /* The exact methods' two threshold finders agree, including on rows with
  * ties at the threshold and with one contender. */
 static void test_threshold_finders(void)
@@ -388,5 +454,6 @@ int main(void)
     test_topk();
     test_backward();
     test_plan_iterations();
+    test_halley();
     return tu_finish("test_entmax");
 }

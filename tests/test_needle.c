@@ -85,7 +85,8 @@ int main(void)
         const dashattn_tensor tk = dashattn_tensor_bhsd(k, DASHATTN_F32, 1, 1, len, DIM);
         const dashattn_tensor tv = dashattn_tensor_bhsd(v, DASHATTN_F32, 1, 1, len, DIM);
         const dashattn_tensor to = dashattn_tensor_bhsd(out, DASHATTN_F32, 1, 1, 1, DIM);
-        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, &lse, &sel, &stats, NULL, 0, NULL);
+        st = dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, &lse, &sel, &stats, NULL, 0,
+                              NULL);
         TU_CHECK(st == DASHATTN_OK, "forward Nk=%lld: %s", (long long)len, dashattn_last_error());
         dash[n] = out[0];
 

@@ -162,8 +162,8 @@ static void check_failing_device(void)
     TU_CHECK(all_nan(o, n), "faildev forward: failed output is NaN, not a plausible result");
     TU_CHECK(all_nan(lse, sizeof(lse) / sizeof(lse[0])), "faildev forward: failed lse is NaN");
 
-    st = dashattn_backward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL, 0,
-                           NULL);
+    st = dashattn_backward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
+                           NULL, 0, NULL);
     TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev backward: status %d, want UNSUPPORTED",
              (int)st);
     TU_CHECK(dashattn_last_error()[0] != '\0', "faildev backward: message is set");

@@ -1,4 +1,4 @@
-/* KV caches: appending tokens and keeping the block keys of complete blocks
+/* KV caches: appending tokens and keeping the summaries of complete blocks
  * (SPEC.md, "Decode and KV caches"). Old block keys are never recomputed. */
 #include <config.h>
 
@@ -112,7 +112,8 @@ dashattn_status dacpu_cache_append(void *state, const dashattn_plan_desc *plan,
     for (int64_t bh = 0; bh < pairs; bh++) {
         const int64_t b = bh / p->heads_kv, h = bh % p->heads_kv;
         const int64_t len = cache->seq_lens[b], end = len + tokens;
-        float buf[256], mean[256]; /* head_dim <= 256 */
+        float buf[DACPU_MAX_DIM], summary[DACPU_MAX_DIM], hv[DACPU_MAX_DIM];
+        const float *hvec = dacpu_summary_vector(a->block_summary, h, hv);
         for (int64_t t = 0; t < tokens; t++) {
             const int64_t pos = len + t;
             const dacpu_cache_block loc = dacpu_cache_locate(cache, b, pos / s, s);
@@ -120,11 +121,11 @@ dashattn_status dacpu_cache_append(void *state, const dashattn_plan_desc *plan,
             copy_row(a->k_new, b, h, t, &cache->k, loc.i0, h, row, buf);
             copy_row(a->v_new, b, h, t, &cache->v, loc.i0, h, row, buf);
         }
-        /* Blocks that became complete with this append get their key. */
+        /* Blocks that became complete with this append get their summary. */
         for (int64_t j = len / s; (j + 1) * s <= end; j++) {
             const dacpu_cache_block loc = dacpu_cache_locate(cache, b, j, s);
-            dacpu_mean_rows(&cache->k, loc.i0, h, loc.r0, s, mean, buf);
-            dacpu_store_rows(&cache->block_keys, loc.i0, h, loc.key_row, 1, mean, p->head_dim);
+            dacpu_summarize_block(&cache->k, loc.i0, h, loc.r0, s, hvec, summary, NULL, buf);
+            dacpu_store_rows(&cache->block_keys, loc.i0, h, loc.key_row, 1, summary, p->head_dim);
         }
     }
     for (int64_t b = 0; b < p->batch; b++)

@@ -273,6 +273,33 @@ static double tau_bracketed(const double *xs, int64_t m, int64_t n, double alpha
     return lo;
 }
 
+/* The released kernels' fixed schedule for alpha 1.5 (backend.h describes
+ * it), on X = (z - max z) / 2: shifting x and t alike leaves every step as
+ * it is, and keeps the sums free of large magnitudes. */
+static double tau_halley(const double *x, int64_t n, int steps)
+{
+    double lo = -1.0, hi = 0.0, t = -0.5;
+    for (int step = 0; step < steps; step++) {
+        double sq = 0.0, lin = 0.0, count = 0.0;
+#pragma omp simd reduction(+ : sq, lin, count)
+        for (int64_t j = 0; j < n; j++) {
+            const double a = x[j] > t ? x[j] - t : 0.0;
+            sq += a * a;
+            lin += a;
+            count += x[j] > t ? 1.0 : 0.0;
+        }
+        const double f = sq - 1.0, f1 = -2.0 * lin, f2 = 2.0 * count;
+        const double next = t - 2.0 * f * f1 / (2.0 * f1 * f1 - f * f2);
+        if (f > 0.0)
+            lo = t;
+        if (f < 0.0)
+            hi = t;
+        /* A NaN step (0 / 0 on a flat f) fails the test and bisects. */
+        t = next > lo - 1e-5 && next < hi + 1e-5 ? next : 0.5 * (lo + hi);
+    }
+    return t;
+}
+
 DACPU_HOT int64_t da_entmax_forward(dashattn_threshold_method method, double alpha, int iterations,
                                     const double *z, int64_t n, double *p, double *scratch)
 {
@@ -280,6 +307,18 @@ DACPU_HOT int64_t da_entmax_forward(dashattn_threshold_method method, double alp
     if (!isfinite(zmax))
         return poison(p, n);
     double total = 0.0;
+    if (method == DASHATTN_THRESHOLD_HALLEY) {
+        for (int64_t j = 0; j < n; j++)
+            scratch[j] = 0.5 * (z[j] - zmax);
+        const double tau = tau_halley(scratch, n, iterations);
+        double support = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            const double t = scratch[j] - tau;
+            p[j] = t > 0.0 ? t * t : 0.0; /* not renormalised, as released */
+            support += t > 0.0 ? 1.0 : 0.0;
+        }
+        return (int64_t)support;
+    }
     if (method == DASHATTN_THRESHOLD_SOFTMAX) {
         for (int64_t j = 0; j < n; j++)
             total += p[j] = exp(z[j] - zmax);

@@ -11,7 +11,8 @@
  * p[0..n) = alpha-entmax(z) computed by the given threshold method:
  * p_j = [(alpha - 1) z_j - tau]_+ ^ (1 / (alpha - 1)) with sum p = 1
  * (softmax for DASHATTN_THRESHOLD_SOFTMAX). z_j = -inf gives p_j = 0; a NaN
- * in z makes every p_j NaN. iterations is used by the bracketed method only.
+ * in z makes every p_j NaN. iterations is the step count of the bracketed
+ * and Halley methods; the Halley method's p is not renormalised.
  * scratch holds at least 2n doubles. Returns the number of p_j > 0.
  * n must be >= 1. DASHATTN_THRESHOLD_TOPK is not accepted here.
  */

@@ -265,7 +265,7 @@ dashattn_status dacpu_forward(void *state, const dashattn_plan_desc *plan,
 #pragma omp for schedule(static)
         for (int64_t idx = 0; idx < heads * plan->num_blocks; idx++)
             atomic_init(&call.kt_state[idx], KT_ABSENT);
-        dacpu_block_keys(plan, a->k, &call.layout, ws, t.kbuf);
+        dacpu_block_keys(plan, a->k, a->block_summary, &call.layout, ws, t.kbuf);
         /* Late tiles of a causal problem see the most keys: start them first. */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < tasks; task++) {

@@ -83,6 +83,8 @@ typedef struct dacpu_shared {
     size_t keys_t;   /* float [B * Hkv][D][ld_keys] */
     size_t kt_cache; /* float [B * Hkv][M][D][ld_block] */
     size_t kt_state; /* atomic_int [B * Hkv * M] */
+    size_t pool;     /* (backward) float [B * Hkv][Nk]: pooling weight of each key */
+    int has_pool;
     size_t total;
     int64_t ld_keys;  /* padded so any candidate range can be read by chunks */
     int64_t ld_block; /* tokens of a block, padded to DACPU_CHUNK */
@@ -119,31 +121,61 @@ void *dacpu_shared_at(void *workspace, size_t offset);
 dacpu_arena dacpu_thread_arena(void *workspace, const dashattn_plan_desc *plan,
                                dashattn_operation op, int thread);
 
-/* ---- block keys (cpu_block_keys.c) ---- */
+/* ---- block summaries (cpu_block_keys.c) ---- */
 
-/* Mean key of every block of every (batch, kv head) of k, as rows into
- * layout->keys and transposed into layout->keys_t of the workspace (located
- * with dacpu_shared_at). Must be called by all
- * threads of a parallel region, each with its own scratch of D floats;
- * ends with a barrier. */
+/* The largest head_dim (problem validation enforces it). */
+#define DACPU_MAX_DIM 256
+
+/* Vector h of KV head g of a block_summary tensor into dst (D floats), or
+ * NULL without one (mean pooling). */
+const float *dacpu_summary_vector(const dashattn_tensor *h, int64_t g, float *dst);
+
+/* Summary of rows [r0, r0 + count) of t[i0, i1] into dst[D]: the mean, or
+ * with h the softmax(h . k / sqrt(D))-weighted sum. weights (optional)
+ * receives the count pooling weights; scratch holds D floats. */
+void dacpu_summarize_block(const dashattn_tensor *t, int64_t i0, int64_t i1, int64_t r0,
+                           int64_t count, const float *h, float *dst, float *weights,
+                           float *scratch);
+
+/* Summary of every block of every (batch, kv head) of k (summary may be
+ * NULL), as rows into layout->keys and transposed into layout->keys_t of
+ * the workspace (located with dacpu_shared_at), and the pooling weights
+ * into layout->pool where the layout has it. Must be called by all threads
+ * of a parallel region, each with its own scratch of D floats; ends with a
+ * barrier. */
 void dacpu_block_keys(const dashattn_plan_desc *plan, const dashattn_tensor *k,
-                      const dacpu_shared *layout, void *workspace, float *scratch);
+                      const dashattn_tensor *summary, const dacpu_shared *layout, void *workspace,
+                      float *scratch);
 
 /* ---- stage 1 (cpu_stage1.c) ---- */
+
+/* Candidate weights at or below this are dropped by the flat prior (and
+ * their logarithms never taken), as in the released kernels. */
+#define DACPU_FLAT_PRIOR_FLOOR 1e-20
 
 typedef struct dacpu_stage1_scratch {
     float *s;     /* scores of one head: ld_keys floats */
     double *z;    /* M */
     double *zsum; /* M */
-    double *p;    /* M */
     double *sort; /* 2M */
+    /* Left by dacpu_stage1 for the backward, candidate c of head g at
+     * [g * M + c]: p, each head's selection (row 0 only when the group has
+     * one selection, see dacpu_stage1_one_selection); w, the weight every
+     * head gives the candidate by the group mode, before the prior. */
+    double *p; /* G x M */
+    double *w; /* G x M */
 } dacpu_stage1_scratch;
+
+/* Nonzero if the group's heads share one selection made on their mean
+ * score (shared mode, and top-k in mean mode). */
+int dacpu_stage1_one_selection(const dashattn_plan_desc *plan);
 
 dacpu_stage1_scratch dacpu_stage1_scratch_take(dacpu_arena *arena, const dashattn_plan_desc *plan);
 
-/* Block weights of the G query heads of one position: w[g * ldw + j] for
- * blocks j in [0, visible_blocks) is 1 for forced blocks, the entmax (or
- * top-k) weight for candidates, 0 otherwise. q holds G unscaled rows
+/* Block priors of the G query heads of one position: w[g * ldw + j] for
+ * blocks j in [0, visible_blocks) is 1 for forced blocks, the stage-2 prior
+ * pi of candidates (from the entmax or top-k weight, the group mode and the
+ * prior mode), 0 otherwise. q holds G unscaled rows
  * (stride ldq); keys_t[c * ld_keys + j] is dim c of block j's mean key,
  * read for candidates (and up to DACPU_CHUNK columns past them). */
 void dacpu_stage1(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,

@@ -47,6 +47,10 @@ dacpu_shared dacpu_shared_layout(const dashattn_plan_desc *plan, dashattn_operat
         at += round_up(heads * m * d * (size_t)s.ld_block * sizeof(float));
         s.kt_state = at;
         at += round_up(heads * m * sizeof(atomic_int));
+    } else {
+        s.pool = at;
+        s.has_pool = 1;
+        at += round_up(heads * (size_t)p->len_k * sizeof(float));
     }
     s.total = at;
     return s;
