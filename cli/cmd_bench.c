@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn bench`: DashAttention against the same backend with every block
  * forced (plain attention through the same kernels), on synthetic inputs with
  * block structure, over a sweep of context lengths. */

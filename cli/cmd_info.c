@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn info`: what this installation can run on, and why a plugin that
  * exists was not usable. */
 #ifdef HAVE_CONFIG_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn run` and `dashattn grad`: attention on .npy files.
  *
  * Everything that can be checked is checked before the first output is

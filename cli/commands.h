@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The subcommands of the `dashattn` tool. Each takes the arguments after its
  * name (argv[0] is the subcommand) and returns the process exit status. */
 #ifndef DASHATTN_CLI_COMMANDS_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn info --json`: the library's backend report (the text of
  * dashattn_backends_report) as one JSON object, for tools.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The JSON conventions of every command (see json.h). */
 #ifdef HAVE_CONFIG_H
 #include <config.h>

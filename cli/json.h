@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* What every JSON document the tool prints has in common: it opens with the
  * schema version and the library version, and a figure that is NaN or
  * infinite is written as null (JSON has no such numbers). */

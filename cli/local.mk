@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The `dashattn` command-line tool: info, run, grad and bench.
 bin_PROGRAMS += dashattn
 dashattn_SOURCES = \

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The CMake package (find_package(dashattn)). make writes the two files from
 # their .in templates rather than configure, because the prefix-relative
 # paths need libdir and includedir fully expanded.

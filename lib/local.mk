@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The backend-neutral core and the built-in CPU backend are compiled once into
 # a convenience library; libdashattn.la exports its public symbols and the
 # tests that check internals (solvers, planning) link the convenience library.

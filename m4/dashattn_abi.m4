@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The library's binary interface as the build installs it.
 
 # DA_PLUGIN_ABI: DASHATTN_PLUGIN_ABI, the plugin ABI version, read from

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # GPU toolchain detection for the backend plugins.
 #
 # Each --with-X option takes "guess" (default: build the plugin if the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Tests of the command-line tool, its .npy files, and dtype conversion.
 check_PROGRAMS += tests/test_npy tests/test_convert tests/npy_tool
 

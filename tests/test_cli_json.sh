@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # `dashattn info --json` and the members every --json of the tool shares:
 # the document parses (strictly: tests/npy_tool json-get), opens with
 # schema_version and library_version, and carries what the text report says

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Install the build into a staging directory (make install DESTDIR=...) and
 # check the installed tree as a user would meet it: headers, library, CLI and
 # pkg-config file are there, test plugins are not, the library exports only

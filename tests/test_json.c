@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The JSON writer every --json of the tool uses (cli/json.c): figures that
  * are NaN or infinite become null, finite ones read back exactly, and every
  * document opens with the schema and library versions. */

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The manual page cli/dashattn.1 and the tool's own help agree: the same
 # commands; for each command, every option its help names is in its section
 # of the page (or among the common options) and every option of its section

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The library's binary interface: the functions include/dashattn.h declares
 # (DASHATTN_API), the names lib/libdashattn.map versions, the names the built
 # libdashattn.so exports and, in a git checkout, debian/libdashattn1.symbols

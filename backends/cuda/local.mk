@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The CUDA backend plugin, dashattn-cuda.so: host code in C, kernels in CUDA C
 # compiled by nvcc into a fat binary (sm_80, sm_90, and PTX for newer cards).
 # libtool does not know nvcc, so nvcc_lt.sh writes the libtool objects.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Backward driver: block keys and stage 1 again (as the forward computed
  * them), then dq with the prior gradients, the entmax backward, and dk, dv
  * (see kernels/backward.cl). Runs in one pass over all query rows. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Backward (SPEC.md, "Backward"), after the block keys and stage 1 are
  * recomputed into the workspace (rows as in stage1.cl, one pass):
  *   da_bwd_dq      row-parallel like da_attend: the stage-2 part of dq, the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Decode against a KV cache, and appending to one (SPEC.md, "Decode and KV
  * caches"). A decode row is r = b * Hq + hq (one query per sequence): the
  * pass layout of stage1.cl with chunk 1, so da_select serves decode too.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Block keys and stage 1 (SPEC.md, "Block layout" and "Stage 1").
  *
  * Rows of one pass (a chunk of query positions) are numbered
