@@ -460,9 +460,10 @@ def check_layout(lib, args):
     """Struct layouts seen through the library's own initialisers."""
     p = lib.problem(2, 4, 2, 3, 5, 64)
     want = dict(batch=2, heads_q=4, heads_kv=2, len_q=3, len_k=5, head_dim=64, dtype=da.F32,
-                causal=1, block_size=64, n_sink=1, n_local=2, alpha=1.5,
-                selection=da.SELECT_ENTMAX, topk=0, group_mode=da.GROUP_PER_HEAD, scale=0.0,
-                stage1_scale=0.0)
+                causal=1, block_size=64, n_sink=0, n_local=1, alpha=1.5,
+                selection=da.SELECT_ENTMAX, topk=0, group_mode=da.GROUP_MEAN, scale=0.0,
+                stage1_scale=0.0, prior=da.PRIOR_LOG, prior_sigma=1e6,
+                threshold_schedule=da.SCHEDULE_EXACT, halley_steps=3)
     got = da.problem_dict(p)
     if got != want:
         raise BenchError(f"dashattn_problem_init gave {got}, expected the defaults {want}: "
@@ -546,8 +547,8 @@ def check_forward(runner, lib, args, dtype, tol, report):
     bi, hi, ii, _ = np.nonzero(valid)
     block_w[bi, hi, ii, idx[valid]] = wgt[valid]
     own = (np.arange(N) // S)
-    if np.any(block_w[:, :, np.arange(N), own] != 1.0) or np.any(block_w[..., 0] != 1.0):
-        raise BenchError("selection: the own block and the sink block must carry weight 1")
+    if np.any(block_w[:, :, np.arange(N), own] != 1.0):
+        raise BenchError("selection: the own block (forced by default) must carry weight 1")
     token_w = np.repeat(block_w, S, axis=-1)[..., :N]
     causal = np.arange(N)[None, :] <= np.arange(N)[:, None]
     attended = int(np.count_nonzero((token_w > 0) & causal))
@@ -1362,9 +1363,10 @@ def parse_args(argv):
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--alpha", type=float, default=1.5)
     ap.add_argument("--dtype", default="bf16", choices=sorted(da.DTYPE_BY_NAME))
-    ap.add_argument("--group-mode", default="per_head", choices=["per_head", "shared"],
-                    help="GQA selection: one entmax per query head (default) or one per KV "
-                         "head (then a group's heads read the same blocks)")
+    ap.add_argument("--group-mode", default="mean", choices=["mean", "per_head", "shared"],
+                    help="GQA selection: each query head's entmax, averaged over the group "
+                         "(mean, the default and the released function), one entmax per query "
+                         "head (per_head), or one per KV head on the mean score (shared)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--focus", type=float,
                     help="use this focus instead of calibrating it (the sparsity is still "
@@ -1406,7 +1408,8 @@ def parse_args(argv):
     if args.heads_q % args.heads_kv:
         ap.error("--heads-q must be a multiple of --heads-kv")
     args.dtype_id = da.DTYPE_BY_NAME[args.dtype]
-    args.group_mode_id = {"per_head": da.GROUP_PER_HEAD, "shared": da.GROUP_SHARED}[args.group_mode]
+    args.group_mode_id = {"mean": da.GROUP_MEAN, "per_head": da.GROUP_PER_HEAD,
+                          "shared": da.GROUP_SHARED}[args.group_mode]
     args.length = {c: CASES[c]["quick_length" if args.quick else "length"] for c in args.cases}
     if args.lengths:
         args.length.update(parse_lengths(args.lengths, args.cases))
