@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Everything a GPU machine session needs, in one command: configure and build
 # out of tree, run the test suite (the CUDA parity test among them), run the
 # CUDA parity test once under compute-sanitizer, then the benchmark.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The `dashattn` command-line tool: info, run, grad and bench.
 bin_PROGRAMS += dashattn
 dashattn_SOURCES = \
@@ -6,6 +7,9 @@ dashattn_SOURCES = \
 	cli/options.c \
 	cli/options.h \
 	cli/cmd_info.c \
+	cli/info_json.c \
+	cli/json.c \
+	cli/json.h \
 	cli/cmd_run.c \
 	cli/cmd_bench.c \
 	cli/npy.c \
@@ -18,3 +22,6 @@ dashattn_SOURCES = \
 # cli/npy.c can also be compiled into the tests' libtool objects.
 dashattn_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli
 dashattn_LDADD = libdashattn.la $(LIBM)
+
+# The manual page; tests/test_manpage.sh holds it to the commands' help.
+dist_man_MANS = cli/dashattn.1

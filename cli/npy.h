@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* NumPy .npy files holding little-endian float32 arrays in C order: a strict
  * reader that validates every header field before it trusts any size, and a
  * writer that never leaves a partial file behind. Independent of the CLI so

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Tests: automake's parallel harness (make check) and CTest (ctest) run the
 # same list. Exit status 77 means "skipped" for both.
 TEST_EXTENSIONS = .sh

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Float64 reference of SPEC.md (see reference.h). Written from the text of
  * SPEC.md only: the block layout, the entmax solver and the backward are all
  * independent of the library's code. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Parity of any backend with the built-in CPU backend, through the public
  * API only. Usage: test_backend_parity BACKEND (cuda, opencl, ..., or cpu,

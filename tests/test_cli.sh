@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # End-to-end tests of the `dashattn` tool: results of `run` and `grad` against
 # dense attention computed independently by tests/npy_tool (with every block
 # forced, DashAttention is dense attention), option plumbing through --json,

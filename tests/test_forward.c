@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dashattn_forward on the cpu backend against the float64 reference
  * (tests/reference.c): out, lse, selection, stats, BSHD and padded views,
  * explicit workspaces, optional outputs, half-precision inputs, NaN

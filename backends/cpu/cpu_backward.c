@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Backward (SPEC.md, "Backward"): stage 1 is recomputed from q and the block
  * summaries, then each query row adds its share to dq (its own), and to dk,
  * dv and the summary gradient (shared by rows, so each thread accumulates its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 1: score each candidate block's summary and turn the scores into
  * block priors with the plan's threshold method, group mode and prior mode
  * (SPEC.md, "Stage 1" and "Stage 2"). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Backward driver: block summaries and stage 1 again (as the forward
  * computed them), then dq with the prior gradients, the entmax backward, dk
  * and dv, and dh when asked (see kernels/backward.cl and summary.cl). Runs

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Work-group sizes, tiles and the workspace layout of a plan on a device.
  * Everything here depends on the plan and the device only, so the
  * workspace size the core asks for at plan time is what the calls use. */

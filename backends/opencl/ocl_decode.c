@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* KV caches: appending tokens and decoding against them. The cache's
  * sequence lengths and block table live on the device where the core cannot
  * check them, so both calls read them back first (they are small) and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Forward driver: block summaries, then per pass over a chunk of query
  * positions, candidate scores, block weights (stage 1) and the fused
  * stage 2. Statistics are the only thing read back, and only when asked. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Pieces of the OpenCL backend shared between its files.
  *
  * Memory: every pointer the core hands over (tensor data, lse, selection

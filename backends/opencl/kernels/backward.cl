@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Backward (SPEC.md, "Backward"), after the block summaries and stage 1 are
  * recomputed into the workspace (rows as in stage1.cl, one pass; stage 1
  * also keeps each row's own entmax probabilities and its weights before the

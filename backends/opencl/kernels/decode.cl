@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Decode against a KV cache, and appending to one (SPEC.md, "Decode and KV
  * caches"; the summaries of the blocks an append completes are
  * da_append_keys in summary.cl). A decode row is r = b * Hq + hq (one query

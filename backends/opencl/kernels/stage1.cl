@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 1 (SPEC.md, "Stage 1"), on the block keys of summary.cl.
  *
  * Rows of one pass (a chunk of query positions) are numbered
