@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Block summaries (SPEC.md, "Block layout and block summaries"): the key of
  * block j is kbar_j = sum_t w_t k_t over its tokens, with w_t = 1/|j| (mean
  * pooling, no h) or w = softmax_t(h . k_t / sqrt(D)) for the KV head's
