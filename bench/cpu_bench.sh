@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The CPU benchmark of BENCHMARKS.md in one command: causal DashAttention
 # forward at N = 8192 with 8 query heads, 2 KV heads, head dim 64, blocks of
 # 64 and alpha 1.5, on synthetic inputs with block structure, against the same

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """ctypes binding of libdashattn (include/dashattn.h), for the benchmark scripts.
 
 Mirrors the public header field by field: C enums are C ints, int32_t and

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """DashAttention on a GPU against PyTorch's scaled_dot_product_attention.
 
 Times libdashattn (through ctypes, any backend: cuda, opencl, or cpu for a

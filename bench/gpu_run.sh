@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Everything a GPU machine session needs, in one command: configure and build
 # out of tree, run the test suite (the CUDA parity test among them), run the
 # CUDA parity test once under compute-sanitizer, then the benchmark.
@@ -89,6 +90,7 @@ esac
 
 case $phases in *released*)
     release=${DASHATTN_RELEASE:-$src/.release}
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
     if PYTHONUNBUFFERED=1 python3 "$src/bench/released_compare.py" --lib "$build/.libs/libdashattn.so" \
         --release "$release" --json "$out/released.json" ${RELEASED_ARGS:-} >"$out/released.log" 2>&1; then
         say "released kernels: outputs and kept sets agree"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Benchmark scripts are shipped, not installed; `dashattn bench` is the CLI's.
 dist_noinst_SCRIPTS += bench/cpu_bench.sh
 # The GPU benchmark (ours against PyTorch SDPA; one command on a GPU machine)

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Our GPU backend against the authors' released Triton kernels, on the same inputs.
 
 The released package (`dash_attn`, public repository fasa-org/dash-attention) is

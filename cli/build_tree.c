@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* See build_tree.h. */
 #ifdef HAVE_CONFIG_H
 #include <config.h>

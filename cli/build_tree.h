@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The `dashattn` in its build tree finds the plugins built beside it: when
  * the running executable is this build tree's uninstalled binary and
  * DASHATTN_BACKEND_PATH is unset, the tree's plugin directories become the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn bench`: DashAttention against the same backend with every block
  * forced (plain attention through the same kernels), on synthetic inputs with
  * block structure, over a sweep of context lengths. */
@@ -6,6 +7,7 @@
 #endif
 
 #include "commands.h"
+#include "json.h"
 #include "options.h"
 #include "staging.h"
 #include "synthetic.h"
@@ -390,26 +392,38 @@ static void print_json(const bench_args *b, dashattn_context *ctx, const bench_r
                        int n_rows)
 {
     const da_common_options *o = &b->common;
-    printf("{\"command\": \"bench\", \"backend\": ");
+    da_json_begin(stdout, "bench");
+    printf(", \"backend\": ");
     da_json_string(stdout, dashattn_context_backend(ctx));
     printf(", \"device\": ");
     da_json_string(stdout, dashattn_context_device(ctx));
     printf(", \"dtype\": \"%s\", \"batch\": %" PRId64 ", \"heads_q\": %" PRId64
            ", \"heads_kv\": %" PRId64 ", \"head_dim\": %" PRId64 ",\n",
            dashattn_dtype_name(o->dtype), b->batch, b->heads_q, b->heads_kv, b->head_dim);
-    printf(" \"causal\": %s, \"block_size\": %d, \"n_sink\": %d, \"n_local\": %d,"
-           " \"alpha\": %.17g, \"selection\": \"%s\", \"topk\": %d, \"focus\": %.17g,"
-           " \"seed\": %" PRIu64 ", \"repeat\": %d, \"statistic\": \"best\",\n \"results\": [",
-           o->causal ? "true" : "false", (int)o->block_size, (int)o->n_sink, (int)o->n_local,
-           o->alpha, o->selection == DASHATTN_SELECT_TOPK ? "topk" : "entmax", (int)o->topk,
-           b->focus, b->seed, b->repeat);
+    printf(" \"causal\": %s, \"block_size\": %d, \"n_sink\": %d, \"n_local\": %d, \"alpha\": ",
+           o->causal ? "true" : "false", (int)o->block_size, (int)o->n_sink, (int)o->n_local);
+    da_json_number(stdout, o->alpha);
+    printf(", \"selection\": \"%s\", \"topk\": %d, \"focus\": ",
+           o->selection == DASHATTN_SELECT_TOPK ? "topk" : "entmax", (int)o->topk);
+    da_json_number(stdout, b->focus);
+    printf(", \"seed\": %" PRIu64 ", \"repeat\": %d, \"statistic\": \"best\",\n \"results\": [",
+           b->seed, b->repeat);
     for (int i = 0; i < n_rows; i++) {
         const bench_row *r = &rows[i];
+        /* A time of 0 (a coarse clock) makes the speedup infinite: null. */
+        const double fig[] = {r->ms_dash, r->ms_dense, r->ms_dense / r->ms_dash, r->ms_dash_median,
+                              r->ms_dense_median};
+        static const char *const key[] = {"ms", "ms_dense", "speedup", "ms_median",
+                                          "ms_dense_median"};
         printf("%s\n  {\"n\": %" PRId64 ", \"threads\": %d, \"num_blocks\": %" PRId64
-               ", \"sparsity\": %.17g, \"ms\": %.6f, \"ms_dense\": %.6f, \"speedup\": %.6f,"
-               " \"ms_median\": %.6f, \"ms_dense_median\": %.6f}",
-               i ? "," : "", r->n, r->threads, r->num_blocks, r->sparsity, r->ms_dash, r->ms_dense,
-               r->ms_dense / r->ms_dash, r->ms_dash_median, r->ms_dense_median);
+               ", \"sparsity\": ",
+               i ? "," : "", r->n, r->threads, r->num_blocks);
+        da_json_number(stdout, r->sparsity);
+        for (size_t k = 0; k < sizeof fig / sizeof fig[0]; k++) {
+            printf(", \"%s\": ", key[k]);
+            da_json_fixed(stdout, fig[k], 6);
+        }
+        printf("}");
     }
     printf("\n ]}\n");
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn info`: what this installation can run on, and why a plugin that
  * exists was not usable. */
 #ifdef HAVE_CONFIG_H
@@ -11,15 +12,20 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 const char da_help_info[] =
-    "usage: dashattn info\n"
+    "usage: dashattn info [--json]\n"
     "\n"
     "Print the library version, every backend found with its devices, the directories\n"
     "searched for backend plugins, why a plugin was skipped, and which backend 'auto'\n"
     "picks. DASHATTN_BACKEND_PATH adds plugin directories, DASHATTN_PLUGIN_DIR\n"
     "replaces the install directory, DASHATTN_BACKEND picks the backend of 'auto'\n"
-    "(an explicit --backend wins).\n";
+    "(a backend named explicitly wins).\n"
+    "\n"
+    "info options:\n"
+    "  --json                print the same as one JSON object on stdout (with\n"
+    "                        schema_version and library_version, as every --json)\n";
 
 static void print_env(const char *name)
 {
@@ -29,10 +35,17 @@ static void print_env(const char *name)
 
 int da_cmd_info(int argc, char **argv)
 {
-    if (argc > 1) {
-        da_error("info: unexpected argument '%s'", argv[1]);
-        return DA_EXIT_USAGE;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+        } else {
+            da_error("info: unexpected argument '%s'", argv[i]);
+            return DA_EXIT_USAGE;
+        }
     }
+    if (json)
+        return da_info_json();
     printf("dashattn %d.%d.%d (library %s)\n", DASHATTN_VERSION_MAJOR, DASHATTN_VERSION_MINOR,
            DASHATTN_VERSION_PATCH, dashattn_version());
     print_env("DASHATTN_BACKEND");

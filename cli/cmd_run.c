@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn run` and `dashattn grad`: attention on .npy files.
  *
  * Everything that can be checked is checked before the first output is
@@ -9,6 +10,7 @@
 #endif
 
 #include "commands.h"
+#include "json.h"
 #include "npy.h"
 #include "options.h"
 #include "outputs.h"
@@ -275,7 +277,8 @@ static void print_json(const run_args *a, const run_state *s, const dashattn_for
                        double ms, double ms_backward)
 {
     const dashattn_problem *p = dashattn_plan_problem(s->plan);
-    printf("{\"command\": \"%s\", \"backend\": ", a->dout ? "grad" : "run");
+    da_json_begin(stdout, a->dout ? "grad" : "run");
+    printf(", \"backend\": ");
     da_json_string(stdout, dashattn_context_backend(s->ctx));
     printf(", \"device\": ");
     da_json_string(stdout, dashattn_context_device(s->ctx));
@@ -285,22 +288,31 @@ static void print_json(const run_args *a, const run_state *s, const dashattn_for
            ", \"len_q\": %" PRId64 ", \"len_k\": %" PRId64 ", \"head_dim\": %" PRId64 "},\n",
            p->batch, p->heads_q, p->heads_kv, p->len_q, p->len_k, p->head_dim);
     printf(" \"options\": {\"causal\": %s, \"block_size\": %d, \"n_sink\": %d, \"n_local\": %d,"
-           " \"alpha\": %.17g, \"selection\": \"%s\", \"topk\": %d, \"group_select\": \"%s\","
-           " \"scale\": %.17g, \"stage1_scale\": %.17g, \"prior\": \"%s\","
-           " \"prior_sigma\": %.17g, \"threshold_iterations\": %d, \"block_summary\": %s},\n",
-           p->causal ? "true" : "false", (int)p->block_size, (int)p->n_sink, (int)p->n_local,
-           p->alpha, selection_name(p->selection), (int)p->topk, group_name(p->group_mode),
-           p->scale, p->stage1_scale, p->prior == DASHATTN_PRIOR_FLAT ? "flat" : "log",
-           p->prior_sigma, dashattn_plan_threshold_iterations(s->plan),
-           a->summary ? "true" : "false");
+           " \"alpha\": ",
+           p->causal ? "true" : "false", (int)p->block_size, (int)p->n_sink, (int)p->n_local);
+    da_json_number(stdout, p->alpha);
+    printf(", \"selection\": \"%s\", \"topk\": %d, \"group_select\": \"%s\", \"scale\": ",
+           selection_name(p->selection), (int)p->topk, group_name(p->group_mode));
+    da_json_number(stdout, p->scale);
+    printf(", \"stage1_scale\": ");
+    da_json_number(stdout, p->stage1_scale);
+    printf(", \"prior\": \"%s\", \"prior_sigma\": ",
+           p->prior == DASHATTN_PRIOR_FLAT ? "flat" : "log");
+    da_json_number(stdout, p->prior_sigma);
+    printf(", \"threshold_iterations\": %d, \"block_summary\": %s},\n",
+           dashattn_plan_threshold_iterations(s->plan), a->summary ? "true" : "false");
     printf(" \"num_blocks\": %" PRId64 ", \"threshold_method\": ",
            dashattn_plan_num_blocks(s->plan));
     da_json_string(stdout, dashattn_plan_threshold_method(s->plan));
-    printf(",\n \"visible_pairs\": %" PRId64 ", \"attended_pairs\": %" PRId64
-           ", \"sparsity\": %.17g, \"ms\": %.6f",
-           st->visible_pairs, st->attended_pairs, st->sparsity, ms);
-    if (a->dout)
-        printf(", \"ms_backward\": %.6f", ms_backward);
+    printf(",\n \"visible_pairs\": %" PRId64 ", \"attended_pairs\": %" PRId64 ", \"sparsity\": ",
+           st->visible_pairs, st->attended_pairs);
+    da_json_number(stdout, st->sparsity);
+    printf(", \"ms\": ");
+    da_json_fixed(stdout, ms, 6);
+    if (a->dout) {
+        printf(", \"ms_backward\": ");
+        da_json_fixed(stdout, ms_backward, 6);
+    }
     printf("}\n");
 }
 

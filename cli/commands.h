@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The subcommands of the `dashattn` tool. Each takes the arguments after its
  * name (argv[0] is the subcommand) and returns the process exit status. */
 #ifndef DASHATTN_CLI_COMMANDS_H
@@ -5,6 +6,9 @@
 
 /** `dashattn info`: version, backends, devices, plugin search. */
 int da_cmd_info(int argc, char **argv);
+
+/** `dashattn info --json` (cli/info_json.c). */
+int da_info_json(void);
 
 /** `dashattn run`: forward on .npy files. */
 int da_cmd_run(int argc, char **argv);

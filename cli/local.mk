@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The `dashattn` command-line tool: info, run, grad and bench.
 bin_PROGRAMS += dashattn
 dashattn_SOURCES = \
@@ -8,6 +9,9 @@ dashattn_SOURCES = \
 	cli/options.c \
 	cli/options.h \
 	cli/cmd_info.c \
+	cli/info_json.c \
+	cli/json.c \
+	cli/json.h \
 	cli/cmd_run.c \
 	cli/cmd_bench.c \
 	cli/npy.c \
@@ -24,3 +28,6 @@ dashattn_SOURCES = \
 # (cli/build_tree.h); the installed one runs from elsewhere and ignores it.
 dashattn_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli -DDA_BUILD_DIR='"$(abs_top_builddir)"'
 dashattn_LDADD = libdashattn.la $(LIBM)
+
+# The manual page; tests/test_manpage.sh holds it to the commands' help.
+dist_man_MANS = cli/dashattn.1

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* `dashattn`: command-line front end of the library. Dispatches to the
  * subcommands and owns the top-level help, version and exit statuses. */
 #ifdef HAVE_CONFIG_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Strict .npy float32 reader and writer (see npy.h).
  *
  * Format (numpy.lib.format): the magic "\x93NUMPY", a major and minor

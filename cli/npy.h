@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* NumPy .npy files holding little-endian float32 arrays in C order: a strict
  * reader that validates every header field before it trusts any size, and a
  * writer of the format to a stream. Independent of the CLI so tests (and the

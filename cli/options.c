@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Shared command-line parsing and error reporting (see options.h). */
 #ifdef HAVE_CONFIG_H
 #include <config.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Command-line parsing shared by `run`, `grad` and `bench`: flag matching,
  * strict number parsing, the options that shape a dashattn_problem, and the
  * CLI's error reporting (one line on stderr, fixed exit statuses). */

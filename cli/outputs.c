@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Output files that never destroy a user's file (see outputs.h). */
 #ifdef HAVE_CONFIG_H
 #include <config.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Output files of the CLI, written so that no run destroys a user's file:
  * - before anything runs, outputs are refused if they are not regular files
  *   (devices, directories and FIFOs are never written), if their directory

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* See staging.h. */
 #ifdef HAVE_CONFIG_H
 #include <config.h>

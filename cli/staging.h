@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Arrays the CLI hands to the library live in the context's memory (host
  * memory for the CPU backend, device memory for GPU backends): host float32
  * data are converted to the call's dtype and uploaded, results are

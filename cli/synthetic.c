@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Synthetic attention inputs with block structure (see synthetic.h).
  *
  * Model: every key block j of every (batch, kv head) has a topic vector

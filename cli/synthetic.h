@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Synthetic attention inputs with block structure, so that stage 1 has
  * something to select: each key block carries a topic vector, and each query
  * leans towards the topics of a few earlier blocks. Shared by

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The smallest complete use of dashattn: one causal DashAttention forward on
  * random data, on whatever backend "auto" picks (a GPU when a plugin finds
  * one, else the CPU). Arrays live in the backend's memory, so they are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * dashattn: DashAttention (two-stage hierarchical sparse attention with
  * alpha-entmax block selection) for CPUs and GPUs.

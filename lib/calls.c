@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The compute entry points: validate, provide workspace, hand to the backend. */
 #include <config.h>
 

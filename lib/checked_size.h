@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Size arithmetic that saturates at SIZE_MAX instead of wrapping. A size
  * built from saturated parts stays SIZE_MAX, which planning refuses, so a
  * workspace can never be sized smaller than the layout that uses it. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Contexts: choosing and starting a backend, and reporting what exists. */
 #include <config.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* IEEE binary16 <-> binary32 without relying on compiler support for _Float16. */
 #include <config.h>
 

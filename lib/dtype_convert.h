@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Scalar conversions between f32 and the 16-bit dtypes, round to nearest
  * even, NaN and infinity preserved. Used by the CPU backend and
  * dashattn_convert(). */

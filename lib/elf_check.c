@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Plugin files are checked before dlopen: the dynamic loader maps the file
  * as its program headers describe it and touches the pages, so a truncated
  * file (a plugin being copied, a full disk) would kill the process with

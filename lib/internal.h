@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Declarations shared by the core's files; nothing here is exported. */
 #ifndef DASHATTN_INTERNAL_H
 #define DASHATTN_INTERNAL_H

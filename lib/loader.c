@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Plugins are plain shared objects opened with dlopen(RTLD_NOW|RTLD_LOCAL):
  * no libltdl, and no symbol of one plugin can leak into another. */
 #include <config.h>

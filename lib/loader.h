@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Finding, opening and checking backend plugins. */
 #ifndef DASHATTN_LOADER_H
 #define DASHATTN_LOADER_H

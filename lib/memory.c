@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Memory in the context's space, so that programs (the CLI among them) can
  * feed any backend without knowing its device API. */
 #include <config.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Planning: everything about a call that depends only on the problem (block
  * layout, the entmax threshold schedule, workspace) is decided here once, so
  * that backends only execute. */

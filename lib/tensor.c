@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dtype facts and constructors for the common contiguous layouts. */
 #include <config.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Every argument is checked here before a backend runs, so backends can
  * trust shapes and dtypes and a failing call writes nothing. */
 #include <config.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Argument checks shared by the entry points. Each returns DASHATTN_OK or a
  * status with the last-error message naming the function and argument. */
 #ifndef DASHATTN_VALIDATE_H

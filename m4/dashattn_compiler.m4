@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # DA_CHECK_C11: make sure the C compiler accepts C11; add -std=gnu11 if needed.
 AC_DEFUN([DA_CHECK_C11], [
   AC_CACHE_CHECK([whether $CC compiles C11], [da_cv_c11], [

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # GPU toolchain detection for the backend plugins.
 #
 # Each --with-X option takes "guess" (default: build the plugin if the
@@ -10,7 +11,7 @@
 # and da_NAME_why (what was missing).
 AC_DEFUN([DA_GPU_TOOLKIT], [
   da_$1_found=no
-  da_$1_why="not requested"
+  da_$1_why="--without-$1 given"
   AS_CASE([$2],
     [no], [],
     [yes|guess], [da_$1_dirs="$3"],
@@ -46,8 +47,8 @@ AC_DEFUN([DA_WITH_CUDA], [
   AC_SUBST([CUDA_LDFLAGS], [${da_cuda_libdir:+-L$da_cuda_libdir}])
   AM_CONDITIONAL([HAVE_CUDA], [test "x$da_cuda_found" = xyes])
   AS_IF([test "x$da_cuda_found" = xyes],
-    [da_cuda_summary="toolkit found in $da_cuda_dir"],
-    [da_cuda_summary="no ($da_cuda_why)"])
+    [da_cuda_summary="built (CUDA toolkit in $da_cuda_dir)"],
+    [da_cuda_summary="not built: $da_cuda_why"])
 ])
 
 AC_DEFUN([DA_WITH_ROCM], [
@@ -63,8 +64,8 @@ AC_DEFUN([DA_WITH_ROCM], [
   AC_SUBST([ROCM_LDFLAGS], [${da_rocm_libdir:+-L$da_rocm_libdir}])
   AM_CONDITIONAL([HAVE_ROCM], [test "x$da_rocm_found" = xyes])
   AS_IF([test "x$da_rocm_found" = xyes],
-    [da_rocm_summary="toolkit found in $da_rocm_dir"],
-    [da_rocm_summary="no ($da_rocm_why)"])
+    [da_rocm_summary="not built: no HIP plugin in this source tree yet (ROCm found in $da_rocm_dir)"],
+    [da_rocm_summary="not built: no HIP plugin in this source tree yet ($da_rocm_why)"])
 ])
 
 AC_DEFUN([DA_WITH_OPENCL], [
@@ -79,6 +80,6 @@ AC_DEFUN([DA_WITH_OPENCL], [
   AC_SUBST([OPENCL_LDFLAGS], [${da_opencl_libdir:+-L$da_opencl_libdir}])
   AM_CONDITIONAL([HAVE_OPENCL], [test "x$da_opencl_found" = xyes])
   AS_IF([test "x$da_opencl_found" = xyes],
-    [da_opencl_summary="headers and loader found in $da_opencl_dir"],
-    [da_opencl_summary="no ($da_opencl_why)"])
+    [da_opencl_summary="built (headers and ICD loader in $da_opencl_dir)"],
+    [da_opencl_summary="not built: $da_opencl_why"])
 ])

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Problems, plans, inputs and views of the numerical tests' configurations. */
 #include "cases.h"
 

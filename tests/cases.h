@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* What the numerical tests (test_forward, test_backward) share: one
  * configuration record, the problem and plan made from it, its inputs, and
  * tensor views of its shapes, so that both tests build their data the same

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Tests of the command-line tool, its .npy files, and dtype conversion.
 check_PROGRAMS += tests/test_npy tests/test_convert tests/npy_tool
 
@@ -19,6 +20,18 @@ tests_npy_tool_LDADD = libtestutil.la $(LIBM)
 
 TESTS += tests/test_npy tests/test_convert tests/test_cli.sh
 dist_noinst_SCRIPTS += tests/test_cli.sh
+
+# The JSON conventions of every --json (cli/json.c), and `info --json`
+# against the plugin loader's test plugins.
+check_PROGRAMS += tests/test_json
+tests_test_json_SOURCES = tests/test_json.c cli/json.c cli/json.h cli/options.c cli/options.h
+tests_test_json_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/cli
+tests_test_json_LDADD = $(TEST_PUBLIC_LIBS)
+TESTS += tests/test_json tests/test_cli_json.sh
+dist_noinst_SCRIPTS += tests/test_cli_json.sh
+
+TESTS += tests/test_manpage.sh
+dist_noinst_SCRIPTS += tests/test_manpage.sh
 
 # LD_PRELOAD shim that fails large allocations: test_cli.sh checks that
 # running out of memory on an input is a failure (status 1), not bad input.

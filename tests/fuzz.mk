@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Fuzzing (README, "Fuzzing"). make check replays each target's committed
 # corpus (seeds, and every input that ever crashed a target) with whatever
 # compiler built the tree; configure --enable-fuzzers, with clang and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Tests of the GPU backends against the CPU backend: one program,
 # tests/test_backend_parity BACKEND, run once per backend by a tiny wrapper
 # (automake and CTest both run .sh tests through $(SHELL) from the top build

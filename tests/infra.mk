@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Infrastructure tests: backend plugin loading, API error handling, threads,
 # the installed tree; and the CTest file that lets `ctest` run the same tests.
 
@@ -35,7 +36,13 @@ tests_test_threads_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS) $(PTHREAD_LIBS)
 # test_install.sh builds install_consumer.c against a staged `make install`.
 TESTS += tests/test_plugins tests/test_api_errors tests/test_threads tests/test_install.sh
 dist_noinst_SCRIPTS += tests/test_install.sh
-EXTRA_DIST += tests/install_consumer.c
+# The exported symbols, their versions and the soname (lib/libdashattn.map).
+TESTS += tests/test_symbols.sh
+dist_noinst_SCRIPTS += tests/test_symbols.sh
+# Every tracked file names its licence (SPDX line; git checkouts only).
+TESTS += tests/test_spdx.sh
+dist_noinst_SCRIPTS += tests/test_spdx.sh
+EXTRA_DIST += tests/install_consumer.c tests/cmake_consumer/CMakeLists.txt
 
 # CTest runs exactly $(TESTS) (gathered from every tests/*.mk fragment, all
 # included before this recipe runs): programs from the build tree, .sh
@@ -43,7 +50,7 @@ EXTRA_DIST += tests/install_consumer.c
 # failures, in the top build directory, with the environment that
 # AM_TESTS_ENVIRONMENT gives `make check`. The values are taken by running
 # AM_TESTS_ENVIRONMENT here; the names are listed below (keep them in step).
-CTEST_SET_VARS = DASHATTN_BACKEND_PATH DASHATTN_PLUGIN_DIR DASHATTN_CLI DASHATTN_TEST_PKGLIBDIR \
+CTEST_SET_VARS = DASHATTN_BACKEND_PATH DASHATTN_PLUGIN_DIR DASHATTN_CLI DASHATTN_TEST_PLUGINDIR \
 	OMP_WAIT_POLICY XDG_CACHE_HOME \
 	abs_top_srcdir abs_top_builddir
 CTEST_UNSET_VARS = DASHATTN_BACKEND

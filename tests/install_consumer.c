@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * A user program built against the installed tree only (headers and library
  * found through pkg-config). It runs a small forward with every block forced

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Tests: automake's parallel harness (make check) and CTest (ctest) run the
 # same list. Exit status 77 means "skipped" for both.
 TEST_EXTENSIONS = .sh
@@ -16,7 +17,7 @@ AM_TESTS_ENVIRONMENT = \
 	DASHATTN_BACKEND_PATH='$(DASHATTN_TEST_PLUGIN_PATH)'; export DASHATTN_BACKEND_PATH; \
 	DASHATTN_PLUGIN_DIR='$(abs_top_builddir)/tests/no-installed-plugins'; export DASHATTN_PLUGIN_DIR; \
 	DASHATTN_CLI='$(abs_top_builddir)/dashattn$(EXEEXT)'; export DASHATTN_CLI; \
-	DASHATTN_TEST_PKGLIBDIR='$(pkglibdir)'; export DASHATTN_TEST_PKGLIBDIR; \
+	DASHATTN_TEST_PLUGINDIR='$(plugindir)'; export DASHATTN_TEST_PLUGINDIR; \
 	XDG_CACHE_HOME='$(abs_top_builddir)/tests/xdg-cache'; export XDG_CACHE_HOME; \
 	abs_top_srcdir='$(abs_top_srcdir)'; export abs_top_srcdir; \
 	abs_top_builddir='$(abs_top_builddir)'; export abs_top_builddir;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Helper of tests/test_cli.sh, so the shell test needs no Python:
  *   npy_tool random OUT SEED SCALE D0 [D1 ...]   N(0, SCALE^2) float32 array
  *   npy_tool raw OUT DESCR FORTRAN SHAPE NBYTES  a header with any field text

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Numerical tests: the library against the float64 reference of SPEC.md in
 # tests/reference.c, compiled once into a convenience library.
 check_LTLIBRARIES += libtestref.la

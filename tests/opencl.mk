@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Tests of what only the OpenCL backend has (disk program cache, device
 # selection, build failures); built where configure found OpenCL. The test
 # exits 77 (skipped) on machines without an OpenCL device.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Float64 reference of SPEC.md (see reference.h). Written from the text of
  * SPEC.md only: the block layout, the entmax solver and the backward are all
  * independent of the library's code. */
@@ -368,7 +369,7 @@ static void ref_stage1(const ref_config *cfg, const double *q, const double *kba
         for (int64_t c = 0; c < n; c++) {
             double pi = w[c];
             if (cfg->flat)
-                pi = w[c] > 1e-20 ? exp((log(w[c]) - mu) / cfg->sigma) : 0.0;
+                pi = w[c] > 1e-20 ? exp((log(w[c]) - mu) / cfg->sigma) : isnan(w[c]) ? NAN : 0.0;
             s->pi[g * m_blocks + s->cand[c]] = pi;
         }
     }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A float64 reference implementation of SPEC.md, written straight from its
  * text and sharing no code with the library, so tests can check the library
  * against it. Inputs and outputs are contiguous [B, H, N, D] doubles. Slow on

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Running out of memory on the CPU backend. This program replaces malloc and
  * friends (the executable's definitions win over libc's for every library

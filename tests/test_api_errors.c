@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Every kind of bad input through the public API. For each case: the status
  * code, a message that names the offending argument, and outputs (filled with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Parity of any backend with the built-in CPU backend, through the public
  * API only. Usage: test_backend_parity BACKEND (cuda, opencl, ..., or cpu,
@@ -9,10 +10,12 @@
  * Every output is poisoned before each call, on both sides, so that an
  * element a backend leaves unwritten fails. Covered: forward (out, lse,
  * selection, stats) over causal, non-causal, chunked prefill, ragged last
- * blocks, head dims, GQA modes, alphas, topk, block sizes, BSHD strides and
- * dtypes; decode after chunked appends into contiguous and paged caches
- * (whose contents are compared too), refused appends, decode with bad
- * seq_lens; backward.
+ * blocks, head dims, GQA modes (per_head, shared, mean), alphas, topk, the
+ * flat prior, the Halley schedule, learned block summaries, block sizes,
+ * BSHD strides and dtypes; decode after chunked appends (with or without
+ * summary vectors) into contiguous and paged caches (whose contents are
+ * compared too), refused appends, decode with bad seq_lens; backward,
+ * with dh where summary vectors are given.
  *
  * Exit status: 0 pass, 1 fail, 77 when the backend is unavailable here.
  */
@@ -406,46 +409,99 @@ typedef struct fwd_case {
     int32_t block_size, n_sink, n_local;
     double alpha;
     int32_t topk; /* > 0: TOPK selection */
-    int shared;   /* GQA group mode SHARED */
+    int group;    /* dashattn_group_mode: 0 per_head, 1 shared, 2 mean */
     int bshd;     /* BSHD-strided tensors instead of BHSD */
     double focus; /* da_synth_qkv's focus: larger is sparser */
     unsigned dtypes;
+    double sigma;   /* > 0: the flat prior with this sigma */
+    int halley;     /* > 0: the Halley schedule with this many steps */
+    double summary; /* > 0: learned summary vectors h ~ N(0, summary^2) */
 } fwd_case;
 
-/* name, B, Hq, Hkv, Nq, Nk, D, causal, S, sink, local, alpha, topk, shared, bshd, focus, dtypes */
+/* name, B, Hq, Hkv, Nq, Nk, D, causal, S, sink, local, alpha, topk, group, bshd, focus, dtypes,
+ * sigma, halley, summary. (clang-format would give rows of 20 values one line per value.) */
+// clang-format off
 static const fwd_case fwd_cases[] = {
-    {"causal mha D64 S16 a1.5", 1, 2, 2, 256, 256, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 3.0, DT_ALL},
+    {"causal mha D64 S16 a1.5", 1, 2, 2, 256, 256, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 3.0, DT_ALL, 0, 0,
+     0},
     {"noncausal gqa4:2 per_head D64 Nq<Nk a1.5", 1, 4, 2, 48, 176, 64, 0, 16, 1, 2, 1.5, 0, 0, 0,
-     3.0, DT_F32 | DT_BF16},
+     3.0, DT_F32 | DT_BF16, 0, 0, 0},
     {"chunked prefill ragged D128 S64 a1.5", 2, 2, 1, 40, 840, 128, 1, 64, 1, 2, 1.5, 0, 0, 0, 3.0,
-     DT_ALL},
+     DT_ALL, 0, 0, 0},
     {"causal gqa4:2 per_head D40 ragged a2", 1, 4, 2, 200, 200, 40, 1, 16, 1, 2, 2.0, 0, 0, 0, 3.0,
-     DT_F32 | DT_F16},
+     DT_F32 | DT_F16, 0, 0, 0},
     {"causal gqa8:2 shared D64 ragged a1.25", 1, 8, 2, 250, 250, 64, 1, 16, 1, 2, 1.25, 0, 1, 0,
-     3.0, DT_F32 | DT_BF16},
-    {"causal softmax a1 D64", 1, 2, 1, 96, 96, 64, 1, 16, 1, 2, 1.0, 0, 0, 0, 3.0, DT_F32},
+     3.0, DT_F32 | DT_BF16, 0, 0, 0},
+    {"causal softmax a1 D64", 1, 2, 1, 96, 96, 64, 1, 16, 1, 2, 1.0, 0, 0, 0, 3.0, DT_F32, 0, 0, 0},
     {"causal topk3 gqa4:2 per_head D64", 1, 4, 2, 256, 256, 64, 1, 16, 1, 2, 1.5, 3, 0, 0, 3.0,
-     DT_F32 | DT_F16},
+     DT_F32 | DT_F16, 0, 0, 0},
     {"noncausal topk2 gqa4:2 shared ragged D64", 1, 4, 2, 30, 90, 64, 0, 16, 1, 2, 1.5, 2, 1, 0,
-     3.0, DT_F32},
+     3.0, DT_F32, 0, 0, 0},
     {"bshd chunked gqa4:2 shared ragged D64 a1.5", 2, 4, 2, 64, 200, 64, 1, 16, 1, 2, 1.5, 0, 1, 1,
-     3.0, DT_F32 | DT_F16},
+     3.0, DT_F32 | DT_F16, 0, 0, 0},
     {"causal mha D128 S64 a1.5", 1, 2, 2, 576, 576, 128, 1, 64, 1, 2, 1.5, 0, 0, 0, 3.0,
-     DT_F32 | DT_BF16},
-    {"noncausal sink0 D64 a1.75", 1, 2, 2, 64, 128, 64, 0, 16, 0, 1, 1.75, 0, 0, 0, 1.0, DT_F32},
-    {"causal sink2 local1 S8 D64 a1.5", 1, 2, 1, 96, 96, 64, 1, 8, 2, 1, 1.5, 0, 0, 0, 3.0, DT_F32},
+     DT_F32 | DT_BF16, 0, 0, 0},
+    {"noncausal sink0 D64 a1.75", 1, 2, 2, 64, 128, 64, 0, 16, 0, 1, 1.75, 0, 0, 0, 1.0, DT_F32, 0,
+     0, 0},
+    {"causal sink2 local1 S8 D64 a1.5", 1, 2, 1, 96, 96, 64, 1, 8, 2, 1, 1.5, 0, 0, 0, 3.0, DT_F32,
+     0, 0, 0},
+    /* The released function (SPEC.md version 2): the group mean, learned
+     * block summaries, the flat prior (sigma 0.5 flattens hard: a prior far
+     * from w) and the Halley schedule, mostly with the default layout. */
+    {"released causal gqa4:1 mean summary halley3 ragged", 1, 4, 1, 200, 200, 64, 1, 16, 0, 1, 1.5,
+     0, 2, 0, 3.0, DT_ALL, 0, 3, 1.5},
+    {"causal gqa8:2 mean summary ragged", 1, 8, 2, 250, 250, 64, 1, 16, 0, 1, 1.5, 0, 2, 0, 3.0,
+     DT_F32 | DT_BF16, 0, 0, 1.5},
+    {"noncausal gqa4:1 mean summary ragged Nq<Nk", 1, 4, 1, 40, 170, 64, 0, 16, 0, 1, 1.5, 0, 2, 0,
+     3.0, DT_F32 | DT_F16, 0, 0, 1.5},
+    {"causal gqa4:2 per_head summary flat0.5 ragged", 1, 4, 2, 200, 200, 64, 1, 16, 1, 2, 1.5, 0, 0,
+     0, 3.0, DT_F32, 0.5, 0, 1.5},
+    {"causal gqa4:2 shared summary halley3", 1, 4, 2, 256, 256, 64, 1, 16, 0, 1, 1.5, 0, 1, 0, 3.0,
+     DT_F32, 0, 3, 1.5},
+    {"causal gqa8:2 mean flat1e6 halley3 summary", 1, 8, 2, 192, 192, 64, 1, 16, 0, 1, 1.5, 0, 2, 0,
+     3.0, DT_F32 | DT_BF16, 1e6, 3, 1.5},
+    {"noncausal gqa4:1 mean flat0.5 halley3 ragged", 1, 4, 1, 48, 180, 64, 0, 16, 0, 1, 1.5, 0, 2,
+     0, 3.0, DT_F32, 0.5, 3, 0},
+    {"causal gqa4:2 mean flat0.5 a2 D40 ragged", 1, 4, 2, 170, 170, 40, 1, 16, 1, 2, 2.0, 0, 2, 0,
+     3.0, DT_F32, 0.5, 0, 0},
+    {"chunked prefill mean summary D128 S64 ragged", 2, 4, 1, 40, 840, 128, 1, 64, 0, 1, 1.5, 0, 2,
+     0, 3.0, DT_ALL, 0, 0, 1.5},
+    {"bshd chunked gqa4:2 mean summary flat0.5", 2, 4, 2, 64, 200, 64, 1, 16, 1, 2, 1.5, 0, 2, 1,
+     3.0, DT_F32, 0.5, 0, 1.5},
+    {"causal topk2 gqa4:2 mean summary", 1, 4, 2, 128, 128, 64, 1, 16, 0, 1, 1.5, 2, 2, 0, 3.0,
+     DT_F32, 0, 0, 1.5},
+    {"causal gqa4:1 mean a1.25 summary flat1e6", 1, 4, 1, 128, 128, 64, 1, 16, 0, 1, 1.25, 0, 2, 0,
+     3.0, DT_F32, 1e6, 0, 1.5},
 };
+// clang-format on
 
 /* Gradients are compared on a few configurations of the same kind. */
+// clang-format off
 static const fwd_case bwd_cases[] = {
     {"causal mha D64 S16 a1.5", 1, 2, 2, 64, 64, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 2.0,
-     DT_F32 | DT_BF16},
+     DT_F32 | DT_BF16, 0, 0, 0},
     {"noncausal gqa4:2 per_head D40 ragged", 1, 4, 2, 24, 72, 40, 0, 16, 1, 2, 1.5, 0, 0, 0, 2.0,
-     DT_F32},
+     DT_F32, 0, 0, 0},
     {"causal gqa4:2 shared a1.25 ragged", 1, 4, 2, 80, 80, 64, 1, 16, 1, 2, 1.25, 0, 1, 0, 2.0,
-     DT_F32 | DT_F16},
-    {"causal topk2 D64", 1, 2, 1, 64, 64, 64, 1, 16, 1, 2, 1.5, 2, 0, 0, 2.0, DT_F32},
+     DT_F32 | DT_F16, 0, 0, 0},
+    {"causal topk2 D64", 1, 2, 1, 64, 64, 64, 1, 16, 1, 2, 1.5, 2, 0, 0, 2.0, DT_F32, 0, 0, 0},
+    /* The released function; dh is compared wherever h is given. */
+    {"causal gqa4:1 mean summary ragged", 1, 4, 1, 72, 72, 64, 1, 16, 0, 1, 1.5, 0, 2, 0, 2.0,
+     DT_F32 | DT_BF16, 0, 0, 1.5},
+    {"noncausal gqa8:2 mean summary flat0.5 ragged", 1, 8, 2, 24, 72, 40, 0, 16, 0, 1, 1.5, 0, 2, 0,
+     2.0, DT_F32, 0.5, 0, 1.5},
+    {"causal gqa4:2 per_head summary flat1e6", 1, 4, 2, 80, 80, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 2.0,
+     DT_F32, 1e6, 0, 1.5},
+    {"causal gqa4:2 shared summary halley3 ragged", 1, 4, 2, 90, 90, 64, 1, 16, 0, 1, 1.5, 0, 1, 0,
+     2.0, DT_F32, 0, 3, 1.5},
+    {"causal gqa8:2 mean halley3 flat0.5 ragged", 1, 8, 2, 70, 70, 32, 1, 8, 0, 1, 1.5, 0, 2, 0,
+     2.0, DT_F32 | DT_F16, 0.5, 3, 0},
+    {"released chunked b2 gqa4:1 mean halley3 summary", 2, 4, 1, 64, 96, 64, 1, 16, 0, 1, 1.5, 0, 2,
+     0, 2.0, DT_F32, 0, 3, 1.5},
+    {"causal topk2 gqa4:2 mean summary", 1, 4, 2, 64, 64, 64, 1, 16, 0, 1, 1.5, 2, 2, 0, 2.0,
+     DT_F32, 0, 0, 1.5},
 };
+// clang-format on
 
 static void fwd_problem(const fwd_case *c, dashattn_dtype dt, dashattn_problem *pr)
 {
@@ -460,7 +516,47 @@ static void fwd_problem(const fwd_case *c, dashattn_dtype dt, dashattn_problem *
         pr->selection = DASHATTN_SELECT_TOPK;
         pr->topk = c->topk;
     }
-    pr->group_mode = c->shared ? DASHATTN_GROUP_SHARED : DASHATTN_GROUP_PER_HEAD;
+    pr->group_mode = (dashattn_group_mode)c->group;
+    if (c->sigma > 0.0) {
+        pr->prior = DASHATTN_PRIOR_FLAT;
+        pr->prior_sigma = c->sigma;
+    }
+    if (c->halley > 0) {
+        pr->threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
+        pr->halley_steps = c->halley;
+    }
+}
+
+/* Learned summary vectors h of Hkv heads, ~ N(0, scale^2), in an f32
+ * buffer whose heads lie SUMMARY_PAD floats apart and NaN in between: a
+ * backend ignoring the tensor's strides reads NaN. The same bytes go to both
+ * sides. The tensor is [1, Hkv, 1, D]. */
+#define SUMMARY_PAD 5
+
+static size_t summary_floats(int64_t heads_kv, int64_t dim)
+{
+    return (size_t)(heads_kv * (dim + SUMMARY_PAD));
+}
+
+static float *summary_make(uint64_t seed, int64_t heads_kv, int64_t dim, double scale)
+{
+    const size_t n = summary_floats(heads_kv, dim);
+    float *h = tu_xcalloc(n, sizeof *h);
+    float *r = tu_random_floats(seed, (size_t)(heads_kv * dim), scale);
+    for (size_t i = 0; i < n; i++)
+        h[i] = NAN;
+    for (int64_t g = 0; g < heads_kv; g++)
+        memcpy(h + g * (dim + SUMMARY_PAD), r + g * dim, (size_t)dim * sizeof(float));
+    free(r);
+    return h;
+}
+
+static dashattn_tensor summary_view(void *data, int64_t heads_kv, int64_t dim)
+{
+    dashattn_tensor t = dashattn_tensor_bhsd(data, DASHATTN_F32, 1, heads_kv, 1, dim);
+    t.strides[1] = t.strides[2] = dim + SUMMARY_PAD;
+    t.strides[0] = heads_kv * (dim + SUMMARY_PAD);
+    return t;
 }
 
 /* The view of data shaped like q (kv = 0) or like k and v (kv = 1). */
@@ -474,9 +570,10 @@ static dashattn_tensor case_view(const fwd_case *c, void *data, dashattn_dtype d
 /* Host inputs of one case in one dtype: the same bytes go to both sides. */
 typedef struct fwd_data {
     dashattn_dtype dt;
-    size_t nq, nkv, rows;
+    size_t nq, nkv, rows, nh;
     int64_t m_blocks, max_blocks;
     void *q, *k, *v, *dout; /* dt, in the case's layout */
+    float *h;               /* summary_make's, NULL for mean pooling */
 } fwd_data;
 
 /* Contiguous [B, H, N, D] in place of its [B, N, H, D] permutation. */
@@ -517,6 +614,8 @@ static void fwd_data_make(const fwd_case *c, dashattn_dtype dt, uint64_t seed, i
     x->k = to_dtype(k, x->nkv, dt);
     x->v = to_dtype(v, x->nkv, dt);
     x->dout = to_dtype(dout, x->nq, dt);
+    x->nh = summary_floats(c->heads_kv, c->dim);
+    x->h = c->summary > 0.0 ? summary_make(seed ^ 0x51u, c->heads_kv, c->dim, c->summary) : NULL;
     free(q);
     free(k);
     free(v);
@@ -529,6 +628,7 @@ static void fwd_data_free(fwd_data *x)
     free(x->k);
     free(x->v);
     free(x->dout);
+    free(x->h);
 }
 
 /* What one side's forward produced, downloaded. */
@@ -557,27 +657,29 @@ static void fwd_run(int s, const dashattn_plan *plan, const fwd_case *c, const f
     memset(r, 0, sizeof *r);
     r->call = called(DASHATTN_ERR_INTERNAL);
     snprintf(r->call.why, sizeof r->call.why, "not run: device memory failed");
-    void *mem[9] = {dev_copy(s, x->q, x->nq * es),
-                    dev_copy(s, x->k, x->nkv * es),
-                    dev_copy(s, x->v, x->nkv * es),
-                    dev_filled(s, POISON_FLOAT, x->nq * es),
-                    dev_filled(s, POISON_FLOAT, x->rows * sizeof(float)),
-                    dev_filled(s, POISON_INT, slots * sizeof(int32_t)),
-                    dev_filled(s, POISON_FLOAT, slots * sizeof(float)),
-                    dev_filled(s, POISON_INT, x->rows * sizeof(int32_t)),
-                    NULL};
+    void *mem[10] = {dev_copy(s, x->q, x->nq * es),
+                     dev_copy(s, x->k, x->nkv * es),
+                     dev_copy(s, x->v, x->nkv * es),
+                     dev_filled(s, POISON_FLOAT, x->nq * es),
+                     dev_filled(s, POISON_FLOAT, x->rows * sizeof(float)),
+                     dev_filled(s, POISON_INT, slots * sizeof(int32_t)),
+                     dev_filled(s, POISON_FLOAT, slots * sizeof(float)),
+                     dev_filled(s, POISON_INT, x->rows * sizeof(int32_t)),
+                     x->h ? dev_copy(s, x->h, x->nh * sizeof(float)) : NULL,
+                     NULL};
     size_t ws_size;
-    int ok = all_allocated(mem, 8);
-    mem[8] = workspace_for(s, plan, DASHATTN_OP_FORWARD, explicit_ws, &ws_size, &ok);
+    int ok = all_allocated(mem, 8) && (mem[8] || !x->h);
+    mem[9] = workspace_for(s, plan, DASHATTN_OP_FORWARD, explicit_ws, &ws_size, &ok);
     if (ok) {
         const dashattn_tensor tq = case_view(c, mem[0], x->dt, 0);
         const dashattn_tensor tk = case_view(c, mem[1], x->dt, 1);
         const dashattn_tensor tv = case_view(c, mem[2], x->dt, 1);
         const dashattn_tensor to = case_view(c, mem[3], x->dt, 0);
+        const dashattn_tensor th = summary_view(mem[8], c->heads_kv, c->dim);
         const dashattn_selection sel = {mem[5], mem[6], mem[7], x->max_blocks};
         r->stats = (dashattn_forward_stats){-1, -1, NAN};
-        r->call = called(dashattn_forward(ctxs[s], plan, &tq, &tk, &tv, NULL, &to, mem[4], &sel,
-                                          &r->stats, mem[8], ws_size, NULL));
+        r->call = called(dashattn_forward(ctxs[s], plan, &tq, &tk, &tv, x->h ? &th : NULL, &to,
+                                          mem[4], &sel, &r->stats, mem[9], ws_size, NULL));
     }
     if (r->call.status == DASHATTN_OK) {
         r->out = dev_fetch(s, mem[3], x->nq * es);
@@ -587,7 +689,7 @@ static void fwd_run(int s, const dashattn_plan *plan, const fwd_case *c, const f
         r->weight = dev_fetch(s, mem[6], slots * sizeof(float));
         r->count = dev_fetch(s, mem[7], x->rows * sizeof(int32_t));
     }
-    dev_free(s, mem, 9);
+    dev_free(s, mem, 10);
 }
 
 /* Keys [0, visible_end) that query row r sees (SPEC: bottom-right causal). */
@@ -606,8 +708,10 @@ static int64_t block_visible(const fwd_case *c, int64_t j, int64_t vis)
 
 /* A side's selection as a dense [rows, M] weight matrix, after checking its
  * layout (count in [0, M], increasing indices with weights in (0, 1], unused
- * slots -1 and 0). Also the attended pairs the selection implies, and how
- * many weights lie strictly inside (0, 1). NULL if the layout is broken. */
+ * slots -1 and 0; the flat prior's weights may exceed 1). Also the attended
+ * pairs the selection implies, and how many weights are partial: strictly
+ * inside (0, 1), or for the flat prior other than 1. NULL if the layout is
+ * broken. */
 static double *dense_weights(int s, const fwd_case *c, const fwd_data *x, const fwd_result *r,
                              int64_t *attended, int64_t *partial)
 {
@@ -620,14 +724,15 @@ static double *dense_weights(int s, const fwd_case *c, const fwd_data *x, const 
         const int32_t *idx = r->index + row * (size_t)mb;
         const float *wt = r->weight + row * (size_t)mb;
         const int64_t count = r->count[row], vis = visible_end(c, row);
+        const int flat = c->sigma > 0.0;
         int ok = count >= 0 && count <= m;
         for (int64_t i = 0; ok && i < count; i++) {
             ok = idx[i] >= 0 && idx[i] < m && (i == 0 || idx[i] > idx[i - 1]) && wt[i] > 0.0f &&
-                 wt[i] <= 1.0f;
+                 (flat ? isfinite(wt[i]) : wt[i] <= 1.0f);
             if (ok) {
                 w[row * (size_t)m + (size_t)idx[i]] = wt[i];
                 *attended += block_visible(c, idx[i], vis);
-                *partial += wt[i] < 1.0f;
+                *partial += flat ? wt[i] != 1.0f : wt[i] < 1.0f;
             }
         }
         for (int64_t i = count; ok && i < mb; i++)
@@ -662,6 +767,15 @@ static void check_stats(int s, const fwd_case *c, const fwd_data *x, const fwd_r
           sparsity);
 }
 
+/* The flat prior's log pi = (log w - mu) / sigma carries the errors of log w
+ * and of mu, the mean log w of the kept candidates (where a weight at the
+ * support's edge has a large relative error), times 1 / sigma: its weights
+ * and the lse that includes them get as much more room, as in test_forward. */
+static double flat_factor(const fwd_case *c)
+{
+    return c->sigma > 0.0 ? 1.0 + 2.0 / c->sigma : 1.0;
+}
+
 static void fwd_compare(const fwd_case *c, const fwd_data *x, const fwd_result r[2])
 {
     const int h = half(x->dt);
@@ -671,7 +785,8 @@ static void fwd_compare(const fwd_case *c, const fwd_data *x, const fwd_result r
     CHECK(eo <= (h ? OUT_TOL_HALF : OUT_TOL_F32), "out differs by %.3g (relative norm)", eo);
     CHECK(er <= ROW_TOL_FACTOR * (h ? OUT_TOL_HALF : OUT_TOL_F32),
           "an out row differs by %.3g (relative to max(||row||, 1))", er);
-    CHECK(el <= (h ? LSE_TOL_HALF : LSE_TOL_F32), "lse differs by %.3g (max abs)", el);
+    CHECK(el <= flat_factor(c) * (h ? LSE_TOL_HALF : LSE_TOL_F32), "lse differs by %.3g (max abs)",
+          el);
 
     int64_t attended[2], partial[2];
     double *w[2];
@@ -681,14 +796,15 @@ static void fwd_compare(const fwd_case *c, const fwd_data *x, const fwd_result r
     if (w[REF] && w[DUT]) {
         size_t worst_at = 0;
         ew = 0.0;
+        /* Relative above 1: the flat prior's weights reach e^(few / sigma). */
         for (size_t i = 0; i < x->rows * (size_t)x->m_blocks; i++) {
-            const double d = fabs(w[DUT][i] - w[REF][i]);
+            const double d = fabs(w[DUT][i] - w[REF][i]) / fmax(1.0, fabs(w[REF][i]));
             if (d > ew) {
                 ew = d;
                 worst_at = i;
             }
         }
-        CHECK(ew <= (h ? WEIGHT_TOL_HALF : WEIGHT_TOL_F32),
+        CHECK(ew <= flat_factor(c) * (h ? WEIGHT_TOL_HALF : WEIGHT_TOL_F32),
               "block weights differ by %.3g (row %zu block %zu: %s %.6g, cpu %.6g)", ew,
               worst_at / (size_t)x->m_blocks, worst_at % (size_t)x->m_blocks, side_name[DUT],
               w[DUT][worst_at], w[REF][worst_at]);
@@ -738,16 +854,33 @@ static void fwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, in
     case_end();
 }
 
+/* dh's Hkv * D values out of summary_view's padded layout, after checking
+ * that the padding kept its poison (nothing written outside the tensor). */
+static float *summary_values(int s, const fwd_case *c, const float *padded)
+{
+    float *v = tu_xcalloc((size_t)(c->heads_kv * c->dim), sizeof *v);
+    int pad_ok = 1;
+    for (int64_t g = 0; g < c->heads_kv; g++) {
+        const float *row = padded + g * (c->dim + SUMMARY_PAD);
+        memcpy(v + g * c->dim, row, (size_t)c->dim * sizeof(float));
+        pad_ok &= all_bytes(row + c->dim, POISON_FLOAT, SUMMARY_PAD * sizeof(float));
+    }
+    CHECK(pad_ok, "%s: dh written outside its [1, Hkv, 1, D] strided view", side_name[s]);
+    return v;
+}
+
 /* Gradients of one side, for the CPU's forward results out and lse: both
- * sides differentiate the same forward, so only backward is compared. */
+ * sides differentiate the same forward, so only backward is compared. dq,
+ * dk, dv, and dh where the case has h (else grads[3] is NULL). */
 static call_result bwd_run(int s, const dashattn_plan *plan, const fwd_case *c, const fwd_data *x,
-                           const fwd_result *fwd, int explicit_ws, float *grads[3])
+                           const fwd_result *fwd, int explicit_ws, float *grads[4])
 {
     const size_t es = dashattn_dtype_size(x->dt);
     const size_t n[3] = {x->nq, x->nkv, x->nkv};
     call_result res = called(DASHATTN_ERR_INTERNAL);
     snprintf(res.why, sizeof res.why, "not run: device memory failed");
-    void *mem[10] = {dev_copy(s, x->q, x->nq * es),
+    const size_t nh = x->nh * sizeof(float);
+    void *mem[12] = {dev_copy(s, x->q, x->nq * es),
                      dev_copy(s, x->k, x->nkv * es),
                      dev_copy(s, x->v, x->nkv * es),
                      dev_copy(s, fwd->out, x->nq * es),
@@ -756,10 +889,12 @@ static call_result bwd_run(int s, const dashattn_plan *plan, const fwd_case *c, 
                      dev_filled(s, POISON_FLOAT, n[0] * es),
                      dev_filled(s, POISON_FLOAT, n[1] * es),
                      dev_filled(s, POISON_FLOAT, n[2] * es),
+                     x->h ? dev_copy(s, x->h, nh) : NULL,
+                     x->h ? dev_filled(s, POISON_FLOAT, nh) : NULL,
                      NULL};
     size_t ws_size;
-    int ok = all_allocated(mem, 9);
-    mem[9] = workspace_for(s, plan, DASHATTN_OP_BACKWARD, explicit_ws, &ws_size, &ok);
+    int ok = all_allocated(mem, 9) && (!x->h || all_allocated(mem + 9, 2));
+    mem[11] = workspace_for(s, plan, DASHATTN_OP_BACKWARD, explicit_ws, &ws_size, &ok);
     if (ok) {
         const dashattn_tensor tq = case_view(c, mem[0], x->dt, 0);
         const dashattn_tensor tk = case_view(c, mem[1], x->dt, 1);
@@ -769,19 +904,39 @@ static call_result bwd_run(int s, const dashattn_plan *plan, const fwd_case *c, 
         const dashattn_tensor tdq = case_view(c, mem[6], x->dt, 0);
         const dashattn_tensor tdk = case_view(c, mem[7], x->dt, 1);
         const dashattn_tensor tdv = case_view(c, mem[8], x->dt, 1);
-        res = called(dashattn_backward(ctxs[s], plan, &tq, &tk, &tv, NULL, &to, mem[4], &tdo, &tdq, &tdk,
-                                       &tdv, NULL, mem[9], ws_size, NULL));
+        const dashattn_tensor th = summary_view(mem[9], c->heads_kv, c->dim);
+        const dashattn_tensor tdh = summary_view(mem[10], c->heads_kv, c->dim);
+        res = called(dashattn_backward(ctxs[s], plan, &tq, &tk, &tv, x->h ? &th : NULL, &to, mem[4],
+                                       &tdo, &tdq, &tdk, &tdv, x->h ? &tdh : NULL, mem[11], ws_size,
+                                       NULL));
     }
-    for (int g = 0; g < 3; g++) {
+    for (int g = 0; g < 4; g++) {
         grads[g] = NULL;
-        if (res.status == DASHATTN_OK) {
+        if (res.status == DASHATTN_OK && g < 3) {
             void *raw = dev_fetch(s, mem[6 + g], n[g] * es);
             grads[g] = to_f32(raw, n[g], x->dt);
             free(raw);
+        } else if (res.status == DASHATTN_OK && x->h) {
+            float *raw = dev_fetch(s, mem[10], nh);
+            grads[g] = summary_values(s, c, raw);
+            free(raw);
         }
     }
-    dev_free(s, mem, 10);
+    dev_free(s, mem, 12);
     return res;
+}
+
+/* The case must exercise what it claims: a stage-1 gradient reaches h
+ * (entmax), or, with top-k, none may (dh exactly 0). */
+static void check_dh_exercised(const fwd_case *c, const float *dh, size_t n)
+{
+    double norm = 0.0;
+    for (size_t i = 0; i < n; i++)
+        norm += (double)dh[i] * dh[i];
+    if (c->topk > 0)
+        CHECK(norm == 0.0, "cpu dh is not 0 with top-k selection (norm %.3g)", sqrt(norm));
+    else
+        CHECK(norm > 0.0, "cpu dh is 0: the summary gradient is untested");
 }
 
 static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, int explicit_ws)
@@ -797,7 +952,7 @@ static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, in
         fwd_result fwd;
         fwd_run(REF, plan[REF], c, &x, 0, &fwd);
         if (CHECK(fwd.call.status == DASHATTN_OK, "cpu forward: %s", fwd.call.why)) {
-            float *g[2][3];
+            float *g[2][4];
             call_result calls[2];
             for (int s = 0; s < 2; s++)
                 calls[s] = bwd_run(s, plan[s], c, &x, &fwd, explicit_ws, g[s]);
@@ -807,17 +962,20 @@ static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, in
                     printf("backward unsupported on %s: skipped\n", side_name[DUT]);
                 case_skip("backward unsupported, skipped");
             } else if (both_ran(calls, dt, "backward")) {
-                static const char *names[3] = {"dq", "dk", "dv"};
-                const size_t n[3] = {x.nq, x.nkv, x.nkv};
-                for (int i = 0; i < 3; i++) {
+                static const char *names[4] = {"dq", "dk", "dv", "dh"};
+                const size_t n[4] = {x.nq, x.nkv, x.nkv, (size_t)(c->heads_kv * c->dim)};
+                for (int i = 0; i < (x.h ? 4 : 3); i++) {
+                    /* dh is f32 in every dtype, a sum over all keys. */
                     const double e = rel_norm(g[DUT][i], g[REF][i], n[i]);
-                    CHECK(e <= (half(dt) ? GRAD_TOL_HALF : GRAD_TOL_F32),
+                    CHECK(e <= (half(dt) && i < 3 ? GRAD_TOL_HALF : GRAD_TOL_F32),
                           "%s differs by %.3g (relative norm)", names[i], e);
                     case_note("%s %.1e ", names[i], e);
                 }
+                if (x.h)
+                    check_dh_exercised(c, g[REF][3], n[3]);
             }
             for (int s = 0; s < 2; s++)
-                for (int i = 0; i < 3; i++)
+                for (int i = 0; i < 4; i++)
                     free(g[s][i]);
         }
         fwd_result_free(&fwd);
@@ -847,7 +1005,10 @@ typedef struct dec_case {
     int32_t block_size;
     double alpha;
     int32_t topk;
-    int shared;
+    int group;                /* dashattn_group_mode */
+    double sigma;             /* > 0: the flat prior */
+    int halley;               /* > 0: the Halley schedule */
+    double summary;           /* > 0: learned h ~ N(0, summary^2), given to every append */
     int32_t start[MAX_BATCH]; /* tokens already in the cache, written on the host */
     int chunks[MAX_CHUNKS];   /* appends before decoding; 0 ends the list */
     int steps;                /* then: append one token, decode, this many times */
@@ -857,7 +1018,8 @@ typedef struct dec_case {
 } dec_case;
 
 /* Fields left out are 0: BHSD contiguous cache, f32 data and keys, ENTMAX
- * per-head selection, empty caches at the start. */
+ * per-head selection, log prior, exact thresholds, mean pooling, empty
+ * caches at the start. */
 static const dec_case dec_cases[] = {
     {.name = "contiguous f32 gqa4:2 per_head a1.5",
      .batch = 2,
@@ -879,7 +1041,7 @@ static const dec_case dec_cases[] = {
      .cap = 128,
      .block_size = 16,
      .alpha = 1.25,
-     .shared = 1,
+     .group = DASHATTN_GROUP_SHARED,
      .chunks = {3, 13, 24, 7},
      .steps = 6},
     {.name = "paged f32 topk2 unequal lens",
@@ -984,6 +1146,80 @@ static const dec_case dec_cases[] = {
      .start = {70, 200},
      .chunks = {120, 60},
      .steps = 3},
+    /* The released function: summaries of the blocks each append completes
+     * (and of the host-written start) with the learned h. */
+    {.name = "contiguous f32 gqa4:1 mean summary unequal lens",
+     .batch = 2,
+     .heads_q = 4,
+     .heads_kv = 1,
+     .dim = 64,
+     .cap = 128,
+     .block_size = 16,
+     .alpha = 1.5,
+     .group = DASHATTN_GROUP_MEAN,
+     .summary = 1.5,
+     .start = {21, 50},
+     .chunks = {7, 12, 16},
+     .steps = 5,
+     .bad_lens = 1},
+    {.name = "paged f32 gqa8:2 mean summary flat0.5 halley3",
+     .paged = 1,
+     .batch = 2,
+     .heads_q = 8,
+     .heads_kv = 2,
+     .dim = 64,
+     .cap = 128,
+     .block_size = 16,
+     .alpha = 1.5,
+     .group = DASHATTN_GROUP_MEAN,
+     .sigma = 0.5,
+     .halley = 3,
+     .summary = 1.5,
+     .chunks = {3, 13, 24, 7},
+     .steps = 6},
+    {.name = "paged bf16 bf16-keys per_head summary flat1e6 unequal lens",
+     .paged = 1,
+     .dtype = DASHATTN_BF16,
+     .key_dtype = DASHATTN_BF16,
+     .batch = 2,
+     .heads_q = 4,
+     .heads_kv = 2,
+     .dim = 64,
+     .cap = 96,
+     .block_size = 16,
+     .alpha = 1.5,
+     .sigma = 1e6,
+     .summary = 1.5,
+     .start = {5, 30},
+     .chunks = {11, 20},
+     .steps = 3},
+    {.name = "contiguous f32 gqa4:2 shared summary halley3",
+     .batch = 2,
+     .heads_q = 4,
+     .heads_kv = 2,
+     .dim = 64,
+     .cap = 112,
+     .block_size = 16,
+     .alpha = 1.5,
+     .group = DASHATTN_GROUP_SHARED,
+     .halley = 3,
+     .summary = 1.5,
+     .chunks = {40, 9},
+     .steps = 4},
+    {.name = "paged f16 f32-keys S64 D128 gqa4:1 mean summary",
+     .paged = 1,
+     .dtype = DASHATTN_F16,
+     .batch = 2,
+     .heads_q = 4,
+     .heads_kv = 1,
+     .dim = 128,
+     .cap = 448,
+     .block_size = 64,
+     .alpha = 1.5,
+     .group = DASHATTN_GROUP_MEAN,
+     .summary = 1.5,
+     .chunks = {100, 130, 150},
+     .steps = 3},
 };
 
 /* One side's cache in its context's memory. */
@@ -998,7 +1234,9 @@ typedef struct dec_state {
     size_t kv_elems, key_elems, es, kes;
     int32_t table[MAX_BATCH * (MAX_PAGES_PER_SEQ + 1)]; /* host copy of the block table */
     void *sq, *sk, *sv;      /* token streams in dtype: [B, H, capacity, D] */
-    float *sk32;             /* the rounded keys as f32, for host block means */
+    float *sk32;             /* the rounded keys as f32, for host block summaries */
+    float *h;                /* summary_make's, NULL for mean pooling */
+    void *hdev[2];           /* h in each side's memory */
     int32_t lens[MAX_BATCH]; /* expected seq_lens */
     dashattn_plan *plan[2];
     dev_cache dc[2];
@@ -1056,9 +1294,36 @@ static void make_table(dec_state *ds, uint64_t seed)
         ds->table[(d->batch - 1) * ds->stride + d->unmapped] = -1;
 }
 
+/* Summary of block j of sequence b, KV head g, from the rounded keys, in
+ * double: the mean, or weighted by softmax(h . k / sqrt(D)). */
+static void host_summary(const dec_state *ds, int64_t b, int64_t g, int64_t j, float *out)
+{
+    const dec_case *d = ds->d;
+    const int64_t s = d->block_size;
+    double w[256], most = -INFINITY, total = 0.0; /* dec_setup: block_size <= 256 */
+    const float *hg = ds->h ? ds->h + g * (d->dim + SUMMARY_PAD) : NULL;
+    for (int64_t t = 0; t < s; t++) {
+        const float *kt = ds->sk32 + stream_off(ds, d->heads_kv, b, g, j * s + t);
+        double l = 0.0;
+        for (int64_t e = 0; hg && e < d->dim; e++)
+            l += (double)hg[e] * kt[e];
+        w[t] = l / sqrt((double)d->dim);
+        most = fmax(most, w[t]);
+    }
+    for (int64_t t = 0; t < s; t++)
+        total += w[t] = exp(w[t] - most);
+    for (int64_t e = 0; e < d->dim; e++) {
+        double sum = 0.0;
+        for (int64_t t = 0; t < s; t++)
+            sum +=
+                w[t] / total * ds->sk32[stream_off(ds, d->heads_kv, b, g, j * s + t) + (size_t)e];
+        out[e] = (float)sum;
+    }
+}
+
 /* The cache image both sides start from: NaN everywhere (decode must not
  * read past seq_lens), the first start[b] tokens of each sequence, and the
- * keys of their complete blocks as host means of the rounded keys. */
+ * summaries of their complete blocks, computed on the host. */
 static void initial_image(const dec_state *ds, unsigned char **k, unsigned char **v,
                           unsigned char **keys)
 {
@@ -1080,12 +1345,7 @@ static void initial_image(const dec_state *ds, unsigned char **k, unsigned char 
                        (size_t)d->dim * ds->es);
             }
             for (int64_t j = 0; j < d->start[b] / d->block_size; j++) {
-                for (int64_t e = 0; e < d->dim; e++) {
-                    double sum = 0.0;
-                    for (int64_t t = j * d->block_size; t < (j + 1) * d->block_size; t++)
-                        sum += ds->sk32[stream_off(ds, d->heads_kv, b, h, t) + (size_t)e];
-                    mean[e] = (float)(sum / (double)d->block_size);
-                }
+                host_summary(ds, b, h, j, mean);
                 CHECK(dashattn_convert(*keys + key_off(ds, b, h, j) * ds->kes, d->key_dtype, mean,
                                        DASHATTN_F32, (size_t)d->dim) == DASHATTN_OK,
                       "dashattn_convert of a block key: %s", dashattn_last_error());
@@ -1142,9 +1402,11 @@ static int dec_setup(dec_state *ds, const dec_case *d, uint64_t seed)
     ds->es = dashattn_dtype_size(d->dtype);
     ds->kes = dashattn_dtype_size(d->key_dtype);
     ds->per_seq = (d->cap + d->block_size - 1) / d->block_size;
-    if (!CHECK(d->batch >= 2 && d->batch <= MAX_BATCH && ds->per_seq <= MAX_PAGES_PER_SEQ,
-               "case table: batch must be in [2, %d] and capacity / block size <= %d", MAX_BATCH,
-               MAX_PAGES_PER_SEQ))
+    if (!CHECK(d->batch >= 2 && d->batch <= MAX_BATCH && ds->per_seq <= MAX_PAGES_PER_SEQ &&
+                   d->block_size <= 256,
+               "case table: batch must be in [2, %d], capacity / block size <= %d, block size "
+               "<= 256",
+               MAX_BATCH, MAX_PAGES_PER_SEQ))
         return 0;
     if (d->paged) {
         ds->pages = d->batch * ds->per_seq + SPARE_PAGES;
@@ -1180,10 +1442,23 @@ static int dec_setup(dec_state *ds, const dec_case *d, uint64_t seed)
         pr.selection = DASHATTN_SELECT_TOPK;
         pr.topk = d->topk;
     }
-    pr.group_mode = d->shared ? DASHATTN_GROUP_SHARED : DASHATTN_GROUP_PER_HEAD;
+    pr.group_mode = (dashattn_group_mode)d->group;
+    if (d->sigma > 0.0) {
+        pr.prior = DASHATTN_PRIOR_FLAT;
+        pr.prior_sigma = d->sigma;
+    }
+    if (d->halley > 0) {
+        pr.threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
+        pr.halley_steps = d->halley;
+    }
+    const size_t nh = summary_floats(d->heads_kv, d->dim);
+    ds->h = d->summary > 0.0 ? summary_make(seed ^ 0x51u, d->heads_kv, d->dim, d->summary) : NULL;
     int ok = make_plans(&pr, ds->plan);
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < 2; s++) {
         ok &= dev_cache_make(ds, s);
+        ds->hdev[s] = ds->h ? dev_copy(s, ds->h, nh * sizeof(float)) : NULL;
+        ok &= ds->hdev[s] != NULL || !ds->h;
+    }
     return ok;
 }
 
@@ -1191,8 +1466,10 @@ static void dec_teardown(dec_state *ds)
 {
     for (int s = 0; s < 2; s++) {
         dev_cache_free(ds, s);
+        dev_free(s, &ds->hdev[s], 1);
         dashattn_plan_destroy(ds->plan[s]);
     }
+    free(ds->h);
     free(ds->sq);
     free(ds->sk);
     free(ds->sv);
@@ -1224,7 +1501,9 @@ static call_result dec_append_side(dec_state *ds, int s, int64_t t)
             dashattn_tensor_bhsd(mem[0], d->dtype, d->batch, d->heads_kv, t, d->dim);
         const dashattn_tensor tv =
             dashattn_tensor_bhsd(mem[1], d->dtype, d->batch, d->heads_kv, t, d->dim);
-        r = settled(s, dashattn_cache_append(ctxs[s], ds->plan[s], &ds->dc[s].c, &tk, &tv, NULL, NULL));
+        const dashattn_tensor th = summary_view(ds->hdev[s], d->heads_kv, d->dim);
+        r = settled(s, dashattn_cache_append(ctxs[s], ds->plan[s], &ds->dc[s].c, &tk, &tv,
+                                             ds->h ? &th : NULL, NULL));
     }
     dev_free(s, mem, 2);
     free(kn);

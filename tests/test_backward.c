@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dashattn_backward on the cpu backend against the float64 reference
  * backward, and that reference itself against central finite differences of
  * the reference forward, for the loss sum(dout * out). */

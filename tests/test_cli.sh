@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # End-to-end tests of the `dashattn` tool: results of `run` and `grad` against
 # dense attention computed independently by tests/npy_tool (with every block
 # forced, DashAttention is dense attention), option plumbing through --json,
@@ -141,10 +142,10 @@ check "info in the build tree searches its plugin directories" \
 check "a set DASHATTN_BACKEND_PATH wins" sh -c "! grep -qF '$top/backends' out.txt"
 # The install directory compiled into the loader is the configured one: a
 # configure with another prefix rebuilds the loader.
-if [ -n "${DASHATTN_TEST_PKGLIBDIR:-}" ]; then
+if [ -n "${DASHATTN_TEST_PLUGINDIR:-}" ]; then
     (unset DASHATTN_PLUGIN_DIR && "$CLI" info) >out.txt 2>&1
-    check "info searches the configured install directory $DASHATTN_TEST_PKGLIBDIR" \
-        grep -qxF "  $DASHATTN_TEST_PKGLIBDIR" out.txt
+    check "info searches the configured install directory $DASHATTN_TEST_PLUGINDIR" \
+        grep -qxF "  $DASHATTN_TEST_PLUGINDIR" out.txt
 fi
 
 # --- run: defaults, JSON ---------------------------------------------------

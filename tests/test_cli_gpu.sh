@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The `dashattn` tool on every GPU backend built in this tree and usable here
 # (cuda, opencl): `info` lists it, `run` gives the CPU backend's results (f32
 # to 1e-4, bf16 and f16 converted on the way in to 1e-2), `grad` either

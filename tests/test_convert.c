@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* float32 <-> float16 / bfloat16 conversion of the library (the CPU
  * backend's loads and stores, dashattn_convert, the CLI's --dtype): decoding
  * against the format's definition, and rounding against a reference that

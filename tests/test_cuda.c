@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* What only the CUDA backend promises (issue 3): calls run on the caller's
  * stream, and an autoregressive step (append one token, then decode) can be
  * captured once in a CUDA graph and replayed, because no call waits on the

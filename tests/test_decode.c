@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* KV caches and decode: contiguous and paged (shuffled page table) caches
  * filled token by token and in chunks must hold the tokens and the block
  * means, decode must equal the last row of a prefill forward (library and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage-1 solvers of the CPU backend (cpu_entmax.h) against the bisection
  * reference of tests/reference.c: every threshold method, edge cases, top-k,
  * and the entmax backward against finite differences. */

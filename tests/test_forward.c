@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dashattn_forward on the cpu backend against the float64 reference
  * (tests/reference.c): out, lse, selection, stats, BSHD and padded views,
  * explicit workspaces, optional outputs, half-precision inputs, NaN
@@ -470,9 +471,13 @@ static void check_all_forced(int causal, uint64_t seed)
  * candidate block, through its block key), a value only rows whose selection
  * keeps its block, a query only its own row. Every other row keeps the clean
  * run's bits. */
-static void check_nan_propagation(void)
+/* NaN in one element of k, v or q reaches exactly the rows that read it:
+ * with group-mean selection a query's NaN reaches its whole group (the
+ * heads share its weights); with the flat prior too (a NaN weight is not a
+ * dropped block). */
+static void check_nan_propagation(int released)
 {
-    const tc_case c = {.name = "nan",
+    const tc_case c = {.name = released ? "nan, mean flat0.5 summary" : "nan",
                        .batch = 1,
                        .heads_q = 2,
                        .heads_kv = 1,
@@ -481,10 +486,13 @@ static void check_nan_propagation(void)
                        .dim = 16,
                        .causal = 1,
                        .block_size = 8,
-                       .n_sink = 1,
-                       .n_local = 2,
+                       .n_sink = released ? 0 : 1,
+                       .n_local = released ? 1 : 2,
                        .alpha = 1.5,
-                       .focus = 2.0};
+                       .group = released ? DASHATTN_GROUP_MEAN : DASHATTN_GROUP_PER_HEAD,
+                       .focus = 2.0,
+                       .sigma = released ? 0.5 : 0.0,
+                       .summary = released ? 1.0 : 0.0};
     dashattn_problem pr;
     dashattn_plan *plan = tc_plan(ctx, &c, DASHATTN_F32, &pr);
     if (plan == NULL)
@@ -522,7 +530,7 @@ static void check_nan_propagation(void)
                 reads = reads && i >= token;
                 unread += !reads && i >= token;
             } else
-                reads = r == (size_t)qrow;
+                reads = released ? i == qrow : r == (size_t)qrow;
             int ok;
             if (reads && what == 1) {
                 /* A value element reaches only its own output column. */
@@ -551,7 +559,7 @@ static void check_nan_propagation(void)
          * value case would not show that unselected blocks go unread. */
         if (what == 1)
             TU_CHECK(unread > 0, "NaN in a value: no row drops the block; test too weak");
-        TU_CHECK(wrong == 0, "NaN in %s: %lld rows wrong (first row %lld)",
+        TU_CHECK(wrong == 0, "%s: NaN in %s: %lld rows wrong (first row %lld)", c.name,
                  what == 0   ? "a key"
                  : what == 1 ? "a value"
                              : "a query",
@@ -781,7 +789,8 @@ int main(void)
         run_case(&cases[i], 1000 + 17 * i);
     check_all_forced(1, 77);
     check_all_forced(0, 78);
-    check_nan_propagation();
+    check_nan_propagation(0);
+    check_nan_propagation(1);
     dashattn_context_destroy(ctx);
     return tu_finish("test_forward");
 }

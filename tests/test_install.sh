@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Install the build into a staging directory (make install DESTDIR=...) and
 # check the installed tree as a user would meet it: headers, library, CLI and
 # pkg-config file are there, test plugins are not, the library exports only
@@ -59,13 +60,28 @@ if grep -qF "$abs_top_builddir" "$pc"; then
     fail "dashattn.pc refers to the build directory"
 fi
 
+# Plugins go to $(libdir)/dashattn/<plugin ABI>, as .so files only.
+abi=$(sed -n 's/^#define DASHATTN_BACKEND_ABI_VERSION \([0-9][0-9]*\)u*$/\1/p' \
+    "$abs_top_srcdir/include/dashattn/backend.h")
+[ -n "$abi" ] || fail "no DASHATTN_BACKEND_ABI_VERSION in dashattn/backend.h"
+for built in "$abs_top_builddir"/backends/*/.libs/dashattn-*.so; do
+    [ -f "$built" ] || continue
+    f=$(basename "$built")
+    [ -f "$libdir/dashattn/$abi/$f" ] || fail "plugin $f not installed in $libdir/dashattn/$abi"
+    echo "$me: plugin $libdir/dashattn/$abi/$f"
+done
+la=$(find "$libdir/dashattn" -name '*.la' 2>/dev/null)
+[ -z "$la" ] || fail "libtool archives installed with the plugins: $la"
+
 # Only the public API is exported (names starting with __ come from the
-# toolchain, e.g. sanitizer instrumentation).
+# toolchain, e.g. sanitizer instrumentation; DASHATTN_<n> are the version
+# nodes of lib/libdashattn.map, which tests/test_symbols.sh checks).
 if command -v nm >/dev/null 2>&1; then
     extra=$(nm -D --defined-only "$lib" | awk 'NF == 3 { print $3 }' |
-        grep -v -e '^dashattn_' -e '^__' -e '^_init$' -e '^_fini$' -e '^_edata$' -e '^_end$')
+        grep -v -e '^dashattn_' -e '^__' -e '^_init$' -e '^_fini$' -e '^_edata$' -e '^_end$' \
+            -e '^DASHATTN_[0-9.]*$')
     [ -z "$extra" ] || fail "libdashattn.so exports non-API symbols: $(echo "$extra" | tr '\n' ' ')"
-    nm -D --defined-only "$lib" | grep -q ' T dashattn_forward$' ||
+    nm -D --defined-only "$lib" | grep -q ' T dashattn_forward\(@@DASHATTN_[0-9.]*\)\{0,1\}$' ||
         fail "libdashattn.so does not export dashattn_forward"
 else
     echo "$me: nm not found, not checking exported symbols"
@@ -82,6 +98,9 @@ export PKG_CONFIG_LIBDIR PKG_CONFIG_PATH PKG_CONFIG_SYSROOT_DIR
 export PKG_CONFIG_ALLOW_SYSTEM_CFLAGS PKG_CONFIG_ALLOW_SYSTEM_LIBS
 pc_cflags=$(pkg-config --cflags dashattn) || fail "pkg-config --cflags dashattn failed"
 pc_libs=$(pkg-config --libs dashattn) || fail "pkg-config --libs dashattn failed"
+pc_plugindir=$(pkg-config --variable=plugindir dashattn) || fail "no plugindir in dashattn.pc"
+[ "$pc_plugindir" = "$libdir/dashattn/$abi" ] ||
+    fail "dashattn.pc says plugindir=$pc_plugindir, plugins are in $libdir/dashattn/$abi"
 echo "$me: pkg-config --cflags: $pc_cflags"
 echo "$me: pkg-config --libs: $pc_libs"
 # Private libraries (for a static link) are claimed only with a static library.
@@ -100,5 +119,31 @@ fi
 LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LD_LIBRARY_PATH
 "$tmp/consumer" || fail "the consumer failed"
+
+# A CMake project finds the staged tree through find_package(dashattn)
+# (relocated: the config file is not where it was configured to be) and
+# through pkg_check_modules(IMPORTED_TARGET), with the pkg-config set-up above.
+config=$(find_one -path '*/cmake/dashattn/dashattnConfig.cmake' -type f)
+[ -n "$config" ] || fail "dashattnConfig.cmake not installed"
+[ -f "$(dirname "$config")/dashattnConfigVersion.cmake" ] || fail "dashattnConfigVersion.cmake not installed"
+if command -v cmake >/dev/null 2>&1; then
+    prefix_dir=$(dirname "$(dirname "$header")")
+    cc_prog=${cc%% *}
+    cc_args=${cc#"$cc_prog"}
+    if ! CC=$cc_prog cmake -S "$abs_top_srcdir/tests/cmake_consumer" -B "$tmp/cmake-build" \
+        -DCMAKE_PREFIX_PATH="$prefix_dir" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
+        -DCMAKE_C_FLAGS="$cc_args $cflags" -DCMAKE_EXE_LINKER_FLAGS="$ldflags" \
+        >"$tmp/cmake.log" 2>&1 ||
+        ! cmake --build "$tmp/cmake-build" >>"$tmp/cmake.log" 2>&1; then
+        cat "$tmp/cmake.log"
+        fail "the CMake consumer did not build against the installed tree"
+    fi
+    grep -q "plugins in $libdir/dashattn/$abi" "$tmp/cmake.log" ||
+        fail "dashattnConfig.cmake gives the wrong dashattn_PLUGIN_DIR: $(grep 'plugins in' "$tmp/cmake.log")"
+    "$tmp/cmake-build/consumer_config" || fail "the find_package(dashattn) consumer failed"
+    "$tmp/cmake-build/consumer_pkgconfig" || fail "the pkg_check_modules consumer failed"
+else
+    echo "$me: cmake not found, the CMake consumer is not checked"
+fi
 echo "$me: PASS"
 exit 0

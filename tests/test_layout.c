@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Block layout: the plan API's block count and threshold schedule, and
  * dashattn_row_layout() against forced/candidate sets computed here from
  * SPEC.md's text (tests/reference.c's ref_block_role). */

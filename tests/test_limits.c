@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Sizes at the edge of the address space. A plan whose workspace or whose
  * tensors would not fit is refused with a status, never sized by wrapped

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Memory in the context's space: allocation, upload, download, errors. */
 #include "testutil.h"
 

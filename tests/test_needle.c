@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Non-dispersion: one early key block (the needle) aligns with the query,
  * every other key is noise. As the context grows, dense softmax attention
  * spreads its mass over the noise and the needle's share falls, while

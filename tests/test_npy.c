@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The .npy reader and writer of the CLI: round trips, the exact layout the
  * writer promises, and a table of malformed files that must each be rejected
  * with a message naming the problem (never a crash or an out-of-bounds read). */

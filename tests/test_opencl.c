@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* What only the OpenCL backend has: its on-disk program cache (a second
  * process loads what the first built; a corrupt cache file is rebuilt),
  * device selection through DASHATTN_OPENCL_DEVICE, build failures reported

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Two CPU contexts against each other: proves the parity harness itself.
 # make check and ctest run this from the top build directory and export abs_top_builddir.
 : "${abs_top_builddir:?is not set: run this through make check or ctest}"

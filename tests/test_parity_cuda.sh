@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The CUDA backend against the CPU backend (skips without a CUDA device).
 # make check and ctest run this from the top build directory and export abs_top_builddir.
 : "${abs_top_builddir:?is not set: run this through make check or ctest}"

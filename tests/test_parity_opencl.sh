@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The OpenCL backend against the CPU backend (skips without an OpenCL device).
 # make check and ctest run this from the top build directory and export abs_top_builddir.
 : "${abs_top_builddir:?is not set: run this through make check or ctest}"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Backend plugin loading, through the test plugins of tests/plugins/:
  * abitest (wrong ABI version), nodevice (probe finds nothing) and faildev

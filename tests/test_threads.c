@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * One context and one plan shared by several threads (the API says both are
  * immutable and shareable): each thread runs forward repeatedly on its own

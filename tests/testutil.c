@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Small helpers shared by the C tests: check counting, random data, error norms. */
 #include "testutil.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Small helpers shared by the C tests: random data, checks, tolerances. */
 #ifndef DASHATTN_TESTUTIL_H
 #define DASHATTN_TESTUTIL_H

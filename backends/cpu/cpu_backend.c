@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The CPU backend's table: built into libdashattn, always usable, and the
  * reference every other backend is tested against. */
 #include <config.h>

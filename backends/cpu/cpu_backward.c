@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Backward (SPEC.md, "Backward"): stage 1 is recomputed from q and the block
  * summaries, then each query row adds its share to dq (its own), and to dk,
  * dv and the summary gradient (shared by rows, so each thread accumulates its
@@ -226,7 +227,7 @@ static void reduce_kv(const dashattn_plan_desc *plan, const dashattn_backward_ar
     float *row_k = t->rows, *row_v = t->rows + d, *dkbar = t->rows + 2 * d, *key = t->rows + 3 * d;
     float hv[DACPU_MAX_DIM];
     const float *hvec = dacpu_summary_vector(a->block_summary, h, hv);
-    const float inv_sqrt_d = (float)(1.0 / sqrt((double)d));
+    const double inv_sqrt_d = 1.0 / sqrt((double)d);
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < plan->num_blocks; j++) {
         const int64_t end = (j + 1) * s <= n ? (j + 1) * s : n;
@@ -247,13 +248,14 @@ static void reduce_kv(const dashattn_plan_desc *plan, const dashattn_backward_ar
             axpy(row_k, pool[tok], dkbar, d);
             if (hvec) {
                 dacpu_load_row(a->k, b, h, tok, key);
-                float rt = 0.0f;
+                /* In double: k - kbar cancels, and dh sums r over every key. */
+                double rt = 0.0;
                 for (int64_t c = 0; c < d; c++)
-                    rt += (key[c] - kbar[j * d + c]) * dkbar[c];
-                rt *= pool[tok] * inv_sqrt_d;
-                axpy(row_k, rt, hvec, d);
+                    rt += ((double)key[c] - kbar[j * d + c]) * dkbar[c];
+                rt *= (double)pool[tok] * inv_sqrt_d;
+                axpy(row_k, (float)rt, hvec, d);
                 for (int64_t c = 0; c < d; c++)
-                    t->dh[h * d + c] += (double)rt * key[c];
+                    t->dh[h * d + c] += rt * key[c];
             }
             dacpu_store_rows(a->dk, b, h, tok, 1, row_k, d);
             dacpu_store_rows(a->dv, b, h, tok, 1, row_v, d);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Block summaries (SPEC.md, "Block layout and block summaries"): the mean
  * key of each block, or with a learned vector h per KV head the keys
  * weighted by softmax(h . k / sqrt(D)). Kept as rows (for the backward) and

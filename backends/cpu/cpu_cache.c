@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* KV caches: appending tokens and keeping the summaries of complete blocks
  * (SPEC.md, "Decode and KV caches"). Old block keys are never recomputed. */
 #include <config.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Decode: one query position per sequence against a KV cache. Stage 1 reads
  * only the cached block keys of the candidates; stage 2 reads only the
  * forced and selected blocks. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage-1 selection for one row: alpha-entmax thresholds and top-k.
  *
  * Every method works on X = (alpha - 1) z shifted so that max X = 0. The

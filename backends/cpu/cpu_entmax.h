@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* alpha-entmax and top-k block selection for one query row (stage 1), and
  * the entmax backward. Double precision: rows hold at most a few thousand
  * candidates, so accuracy costs nothing here. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Forward driver: block keys, then tiles of query positions per KV head.
  * A tile holds several positions of all G query heads of one KV head, so
  * each key block that any of them keeps is loaded once per tile.

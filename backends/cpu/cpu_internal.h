@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Pieces of the CPU backend shared between its files. All data handed
  * between them is f32 with a leading dimension (ld) in floats. */
 #ifndef DASHATTN_CPU_INTERNAL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Workspace layout of the CPU backend: data shared by all threads of a call
  * first, then one equal slice per thread. */
 #include <config.h>

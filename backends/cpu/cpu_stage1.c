@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 1: score each candidate block's summary and turn the scores into
  * block priors with the plan's threshold method, group mode and prior mode
  * (SPEC.md, "Stage 1" and "Stage 2"). */
@@ -65,8 +66,10 @@ static void prior_row(const dashattn_plan_desc *plan, const double *w, int64_t n
             count += 1.0;
         }
     const double mu = count > 0.0 ? sum / count : 0.0, sigma = plan->problem.prior_sigma;
+    /* A NaN weight (from a NaN score) stays NaN, so the row it poisons
+     * cannot come out looking valid. */
     for (int64_t c = 0; c < n; c++)
-        pi[c] = flat_kept(w[c]) ? (float)exp((log(w[c]) - mu) / sigma) : 0.0f;
+        pi[c] = flat_kept(w[c]) ? (float)exp((log(w[c]) - mu) / sigma) : isnan(w[c]) ? NAN : 0.0f;
 }
 
 void dacpu_stage1(const dashattn_plan_desc *plan, const dashattn_row_blocks *r,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 2: softmax attention over the tokens of kept blocks with the block
  * weight as a log-prior, accumulated block by block with an online softmax
  * (SPEC.md, "Stage 2"). The hot loops live here.

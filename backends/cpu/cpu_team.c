@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Starting OpenMP teams without letting libgomp end the process. libgomp
  * calls exit() when it cannot create a thread (typically: no address space
  * left for the thread's stack, as under `ulimit -v`). Before a parallel

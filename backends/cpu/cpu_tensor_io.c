@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Reading and writing tensor rows in any dtype and layout as f32. */
 #include <config.h>
 

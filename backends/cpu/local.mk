@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The CPU backend: always built, linked into libdashattn, the reference for
 # every other backend.
 libdashattn_internal_la_SOURCES = \

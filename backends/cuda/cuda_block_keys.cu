@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Block keys of a forward call: the summary of every block (the mean key,
  * or the learned summary), in f32 and, for the tensor-core stage 1, split
  * into a 16-bit high part and a 16-bit remainder whose sum carries about 16

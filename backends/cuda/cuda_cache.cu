@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* dashattn_cache_append on the CUDA backend: check every sequence, copy the
  * new tokens in, compute the key of each block that became complete, then
  * advance seq_lens. Each step skips its work once an error is recorded, so

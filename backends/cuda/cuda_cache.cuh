@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* KV-cache addressing and the checks of device-resident cache arguments,
  * shared by the append and decode kernels. */
 #ifndef DASHATTN_CUDA_CACHE_CUH

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Decode and KV-cache appends on the CUDA backend. Device-resident arguments
  * (seq_lens, block tables) are checked by the kernels, never by copying them
  * to the host, so a call queues work without waiting and can be captured in

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Decode: stage 1 per (sequence, KV head) over the cached block keys, then
  * split-KV attention over the blocks any head of the group selected (each
  * loaded block serves all G query heads), then a merge of the splits. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Decode split-KV on the tensor cores (16-bit caches, head dimension 64 or
  * 128, block size 64, at most 16 query heads per KV head): the group's query
  * heads are the rows of one 16-row mma tile, so each key block is read once

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Device-side helpers shared by the CUDA kernels: element access in the three
  * dtypes, the row layout of SPEC.md, warp reductions, and the block prior. */
 #ifndef DASHATTN_CUDA_DEVICE_CUH

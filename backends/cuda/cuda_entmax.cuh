@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage-1 thresholds on the device: one warp per query row, the row's
  * candidate scores z[0..n) in shared memory. The methods are the CPU
  * backend's (cpu_entmax.c), with warp reductions in double in place of its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Forward calls on the CUDA backend: workspace layout and the kernel
  * sequence block keys -> stage 1 -> stage 2, all on the caller's stream. */
 #include "cuda_plugin.h"

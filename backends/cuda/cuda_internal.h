@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Shared by the plugin's C host code and its CUDA kernels: the plan as the
  * kernels see it, the workspace layouts, and the kernel launchers. */
 #ifndef DASHATTN_CUDA_INTERNAL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Tensor-core building blocks shared by the fast stage-1 and stage-2
  * kernels: mma.sync m16n8k16 with f32 accumulation, ldmatrix, cp.async, and
  * a swizzled shared-memory layout of [64][D] 16-bit tiles. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The CUDA backend plugin: device discovery, memory, streams and errors.
  * The compute entry points are in cuda_forward.c and cuda_decode.c. */
 #include "cuda_plugin.h"

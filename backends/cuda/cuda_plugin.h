@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Host-side state and entry points of the CUDA plugin. */
 #ifndef DASHATTN_CUDA_PLUGIN_H
 #define DASHATTN_CUDA_PLUGIN_H

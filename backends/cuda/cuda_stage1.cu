@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 1 of a forward call: block scores, the entmax (or top-k) threshold
  * of every query row, the union of blocks each stage-2 tile must read, and
  * the optional selection output and sparsity counts. */

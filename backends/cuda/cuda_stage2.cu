@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 2, generic path: one warp per query row, any dtype, head dimension
  * and stride. It recomputes each candidate's score with the very function
  * stage 1 used, so it keeps exactly the blocks stage 1 selected, or reads

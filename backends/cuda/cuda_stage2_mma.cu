@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 2, fast path: FlashAttention-style tiles on the tensor cores
  * (mma.sync m16n8k16, bf16 or f16 in, f32 accumulation) for head dimensions
  * 64 and 128 and block size 64. A thread block owns 64 query rows of one

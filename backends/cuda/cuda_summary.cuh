@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Learned block summaries (SPEC.md, "Block layout and block summaries"):
  * kbar = sum_t w_t k_t with w = softmax_t(h . k_t / sqrt(D)) over a block's
  * tokens, for the forward's block keys and the cache's, which must agree. */

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The CUDA backend plugin, dashattn-cuda.so: host code in C, kernels in CUDA C
 # compiled by nvcc into a fat binary (sm_80, sm_90, and PTX for newer cards).
 # libtool does not know nvcc, so nvcc_lt.sh writes the libtool objects.
@@ -25,7 +26,7 @@ cuda_headers = \
 	backends/cuda/cuda_mma.cuh
 
 if HAVE_CUDA
-pkglib_LTLIBRARIES += backends/cuda/dashattn-cuda.la
+plugin_LTLIBRARIES += backends/cuda/dashattn-cuda.la
 endif
 backends_cuda_dashattn_cuda_la_SOURCES = \
 	$(cuda_headers) \

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Compile one CUDA source into a libtool object, as `libtool --mode=compile`
 # would for C: libtool does not know nvcc, so this writes the .lo file itself.
 # Usage: nvcc_lt.sh OUTPUT.lo NVCC [FLAGS...] -c SOURCE.cu

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Writes a C source defining daocl_kernel_source, the given OpenCL C files
 # concatenated in order and NUL-terminated, as a byte array (portable: sh,
 # od and sed only). Usage: embed_cl.sh OUTPUT.c FILE.cl...

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The OpenCL backend plugin (dashattn-opencl.so): its table, contexts,
  * memory and errors. */
 #include "ocl_internal.h"

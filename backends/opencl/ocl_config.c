@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Work-group sizes, tiles and the workspace layout of a plan on a device.
  * Everything here depends on the plan and the device only, so the
  * workspace size the core asks for at plan time is what the calls use. */
@@ -75,20 +76,27 @@ daocl_config daocl_plan_config(const daocl_state *st, const dashattn_plan_desc *
     c.rows = p->batch * p->heads_q * c.chunk;
     const size_t r = (size_t)c.rows;
 
+    const size_t tokens = heads * (size_t)p->len_k;
     size_t at = 0;
+    c.ph = c.wpre = -1;
     switch (op) {
     case DASHATTN_OP_FORWARD:
         c.kbar = take(&at, heads * m * d);
+        c.pool = take(&at, tokens);
         c.w = take(&at, m * r);
         c.att = take(&at, r);
         break;
     case DASHATTN_OP_BACKWARD:
         c.kbar = take(&at, heads * m * d);
+        c.pool = take(&at, tokens);
         c.w = take(&at, m * r);
         c.att = take(&at, r);
         c.gp = take(&at, m * r);
         c.dq = take(&at, r * d);
         c.dl = take(&at, r);
+        c.ph = (int64_t)take(&at, m * r);
+        c.wpre = (int64_t)take(&at, m * r);
+        c.rt = take(&at, tokens);
         break;
     case DASHATTN_OP_DECODE: {
         const int64_t target = (int64_t)lim->compute_units * DECODE_GROUPS_PER_UNIT;

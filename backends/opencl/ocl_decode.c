@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* KV caches: appending tokens and decoding against them. The cache's
  * sequence lengths and block table live on the device where the core cannot
  * check them, so both calls read them back first (they are small) and
@@ -158,13 +159,16 @@ static dashattn_status append(daocl_state *st, const dashattn_plan_desc *plan,
     daocl_arg_strides(&c, &cache->block_keys);
     daocl_arg_int(&c, cache->block_keys.dtype);
     cache_args(&c, cache);
+    const dashattn_tensor *h = a->block_summary;
+    daocl_arg_mem(&c, h ? h->data : NULL);
+    daocl_arg_strides(&c, h ? h : &cache->k); /* unread without h */
     daocl_arg_int(&c, p->heads_kv);
     daocl_arg_long(&c, tokens);
     daocl_arg_int(&c, p->block_size);
     daocl_arg_int(&c, p->head_dim);
     daocl_arg_long(&c, new_blocks);
-    const size_t g2[3] = {(size_t)p->head_dim, (size_t)new_blocks, (size_t)heads};
-    CHECK(daocl_launch(&c, queue, 3, g2, NULL));
+    const size_t g2[2] = {(size_t)new_blocks, (size_t)heads};
+    CHECK(daocl_launch(&c, queue, 2, g2, NULL));
 
     CHECK(daocl_call_begin(&c, st, prog, "da_advance"));
     daocl_arg_mem(&c, cache->seq_lens);

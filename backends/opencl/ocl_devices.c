@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* OpenCL platforms and devices: which one a context uses, what it can do,
  * and the listing `dashattn info` prints. */
 #include "ocl_internal.h"

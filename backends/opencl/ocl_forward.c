@@ -1,4 +1,5 @@
-/* Forward driver: block keys, then per pass over a chunk of query
+/* SPDX-License-Identifier: MIT */
+/* Forward driver: block summaries, then per pass over a chunk of query
  * positions, candidate scores, block weights (stage 1) and the fused
  * stage 2. Statistics are the only thing read back, and only when asked. */
 #include "ocl_internal.h"
@@ -28,10 +29,28 @@ int daocl_has_candidates(const dashattn_plan_desc *plan)
 
 dashattn_status daocl_block_keys(const daocl_state *st, cl_program prog,
                                  const dashattn_plan_desc *plan, const daocl_config *cfg,
-                                 const dashattn_tensor *k, cl_mem ws, cl_command_queue queue)
+                                 const dashattn_tensor *k, const dashattn_tensor *h, cl_mem ws,
+                                 cl_command_queue queue)
 {
     const dashattn_problem *p = &plan->problem;
+    const size_t heads = (size_t)(p->batch * p->heads_kv);
     daocl_call c;
+    if (h) {
+        CHECK(daocl_call_begin(&c, st, prog, "da_pool_weights"));
+        daocl_arg_mem(&c, k->data);
+        daocl_arg_strides(&c, k);
+        daocl_arg_mem(&c, h->data);
+        daocl_arg_strides(&c, h);
+        daocl_arg_int(&c, p->heads_kv);
+        daocl_arg_long(&c, p->len_k);
+        daocl_arg_int(&c, p->block_size);
+        daocl_arg_int(&c, p->head_dim);
+        daocl_arg_long(&c, plan->num_blocks);
+        daocl_arg_mem(&c, ws);
+        daocl_arg_long(&c, (int64_t)cfg->pool);
+        const size_t global[2] = {(size_t)plan->num_blocks, heads};
+        CHECK(daocl_launch(&c, queue, 2, global, NULL));
+    }
     CHECK(daocl_call_begin(&c, st, prog, "da_block_keys"));
     daocl_arg_mem(&c, k->data);
     daocl_arg_strides(&c, k);
@@ -40,10 +59,11 @@ dashattn_status daocl_block_keys(const daocl_state *st, cl_program prog,
     daocl_arg_int(&c, p->block_size);
     daocl_arg_int(&c, p->head_dim);
     daocl_arg_long(&c, plan->num_blocks);
+    daocl_arg_int(&c, h != NULL);
     daocl_arg_mem(&c, ws);
     daocl_arg_long(&c, (int64_t)cfg->kbar);
-    const size_t global[3] = {(size_t)p->head_dim, (size_t)plan->num_blocks,
-                              (size_t)(p->batch * p->heads_kv)};
+    daocl_arg_long(&c, (int64_t)cfg->pool);
+    const size_t global[3] = {(size_t)p->head_dim, (size_t)plan->num_blocks, heads};
     return daocl_launch(&c, queue, 3, global, NULL);
 }
 
@@ -88,13 +108,18 @@ dashattn_status daocl_select(const daocl_state *st, cl_program prog, const dasha
 {
     const dashattn_problem *p = &plan->problem;
     const int64_t g = plan->group_size, heads = p->batch * p->heads_kv;
-    const int shared = p->group_mode == DASHATTN_GROUP_SHARED;
+    /* One work-item per row, or per position of a KV head where the group
+     * decides together (da_group_shared and da_group_mean in stage1.cl). */
+    const int per_group =
+        p->group_mode == DASHATTN_GROUP_SHARED || p->group_mode == DASHATTN_GROUP_MEAN;
     daocl_call c;
     CHECK(daocl_call_begin(&c, st, prog, "da_select"));
     daocl_arg_mem(&c, ws);
     daocl_arg_long(&c, (int64_t)cfg->w);
     daocl_arg_long(&c, cfg->rows);
     daocl_arg_long(&c, (int64_t)cfg->att);
+    daocl_arg_long(&c, cfg->ph);
+    daocl_arg_long(&c, cfg->wpre);
     daocl_arg_int(&c, p->heads_kv);
     daocl_arg_int(&c, g);
     daocl_arg_long(&c, rows->first);
@@ -105,18 +130,20 @@ dashattn_status daocl_select(const daocl_state *st, cl_program prog, const dasha
     daocl_arg_long(&c, plan->num_blocks);
     daocl_arg_layout(&c, plan);
     daocl_arg_int(&c, plan->threshold_method);
-    daocl_arg_int(&c, shared);
+    daocl_arg_int(&c, p->group_mode);
     daocl_arg_int(&c, plan->threshold_iterations);
     daocl_arg_int(&c, p->topk);
     daocl_arg_real(&c, p->alpha);
     daocl_arg_real(&c, p->stage1_scale);
+    daocl_arg_int(&c, p->prior == DASHATTN_PRIOR_FLAT);
+    daocl_arg_real(&c, p->prior_sigma);
     daocl_arg_mem(&c, seq_lens);
     daocl_arg_mem(&c, sel ? sel->block_index : NULL);
     daocl_arg_mem(&c, sel ? sel->block_weight : NULL);
     daocl_arg_mem(&c, sel ? sel->block_count : NULL);
     daocl_arg_long(&c, sel ? sel->max_blocks : 0);
     daocl_arg_long(&c, rows->len_q);
-    const size_t global[1] = {(size_t)(heads * rows->count * (shared ? 1 : g))};
+    const size_t global[1] = {(size_t)(heads * rows->count * (per_group ? 1 : g))};
     return daocl_launch(&c, queue, 1, global, NULL);
 }
 
@@ -204,7 +231,7 @@ dashattn_status daocl_forward(void *state, const dashattn_plan_desc *plan,
     const cl_mem ws = a->workspace;
     const int candidates = daocl_has_candidates(plan);
     if (candidates)
-        CHECK(daocl_block_keys(st, prog, plan, &cfg, a->k, ws, queue));
+        CHECK(daocl_block_keys(st, prog, plan, &cfg, a->k, a->block_summary, ws, queue));
     int64_t attended = 0;
     for (int64_t i0 = 0; i0 < p->len_q; i0 += cfg.chunk) {
         const int64_t npos = p->len_q - i0 < cfg.chunk ? p->len_q - i0 : cfg.chunk;

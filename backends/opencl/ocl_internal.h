@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Pieces of the OpenCL backend shared between its files.
  *
  * Memory: every pointer the core hands over (tensor data, lse, selection
@@ -60,7 +61,11 @@ typedef struct daocl_config {
     int64_t rows;                     /* rows of one pass: batch * heads_q * chunk */
     int64_t splits, blocks_per_split; /* decode: key blocks split among work-groups */
     size_t kbar, w, att, gp, dq, dl, pacc, pml; /* workspace parts */
-    size_t floats;                              /* workspace size */
+    size_t pool, rt; /* per key token: pooling weights w_t, the backward's r_t */
+    /* Backward: each row's own entmax probabilities and its weights before
+     * the prior, kept by stage 1 for the entmax backward; -1 elsewhere. */
+    int64_t ph, wpre;
+    size_t floats; /* workspace size */
 } daocl_config;
 
 int daocl_direct_loads(const daocl_state *st);
@@ -129,10 +134,13 @@ cl_command_queue daocl_queue(const daocl_state *st, void *stream);
 /* Whether any query row of the plan has candidate blocks (stage 1 work). */
 int daocl_has_candidates(const dashattn_plan_desc *plan);
 
-/* Mean key of every block into the workspace (cfg->kbar). */
+/* Summary of every block into the workspace (cfg->kbar): the mean key, or
+ * with the learned vectors h (NULL: mean pooling) the softmax-weighted one,
+ * its weights in cfg->pool. */
 dashattn_status daocl_block_keys(const daocl_state *st, cl_program prog,
                                  const dashattn_plan_desc *plan, const daocl_config *cfg,
-                                 const dashattn_tensor *k, cl_mem ws, cl_command_queue queue);
+                                 const dashattn_tensor *k, const dashattn_tensor *h, cl_mem ws,
+                                 cl_command_queue queue);
 
 /* The query rows one da_select launch covers: positions first .. first +
  * count - 1 of a pass of chunk positions, at query_offset, of len_q rows. */

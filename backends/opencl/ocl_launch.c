@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Setting a kernel's arguments in order and enqueueing it. Kernels are
  * created per call: a cl_kernel holds its arguments, so one shared between
  * threads would race. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Compiled kernel programs: one per (dtype, configuration) and context,
  * kept for the context's life, and on disk under
  * $XDG_CACHE_HOME/dashattn/opencl (else ~/.cache/dashattn/opencl) keyed by

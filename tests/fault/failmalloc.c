@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* LD_PRELOAD shim for the tests: with DASHATTN_FAILMALLOC_ABOVE=N in the
  * environment, every malloc, calloc and realloc of more than N bytes fails
  * (ENOMEM), so that a program's handling of running out of memory can be

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Fuzz target: the .npy reader (cli/npy.c) on any bytes. It must reject
  * what is not a valid float32 C-order file with a message and never read
  * out of bounds; what it accepts must survive a write and a second read

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Fuzz target: problem validation and planning on the CPU backend, then the
  * argument checks of forward, backward and decode, on a problem and tensor
  * strides decoded from the input. Nothing may crash, and:

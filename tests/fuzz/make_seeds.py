@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Writes the seed inputs of tests/fuzz/corpus/ (run from the source tree's
 top: python3 tests/fuzz/make_seeds.py). The plan seeds follow the input
 format of fuzz_plan.c; the .npy seeds are small valid files of each format

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Runs a fuzz target's LLVMFuzzerTestOneInput over every file of its
  * committed corpus (tests/fuzz/corpus/CORPUS), so that `make check` replays
  * the seeds and every crash ever found, with any compiler, no libFuzzer

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Runs the libFuzzer targets of a build configured with --enable-fuzzers, each
 # for a bounded time, on a scratch corpus seeded from tests/fuzz/corpus/.
 #   sh tests/fuzz/run.sh BUILD_DIR [SECONDS_PER_TARGET [TARGET...]]

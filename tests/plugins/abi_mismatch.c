@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Test plugin "abitest": claims a plugin ABI version the core does not speak.
  * The core must refuse it after reading abi_version and before calling

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Test plugin "faildev": a usable device whose every kernel launch fails.
  * Forward poisons its outputs with NaN and reports a device error through the

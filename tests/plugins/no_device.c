@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Test plugin "nodevice": a well-formed plugin whose probe finds no device.
  * The core must report the probe's reason and never call init; "auto" must

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Shared by the test-only backend plugins: the one symbol a plugin exports. */
 #ifndef DASHATTN_TEST_PLUGIN_H
 #define DASHATTN_TEST_PLUGIN_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Definitions every dashattn OpenCL kernel shares. The host compiles the
  * kernels with:
  *   DA_DT    element type of q, k, v, out and their gradients

@@ -1,6 +1,9 @@
+/* SPDX-License-Identifier: MIT */
 /* Decode against a KV cache, and appending to one (SPEC.md, "Decode and KV
- * caches"). A decode row is r = b * Hq + hq (one query per sequence): the
- * pass layout of stage1.cl with chunk 1, so da_select serves decode too.
+ * caches"; the summaries of the blocks an append completes are
+ * da_append_keys in summary.cl). A decode row is r = b * Hq + hq (one query
+ * per sequence): the pass layout of stage1.cl with chunk 1, so da_select
+ * serves decode too.
  *
  * Stage 2 of decode is split-KV: the blocks of each (sequence, KV head) are
  * cut into ranges, one work-group per range, every work-group keeping a
@@ -189,30 +192,6 @@ __kernel void da_append_copy(__global const elem *kn, long4 kns, __global const 
     const long row = loc.y + pos % block_size;
     STORE(kc, da_off(ks, loc.x, h, row) + c * ks.s3, LOAD(kn, da_off(kns, b, h, t) + c * kns.s3));
     STORE(vc, da_off(vs, loc.x, h, row) + c * vs.s3, LOAD(vn, da_off(vns, b, h, t) + c * vns.s3));
-}
-
-/* Block keys of the blocks an append completes (the jj-th block from the
- * one holding position seq_lens[b]), from the cache's keys. */
-__kernel void da_append_keys(__global const elem *kc, long4 ks, __global void *keys, long4 bks,
-                             int keys_dtype, int paged, __global const int *table,
-                             long table_stride, __global const int *seq_lens, int heads_kv,
-                             long tokens, int block_size, int d, long new_blocks)
-{
-    const int c = get_global_id(0);
-    const long jj = get_global_id(1), bh = get_global_id(2);
-    if (c >= d || jj >= new_blocks)
-        return;
-    const long b = bh / heads_kv, h = bh % heads_kv, len = seq_lens[b];
-    const long j = len / block_size + jj;
-    if ((j + 1) * block_size > len + tokens)
-        return;
-    const long3 loc = da_cache_locate(paged, table, table_stride, b, j, block_size);
-    const long base = da_off(ks, loc.x, h, loc.y) + c * ks.s3;
-    float sum = 0.0f;
-    for (int t = 0; t < block_size; t++)
-        sum += LOAD(kc, base + t * ks.s2);
-    da_store_any(keys, da_off(bks, loc.x, h, loc.z) + c * bks.s3, keys_dtype,
-                 sum * (1.0f / (float)block_size));
 }
 
 __kernel void da_advance(__global int *seq_lens, long batch, int tokens)

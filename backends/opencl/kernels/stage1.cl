@@ -1,4 +1,5 @@
-/* Block keys and stage 1 (SPEC.md, "Block layout" and "Stage 1").
+/* SPDX-License-Identifier: MIT */
+/* Stage 1 (SPEC.md, "Stage 1"), on the block keys of summary.cl.
  *
  * Rows of one pass (a chunk of query positions) are numbered
  *   r = bh * (chunk * G) + (i - i0) * G + g
@@ -6,24 +7,6 @@
  * group's heads inner, which is the order the stage-2 work-groups take them
  * in. Scores and then block weights live block-major in the workspace,
  * W[j * R + r], so that neighbouring work-items touch neighbouring words. */
-
-/* kbar[bh][j][c]: the mean key of block j, summed in token order. */
-__kernel void da_block_keys(__global const elem *k, long4 ks, int heads_kv, long len_k,
-                            int block_size, int d, long num_blocks, __global float *ws,
-                            long kbar_off)
-{
-    const int c = get_global_id(0);
-    const long j = get_global_id(1), bh = get_global_id(2);
-    if (c >= d || j >= num_blocks)
-        return;
-    const long b = bh / heads_kv, h = bh % heads_kv, first = j * block_size;
-    const long count = min((long)block_size, len_k - first);
-    const long base = da_off(ks, b, h, first) + c * ks.s3;
-    float sum = 0.0f;
-    for (long t = 0; t < count; t++)
-        sum += LOAD(k, base + t * ks.s2);
-    ws[kbar_off + (bh * num_blocks + j) * d + c] = sum * (1.0f / (float)count);
-}
 
 #define DA_TS 16
 
@@ -212,6 +195,36 @@ inline real da_tau_bracketed(const da_entmax_args *a, real zmax)
     return lo;
 }
 
+/* The release's threshold (backend.h, DASHATTN_THRESHOLD_HALLEY): exactly
+ * `iterations` steps from the middle of [max x - 1, max x], x = z / 2, here
+ * on x - max x (as the CPU backend: every step is the same, and the sums
+ * carry no large magnitudes). A candidate outside the widened bracket, NaN
+ * included, falls back to the middle. */
+inline real da_tau_halley(const da_entmax_args *a, real zmax)
+{
+    real lo = -1, hi = 0, t = (real)-0.5;
+    for (int it = 0; it < a->iterations; it++) {
+        real s2 = 0, s1 = 0, active = 0;
+        for (long c = 0; c < a->n; c++) {
+            const real x =
+                (real)0.5 * (da_z(a->w, a->rows_total, a->r0, a->ng, a->cb + c, a->scale1) - zmax);
+            if (x > t) {
+                s2 += (x - t) * (x - t);
+                s1 += x - t;
+                active += 1;
+            }
+        }
+        const real f = s2 - 1, f1 = -2 * s1, f2 = 2 * active;
+        const real cand = t - 2 * f * f1 / (2 * f1 * f1 - f * f2);
+        if (f > 0)
+            lo = t;
+        if (f < 0)
+            hi = t;
+        t = cand > lo - (real)1e-5 && cand < hi + (real)1e-5 ? cand : (real)0.5 * (lo + hi);
+    }
+    return t;
+}
+
 inline void da_put(const da_entmax_args *a, long c, float p)
 {
     for (int g = 0; g < a->ng; g++)
@@ -286,6 +299,16 @@ inline void da_entmax_row(const da_entmax_args *a)
         }
         return;
     }
+    if (a->method == 5) { /* the release's Halley schedule, p not renormalised */
+        const real t = da_tau_halley(a, zmax);
+        for (long c = 0; c < a->n; c++) {
+            const real x =
+                (real)0.5 * (da_z(a->w, a->rows_total, a->r0, a->ng, a->cb + c, a->scale1) - zmax) -
+                t;
+            da_put(a, c, x > 0 ? (float)(x * x) : 0.0f);
+        }
+        return;
+    }
     const real tau = da_tau_bracketed(a, zmax), r = 1 / (a->alpha - 1);
     real total = 0;
     for (long c = 0; c < a->n; c++) {
@@ -299,22 +322,65 @@ inline void da_entmax_row(const da_entmax_args *a)
     }
 }
 
+/* Group modes as the kernels see them (dashattn_group_mode numbers): mean
+ * with top-k selection is top-k on the group's mean score, like shared. */
+inline int da_group_shared(int group_mode, int method)
+{
+    return group_mode == 1 || (group_mode == 2 && method == 4);
+}
+
+inline int da_group_mean(int group_mode, int method)
+{
+    return group_mode == 2 && method != 4;
+}
+
+/* Candidates the flat prior keeps (SPEC.md, "Stage 2"); a NaN weight is kept
+ * so that it reaches the row's output. */
+inline int da_flat_kept(float w)
+{
+    return (real)w > (real)1e-20 || isnan(w);
+}
+
+/* The flat prior of one row's candidates, in place of their weights:
+ * exp((log w - mu) / sigma), mu the mean log w of the kept ones, else 0. */
+inline void da_flat_prior(__global float *w, long rows_total, long r, long cb, long n, real sigma)
+{
+    real kept = 0, sum = 0;
+    for (long c = 0; c < n; c++) {
+        const float x = w[(cb + c) * rows_total + r];
+        if (da_flat_kept(x)) {
+            kept += 1;
+            sum += log((real)x);
+        }
+    }
+    const real mu = sum / kept;
+    for (long c = 0; c < n; c++) {
+        __global float *x = w + (cb + c) * rows_total + r;
+        *x = da_flat_kept(*x) ? (float)exp((log((real)*x) - mu) / sigma) : 0.0f;
+    }
+}
+
 /* Block weights of the rows of one pass (one work-item per row, or per
- * position of a KV head in shared mode): forced blocks 1, candidates their
- * entmax or top-k weight, in place of their scores. Also the tokens each
- * row reads (for the statistics) and the optional selection lists.
+ * position of a KV head in the shared and mean modes): forced blocks 1,
+ * candidates their entmax or top-k weight (the group's mean of its heads'
+ * in mean mode) or its flat prior, in place of their scores. Also the
+ * tokens each row reads (for the statistics) and the optional selection
+ * lists. The backward keeps each row's own entmax probabilities (ph_off)
+ * and the weights before the prior (wpre_off); -1 skips either.
  * For decode (seq_lens != NULL) chunk is 1 and row b's query sits at
  * seq_lens[b] - 1 among seq_lens[b] keys. */
-__kernel void da_select(__global float *ws, long w_off, long rows_total, long att_off,
-                        int heads_kv, int group, long i0, long npos, long chunk, long qoff,
-                        long len_k, long num_blocks, int8 lay, int method, int shared,
-                        int iterations, int topk, real alpha, real scale1,
-                        __global const int *seq_lens, __global int *sel_index,
-                        __global float *sel_weight, __global int *sel_count, long max_blocks,
-                        long len_q)
+__kernel void da_select(__global float *ws, long w_off, long rows_total, long att_off, long ph_off,
+                        long wpre_off, int heads_kv, int group, long i0, long npos, long chunk,
+                        long qoff, long len_k, long num_blocks, int8 lay, int method,
+                        int group_mode, int iterations, int topk, real alpha, real scale1,
+                        int flat, real sigma, __global const int *seq_lens,
+                        __global int *sel_index, __global float *sel_weight,
+                        __global int *sel_count, long max_blocks, long len_q)
 {
     const long gid = get_global_id(0);
-    const int ng = shared ? group : 1;
+    const int shared = da_group_shared(group_mode, method);
+    const int mean = da_group_mean(group_mode, method);
+    const int ng = shared || mean ? group : 1;
     const long per_bh = npos * group / ng;
     if (gid >= per_bh * (rows_total / (chunk * group)))
         return;
@@ -330,11 +396,30 @@ __kernel void da_select(__global float *ws, long w_off, long rows_total, long at
     const da_rows L = da_row_layout(lay, pos, keys);
     const long nvis = da_visible_blocks(lay, &L, num_blocks);
     __global float *w = ws + w_off;
-    const long n = L.cand_end - L.cand_begin;
+    const long cb = L.cand_begin, n = L.cand_end - L.cand_begin;
     if (n > 0) {
-        const da_entmax_args a = {w,     rows_total, r0,     L.cand_begin, n,    ng,
-                                  method, iterations, topk, alpha,        scale1};
-        da_entmax_row(&a);
+        for (int g = 0; g < (mean ? ng : 1); g++) {
+            const da_entmax_args a = {w,      rows_total, r0 + g,     cb,   n,     mean ? 1 : ng,
+                                      method, iterations, topk,       alpha, scale1};
+            da_entmax_row(&a);
+        }
+        for (int g = 0; g < ng && ph_off >= 0; g++)
+            for (long c = 0; c < n; c++)
+                ws[ph_off + (cb + c) * rows_total + r0 + g] = w[(cb + c) * rows_total + r0 + g];
+        if (mean)
+            for (long c = 0; c < n; c++) {
+                real sum = 0;
+                for (int g = 0; g < ng; g++)
+                    sum += w[(cb + c) * rows_total + r0 + g];
+                const float pbar = (float)(sum / (real)ng);
+                for (int g = 0; g < ng; g++)
+                    w[(cb + c) * rows_total + r0 + g] = pbar;
+            }
+        for (int g = 0; g < ng && wpre_off >= 0; g++)
+            for (long c = 0; c < n; c++)
+                ws[wpre_off + (cb + c) * rows_total + r0 + g] = w[(cb + c) * rows_total + r0 + g];
+        for (int g = 0; g < ng && flat; g++)
+            da_flat_prior(w, rows_total, r0 + g, cb, n, sigma);
     }
     __global int *att = (__global int *)(ws + att_off);
     for (int g = 0; g < ng; g++) {

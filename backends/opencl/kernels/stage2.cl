@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Stage 2 of the forward (SPEC.md, "Stage 2"): softmax attention over the
  * tokens of kept blocks, log(block weight) added to each logit, with an
  * online softmax, fused in one kernel.
