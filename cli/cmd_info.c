@@ -33,6 +33,18 @@ static void print_env(const char *name)
     printf("%s=%s\n", name, v ? v : "(unset)");
 }
 
+char *da_info_report(void)
+{
+    const size_t needed = dashattn_backends_report(NULL, 0);
+    char *report = malloc(needed + 1);
+    if (report == NULL) {
+        da_error("info: out of memory");
+        return NULL;
+    }
+    dashattn_backends_report(report, needed + 1);
+    return report;
+}
+
 int da_cmd_info(int argc, char **argv)
 {
     int json = 0;
@@ -52,13 +64,9 @@ int da_cmd_info(int argc, char **argv)
     print_env("DASHATTN_BACKEND_PATH");
     print_env("DASHATTN_PLUGIN_DIR");
 
-    const size_t needed = dashattn_backends_report(NULL, 0);
-    char *report = malloc(needed + 1);
-    if (report == NULL) {
-        da_error("info: out of memory");
+    char *report = da_info_report();
+    if (report == NULL)
         return DA_EXIT_FAILURE;
-    }
-    dashattn_backends_report(report, needed + 1);
     fputs(report, stdout);
     free(report);
 

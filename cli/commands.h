@@ -7,6 +7,10 @@
 /** `dashattn info`: version, backends, devices, plugin search. */
 int da_cmd_info(int argc, char **argv);
 
+/** The library's backends report as a new string (free it), or NULL with
+ * an error printed. */
+char *da_info_report(void);
+
 /** `dashattn info --json` (cli/info_json.c). */
 int da_info_json(void);
 

@@ -191,13 +191,9 @@ static void report_line(writer *w, char *line)
 
 int da_info_json(void)
 {
-    const size_t needed = dashattn_backends_report(NULL, 0);
-    char *report = malloc(needed + 1);
-    if (report == NULL) {
-        da_error("info: out of memory");
+    char *report = da_info_report();
+    if (report == NULL)
         return DA_EXIT_FAILURE;
-    }
-    dashattn_backends_report(report, needed + 1);
 
     /* The same choice dashattn_context_create makes for "auto" (or for
      * DASHATTN_BACKEND), made before anything is printed so that a failure

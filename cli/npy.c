@@ -43,11 +43,7 @@ typedef struct npy_parser {
     size_t err_size;
 } npy_parser;
 
-#ifdef __GNUC__
-__attribute__((format(printf, 3, 4)))
-#endif
-static int
-npy_fail(char *err, size_t err_size, const char *format, ...)
+int da_npy_fail(char *err, size_t err_size, const char *format, ...)
 {
     if (err != NULL && err_size > 0) {
         va_list ap;
@@ -121,10 +117,10 @@ static int expect_char(npy_parser *ps, char c, const char *where)
 {
     skip_space(ps);
     if (ps->p >= ps->end)
-        return npy_fail(ps->err, ps->err_size, "malformed header: ended before %s", where);
+        return da_npy_fail(ps->err, ps->err_size, "malformed header: ended before %s", where);
     if (*ps->p != c)
-        return npy_fail(ps->err, ps->err_size, "malformed header: expected '%c' %s, found '%c'", c,
-                        where, (*ps->p >= 0x20 && *ps->p < 0x7f) ? *ps->p : '?');
+        return da_npy_fail(ps->err, ps->err_size, "malformed header: expected '%c' %s, found '%c'",
+                           c, where, (*ps->p >= 0x20 && *ps->p < 0x7f) ? *ps->p : '?');
     ps->p++;
     return 0;
 }
@@ -134,17 +130,19 @@ static int parse_string(npy_parser *ps, const char **s, size_t *n, const char *w
 {
     skip_space(ps);
     if (ps->p >= ps->end || (*ps->p != '\'' && *ps->p != '"'))
-        return npy_fail(ps->err, ps->err_size, "malformed header: expected a string for %s", what);
+        return da_npy_fail(ps->err, ps->err_size, "malformed header: expected a string for %s",
+                           what);
     const char quote = *ps->p++;
     const char *start = ps->p;
     while (ps->p < ps->end && *ps->p != quote) {
         if (*ps->p == '\\' || *ps->p == '\n')
-            return npy_fail(ps->err, ps->err_size, "malformed header: unsupported character in %s",
-                            what);
+            return da_npy_fail(ps->err, ps->err_size,
+                               "malformed header: unsupported character in %s", what);
         ps->p++;
     }
     if (ps->p >= ps->end)
-        return npy_fail(ps->err, ps->err_size, "malformed header: unterminated string in %s", what);
+        return da_npy_fail(ps->err, ps->err_size, "malformed header: unterminated string in %s",
+                           what);
     *s = start;
     *n = (size_t)(ps->p - start);
     ps->p++;
@@ -155,8 +153,8 @@ static int parse_descr(npy_parser *ps)
 {
     skip_space(ps);
     if (ps->p < ps->end && (*ps->p == '[' || *ps->p == '{'))
-        return npy_fail(ps->err, ps->err_size,
-                        "dtype is a structured type; only float32 ('<f4') is supported");
+        return da_npy_fail(ps->err, ps->err_size,
+                           "dtype is a structured type; only float32 ('<f4') is supported");
     const char *s;
     size_t n;
     if (parse_string(ps, &s, &n, "'descr'") != 0)
@@ -166,13 +164,14 @@ static int parse_descr(npy_parser *ps)
     char q[NPY_QUOTE_MAX + 8];
     quote_text(s, n, q, sizeof q);
     if (n == 3 && memcmp(s, ">f4", 3) == 0)
-        return npy_fail(ps->err, ps->err_size,
-                        "dtype '>f4' is big-endian float32; only little-endian '<f4' is supported"
-                        " (convert with arr.astype('<f4'))");
-    return npy_fail(ps->err, ps->err_size,
-                    "dtype '%s' is not float32; only '<f4' is supported"
-                    " (convert with arr.astype(numpy.float32))",
-                    q);
+        return da_npy_fail(
+            ps->err, ps->err_size,
+            "dtype '>f4' is big-endian float32; only little-endian '<f4' is supported"
+            " (convert with arr.astype('<f4'))");
+    return da_npy_fail(ps->err, ps->err_size,
+                       "dtype '%s' is not float32; only '<f4' is supported"
+                       " (convert with arr.astype(numpy.float32))",
+                       q);
 }
 
 static int parse_fortran_order(npy_parser *ps)
@@ -184,11 +183,11 @@ static int parse_fortran_order(npy_parser *ps)
         return 0;
     }
     if (left >= 4 && memcmp(ps->p, "True", 4) == 0)
-        return npy_fail(ps->err, ps->err_size,
-                        "array is in Fortran order; only C order is supported"
-                        " (convert with numpy.ascontiguousarray)");
-    return npy_fail(ps->err, ps->err_size,
-                    "malformed header: 'fortran_order' must be True or False");
+        return da_npy_fail(ps->err, ps->err_size,
+                           "array is in Fortran order; only C order is supported"
+                           " (convert with numpy.ascontiguousarray)");
+    return da_npy_fail(ps->err, ps->err_size,
+                       "malformed header: 'fortran_order' must be True or False");
 }
 
 /* One dimension: a non-negative decimal integer (an old 'L' suffix allowed). */
@@ -196,14 +195,14 @@ static int parse_dim(npy_parser *ps, int64_t *dim)
 {
     skip_space(ps);
     if (ps->p < ps->end && *ps->p == '-')
-        return npy_fail(ps->err, ps->err_size, "negative dimension in 'shape'");
+        return da_npy_fail(ps->err, ps->err_size, "negative dimension in 'shape'");
     if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9')
-        return npy_fail(ps->err, ps->err_size, "malformed header: 'shape' must hold integers");
+        return da_npy_fail(ps->err, ps->err_size, "malformed header: 'shape' must hold integers");
     int64_t v = 0;
     while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
         const int digit = *ps->p - '0';
         if (v > (INT64_MAX - digit) / 10)
-            return npy_fail(ps->err, ps->err_size, "dimension in 'shape' is too large");
+            return da_npy_fail(ps->err, ps->err_size, "dimension in 'shape' is too large");
         v = v * 10 + digit;
         ps->p++;
     }
@@ -222,8 +221,8 @@ static int parse_shape(npy_parser *ps, npy_header *h)
     skip_space(ps);
     while (ps->p < ps->end && *ps->p != ')') {
         if (h->ndim == DA_NPY_MAX_DIMS)
-            return npy_fail(ps->err, ps->err_size, "'shape' has more than %d dimensions",
-                            DA_NPY_MAX_DIMS);
+            return da_npy_fail(ps->err, ps->err_size, "'shape' has more than %d dimensions",
+                               DA_NPY_MAX_DIMS);
         if (parse_dim(ps, &h->shape[h->ndim]) != 0)
             return -1;
         h->ndim++;
@@ -240,7 +239,7 @@ static int parse_shape(npy_parser *ps, npy_header *h)
         return -1;
     /* Python reads "(5)" as the number 5, not a tuple. */
     if (h->ndim == 1 && commas == 0)
-        return npy_fail(ps->err, ps->err_size, "malformed header: 'shape' is not a tuple");
+        return da_npy_fail(ps->err, ps->err_size, "malformed header: 'shape' is not a tuple");
     return 0;
 }
 
@@ -256,7 +255,7 @@ static int shape_count(const npy_header *h, size_t *count, char *err, size_t err
             continue;
         }
         if ((uint64_t)d > SIZE_MAX / sizeof(float) / nonzero)
-            return npy_fail(err, err_size, "'shape' has too many elements to address");
+            return da_npy_fail(err, err_size, "'shape' has too many elements to address");
         nonzero *= (size_t)d;
     }
     *count = any_zero ? 0 : nonzero;
@@ -293,12 +292,12 @@ static int parse_dict(const char *text, size_t len, npy_header *h, char *err, si
         } else {
             char q[NPY_QUOTE_MAX + 8];
             quote_text(key, n, q, sizeof q);
-            return npy_fail(err, err_size, "malformed header: unexpected key '%s'", q);
+            return da_npy_fail(err, err_size, "malformed header: unexpected key '%s'", q);
         }
         if (rc != 0)
             return -1;
         if (*seen)
-            return npy_fail(err, err_size, "malformed header: a key appears twice");
+            return da_npy_fail(err, err_size, "malformed header: a key appears twice");
         *seen = 1;
         skip_space(&ps);
         if (ps.p < ps.end && *ps.p == ',') {
@@ -306,21 +305,21 @@ static int parse_dict(const char *text, size_t len, npy_header *h, char *err, si
             continue;
         }
         if (ps.p >= ps.end)
-            return npy_fail(err, err_size, "malformed header: ended before the closing '}'");
+            return da_npy_fail(err, err_size, "malformed header: ended before the closing '}'");
         if (*ps.p == '}')
             break;
-        return npy_fail(err, err_size, "malformed header: expected ',' or '}' after a value");
+        return da_npy_fail(err, err_size, "malformed header: expected ',' or '}' after a value");
     }
     ps.p++;
     skip_space(&ps);
     if (ps.p != ps.end)
-        return npy_fail(err, err_size, "malformed header: text after the closing '}'");
+        return da_npy_fail(err, err_size, "malformed header: text after the closing '}'");
     if (!have_descr)
-        return npy_fail(err, err_size, "malformed header: missing key 'descr'");
+        return da_npy_fail(err, err_size, "malformed header: missing key 'descr'");
     if (!have_fortran)
-        return npy_fail(err, err_size, "malformed header: missing key 'fortran_order'");
+        return da_npy_fail(err, err_size, "malformed header: missing key 'fortran_order'");
     if (!have_shape)
-        return npy_fail(err, err_size, "malformed header: missing key 'shape'");
+        return da_npy_fail(err, err_size, "malformed header: missing key 'shape'");
     return 0;
 }
 
@@ -338,22 +337,22 @@ static int parse_image(const unsigned char *b, size_t size, npy_header *h, char 
                        size_t err_size)
 {
     if (size < NPY_MAGIC_LEN || memcmp(b, NPY_MAGIC, NPY_MAGIC_LEN) != 0)
-        return npy_fail(err, err_size, "not a .npy file (bad magic string)");
+        return da_npy_fail(err, err_size, "not a .npy file (bad magic string)");
     if (size < NPY_MAGIC_LEN + 2)
-        return npy_fail(err, err_size, "truncated header: file ends after %zu bytes", size);
+        return da_npy_fail(err, err_size, "truncated header: file ends after %zu bytes", size);
     const int major = b[6], minor = b[7];
     if ((major != 1 && major != 2 && major != 3) || minor != 0)
-        return npy_fail(err, err_size, "unsupported .npy format version %d.%d", major, minor);
+        return da_npy_fail(err, err_size, "unsupported .npy format version %d.%d", major, minor);
     const size_t len_bytes = major == 1 ? 2 : 4;
     const size_t prefix = NPY_MAGIC_LEN + 2 + len_bytes;
     if (size < prefix)
-        return npy_fail(err, err_size, "truncated header: file ends after %zu bytes", size);
+        return da_npy_fail(err, err_size, "truncated header: file ends after %zu bytes", size);
     const size_t header_len = read_le(b + NPY_MAGIC_LEN + 2, (int)len_bytes);
     if (header_len > size - prefix)
-        return npy_fail(err, err_size,
-                        "header length %zu runs past the end of the file (%zu bytes after the"
-                        " length field)",
-                        header_len, size - prefix);
+        return da_npy_fail(err, err_size,
+                           "header length %zu runs past the end of the file (%zu bytes after the"
+                           " length field)",
+                           header_len, size - prefix);
     if (parse_dict((const char *)b + prefix, header_len, h, err, err_size) != 0)
         return -1;
     if (shape_count(h, &h->count, err, err_size) != 0)
@@ -362,11 +361,11 @@ static int parse_image(const unsigned char *b, size_t size, npy_header *h, char 
     const size_t expected = h->count * sizeof(float);
     const size_t found = size - h->data_offset;
     if (found < expected)
-        return npy_fail(err, err_size, "truncated data: expected %zu bytes, found %zu", expected,
-                        found);
+        return da_npy_fail(err, err_size, "truncated data: expected %zu bytes, found %zu", expected,
+                           found);
     if (found > expected)
-        return npy_fail(err, err_size, "trailing data: expected %zu bytes, found %zu", expected,
-                        found);
+        return da_npy_fail(err, err_size, "trailing data: expected %zu bytes, found %zu", expected,
+                           found);
     return 0;
 }
 
@@ -392,7 +391,7 @@ int da_npy_decode(const void *bytes, size_t size, da_npy_array *array, char *err
     memset(array, 0, sizeof *array);
     npy_header h;
     if (bytes == NULL && size > 0)
-        return npy_fail(err, err_size, "no data");
+        return da_npy_fail(err, err_size, "no data");
     if (parse_image(bytes, size, &h, err, err_size) != 0)
         return -1;
     float *data = NULL;
@@ -419,7 +418,7 @@ static int slurp(FILE *f, unsigned char **out, size_t *out_size, char *err, size
         if (size == cap) {
             if (cap > SIZE_MAX / 2) {
                 free(buf);
-                return npy_fail(err, err_size, "file too large");
+                return da_npy_fail(err, err_size, "file too large");
             }
             unsigned char *grown = realloc(buf, cap * 2);
             if (grown == NULL) {
@@ -437,7 +436,7 @@ static int slurp(FILE *f, unsigned char **out, size_t *out_size, char *err, size
     if (ferror(f)) {
         const int e = errno;
         free(buf);
-        return npy_fail(err, err_size, "read error: %s", e ? strerror(e) : "unknown error");
+        return da_npy_fail(err, err_size, "read error: %s", e ? strerror(e) : "unknown error");
     }
     *out = buf;
     *out_size = size;
@@ -450,7 +449,7 @@ int da_npy_read(const char *path, da_npy_array *array, char *err, size_t err_siz
     errno = 0;
     FILE *f = fopen(path, "rb");
     if (f == NULL)
-        return npy_fail(err, err_size, "cannot open: %s", strerror(errno));
+        return da_npy_fail(err, err_size, "cannot open: %s", strerror(errno));
     unsigned char *buf = NULL;
     size_t size = 0;
     const int rc = slurp(f, &buf, &size, err, err_size);
@@ -532,23 +531,24 @@ int da_npy_write_stream(FILE *f, const float *data, int ndim, const int64_t *sha
                         size_t err_size)
 {
     if (ndim < 0 || ndim > DA_NPY_MAX_DIMS)
-        return npy_fail(err, err_size, "cannot write %d dimensions", ndim);
+        return da_npy_fail(err, err_size, "cannot write %d dimensions", ndim);
     size_t count = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0)
-            return npy_fail(err, err_size, "negative dimension");
+            return da_npy_fail(err, err_size, "negative dimension");
         if (shape[i] > 0 && (uint64_t)shape[i] > SIZE_MAX / sizeof(float) / (count ? count : 1))
-            return npy_fail(err, err_size, "shape too large");
+            return da_npy_fail(err, err_size, "shape too large");
         count *= (size_t)shape[i];
     }
     if (count > 0 && data == NULL)
-        return npy_fail(err, err_size, "no data");
+        return da_npy_fail(err, err_size, "no data");
     char header[32 * DA_NPY_MAX_DIMS + 128];
     size_t header_len;
     if (format_header(ndim, shape, header, sizeof header, &header_len) != 0)
-        return npy_fail(err, err_size, "header too long");
+        return da_npy_fail(err, err_size, "header too long");
     errno = 0;
     if (write_body(f, header, header_len, data, count) != 0 || fflush(f) != 0)
-        return npy_fail(err, err_size, "cannot write: %s", errno ? strerror(errno) : "I/O error");
+        return da_npy_fail(err, err_size, "cannot write: %s",
+                           errno ? strerror(errno) : "I/O error");
     return 0;
 }

@@ -50,4 +50,14 @@ int da_npy_write_stream(FILE *f, const float *data, int ndim, const int64_t *sha
 /** Release the data of an array and reset it to empty (NULL is accepted). */
 void da_npy_free(da_npy_array *array);
 
+/**
+ * Write a formatted message into err (err_size bytes; err may be NULL) and
+ * return -1: the error convention of the .npy and output-file functions.
+ */
+int da_npy_fail(char *err, size_t err_size, const char *format, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
 #endif

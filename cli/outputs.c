@@ -10,7 +10,6 @@
 
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,21 +36,6 @@ typedef struct target {
     struct stat dir_st; /* of dir */
 } target;
 
-#ifdef __GNUC__
-__attribute__((format(printf, 3, 4)))
-#endif
-static int
-fail(char *err, size_t err_size, const char *format, ...)
-{
-    if (err != NULL && err_size > 0) {
-        va_list ap;
-        va_start(ap, format);
-        vsnprintf(err, err_size, format, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 /* "--out x.npy", or "x.npy" without a flag, for messages. */
 static const char *label(const da_path_arg *a, char *buf, size_t size)
 {
@@ -76,29 +60,29 @@ static int resolve(const da_path_arg *a, target *t, char *err, size_t err_size)
     if (lstat(a->path, &lst) == 0) {
         if (S_ISLNK(lst.st_mode)) {
             if (stat(a->path, &t->st) != 0)
-                return fail(err, err_size, "%s: a symbolic link to nothing (%s)", what,
-                            strerror(errno));
+                return da_npy_fail(err, err_size, "%s: a symbolic link to nothing (%s)", what,
+                                   strerror(errno));
             t->final = realpath(a->path, NULL);
             if (t->final == NULL)
-                return fail(err, err_size, "%s: cannot follow the symbolic link: %s", what,
-                            strerror(errno));
+                return da_npy_fail(err, err_size, "%s: cannot follow the symbolic link: %s", what,
+                                   strerror(errno));
         } else {
             t->st = lst;
             t->final = strdup(a->path);
         }
         t->exists = 1;
         if (t->final && !S_ISREG(t->st.st_mode))
-            return fail(err, err_size,
-                        "%s: not a regular file (outputs are never written to devices, "
-                        "directories or FIFOs)",
-                        what);
+            return da_npy_fail(err, err_size,
+                               "%s: not a regular file (outputs are never written to devices, "
+                               "directories or FIFOs)",
+                               what);
     } else if (errno == ENOENT) {
         t->final = strdup(a->path);
     } else {
-        return fail(err, err_size, "%s: %s", what, strerror(errno));
+        return da_npy_fail(err, err_size, "%s: %s", what, strerror(errno));
     }
     if (t->final == NULL)
-        return fail(err, err_size, "%s: out of memory", what);
+        return da_npy_fail(err, err_size, "%s: out of memory", what);
     char *slash = strrchr(t->final, '/');
     if (slash == NULL) {
         t->dir = strdup(".");
@@ -108,14 +92,14 @@ static int resolve(const da_path_arg *a, target *t, char *err, size_t err_size)
         t->base = slash + 1;
     }
     if (t->dir == NULL)
-        return fail(err, err_size, "%s: out of memory", what);
+        return da_npy_fail(err, err_size, "%s: out of memory", what);
     if (t->base[0] == '\0')
-        return fail(err, err_size, "%s: names a directory, not a file", what);
+        return da_npy_fail(err, err_size, "%s: names a directory, not a file", what);
     if (stat(t->dir, &t->dir_st) != 0 || !S_ISDIR(t->dir_st.st_mode))
-        return fail(err, err_size, "%s: directory %s does not exist", what, t->dir);
+        return da_npy_fail(err, err_size, "%s: directory %s does not exist", what, t->dir);
     if (access(t->dir, W_OK | X_OK) != 0)
-        return fail(err, err_size, "%s: cannot create files in directory %s: %s", what, t->dir,
-                    strerror(errno));
+        return da_npy_fail(err, err_size, "%s: cannot create files in directory %s: %s", what,
+                           t->dir, strerror(errno));
     return 0;
 }
 
@@ -134,7 +118,7 @@ int da_outputs_check(const da_path_arg *inputs, size_t n_inputs, const da_path_a
 {
     target *t = calloc(n_outputs ? n_outputs : 1, sizeof *t);
     if (t == NULL)
-        return fail(err, err_size, "out of memory");
+        return da_npy_fail(err, err_size, "out of memory");
     char la[1100], lb[1100];
     int rc = 0;
     /* An output that is an input is the worst mistake: report it first. */
@@ -145,8 +129,9 @@ int da_outputs_check(const da_path_arg *inputs, size_t n_inputs, const da_path_a
         for (size_t i = 0; i < n_outputs && rc == 0; i++)
             if (outputs[i].path && stat(outputs[i].path, &o) == 0 && o.st_dev == in.st_dev &&
                 o.st_ino == in.st_ino)
-                rc = fail(err, err_size, "%s is the input %s: an output never overwrites an input",
-                          label(&outputs[i], la, sizeof la), label(&inputs[k], lb, sizeof lb));
+                rc = da_npy_fail(
+                    err, err_size, "%s is the input %s: an output never overwrites an input",
+                    label(&outputs[i], la, sizeof la), label(&inputs[k], lb, sizeof lb));
     }
     for (size_t i = 0; i < n_outputs && rc == 0; i++)
         if (outputs[i].path)
@@ -154,8 +139,9 @@ int da_outputs_check(const da_path_arg *inputs, size_t n_inputs, const da_path_a
     for (size_t i = 0; i < n_outputs && rc == 0; i++)
         for (size_t j = i + 1; j < n_outputs && rc == 0 && outputs[i].path; j++)
             if (outputs[j].path && same_target(&t[i], &t[j]))
-                rc = fail(err, err_size, "%s and %s are the same file: each output needs its own",
-                          label(&outputs[i], la, sizeof la), label(&outputs[j], lb, sizeof lb));
+                rc = da_npy_fail(
+                    err, err_size, "%s and %s are the same file: each output needs its own",
+                    label(&outputs[i], la, sizeof la), label(&outputs[j], lb, sizeof lb));
     for (size_t i = 0; i < n_outputs; i++)
         target_free(&t[i]);
     free(t);
@@ -189,14 +175,14 @@ static int write_temporary(const da_output_file *file, const target *t, mode_t u
     const size_t size = strlen(t->dir) + strlen(t->base) + 16;
     char *name = malloc(size);
     if (name == NULL)
-        return fail(err, err_size, "%s: out of memory", what);
+        return da_npy_fail(err, err_size, "%s: out of memory", what);
     snprintf(name, size, "%s/.%s.XXXXXX", t->dir, t->base);
     const int fd = mkstemp(name);
     if (fd < 0) {
         const int e = errno;
         free(name);
-        return fail(err, err_size, "%s: cannot create a temporary file in %s: %s", what, t->dir,
-                    strerror(e));
+        return da_npy_fail(err, err_size, "%s: cannot create a temporary file in %s: %s", what,
+                           t->dir, strerror(e));
     }
     *tmp = name;
     /* The new file gets the mode a replaced file had, else the usual one. */
@@ -204,7 +190,8 @@ static int write_temporary(const da_output_file *file, const target *t, mode_t u
     if (fchmod(fd, mode) != 0) {
         const int e = errno;
         close(fd);
-        return fail(err, err_size, "%s: cannot set the mode of %s: %s", what, name, strerror(e));
+        return da_npy_fail(err, err_size, "%s: cannot set the mode of %s: %s", what, name,
+                           strerror(e));
     }
     if (t->exists && geteuid() == 0 && fchown(fd, t->st.st_uid, t->st.st_gid) != 0) {
         /* Keeping root's ownership is harmless; go on. */
@@ -213,15 +200,15 @@ static int write_temporary(const da_output_file *file, const target *t, mode_t u
     if (f == NULL) {
         const int e = errno;
         close(fd);
-        return fail(err, err_size, "%s: %s", what, strerror(e));
+        return da_npy_fail(err, err_size, "%s: %s", what, strerror(e));
     }
     char why[256] = "";
     int rc = da_npy_write_stream(f, file->data, file->ndim, file->shape, why, sizeof why);
     if (rc == 0 && fsync(fileno(f)) != 0)
-        rc = fail(why, sizeof why, "cannot write: %s", strerror(errno));
+        rc = da_npy_fail(why, sizeof why, "cannot write: %s", strerror(errno));
     if (fclose(f) != 0 && rc == 0)
-        rc = fail(why, sizeof why, "cannot write: %s", strerror(errno));
-    return rc == 0 ? 0 : fail(err, err_size, "%s: %s", what, why);
+        rc = da_npy_fail(why, sizeof why, "cannot write: %s", strerror(errno));
+    return rc == 0 ? 0 : da_npy_fail(err, err_size, "%s: %s", what, why);
 }
 
 int da_outputs_write(const da_output_file *files, size_t n, char *err, size_t err_size)
@@ -231,7 +218,7 @@ int da_outputs_write(const da_output_file *files, size_t n, char *err, size_t er
     if (t == NULL || names == NULL) {
         free(t);
         free(names);
-        return fail(err, err_size, "out of memory");
+        return da_npy_fail(err, err_size, "out of memory");
     }
     const mode_t umask_bits = umask(0);
     umask(umask_bits);
@@ -255,9 +242,9 @@ int da_outputs_write(const da_output_file *files, size_t n, char *err, size_t er
     for (; renamed < n && rc == 0; renamed++)
         if (names[renamed] != NULL && rename(names[renamed], t[renamed].final) != 0) {
             char what[1100];
-            rc = fail(err, err_size, "%s: cannot replace %s: %s",
-                      label(&files[renamed].arg, what, sizeof what), t[renamed].final,
-                      strerror(errno));
+            rc = da_npy_fail(err, err_size, "%s: cannot replace %s: %s",
+                             label(&files[renamed].arg, what, sizeof what), t[renamed].final,
+                             strerror(errno));
             break;
         }
     for (size_t i = renamed; i < n; i++)

@@ -24,14 +24,7 @@ void tc_problem(const tc_case *c, dashattn_dtype dtype, dashattn_problem *pr)
     pr->group_mode = (dashattn_group_mode)c->group;
     pr->scale = c->scale;
     pr->stage1_scale = c->scale1;
-    if (c->sigma > 0.0) {
-        pr->prior = DASHATTN_PRIOR_FLAT;
-        pr->prior_sigma = c->sigma;
-    }
-    if (c->halley > 0) {
-        pr->threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
-        pr->halley_steps = c->halley;
-    }
+    tu_set_prior_and_schedule(pr, c->sigma, c->halley);
 }
 
 dashattn_plan *tc_plan(dashattn_context *ctx, const tc_case *c, dashattn_dtype dtype,

@@ -517,14 +517,7 @@ static void fwd_problem(const fwd_case *c, dashattn_dtype dt, dashattn_problem *
         pr->topk = c->topk;
     }
     pr->group_mode = (dashattn_group_mode)c->group;
-    if (c->sigma > 0.0) {
-        pr->prior = DASHATTN_PRIOR_FLAT;
-        pr->prior_sigma = c->sigma;
-    }
-    if (c->halley > 0) {
-        pr->threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
-        pr->halley_steps = c->halley;
-    }
+    tu_set_prior_and_schedule(pr, c->sigma, c->halley);
 }
 
 /* Learned summary vectors h of Hkv heads, ~ N(0, scale^2), in an f32

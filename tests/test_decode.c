@@ -72,14 +72,7 @@ static void apply_config(dashattn_problem *pr)
     pr->block_size = BLK;
     pr->alpha = config->alpha;
     pr->group_mode = (dashattn_group_mode)config->group;
-    if (config->sigma > 0) {
-        pr->prior = DASHATTN_PRIOR_FLAT;
-        pr->prior_sigma = config->sigma;
-    }
-    if (config->halley > 0) {
-        pr->threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
-        pr->halley_steps = config->halley;
-    }
+    tu_set_prior_and_schedule(pr, config->sigma, config->halley);
     pr->n_sink = config->n_sink;
     pr->n_local = config->n_local;
     if (config->topk > 0) {

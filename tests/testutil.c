@@ -97,3 +97,15 @@ double tu_rel_err_d(const double *a, const double *ref, size_t n)
     }
     return sqrt(num) / fmax(sqrt(den), 1e-300);
 }
+
+void tu_set_prior_and_schedule(dashattn_problem *pr, double sigma, int halley)
+{
+    if (sigma > 0.0) {
+        pr->prior = DASHATTN_PRIOR_FLAT;
+        pr->prior_sigma = sigma;
+    }
+    if (halley > 0) {
+        pr->threshold_schedule = DASHATTN_SCHEDULE_HALLEY;
+        pr->halley_steps = halley;
+    }
+}

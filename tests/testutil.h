@@ -3,6 +3,8 @@
 #ifndef DASHATTN_TESTUTIL_H
 #define DASHATTN_TESTUTIL_H
 
+#include <dashattn.h>
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,5 +37,12 @@ double tu_rel_err_d(const double *a, const double *ref, size_t n);
 
 /** calloc that fails the test (exit 99) instead of returning NULL. */
 void *tu_xcalloc(size_t count, size_t size);
+
+/**
+ * Set the released function's options of a test case on pr: the flat prior
+ * with sigma when sigma > 0, the Halley schedule with that many steps when
+ * halley > 0 (0 leaves the log prior and exact thresholds).
+ */
+void tu_set_prior_and_schedule(dashattn_problem *pr, double sigma, int halley);
 
 #endif
