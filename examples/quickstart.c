@@ -79,6 +79,29 @@ int main(void)
 
     printf("backend %s: out[0] = %.6f, lse[0] = %.6f, sparsity %.1f%%\n",
            dashattn_context_backend(ctx), host_out[0], host_lse[0], 100.0 * stats.sparsity);
+
+    /* A check anyone can do by hand: the first query of each head sees only
+     * the first key, so its output is that key's value and its lse the
+     * scaled score q . k / sqrt(64). Every output must be finite. */
+    int wrong = !(stats.sparsity >= 0.0 && stats.sparsity < 1.0);
+    for (int64_t h = 0; h < heads_q; h++) {
+        const int64_t kv = h / (heads_q / heads_kv);
+        const float *q0 = host_q + h * len * dim, *o0 = host_out + h * len * dim;
+        const float *k0 = host_k + kv * len * dim, *v0 = host_v + kv * len * dim;
+        double score = 0.0;
+        for (int64_t d = 0; d < dim; d++)
+            score += (double)q0[d] * k0[d];
+        const double dl = host_lse[h * len] - score / 8.0;
+        wrong |= dl > 1e-5 || dl < -1e-5;
+        for (int64_t d = 0; d < dim; d++) {
+            const double dv = o0[d] - v0[d];
+            wrong |= dv > 1e-6 || dv < -1e-6;
+        }
+    }
+    for (size_t i = 0; i < nq; i++)
+        wrong |= !(host_out[i] - host_out[i] == 0.0f); /* NaN or infinity */
+    if (wrong)
+        fprintf(stderr, "quickstart: the results are wrong\n");
     dashattn_plan_destroy(plan);
     dashattn_memory_free(ctx, q);
     dashattn_memory_free(ctx, k);
@@ -91,5 +114,5 @@ int main(void)
     free(host_v);
     free(host_out);
     free(host_lse);
-    return 0;
+    return wrong ? 1 : 0;
 }

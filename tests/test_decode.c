@@ -100,9 +100,11 @@ static void cache_init(cache *c, const char *name, int paged, uint64_t seed)
     c->c.layout = paged ? DASHATTN_CACHE_PAGED : DASHATTN_CACHE_CONTIGUOUS;
     c->kv_elems = (size_t)B * HKV * CAP * DIM;
     c->bk_elems = (size_t)B * HKV * PAGES_PER_SEQ * DIM;
-    c->k = tu_xcalloc(c->kv_elems, sizeof(float));
-    c->v = tu_xcalloc(c->kv_elems, sizeof(float));
-    c->bk = tu_xcalloc(c->bk_elems, sizeof(float));
+    /* NaN wherever nothing was appended yet: a decode that reads past
+     * seq_lens, or a summary of a block not yet complete, shows as NaN. */
+    c->k = tu_nan_floats(c->kv_elems);
+    c->v = tu_nan_floats(c->kv_elems);
+    c->bk = tu_nan_floats(c->bk_elems);
     c->c.seq_lens = c->seq_lens;
     if (paged) {
         c->c.k = dashattn_tensor_bhsd(c->k, DASHATTN_F32, NUM_PAGES, HKV, BLK, DIM);

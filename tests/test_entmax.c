@@ -321,6 +321,13 @@ static void test_plan_iterations(void)
             if (st != DASHATTN_OK)
                 continue;
             const int iters = dashattn_plan_threshold_iterations(plan);
+            /* Pinned: 2 ceil(log2(1 / tolerance)) with tolerance 2^-26 for f32
+             * and 2^-14 for f16/bf16 (a guarded step at least halves the
+             * bracket every second step). */
+            const int pinned = dtypes[t] == DASHATTN_F32 ? 52 : 28;
+            TU_CHECK(iters == pinned,
+                     "alpha %g %s: the plan fixed %d iterations, SPEC's schedule %d", alphas[a],
+                     dashattn_dtype_name(dtypes[t]), iters, pinned);
             const double bound = 2.0 * ldexp(1.0, -iters / 2) / (alphas[a] - 1.0) + 1e-12;
             double worst = 0.0;
             for (int rep = 0; rep < 20; rep++) {
