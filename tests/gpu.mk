@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-# Tests of the GPU backends against the CPU backend: one program,
+# Tests of the GPU backends against the CPU backend and the float64
+# reference of tests/reference.c: one program,
 # tests/test_backend_parity BACKEND, run once per backend by a tiny wrapper
 # (automake and CTest both run .sh tests through $(SHELL) from the top build
 # directory with abs_top_builddir exported). A backend that is not built or
@@ -8,7 +9,7 @@
 check_PROGRAMS += tests/test_backend_parity
 tests_test_backend_parity_SOURCES = tests/test_backend_parity.c
 tests_test_backend_parity_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/cli
-tests_test_backend_parity_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS)
+tests_test_backend_parity_LDADD = libtestref.la libtestutil.la $(TEST_PUBLIC_LIBS)
 
 PARITY_TESTS = \
 	tests/test_parity_cpu.sh \

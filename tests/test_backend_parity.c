@@ -1,24 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Parity of any backend with the built-in CPU backend, through the public
- * API only. Usage: test_backend_parity BACKEND (cuda, opencl, ..., or cpu,
- * which compares a second CPU context and so proves the harness itself).
+ * Parity of any backend with the built-in CPU backend, and of both with
+ * the float64 reference (tests/reference.c) run on the same rounded inputs,
+ * through the public API only. Usage: test_backend_parity BACKEND (cuda,
+ * opencl, ..., or cpu, which compares a second CPU context and so proves
+ * the harness itself).
  *
  * Both contexts get the same inputs (for f16/bf16 the same rounded bytes) in
  * memory from dashattn_memory_alloc, every array in its own allocation: an
  * OpenCL "pointer" is a cl_mem handle, so no arithmetic is ever done on one.
  * Every output is poisoned before each call, on both sides, so that an
  * element a backend leaves unwritten fails. Covered: forward (out, lse,
- * selection, stats) over causal, non-causal, chunked prefill, ragged last
- * blocks, head dims, GQA modes (per_head, shared, mean), alphas, topk, the
- * flat prior, the Halley schedule, learned block summaries, block sizes,
- * BSHD strides and dtypes; decode after chunked appends (with or without
- * summary vectors) into contiguous and paged caches (whose contents are
- * compared too), refused appends, decode with bad seq_lens; backward,
- * with dh where summary vectors are given.
+ * selection, stats) over causal, non-causal (Nq < Nk and Nq > Nk), chunked
+ * prefill, ragged last blocks, head dims 8 to 256, GQA modes (per_head,
+ * shared, mean), alphas, topk, the flat prior, the Halley schedule, learned
+ * block summaries, block sizes, custom scales, BSHD and padded strides and
+ * dtypes; decode after chunked appends (with or without summary vectors)
+ * into contiguous and paged caches (whose contents are compared too),
+ * refused appends, decode with bad seq_lens; backward, with dh where
+ * summary vectors are given, also on BSHD and padded strides. Forward and
+ * backward results are also held to the float64 reference; decode is
+ * compared with the CPU backend only.
  *
  * Exit status: 0 pass, 1 fail, 77 when the backend is unavailable here.
  */
+#include "reference.h"
 #include "synthetic.h"
 #include "testutil.h"
 
@@ -70,6 +76,50 @@
  * other way. Relative to 1 + |key|. */
 #define KEY_TOL_F32 1e-5
 #define KEY_TOL_HALF 1e-2
+
+/* ---- tolerances (each side against the float64 reference) ---- */
+
+/* SPEC.md's contract for f32, relative norm, as in test_forward and
+ * test_backward: out, lse and the gradients. */
+#define REF_TOL_F32 1e-5
+/* The flat prior's gradient carries 1 / w into the blocks at the support's
+ * edge, whose w f32 scores give with the largest relative error: with sigma
+ * below 1e3 SPEC.md's 1e-5 cannot hold there (test_backward's FLAT_GRAD_TOL). */
+#define REF_GRAD_TOL_FLAT 1e-4
+/* Selection weights against the reference's pi, max abs, scaled for the
+ * flat prior by max(1, pi) * flat_factor (test_forward's WEIGHT_TOL). A
+ * block whose stage-1 weight is below this may be in or out of the support. */
+#define REF_WEIGHT_TOL_F32 1e-5
+/* With the flat prior (sigma below 1e3) the kept weights' relative error is
+ * that of the mean log w over the support, where edge blocks dominate: as
+ * for the gradients, 1e-4 before the scaling. */
+#define REF_WEIGHT_TOL_FLAT 1e-4
+/* 16-bit results against float64 run on the same rounded inputs, relative
+ * norm. What remains is the rounding inside the backend and of its results:
+ * the unit roundoff u is 2^-11 = 4.9e-4 for f16 and 2^-8 = 3.9e-3 for bf16,
+ * and rounding every output element alone gives about u / sqrt(3) of the
+ * norm: 2e-4 for f16 and 1.6e-3 for bf16 are what the CPU and OpenCL
+ * backends measure. Intermediate roundings (probabilities or block keys in
+ * the dtype, tensor-core products) may add as much again. f16 stays below
+ * bf16's 1.6e-3, so an f16 path that loses precision to bf16's fails. */
+#define REF_TOL_F16 1e-3
+#define REF_TOL_BF16 1e-2
+/* Gradients in 16 bits are also differentiated through the forward's
+ * rounded out (D_i = dout . out), which cancels against dP: measured up to
+ * 8e-4 (f16) and 4.5e-3 (bf16); f16 again below what bf16 rounding gives. */
+#define REF_GRAD_TOL_F16 2e-3
+#define REF_GRAD_TOL_BF16 2e-2
+/* dh is f32, but a sum over every key of stage-1 terms that cancel to a
+ * small result, each carrying the rounding of its key and of D_i: the CPU
+ * backend's dh is 4e-4 to 8e-2 of the norm from float64 with the inputs
+ * here. Loose, yet a missing or wrong term still moves it by O(1). */
+#define REF_DH_TOL_HALF 0.2
+/* The same cancellation in f32: SPEC.md asks 1e-5, which the CPU backend
+ * meets, but the OpenCL backend's dh is 2.0e-5 from float64 on "causal
+ * gqa4:2 per_head summary flat1e6" (its other summation order over the keys;
+ * 2.8e-5 from the CPU's). Held at 5e-5 until that backend sums dh closer:
+ * an open deviation from SPEC.md, not a bound of the method. */
+#define REF_DH_TOL_F32 5e-5
 
 /* 0xFF bytes are NaN in f32, f16 and bf16: an unwritten float output
  * element fails any comparison. */
@@ -194,15 +244,24 @@ static call_result settled(int s, dashattn_status status)
     return r;
 }
 
-/* Both sides ran `what`: the CPU must succeed; the backend may decline a
- * 16-bit dtype (the case is then skipped, never passed), nothing else. */
-static int both_ran(const call_result r[2], dashattn_dtype dtype, const char *what)
+/* The core's answer for an operation whose plugin entry is NULL
+ * (lib/calls.c): the only UNSUPPORTED that is not a broken promise. */
+#define NOT_IMPLEMENTED "does not implement this operation"
+
+/* Both sides ran `what`: the CPU must succeed, and so must the backend,
+ * which may skip the case only where it lacks the whole operation (the CUDA
+ * plugin's backward). An UNSUPPORTED for a dtype, shape or layout of an
+ * operation it has is a failure: SPEC.md gives every backend every dtype. */
+static int both_ran(const call_result r[2], const char *what)
 {
+    static int told;
     if (!CHECK(r[REF].status == DASHATTN_OK, "cpu %s: %s (%s)", what,
                dashattn_status_string(r[REF].status), r[REF].why))
         return 0;
-    if (r[DUT].status == DASHATTN_ERR_UNSUPPORTED && dtype != DASHATTN_F32) {
-        case_skip("unsupported, skipped");
+    if (r[DUT].status == DASHATTN_ERR_UNSUPPORTED && strstr(r[DUT].why, NOT_IMPLEMENTED)) {
+        if (!told++)
+            printf("%s on %s: %s\n", what, side_name[DUT], r[DUT].why);
+        case_skip("not implemented by the backend, skipped");
         return 0;
     }
     return CHECK(r[DUT].status == DASHATTN_OK, "%s %s: %s (%s)", side_name[DUT], what,
@@ -413,65 +472,83 @@ typedef struct fwd_case {
     int bshd;     /* BSHD-strided tensors instead of BHSD */
     double focus; /* da_synth_qkv's focus: larger is sparser */
     unsigned dtypes;
-    double sigma;   /* > 0: the flat prior with this sigma */
-    int halley;     /* > 0: the Halley schedule with this many steps */
-    double summary; /* > 0: learned summary vectors h ~ N(0, summary^2) */
+    double sigma;         /* > 0: the flat prior with this sigma */
+    int halley;           /* > 0: the Halley schedule with this many steps */
+    double summary;       /* > 0: learned summary vectors h ~ N(0, summary^2) */
+    double scale, scale1; /* the problem's scale and stage1_scale (0: default) */
+    int pad;              /* rows of D + pad elements, NaN in the gaps */
 } fwd_case;
 
 /* name, B, Hq, Hkv, Nq, Nk, D, causal, S, sink, local, alpha, topk, group, bshd, focus, dtypes,
- * sigma, halley, summary. (clang-format would give rows of 20 values one line per value.) */
+ * sigma, halley, summary[, scale, stage1_scale, pad]. (clang-format would give rows of 20 values
+ * one line per value.) */
 // clang-format off
 static const fwd_case fwd_cases[] = {
     {"causal mha D64 S16 a1.5", 1, 2, 2, 256, 256, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 3.0, DT_ALL, 0, 0,
-     0},
+     0, 0, 0, 0},
     {"noncausal gqa4:2 per_head D64 Nq<Nk a1.5", 1, 4, 2, 48, 176, 64, 0, 16, 1, 2, 1.5, 0, 0, 0,
-     3.0, DT_F32 | DT_BF16, 0, 0, 0},
+     3.0, DT_F32 | DT_BF16, 0, 0, 0, 0, 0, 0},
     {"chunked prefill ragged D128 S64 a1.5", 2, 2, 1, 40, 840, 128, 1, 64, 1, 2, 1.5, 0, 0, 0, 3.0,
-     DT_ALL, 0, 0, 0},
+     DT_ALL, 0, 0, 0, 0, 0, 0},
     {"causal gqa4:2 per_head D40 ragged a2", 1, 4, 2, 200, 200, 40, 1, 16, 1, 2, 2.0, 0, 0, 0, 3.0,
-     DT_F32 | DT_F16, 0, 0, 0},
+     DT_F32 | DT_F16, 0, 0, 0, 0, 0, 0},
     {"causal gqa8:2 shared D64 ragged a1.25", 1, 8, 2, 250, 250, 64, 1, 16, 1, 2, 1.25, 0, 1, 0,
-     3.0, DT_F32 | DT_BF16, 0, 0, 0},
-    {"causal softmax a1 D64", 1, 2, 1, 96, 96, 64, 1, 16, 1, 2, 1.0, 0, 0, 0, 3.0, DT_F32, 0, 0, 0},
+     3.0, DT_F32 | DT_BF16, 0, 0, 0, 0, 0, 0},
+    {"causal softmax a1 D64", 1, 2, 1, 96, 96, 64, 1, 16, 1, 2, 1.0, 0, 0, 0, 3.0, DT_F32, 0, 0, 0, 0, 0, 0},
     {"causal topk3 gqa4:2 per_head D64", 1, 4, 2, 256, 256, 64, 1, 16, 1, 2, 1.5, 3, 0, 0, 3.0,
-     DT_F32 | DT_F16, 0, 0, 0},
+     DT_F32 | DT_F16, 0, 0, 0, 0, 0, 0},
     {"noncausal topk2 gqa4:2 shared ragged D64", 1, 4, 2, 30, 90, 64, 0, 16, 1, 2, 1.5, 2, 1, 0,
-     3.0, DT_F32, 0, 0, 0},
+     3.0, DT_F32, 0, 0, 0, 0, 0, 0},
     {"bshd chunked gqa4:2 shared ragged D64 a1.5", 2, 4, 2, 64, 200, 64, 1, 16, 1, 2, 1.5, 0, 1, 1,
-     3.0, DT_F32 | DT_F16, 0, 0, 0},
+     3.0, DT_F32 | DT_F16, 0, 0, 0, 0, 0, 0},
     {"causal mha D128 S64 a1.5", 1, 2, 2, 576, 576, 128, 1, 64, 1, 2, 1.5, 0, 0, 0, 3.0,
-     DT_F32 | DT_BF16, 0, 0, 0},
+     DT_F32 | DT_BF16, 0, 0, 0, 0, 0, 0},
     {"noncausal sink0 D64 a1.75", 1, 2, 2, 64, 128, 64, 0, 16, 0, 1, 1.75, 0, 0, 0, 1.0, DT_F32, 0,
-     0, 0},
+     0, 0, 0, 0, 0},
     {"causal sink2 local1 S8 D64 a1.5", 1, 2, 1, 96, 96, 64, 1, 8, 2, 1, 1.5, 0, 0, 0, 3.0, DT_F32,
-     0, 0, 0},
+     0, 0, 0, 0, 0, 0},
     /* The released function (SPEC.md version 2): the group mean, learned
      * block summaries, the flat prior (sigma 0.5 flattens hard: a prior far
      * from w) and the Halley schedule, mostly with the default layout. */
     {"released causal gqa4:1 mean summary halley3 ragged", 1, 4, 1, 200, 200, 64, 1, 16, 0, 1, 1.5,
-     0, 2, 0, 3.0, DT_ALL, 0, 3, 1.5},
+     0, 2, 0, 3.0, DT_ALL, 0, 3, 1.5, 0, 0, 0},
     {"causal gqa8:2 mean summary ragged", 1, 8, 2, 250, 250, 64, 1, 16, 0, 1, 1.5, 0, 2, 0, 3.0,
-     DT_F32 | DT_BF16, 0, 0, 1.5},
+     DT_F32 | DT_BF16, 0, 0, 1.5, 0, 0, 0},
     {"noncausal gqa4:1 mean summary ragged Nq<Nk", 1, 4, 1, 40, 170, 64, 0, 16, 0, 1, 1.5, 0, 2, 0,
-     3.0, DT_F32 | DT_F16, 0, 0, 1.5},
+     3.0, DT_F32 | DT_F16, 0, 0, 1.5, 0, 0, 0},
     {"causal gqa4:2 per_head summary flat0.5 ragged", 1, 4, 2, 200, 200, 64, 1, 16, 1, 2, 1.5, 0, 0,
-     0, 3.0, DT_F32, 0.5, 0, 1.5},
+     0, 3.0, DT_F32, 0.5, 0, 1.5, 0, 0, 0},
     {"causal gqa4:2 shared summary halley3", 1, 4, 2, 256, 256, 64, 1, 16, 0, 1, 1.5, 0, 1, 0, 3.0,
-     DT_F32, 0, 3, 1.5},
+     DT_F32, 0, 3, 1.5, 0, 0, 0},
     {"causal gqa8:2 mean flat1e6 halley3 summary", 1, 8, 2, 192, 192, 64, 1, 16, 0, 1, 1.5, 0, 2, 0,
-     3.0, DT_F32 | DT_BF16, 1e6, 3, 1.5},
+     3.0, DT_F32 | DT_BF16, 1e6, 3, 1.5, 0, 0, 0},
     {"noncausal gqa4:1 mean flat0.5 halley3 ragged", 1, 4, 1, 48, 180, 64, 0, 16, 0, 1, 1.5, 0, 2,
-     0, 3.0, DT_F32, 0.5, 3, 0},
+     0, 3.0, DT_F32, 0.5, 3, 0, 0, 0, 0},
     {"causal gqa4:2 mean flat0.5 a2 D40 ragged", 1, 4, 2, 170, 170, 40, 1, 16, 1, 2, 2.0, 0, 2, 0,
-     3.0, DT_F32, 0.5, 0, 0},
+     3.0, DT_F32, 0.5, 0, 0, 0, 0, 0},
     {"chunked prefill mean summary D128 S64 ragged", 2, 4, 1, 40, 840, 128, 1, 64, 0, 1, 1.5, 0, 2,
-     0, 3.0, DT_ALL, 0, 0, 1.5},
+     0, 3.0, DT_ALL, 0, 0, 1.5, 0, 0, 0},
     {"bshd chunked gqa4:2 mean summary flat0.5", 2, 4, 2, 64, 200, 64, 1, 16, 1, 2, 1.5, 0, 2, 1,
-     3.0, DT_F32, 0.5, 0, 1.5},
+     3.0, DT_F32, 0.5, 0, 1.5, 0, 0, 0},
     {"causal topk2 gqa4:2 mean summary", 1, 4, 2, 128, 128, 64, 1, 16, 0, 1, 1.5, 2, 2, 0, 3.0,
-     DT_F32, 0, 0, 1.5},
+     DT_F32, 0, 0, 1.5, 0, 0, 0},
     {"causal gqa4:1 mean a1.25 summary flat1e6", 1, 4, 1, 128, 128, 64, 1, 16, 0, 1, 1.25, 0, 2, 0,
-     3.0, DT_F32, 1e6, 0, 1.5},
+     3.0, DT_F32, 1e6, 0, 1.5, 0, 0, 0},
+    /* Scales other than the defaults, stage 1 apart from stage 2. */
+    {"causal gqa4:2 per_head scale0.2 stage1 0.05", 1, 4, 2, 128, 128, 64, 1, 16, 1, 2, 1.5, 0, 0,
+     0, 3.0, DT_ALL, 0, 0, 0, 0.2, 0.05, 0},
+    {"causal gqa4:1 mean summary stage1 0.3", 1, 4, 1, 128, 128, 64, 1, 16, 0, 1, 1.5, 0, 2, 0,
+     1.0, DT_F32 | DT_BF16, 0, 0, 1.5, 0, 0.3, 0},
+    {"causal mha D8 S16 a1.5", 1, 2, 2, 96, 96, 8, 1, 16, 1, 2, 1.5, 0, 0, 0, 3.0, DT_F32 | DT_F16,
+     0, 0, 0, 0, 0, 0},
+    {"causal gqa4:2 shared D24 ragged", 1, 4, 2, 90, 90, 24, 1, 16, 1, 2, 1.5, 0, 1, 0, 3.0,
+     DT_F32 | DT_BF16, 0, 0, 0, 0, 0, 0},
+    {"causal mha D256 S16", 1, 2, 2, 256, 256, 256, 1, 16, 1, 2, 1.5, 0, 0, 0, 3.0, DT_ALL, 0, 0, 0,
+     0, 0, 0},
+    {"noncausal gqa4:2 per_head Nq>Nk", 1, 4, 2, 120, 56, 64, 0, 16, 1, 1, 1.5, 0, 0, 0, 3.0,
+     DT_F32 | DT_F16, 0, 0, 0, 0, 0, 0},
+    {"noncausal mean summary Nq>Nk padded", 1, 4, 1, 100, 48, 64, 0, 16, 0, 1, 1.5, 0, 2, 0, 1.0,
+     DT_F32, 0, 0, 1.5, 0, 0, 3},
 };
 // clang-format on
 
@@ -479,27 +556,42 @@ static const fwd_case fwd_cases[] = {
 // clang-format off
 static const fwd_case bwd_cases[] = {
     {"causal mha D64 S16 a1.5", 1, 2, 2, 64, 64, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 2.0,
-     DT_F32 | DT_BF16, 0, 0, 0},
+     DT_F32 | DT_BF16, 0, 0, 0, 0, 0, 0},
     {"noncausal gqa4:2 per_head D40 ragged", 1, 4, 2, 24, 72, 40, 0, 16, 1, 2, 1.5, 0, 0, 0, 2.0,
-     DT_F32, 0, 0, 0},
+     DT_F32, 0, 0, 0, 0, 0, 0},
     {"causal gqa4:2 shared a1.25 ragged", 1, 4, 2, 80, 80, 64, 1, 16, 1, 2, 1.25, 0, 1, 0, 2.0,
-     DT_F32 | DT_F16, 0, 0, 0},
-    {"causal topk2 D64", 1, 2, 1, 64, 64, 64, 1, 16, 1, 2, 1.5, 2, 0, 0, 2.0, DT_F32, 0, 0, 0},
+     DT_F32 | DT_F16, 0, 0, 0, 0, 0, 0},
+    {"causal topk2 D64", 1, 2, 1, 64, 64, 64, 1, 16, 1, 2, 1.5, 2, 0, 0, 2.0, DT_F32, 0, 0, 0, 0, 0, 0},
     /* The released function; dh is compared wherever h is given. */
     {"causal gqa4:1 mean summary ragged", 1, 4, 1, 72, 72, 64, 1, 16, 0, 1, 1.5, 0, 2, 0, 2.0,
-     DT_F32 | DT_BF16, 0, 0, 1.5},
+     DT_ALL, 0, 0, 1.5, 0, 0, 0},
     {"noncausal gqa8:2 mean summary flat0.5 ragged", 1, 8, 2, 24, 72, 40, 0, 16, 0, 1, 1.5, 0, 2, 0,
-     2.0, DT_F32, 0.5, 0, 1.5},
+     2.0, DT_F32, 0.5, 0, 1.5, 0, 0, 0},
     {"causal gqa4:2 per_head summary flat1e6", 1, 4, 2, 80, 80, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 2.0,
-     DT_F32, 1e6, 0, 1.5},
+     DT_F32, 1e6, 0, 1.5, 0, 0, 0},
     {"causal gqa4:2 shared summary halley3 ragged", 1, 4, 2, 90, 90, 64, 1, 16, 0, 1, 1.5, 0, 1, 0,
-     2.0, DT_F32, 0, 3, 1.5},
+     2.0, DT_F32, 0, 3, 1.5, 0, 0, 0},
     {"causal gqa8:2 mean halley3 flat0.5 ragged", 1, 8, 2, 70, 70, 32, 1, 8, 0, 1, 1.5, 0, 2, 0,
-     2.0, DT_F32 | DT_F16, 0.5, 3, 0},
+     2.0, DT_F32 | DT_F16, 0.5, 3, 0, 0, 0, 0},
     {"released chunked b2 gqa4:1 mean halley3 summary", 2, 4, 1, 64, 96, 64, 1, 16, 0, 1, 1.5, 0, 2,
-     0, 2.0, DT_F32, 0, 3, 1.5},
+     0, 2.0, DT_F32, 0, 3, 1.5, 0, 0, 0},
     {"causal topk2 gqa4:2 mean summary", 1, 4, 2, 64, 64, 64, 1, 16, 0, 1, 1.5, 2, 2, 0, 2.0,
-     DT_F32, 0, 0, 1.5},
+     DT_F32, 0, 0, 1.5, 0, 0, 0},
+    {"causal gqa4:2 scale0.2 stage1 0.05", 1, 4, 2, 64, 64, 64, 1, 16, 1, 2, 1.5, 0, 0, 0, 2.0,
+     DT_F32 | DT_F16, 0, 0, 0, 0.2, 0.05, 0},
+    {"causal mha D8", 1, 2, 2, 48, 48, 8, 1, 16, 1, 2, 1.5, 0, 0, 0, 2.0, DT_F32, 0, 0, 0, 0, 0, 0},
+    {"causal gqa4:2 D24 ragged", 1, 4, 2, 40, 40, 24, 1, 16, 1, 2, 1.5, 0, 0, 0, 2.0, DT_F32, 0, 0,
+     0, 0, 0, 0},
+    {"causal mha D256 S32", 1, 2, 2, 64, 64, 256, 1, 32, 1, 2, 1.5, 0, 0, 0, 2.0, DT_F32, 0, 0, 0, 0,
+     0, 0},
+    {"noncausal gqa4:2 Nq>Nk", 1, 4, 2, 56, 32, 64, 0, 16, 1, 1, 1.5, 0, 0, 0, 2.0, DT_F32, 0, 0, 0,
+     0, 0, 0},
+    {"bshd chunked gqa4:2 shared ragged", 1, 4, 2, 24, 72, 64, 1, 16, 1, 2, 1.5, 0, 1, 1, 2.0,
+     DT_F32 | DT_BF16, 0, 0, 0, 0, 0, 0},
+    {"padded gqa4:1 mean summary ragged", 1, 4, 1, 90, 90, 64, 1, 16, 0, 1, 1.5, 0, 2, 0, 2.0,
+     DT_F32, 0, 0, 1.5, 0, 0, 4},
+    {"bshd padded noncausal ragged Nq<Nk", 2, 2, 1, 20, 60, 40, 0, 16, 1, 2, 1.5, 0, 0, 1, 2.0,
+     DT_F32 | DT_F16, 0, 0, 0, 0, 0, 2},
 };
 // clang-format on
 
@@ -517,6 +609,8 @@ static void fwd_problem(const fwd_case *c, dashattn_dtype dt, dashattn_problem *
         pr->topk = c->topk;
     }
     pr->group_mode = (dashattn_group_mode)c->group;
+    pr->scale = c->scale;
+    pr->stage1_scale = c->scale1;
     tu_set_prior_and_schedule(pr, c->sigma, c->halley);
 }
 
@@ -556,31 +650,91 @@ static dashattn_tensor summary_view(void *data, int64_t heads_kv, int64_t dim)
 static dashattn_tensor case_view(const fwd_case *c, void *data, dashattn_dtype dt, int kv)
 {
     const int64_t heads = kv ? c->heads_kv : c->heads_q, len = kv ? c->len_k : c->len_q;
-    return c->bshd ? dashattn_tensor_bshd(data, dt, c->batch, heads, len, c->dim)
-                   : dashattn_tensor_bhsd(data, dt, c->batch, heads, len, c->dim);
+    const int64_t row = c->dim + c->pad;
+    dashattn_tensor t = c->bshd ? dashattn_tensor_bshd(data, dt, c->batch, heads, len, row)
+                                : dashattn_tensor_bhsd(data, dt, c->batch, heads, len, row);
+    t.shape[3] = c->dim;
+    return t;
+}
+
+/* Elements of the memory behind case_view (gaps included). */
+static size_t view_elems(const fwd_case *c, int kv)
+{
+    const int64_t heads = kv ? c->heads_kv : c->heads_q, len = kv ? c->len_k : c->len_q;
+    return (size_t)(c->batch * heads * len * (c->dim + c->pad));
+}
+
+/* Contiguous [B, H, N, D] values laid out as case_view says, NaN in the gaps. */
+static float *to_layout(const fwd_case *c, const float *bhsd, int kv)
+{
+    const size_t mem = view_elems(c, kv);
+    const dashattn_tensor t = case_view(c, NULL, DASHATTN_F32, kv);
+    float *img = tu_nan_floats(mem);
+    size_t i = 0;
+    for (int64_t b = 0; b < t.shape[0]; b++)
+        for (int64_t h = 0; h < t.shape[1]; h++)
+            for (int64_t n = 0; n < t.shape[2]; n++)
+                for (int64_t d = 0; d < t.shape[3]; d++)
+                    img[b * t.strides[0] + h * t.strides[1] + n * t.strides[2] + d * t.strides[3]] =
+                        bhsd[i++];
+    return img;
+}
+
+/* The inverse of to_layout for a side's output image, checking that the
+ * gaps kept their NaN poison (nothing written outside the view). */
+static float *from_layout(int s, const fwd_case *c, const float *img, int kv, const char *what)
+{
+    const size_t mem = view_elems(c, kv);
+    const dashattn_tensor t = case_view(c, NULL, DASHATTN_F32, kv);
+    float *gaps = tu_xcalloc(mem, sizeof *gaps);
+    memcpy(gaps, img, mem * sizeof *gaps);
+    float *bhsd =
+        tu_xcalloc((size_t)(t.shape[0] * t.shape[1] * t.shape[2] * t.shape[3]), sizeof *bhsd);
+    size_t i = 0;
+    for (int64_t b = 0; b < t.shape[0]; b++)
+        for (int64_t h = 0; h < t.shape[1]; h++)
+            for (int64_t n = 0; n < t.shape[2]; n++)
+                for (int64_t d = 0; d < t.shape[3]; d++) {
+                    const int64_t at =
+                        b * t.strides[0] + h * t.strides[1] + n * t.strides[2] + d * t.strides[3];
+                    bhsd[i++] = img[at];
+                    gaps[at] = NAN;
+                }
+    size_t written = 0;
+    for (size_t j = 0; j < mem; j++)
+        written += !isnan(gaps[j]);
+    CHECK(written == 0, "%s: %s written in %zu elements between its padded rows", side_name[s],
+          what, written);
+    free(gaps);
+    return bhsd;
 }
 
 /* Host inputs of one case in one dtype: the same bytes go to both sides. */
 typedef struct fwd_data {
     dashattn_dtype dt;
-    size_t nq, nkv, rows, nh;
+    size_t nq, nkv, rows, nh; /* values (nq, nkv: [B, H, N, D]) */
+    size_t mq, mkv;           /* elements of the memory behind case_view */
     int64_t m_blocks, max_blocks;
     void *q, *k, *v, *dout; /* dt, in the case's layout */
     float *h;               /* summary_make's, NULL for mean pooling */
+    /* The values the backends get (rounded to dt), contiguous [B, H, N, D]
+     * and h [Hkv, D], for the float64 reference; hd NULL without h. */
+    double *qd, *kd, *vd, *doutd, *hd;
 } fwd_data;
 
-/* Contiguous [B, H, N, D] in place of its [B, N, H, D] permutation. */
-static void to_bshd(float *x, int64_t nb, int64_t nh, int64_t nn, int64_t nd)
+/* n values rounded to dt, in the case's layout; *d receives the rounded
+ * values as contiguous doubles. */
+static void *round_input(const fwd_case *c, const float *bhsd, size_t n, int kv, dashattn_dtype dt,
+                         double **d)
 {
-    const size_t n = (size_t)(nb * nh * nn * nd);
-    float *tmp = tu_xcalloc(n, sizeof *tmp);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t h = 0; h < nh; h++)
-            for (int64_t i = 0; i < nn; i++)
-                memcpy(tmp + (size_t)(((b * nn + i) * nh + h) * nd),
-                       x + (size_t)(((b * nh + h) * nn + i) * nd), (size_t)nd * sizeof(float));
-    memcpy(x, tmp, n * sizeof(float));
-    free(tmp);
+    float *img = to_layout(c, bhsd, kv);
+    void *out = to_dtype(img, view_elems(c, kv), dt);
+    float *back = to_dtype(bhsd, n, dt), *rounded = to_f32(back, n, dt);
+    *d = ref_to_double(rounded, (int64_t)n);
+    free(img);
+    free(back);
+    free(rounded);
+    return out;
 }
 
 static void fwd_data_make(const fwd_case *c, dashattn_dtype dt, uint64_t seed, int64_t m_blocks,
@@ -589,6 +743,8 @@ static void fwd_data_make(const fwd_case *c, dashattn_dtype dt, uint64_t seed, i
     x->dt = dt;
     x->nq = (size_t)(c->batch * c->heads_q * c->len_q * c->dim);
     x->nkv = (size_t)(c->batch * c->heads_kv * c->len_k * c->dim);
+    x->mq = view_elems(c, 0);
+    x->mkv = view_elems(c, 1);
     x->rows = (size_t)(c->batch * c->heads_q * c->len_q);
     x->m_blocks = m_blocks;
     /* One spare slot per row, which must come back unused. */
@@ -597,18 +753,20 @@ static void fwd_data_make(const fwd_case *c, dashattn_dtype dt, uint64_t seed, i
     float *v = tu_xcalloc(x->nkv, sizeof *v);
     da_synth_qkv(seed, c->batch, c->heads_q, c->heads_kv, c->len_q, c->len_k, c->dim, c->block_size,
                  c->focus, q, k, v);
-    if (c->bshd) {
-        to_bshd(q, c->batch, c->heads_q, c->len_q, c->dim);
-        to_bshd(k, c->batch, c->heads_kv, c->len_k, c->dim);
-        to_bshd(v, c->batch, c->heads_kv, c->len_k, c->dim);
-    }
     float *dout = tu_random_floats(seed ^ 0x9e37u, x->nq, 1.0);
-    x->q = to_dtype(q, x->nq, dt);
-    x->k = to_dtype(k, x->nkv, dt);
-    x->v = to_dtype(v, x->nkv, dt);
-    x->dout = to_dtype(dout, x->nq, dt);
+    x->q = round_input(c, q, x->nq, 0, dt, &x->qd);
+    x->k = round_input(c, k, x->nkv, 1, dt, &x->kd);
+    x->v = round_input(c, v, x->nkv, 1, dt, &x->vd);
+    x->dout = round_input(c, dout, x->nq, 0, dt, &x->doutd);
     x->nh = summary_floats(c->heads_kv, c->dim);
     x->h = c->summary > 0.0 ? summary_make(seed ^ 0x51u, c->heads_kv, c->dim, c->summary) : NULL;
+    x->hd = NULL;
+    if (x->h) {
+        x->hd = tu_xcalloc((size_t)(c->heads_kv * c->dim), sizeof *x->hd);
+        for (int64_t g = 0; g < c->heads_kv; g++)
+            for (int64_t i = 0; i < c->dim; i++)
+                x->hd[g * c->dim + i] = x->h[g * (c->dim + SUMMARY_PAD) + i];
+    }
     free(q);
     free(k);
     free(v);
@@ -622,6 +780,11 @@ static void fwd_data_free(fwd_data *x)
     free(x->v);
     free(x->dout);
     free(x->h);
+    free(x->qd);
+    free(x->kd);
+    free(x->vd);
+    free(x->doutd);
+    free(x->hd);
 }
 
 /* What one side's forward produced, downloaded. */
@@ -650,10 +813,10 @@ static void fwd_run(int s, const dashattn_plan *plan, const fwd_case *c, const f
     memset(r, 0, sizeof *r);
     r->call = called(DASHATTN_ERR_INTERNAL);
     snprintf(r->call.why, sizeof r->call.why, "not run: device memory failed");
-    void *mem[10] = {dev_copy(s, x->q, x->nq * es),
-                     dev_copy(s, x->k, x->nkv * es),
-                     dev_copy(s, x->v, x->nkv * es),
-                     dev_filled(s, POISON_FLOAT, x->nq * es),
+    void *mem[10] = {dev_copy(s, x->q, x->mq * es),
+                     dev_copy(s, x->k, x->mkv * es),
+                     dev_copy(s, x->v, x->mkv * es),
+                     dev_filled(s, POISON_FLOAT, x->mq * es),
                      dev_filled(s, POISON_FLOAT, x->rows * sizeof(float)),
                      dev_filled(s, POISON_INT, slots * sizeof(int32_t)),
                      dev_filled(s, POISON_FLOAT, slots * sizeof(float)),
@@ -675,8 +838,10 @@ static void fwd_run(int s, const dashattn_plan *plan, const fwd_case *c, const f
                                           mem[4], &sel, &r->stats, mem[9], ws_size, NULL));
     }
     if (r->call.status == DASHATTN_OK) {
-        r->out = dev_fetch(s, mem[3], x->nq * es);
-        r->out32 = to_f32(r->out, x->nq, x->dt);
+        r->out = dev_fetch(s, mem[3], x->mq * es);
+        float *img = to_f32(r->out, x->mq, x->dt);
+        r->out32 = from_layout(s, c, img, 0, "out");
+        free(img);
         r->lse = dev_fetch(s, mem[4], x->rows * sizeof(float));
         r->index = dev_fetch(s, mem[5], slots * sizeof(int32_t));
         r->weight = dev_fetch(s, mem[6], slots * sizeof(float));
@@ -769,7 +934,102 @@ static double flat_factor(const fwd_case *c)
     return c->sigma > 0.0 ? 1.0 + 2.0 / c->sigma : 1.0;
 }
 
-static void fwd_compare(const fwd_case *c, const fwd_data *x, const fwd_result r[2])
+/* Rows (forward) and cases (backward) compared with the float64
+ * reference, and those left out for a block on the support's boundary. */
+static long ref_rows_compared, ref_rows_skipped, ref_grads_compared, ref_grads_skipped;
+
+static double ref_tol(dashattn_dtype dt)
+{
+    return dt == DASHATTN_F16 ? REF_TOL_F16 : dt == DASHATTN_BF16 ? REF_TOL_BF16 : REF_TOL_F32;
+}
+
+/* Blocks of row `row` that a side's dense weights w (ref->w's layout) keep
+ * where the reference drops them or the other way round, at a stage-1 weight
+ * so small that either answer is right; f32 scores give such weights a
+ * relative error near 1e-6, 16-bit ones up to a few units of the dtype. */
+static int64_t boundary_blocks(dashattn_dtype dt, const double *w, const ref_result *ref,
+                               size_t row, int64_t m)
+{
+    const double edge = half(dt) ? WEIGHT_TOL_HALF : REF_WEIGHT_TOL_F32;
+    int64_t n = 0;
+    for (int64_t j = 0; j < m; j++) {
+        const size_t i = row * (size_t)m + (size_t)j;
+        n += (w[i] > 0.0) != (ref->w[i] > 0.0) && ref->wsel[i] <= edge;
+    }
+    return n;
+}
+
+/* One side's forward against ref_forward on the same (rounded) inputs: out
+ * and lse at SPEC.md's 1e-5 for f32 and the per-dtype tolerance for 16 bits,
+ * the weights too for f32. Rows with a block on the support's boundary (see
+ * boundary_blocks) are left out: the flat prior with a large sigma gives such
+ * a block a weight near 1 on one side and 0 on the other. */
+static void fwd_compare_ref(int s, const fwd_case *c, const fwd_data *x, const fwd_result *r,
+                            const double *w, const ref_config *cfg, const ref_result *ref)
+{
+    const int64_t m = x->m_blocks, d = c->dim;
+    const double tol = ref_tol(x->dt);
+    const double wtol = cfg->flat && cfg->sigma < 1e3 ? REF_WEIGHT_TOL_FLAT : REF_WEIGHT_TOL_F32;
+    double on = 0.0, od = 0.0, ln = 0.0, ld = 0.0, worst_r = 0.0, worst_w = 0.0;
+    size_t worst_w_at = 0;
+    long used = 0, left = 0;
+    for (size_t row = 0; row < x->rows; row++) {
+        if (boundary_blocks(x->dt, w, ref, row, m) > 0) {
+            left++;
+            continue;
+        }
+        used++;
+        double rn = 0.0, rd = 0.0;
+        for (int64_t i = 0; i < d; i++) {
+            const size_t at = row * (size_t)d + (size_t)i;
+            const double got = r->out32[at], want = ref->out[at];
+            const double e = isfinite(got) ? (got - want) * (got - want) : INFINITY;
+            rn += e;
+            rd += want * want;
+        }
+        on += rn;
+        od += rd;
+        worst_r = fmax(worst_r, sqrt(rn) / fmax(sqrt(rd), 1.0));
+        const double gl = r->lse[row], wl = ref->lse[row];
+        ln += isfinite(gl) ? (gl - wl) * (gl - wl) : INFINITY;
+        ld += wl * wl;
+        if (!half(x->dt))
+            for (int64_t j = 0; j < m; j++) {
+                const size_t at = row * (size_t)m + (size_t)j;
+                /* test_forward's scaling: pi^(1 / sigma) scales relative errors. */
+                const double scale = cfg->flat ? fmax(1.0, ref->w[at]) * flat_factor(c) : 1.0;
+                const double e = fabs(w[at] - ref->w[at]) / scale;
+                if (e > worst_w) {
+                    worst_w = e;
+                    worst_w_at = at;
+                }
+            }
+    }
+    ref_rows_compared += used;
+    ref_rows_skipped += left;
+    /* The case must still test something against the reference. */
+    CHECK(used * 2 >= (long)x->rows, "%s: %ld of %zu rows have a block on the support boundary",
+          side_name[s], left, x->rows);
+    const double eo = sqrt(on) / fmax(sqrt(od), 1e-300), el = sqrt(ln) / fmax(sqrt(ld), 1e-300);
+    CHECK(eo <= tol, "%s: out differs from float64 by %.3g (relative norm, tolerance %.0e)",
+          side_name[s], eo, tol);
+    CHECK(worst_r <= ROW_TOL_FACTOR * tol,
+          "%s: an out row differs from float64 by %.3g (relative to max(||row||, 1))", side_name[s],
+          worst_r);
+    CHECK(el <= tol, "%s: lse differs from float64 by %.3g (relative norm, tolerance %.0e)",
+          side_name[s], el, tol);
+    CHECK(worst_w <= wtol,
+          "%s: block weight differs from float64 by %.3g (row %zu block %zu: %.6g, want %.6g)",
+          side_name[s], worst_w, worst_w_at / (size_t)m, worst_w_at % (size_t)m, w[worst_w_at],
+          ref->w[worst_w_at]);
+    if (s == DUT)
+        case_note(" | f64: out %.1e lse %.1e", eo, el);
+    if (left)
+        case_note(" (%ld boundary rows left out)", left);
+}
+
+static void fwd_compare(const fwd_case *c, const fwd_data *x, const fwd_result r[2],
+                        const ref_config *cfg, const ref_result *ref)
 {
     const int h = half(x->dt);
     const double eo = rel_norm(r[DUT].out32, r[REF].out32, x->nq);
@@ -818,6 +1078,9 @@ static void fwd_compare(const fwd_case *c, const fwd_data *x, const fwd_result r
     case_note("out %.1e lse %.1e w %.1e attended %lld/%lld sparsity %.2f", eo, el, ew,
               (long long)r[DUT].stats.attended_pairs, (long long)r[REF].stats.attended_pairs,
               r[REF].stats.sparsity);
+    for (int s = 0; s < 2; s++)
+        if (w[s])
+            fwd_compare_ref(s, c, x, &r[s], w[s], cfg, ref);
     free(w[REF]);
     free(w[DUT]);
 }
@@ -835,9 +1098,15 @@ static void fwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, in
         for (int s = 0; s < 2; s++)
             fwd_run(s, plan[s], c, &x, explicit_ws, &r[s]);
         const call_result calls[2] = {r[REF].call, r[DUT].call};
-        /* An f32 forward is what every backend must do: both_ran skips only 16-bit. */
-        if (both_ran(calls, dt, "forward"))
-            fwd_compare(c, &x, r);
+        if (both_ran(calls, "forward")) {
+            ref_config cfg;
+            ref_config_from_problem(&cfg, &pr);
+            cfg.h = x.hd;
+            ref_result ref;
+            ref_forward(&cfg, x.qd, x.kd, x.vd, &ref);
+            fwd_compare(c, &x, r, &cfg, &ref);
+            ref_forward_free(&ref);
+        }
         fwd_result_free(&r[REF]);
         fwd_result_free(&r[DUT]);
         fwd_data_free(&x);
@@ -869,16 +1138,16 @@ static call_result bwd_run(int s, const dashattn_plan *plan, const fwd_case *c, 
                            const fwd_result *fwd, int explicit_ws, float *grads[4])
 {
     const size_t es = dashattn_dtype_size(x->dt);
-    const size_t n[3] = {x->nq, x->nkv, x->nkv};
+    const size_t n[3] = {x->mq, x->mkv, x->mkv};
     call_result res = called(DASHATTN_ERR_INTERNAL);
     snprintf(res.why, sizeof res.why, "not run: device memory failed");
     const size_t nh = x->nh * sizeof(float);
-    void *mem[12] = {dev_copy(s, x->q, x->nq * es),
-                     dev_copy(s, x->k, x->nkv * es),
-                     dev_copy(s, x->v, x->nkv * es),
-                     dev_copy(s, fwd->out, x->nq * es),
+    void *mem[12] = {dev_copy(s, x->q, x->mq * es),
+                     dev_copy(s, x->k, x->mkv * es),
+                     dev_copy(s, x->v, x->mkv * es),
+                     dev_copy(s, fwd->out, x->mq * es),
                      dev_copy(s, fwd->lse, x->rows * sizeof(float)),
-                     dev_copy(s, x->dout, x->nq * es),
+                     dev_copy(s, x->dout, x->mq * es),
                      dev_filled(s, POISON_FLOAT, n[0] * es),
                      dev_filled(s, POISON_FLOAT, n[1] * es),
                      dev_filled(s, POISON_FLOAT, n[2] * es),
@@ -906,8 +1175,11 @@ static call_result bwd_run(int s, const dashattn_plan *plan, const fwd_case *c, 
     for (int g = 0; g < 4; g++) {
         grads[g] = NULL;
         if (res.status == DASHATTN_OK && g < 3) {
+            static const char *names[3] = {"dq", "dk", "dv"};
             void *raw = dev_fetch(s, mem[6 + g], n[g] * es);
-            grads[g] = to_f32(raw, n[g], x->dt);
+            float *img = to_f32(raw, n[g], x->dt);
+            grads[g] = from_layout(s, c, img, g > 0, names[g]);
+            free(img);
             free(raw);
         } else if (res.status == DASHATTN_OK && x->h) {
             float *raw = dev_fetch(s, mem[10], nh);
@@ -932,9 +1204,69 @@ static void check_dh_exercised(const fwd_case *c, const float *dh, size_t n)
         CHECK(norm > 0.0, "cpu dh is 0: the summary gradient is untested");
 }
 
+static double ref_grad_tol(const fwd_case *c, dashattn_dtype dt)
+{
+    if (dt == DASHATTN_F16)
+        return REF_GRAD_TOL_F16;
+    if (dt == DASHATTN_BF16)
+        return REF_GRAD_TOL_BF16;
+    return c->sigma > 0.0 && c->sigma < 1e3 ? REF_GRAD_TOL_FLAT : REF_TOL_F32;
+}
+
+/* Both sides' gradients against ref_backward on the same rounded inputs,
+ * unless the CPU forward keeps or drops a block on the support's boundary
+ * (boundary_blocks): every row's selection feeds dk and dv, so such a case
+ * is left out as a whole. dh is f32 in every dtype but sums the rounded
+ * inputs' terms: held to the dtype's tolerance too. */
+static void bwd_compare_ref(const fwd_case *c, const dashattn_problem *pr, const fwd_data *x,
+                            const fwd_result *fwd, float *const g[2][4])
+{
+    ref_config cfg;
+    ref_config_from_problem(&cfg, pr);
+    cfg.h = x->hd;
+    ref_result ref;
+    ref_forward(&cfg, x->qd, x->kd, x->vd, &ref);
+    int64_t attended, partial, boundary = 0;
+    double *w = dense_weights(REF, c, x, fwd, &attended, &partial);
+    for (size_t row = 0; w && row < x->rows; row++)
+        boundary += boundary_blocks(x->dt, w, &ref, row, x->m_blocks);
+    const int have_w = w != NULL;
+    free(w);
+    ref_forward_free(&ref);
+    if (!have_w)
+        return;
+    if (boundary) {
+        ref_grads_skipped++;
+        case_note("| f64: left out, %lld boundary blocks", (long long)boundary);
+        return;
+    }
+    ref_grads_compared++;
+    const size_t n[4] = {x->nq, x->nkv, x->nkv, (size_t)(c->heads_kv * c->dim)};
+    double *want[4];
+    for (int i = 0; i < 4; i++)
+        want[i] = tu_xcalloc(n[i], sizeof(double));
+    ref_backward(&cfg, x->qd, x->kd, x->vd, x->doutd, want[0], want[1], want[2],
+                 x->h ? want[3] : NULL);
+    static const char *names[4] = {"dq", "dk", "dv", "dh"};
+    const double tol = ref_grad_tol(c, x->dt);
+    case_note("| f64:");
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < (x->h ? 4 : 3); i++) {
+            const double e = tu_rel_err_f(g[s][i], want[i], n[i]);
+            const double t = i < 3         ? tol
+                             : half(x->dt) ? REF_DH_TOL_HALF
+                                           : fmax(tol, REF_DH_TOL_F32);
+            CHECK(e <= t, "%s: %s differs from float64 by %.3g (relative norm, tolerance %.0e)",
+                  side_name[s], names[i], e, t);
+            if (s == DUT)
+                case_note(" %s %.1e", names[i], e);
+        }
+    for (int i = 0; i < 4; i++)
+        free(want[i]);
+}
+
 static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, int explicit_ws)
 {
-    static int told;
     case_begin("backward %s [%s]", c->name, dashattn_dtype_name(dt));
     dashattn_problem pr;
     fwd_problem(c, dt, &pr);
@@ -949,12 +1281,8 @@ static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, in
             call_result calls[2];
             for (int s = 0; s < 2; s++)
                 calls[s] = bwd_run(s, plan[s], c, &x, &fwd, explicit_ws, g[s]);
-            if (calls[DUT].status == DASHATTN_ERR_UNSUPPORTED && calls[REF].status == DASHATTN_OK) {
-                /* Backward is optional in the plugin ABI (and per dtype). */
-                if (!told++)
-                    printf("backward unsupported on %s: skipped\n", side_name[DUT]);
-                case_skip("backward unsupported, skipped");
-            } else if (both_ran(calls, dt, "backward")) {
+            /* Backward is optional in the plugin ABI, as a whole operation. */
+            if (both_ran(calls, "backward")) {
                 static const char *names[4] = {"dq", "dk", "dv", "dh"};
                 const size_t n[4] = {x.nq, x.nkv, x.nkv, (size_t)(c->heads_kv * c->dim)};
                 for (int i = 0; i < (x.h ? 4 : 3); i++) {
@@ -966,6 +1294,7 @@ static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, in
                 }
                 if (x.h)
                     check_dh_exercised(c, g[REF][3], n[3]);
+                bwd_compare_ref(c, &pr, &x, &fwd, g);
             }
             for (int s = 0; s < 2; s++)
                 for (int i = 0; i < 4; i++)
@@ -1512,7 +1841,7 @@ static int dec_append(dec_state *ds, int64_t t)
         r[s] = dec_append_side(ds, s, t);
     char what[64];
     snprintf(what, sizeof what, "append of %lld tokens", (long long)t);
-    if (!both_ran(r, ds->d->dtype, what))
+    if (!both_ran(r, what))
         return 0;
     for (int64_t b = 0; b < ds->d->batch; b++)
         ds->lens[b] += (int32_t)t;
@@ -1585,7 +1914,7 @@ static int dec_step(dec_state *ds)
     call_result r[2];
     for (int s = 0; s < 2; s++)
         r[s] = dec_decode_side(ds, s, NULL, &out[s], &lse[s]);
-    const int ran = both_ran(r, d->dtype, "decode");
+    const int ran = both_ran(r, "decode");
     if (ran) {
         float *o32[2] = {to_f32(out[REF], nq, d->dtype), to_f32(out[DUT], nq, d->dtype)};
         const double eo = rel_norm(o32[DUT], o32[REF], nq), el = max_abs(lse[DUT], lse[REF], nl);
@@ -1826,12 +2155,12 @@ static int open_contexts(const char *backend)
     if (!CHECK(st == DASHATTN_OK, "context_create(%s): %s (%s)", backend,
                dashattn_status_string(st), dashattn_last_error()))
         return 1;
-    /* DASHATTN_BACKEND would override both choices. */
+    /* An explicit name wins over DASHATTN_BACKEND; this catches a context
+     * that ended up on another backend all the same. */
     const char *asked[2] = {"cpu", backend};
     for (int s = 0; s < 2; s++)
         if (!CHECK(strcmp(dashattn_context_backend(ctxs[s]), asked[s]) == 0,
-                   "asked for backend %s, got %s (is DASHATTN_BACKEND set?)", asked[s],
-                   dashattn_context_backend(ctxs[s])))
+                   "asked for backend %s, got %s", asked[s], dashattn_context_backend(ctxs[s])))
             return 1;
     printf("backend under test: %s on %s; reference: cpu (%d threads)\n", backend,
            dashattn_context_device(ctxs[DUT]), dashattn_context_num_threads(ctxs[REF]));
@@ -1866,6 +2195,9 @@ int main(int argc, char **argv)
                 bwd_case_run(&bwd_cases[i], all_dtypes[t], seed += 101, n++ % 2);
     printf("%s against cpu: %ld cases passed, %ld failed, %ld skipped\n", side_name[DUT],
            cases_passed, cases_failed, cases_skipped);
+    printf("against float64 (both sides): %ld forward rows compared, %ld left out on the support "
+           "boundary; %ld backward cases compared, %ld left out\n",
+           ref_rows_compared, ref_rows_skipped, ref_grads_compared, ref_grads_skipped);
     dashattn_context_destroy(ctxs[DUT]);
     dashattn_context_destroy(ctxs[REF]);
     return tu_finish("test_backend_parity");
