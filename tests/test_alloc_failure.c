@@ -28,15 +28,7 @@
 
 #include "testutil.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-
-#if !defined(UNDER_ASAN) && defined(__GLIBC__)
+#if !defined(TU_UNDER_ASAN) && defined(__GLIBC__)
 
 /* ---- the counting allocator ---- */
 

@@ -10,13 +10,6 @@
  * returns a status where libgomp would end the process.
  */
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
 #define _POSIX_C_SOURCE 200809L
 
 #include <pthread.h>
@@ -284,7 +277,7 @@ static int thread_start_child(void)
 
 static void check_thread_start_failure(void)
 {
-#ifdef UNDER_ASAN
+#ifdef TU_UNDER_ASAN
     printf("test_limits: thread start under RLIMIT_AS not tested (AddressSanitizer)\n");
 #else
     fflush(NULL);

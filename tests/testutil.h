@@ -8,6 +8,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Defined when built with AddressSanitizer (GCC or Clang): tests that
+ * interpose the allocator or probe address-space limits skip then. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TU_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TU_UNDER_ASAN 1
+#endif
+#endif
+
 /** Exit status a test uses to say "skipped" (automake and CTest agree). */
 #define TU_SKIP 77
 
