@@ -201,14 +201,7 @@ __kernel void da_bwd_entmax(__global float *ws, long w_off, long gp_off, long dq
         for (int x = 0; x < ng; x++)
             da_prior_grad(w, gp, ws + wpre_off, rows_total, r0 + x, cb, n, flat, sigma);
         if (mean)
-            for (long c = 0; c < n; c++) {
-                real sum = 0;
-                for (int x = 0; x < ng; x++)
-                    sum += gp[(cb + c) * rows_total + r0 + x];
-                const float g = (float)(sum / (real)ng);
-                for (int x = 0; x < ng; x++)
-                    gp[(cb + c) * rows_total + r0 + x] = g;
-            }
+            da_average_group(gp, rows_total, r0, ng, cb, n);
         if (shared)
             da_entmax_grad(ws + ph_off, gp, rows_total, r0, ng, cb, n, alpha,
                            scale1 / (real)ng);

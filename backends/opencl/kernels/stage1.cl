@@ -329,6 +329,21 @@ inline int da_group_shared(int group_mode, int method)
     return group_mode == 1 || (group_mode == 2 && method == 4);
 }
 
+/* Candidates [cb, cb + n) of the ng rows [r0, r0 + ng) of a (block-major)
+ * table each get the rows' mean: the group-mean weight in stage 1, and the
+ * gradient of that weight in the backward. */
+inline void da_average_group(__global float *a, long rows_total, long r0, int ng, long cb, long n)
+{
+    for (long c = 0; c < n; c++) {
+        real sum = 0;
+        for (int g = 0; g < ng; g++)
+            sum += a[(cb + c) * rows_total + r0 + g];
+        const float mean = (float)(sum / (real)ng);
+        for (int g = 0; g < ng; g++)
+            a[(cb + c) * rows_total + r0 + g] = mean;
+    }
+}
+
 inline int da_group_mean(int group_mode, int method)
 {
     return group_mode == 2 && method != 4;
@@ -407,14 +422,7 @@ __kernel void da_select(__global float *ws, long w_off, long rows_total, long at
             for (long c = 0; c < n; c++)
                 ws[ph_off + (cb + c) * rows_total + r0 + g] = w[(cb + c) * rows_total + r0 + g];
         if (mean)
-            for (long c = 0; c < n; c++) {
-                real sum = 0;
-                for (int g = 0; g < ng; g++)
-                    sum += w[(cb + c) * rows_total + r0 + g];
-                const float pbar = (float)(sum / (real)ng);
-                for (int g = 0; g < ng; g++)
-                    w[(cb + c) * rows_total + r0 + g] = pbar;
-            }
+            da_average_group(w, rows_total, r0, ng, cb, n);
         for (int g = 0; g < ng && wpre_off >= 0; g++)
             for (long c = 0; c < n; c++)
                 ws[wpre_off + (cb + c) * rows_total + r0 + g] = w[(cb + c) * rows_total + r0 + g];
