@@ -6,12 +6,15 @@
  * function, dashattn_backend_entry(), returning a static table of function
  * pointers. The core loads it with dlopen(RTLD_NOW | RTLD_LOCAL), reads
  * abi_version first and refuses the plugin if it differs from
- * DASHATTN_BACKEND_ABI_VERSION. Backends never plan: the core hands them a
- * fully resolved dashattn_plan_desc and they execute it.
+ * DASHATTN_BACKEND_ABI_VERSION. The core plans: it hands backends a fully
+ * resolved dashattn_plan_desc. A backend may add its own choices for a plan
+ * (kernel variants, split counts, limits) once, through the optional
+ * plan_prepare entry, and refuse there the problems it cannot run.
  *
  * Stability: this header is installed and versioned. Within one ABI version
  * structures only grow at their end (struct_size tells the core how much a
- * plugin knows); any other change bumps DASHATTN_BACKEND_ABI_VERSION.
+ * plugin knows: entries past an older plugin's struct_size are treated as
+ * absent); any other change bumps DASHATTN_BACKEND_ABI_VERSION.
  */
 #ifndef DASHATTN_BACKEND_H
 #define DASHATTN_BACKEND_H
@@ -70,6 +73,12 @@ typedef struct dashattn_plan_desc {
     int32_t threshold_iterations;
     /** Bracket width the search reaches, in (alpha - 1) z units. */
     double threshold_tolerance;
+    /**
+     * What the backend's plan_prepare returned for this plan (NULL if it has
+     * no plan_prepare, or returned NULL). Set before the first
+     * workspace_size call on the plan; the same for every call after.
+     */
+    const void *backend_plan;
 } dashattn_plan_desc;
 
 /**
@@ -231,6 +240,26 @@ typedef struct dashattn_backend_iface {
     dashattn_status (*download)(void *state, void *dst, const void *src, size_t bytes);
     /** Optional: wait for the work queued on stream (NULL: default). */
     dashattn_status (*synchronize)(void *state, void *stream);
+
+    /**
+     * Optional. Called by dashattn_plan_create once the core has resolved
+     * the plan (plan->backend_plan is still NULL), before any workspace_size
+     * call on it; may run on several threads at once for one state. The
+     * backend chooses what it would otherwise choose on every call (kernel
+     * variants, split counts, shared-memory limits) and stores it in
+     * *plan_state (NULL is allowed), which the core then keeps in
+     * plan->backend_plan. A status other than DASHATTN_OK refuses the plan:
+     * dashattn_plan_create returns that status with the message the backend
+     * set through the host's set_error (DASHATTN_ERR_UNSUPPORTED for a
+     * problem this backend cannot run).
+     */
+    dashattn_status (*plan_prepare)(void *state, const dashattn_plan_desc *plan,
+                                    void **plan_state);
+    /**
+     * Optional: frees a non-NULL *plan_state of plan_prepare, when the plan
+     * is destroyed (or its creation fails after plan_prepare succeeded).
+     */
+    void (*plan_release)(void *state, void *plan_state);
 } dashattn_backend_iface;
 
 typedef const dashattn_backend_iface *(*dashattn_backend_entry_fn)(void);
