@@ -29,7 +29,7 @@ static dashattn_status workspace_acquire(const char *fn, dashattn_context *ctx,
     ws->size = needed;
     if (ws->size == 0)
         return DASHATTN_OK;
-    dashattn_status st = ctx->iface->alloc(ctx->state, ws->size, &ws->ptr);
+    dashattn_status st = ctx->iface.alloc(ctx->state, ws->size, &ws->ptr);
     if (st != DASHATTN_OK || !ws->ptr)
         return da_fail(st == DASHATTN_OK ? DASHATTN_ERR_OUT_OF_MEMORY : st,
                        "%s: cannot allocate %zu bytes of workspace", fn, ws->size);
@@ -40,7 +40,7 @@ static dashattn_status workspace_acquire(const char *fn, dashattn_context *ctx,
 static void workspace_release(dashattn_context *ctx, workspace *ws)
 {
     if (ws->owned)
-        ctx->iface->free(ctx->state, ws->ptr);
+        ctx->iface.free(ctx->state, ws->ptr);
 }
 
 /* A backend that fails must say why; make sure the message is never empty. */
@@ -114,7 +114,7 @@ DASHATTN_API dashattn_status dashattn_forward(
                             &ws));
     const dashattn_forward_args args = {q,     k,      v,       out,    lse,          selection,
                                         stats, ws.ptr, ws.size, stream, block_summary};
-    dashattn_status st = context->iface->forward(context->state, &plan->desc, &args);
+    dashattn_status st = context->iface.forward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
 }
@@ -144,14 +144,14 @@ DASHATTN_API dashattn_status dashattn_backward(
     CHECK(da_check_tensor(fn, "dq", dq, p->dtype, q_shape(p), DA_OUTPUT));
     CHECK(da_check_tensor(fn, "dk", dk, p->dtype, kv_shape(p), DA_OUTPUT));
     CHECK(da_check_tensor(fn, "dv", dv, p->dtype, kv_shape(p), DA_OUTPUT));
-    if (!context->iface->backward)
+    if (!context->iface.backward)
         return unsupported(fn, context);
     workspace ws;
     CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_BACKWARD, workspace_ptr, workspace_size,
                             &ws));
     const dashattn_backward_args args = {q,  k,  v,      out,     lse,    dout,          dq,
                                          dk, dv, ws.ptr, ws.size, stream, block_summary, dh};
-    dashattn_status st = context->iface->backward(context->state, &plan->desc, &args);
+    dashattn_status st = context->iface.backward(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
 }
@@ -176,11 +176,11 @@ DASHATTN_API dashattn_status dashattn_cache_append(
     CHECK(da_check_tensor(fn, "k_new", k_new, p->dtype, shape, DA_INPUT));
     CHECK(da_check_tensor(fn, "v_new", v_new, p->dtype, shape, DA_INPUT));
     CHECK(check_summary(fn, "block_summary", p, block_summary, DA_INPUT));
-    if (!context->iface->cache_append)
+    if (!context->iface.cache_append)
         return unsupported(fn, context);
     const dashattn_append_args args = {cache, k_new, v_new, stream, block_summary};
     return backend_result(fn, context,
-                          context->iface->cache_append(context->state, &plan->desc, &args));
+                          context->iface.cache_append(context->state, &plan->desc, &args));
 }
 
 DASHATTN_API dashattn_status dashattn_decode(dashattn_context *context, const dashattn_plan *plan,
@@ -197,13 +197,13 @@ DASHATTN_API dashattn_status dashattn_decode(dashattn_context *context, const da
     const dashattn_problem *p = &plan->desc.problem;
     CHECK(da_check_tensor(fn, "q", q, p->dtype, q_shape(p), DA_INPUT));
     CHECK(da_check_tensor(fn, "out", out, p->dtype, q_shape(p), DA_OUTPUT));
-    if (!context->iface->decode)
+    if (!context->iface.decode)
         return unsupported(fn, context);
     workspace ws;
     CHECK(workspace_acquire(fn, context, plan, DASHATTN_OP_DECODE, workspace_ptr, workspace_size,
                             &ws));
     const dashattn_decode_args args = {q, cache, out, lse, ws.ptr, ws.size, stream};
-    dashattn_status st = context->iface->decode(context->state, &plan->desc, &args);
+    dashattn_status st = context->iface.decode(context->state, &plan->desc, &args);
     workspace_release(context, &ws);
     return backend_result(fn, context, st);
 }

@@ -66,7 +66,7 @@ static void try_dir(const char *dir, void *arg)
 static int probe(const da_plugin *p, char *why, size_t why_size)
 {
     why[0] = '\0';
-    int score = p->iface->probe(&da_host, why, why_size);
+    int score = p->iface.probe(&da_host, why, why_size);
     if (score <= 0 && !why[0])
         snprintf(why, why_size, "the plugin found no usable device");
     return score > 0 ? score : 0;
@@ -124,7 +124,7 @@ static dashattn_status init_backend(const dashattn_backend_iface *iface, void *h
         free(ctx);
         return st;
     }
-    ctx->iface = iface;
+    ctx->iface = *iface;
     ctx->dl_handle = handle;
     snprintf(ctx->name, sizeof ctx->name, "%s", name);
     *context = ctx;
@@ -148,7 +148,7 @@ static dashattn_status create_auto(const dashattn_context_options *options,
         if (best < 0)
             break;
         da_plugin *p = &s.plugins[best];
-        st = init_backend(p->iface, p->handle, s.names[best], options, context);
+        st = init_backend(&p->iface, p->handle, s.names[best], options, context);
         if (st == DASHATTN_OK)
             p->handle = NULL; /* the context owns it now */
         else
@@ -177,7 +177,7 @@ static dashattn_status create_named(const char *name, const dashattn_context_opt
         return da_fail(DASHATTN_ERR_BACKEND_UNAVAILABLE, "backend %s (%s) is not usable: %s", name,
                        s.plugin.path, why);
     }
-    dashattn_status st = init_backend(s.plugin.iface, s.plugin.handle, name, options, context);
+    dashattn_status st = init_backend(&s.plugin.iface, s.plugin.handle, name, options, context);
     if (st != DASHATTN_OK)
         da_plugin_close(&s.plugin);
     return st;
@@ -229,7 +229,7 @@ DASHATTN_API void dashattn_context_destroy(dashattn_context *context)
 {
     if (!context)
         return;
-    context->iface->release(context->state);
+    context->iface.release(context->state);
     if (context->dl_handle) {
         da_plugin plugin = {.handle = context->dl_handle};
         da_plugin_close(&plugin);
@@ -246,14 +246,14 @@ DASHATTN_API const char *dashattn_context_device(const dashattn_context *context
 {
     if (!context)
         return NULL;
-    return context->iface->device_name ? context->iface->device_name(context->state) : "";
+    return context->iface.device_name ? context->iface.device_name(context->state) : "";
 }
 
 DASHATTN_API int dashattn_context_num_threads(const dashattn_context *context)
 {
     if (!context)
         return 0;
-    return context->iface->num_threads ? context->iface->num_threads(context->state) : 1;
+    return context->iface.num_threads ? context->iface.num_threads(context->state) : 1;
 }
 
 /* ---- dashattn_backends_report ---- */
@@ -291,7 +291,7 @@ static void report_plugin(const char *dir, const char *name, void *arg)
     } else {
         text_add(t, "  %-8s usable (priority %d%s): %s\n", name, score,
                  score > DA_SCORE_CPU ? "" : "; only when named, auto prefers cpu", p.path);
-        report_devices(t, p.iface);
+        report_devices(t, &p.iface);
     }
     da_plugin_close(&p);
 }

@@ -14,7 +14,10 @@
 #endif
 
 struct dashattn_context {
-    const dashattn_backend_iface *iface;
+    /* The context's own copy of the backend's table (da_plugin.iface says
+     * why a copy): it must live as long as the context, and the da_plugin
+     * it came from does not. */
+    dashattn_backend_iface iface;
     void *state;
     void *dl_handle; /* NULL for the built-in CPU backend */
     char name[40];

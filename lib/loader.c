@@ -9,6 +9,7 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <stddef.h>
 
 #ifdef RTLD_NODELETE
 #define DA_RTLD_NODELETE RTLD_NODELETE
@@ -21,6 +22,16 @@
 
 #define PLUGIN_PREFIX "dashattn-"
 #define PLUGIN_SUFFIX ".so"
+
+/* Every ABI 2 table has the entries up to forward, whatever its age: the
+ * required ones are all there, and only optional ones came later. */
+#define DA_IFACE_REQUIRED_SIZE                                                                     \
+    (offsetof(dashattn_backend_iface, forward) + sizeof(((dashattn_backend_iface *)0)->forward))
+
+/* The copy in da_plugin_open rounds struct_size down to whole entries. */
+_Static_assert(offsetof(dashattn_backend_iface, name) % sizeof(void *) == 0 &&
+                   sizeof(dashattn_backend_iface) % sizeof(void *) == 0,
+               "every entry after abi_version and struct_size is one pointer");
 
 int da_plugin_name_ok(const char *name)
 {
@@ -94,22 +105,39 @@ dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plu
         dlclose(handle);
         return DASHATTN_ERR_BACKEND_UNAVAILABLE;
     }
-    if (iface->abi_version != DASHATTN_BACKEND_ABI_VERSION) {
+    /* Only the two leading fields are read in the plugin's own table: every
+     * later entry may lie past the end of an older plugin's shorter one. */
+    const unsigned abi_version = iface->abi_version;
+    const size_t struct_size = iface->struct_size;
+    if (abi_version != DASHATTN_BACKEND_ABI_VERSION) {
         snprintf(why, why_size, "%s: plugin ABI version %u, this library needs ABI version %u",
-                 plugin->path, (unsigned)iface->abi_version, DASHATTN_BACKEND_ABI_VERSION);
+                 plugin->path, abi_version, DASHATTN_BACKEND_ABI_VERSION);
         dlclose(handle);
         return DASHATTN_ERR_ABI_MISMATCH;
     }
-    if (iface->struct_size < sizeof(dashattn_backend_iface) || !iface->probe || !iface->init ||
-        !iface->release || !iface->workspace_size || !iface->alloc || !iface->free ||
-        !iface->forward) {
-        snprintf(why, why_size, "%s: incomplete backend table (a required entry is missing)",
+    if (struct_size < DA_IFACE_REQUIRED_SIZE) {
+        snprintf(why, why_size,
+                 "%s: incomplete backend table: struct_size is %zu bytes, its required entries "
+                 "(up to forward) need %zu",
+                 plugin->path, struct_size, (size_t)DA_IFACE_REQUIRED_SIZE);
+        dlclose(handle);
+        return DASHATTN_ERR_BACKEND_UNAVAILABLE;
+    }
+    /* A newer plugin's entries past ours are unknown here and left out; an
+     * entry that struct_size cuts through is absent, not half a pointer. */
+    size_t known = struct_size < sizeof plugin->iface ? struct_size : sizeof plugin->iface;
+    known -= known % sizeof(void *);
+    memcpy(&plugin->iface, iface, known);
+    const dashattn_backend_iface *t = &plugin->iface;
+    if (!t->probe || !t->init || !t->release || !t->workspace_size || !t->alloc || !t->free ||
+        !t->forward) {
+        snprintf(why, why_size, "%s: incomplete backend table (a required entry is NULL)",
                  plugin->path);
+        memset(&plugin->iface, 0, sizeof plugin->iface);
         dlclose(handle);
         return DASHATTN_ERR_BACKEND_UNAVAILABLE;
     }
     plugin->handle = handle;
-    plugin->iface = iface;
     return DASHATTN_OK;
 }
 
@@ -118,7 +146,7 @@ void da_plugin_close(da_plugin *plugin)
     if (plugin->handle)
         dlclose(plugin->handle);
     plugin->handle = NULL;
-    plugin->iface = NULL;
+    memset(&plugin->iface, 0, sizeof plugin->iface);
 }
 
 struct scan_state {

@@ -7,10 +7,13 @@
 
 #include <stddef.h>
 
-/* A plugin that loaded and passed the ABI check. */
+/* A plugin that loaded and passed the ABI check. iface is a copy of the
+ * plugin's table, not a pointer to it: a plugin built before an entry was
+ * added returns a shorter table, so the entries past its struct_size are
+ * zero (absent) here and the core never reads past the plugin's object. */
 typedef struct da_plugin {
     void *handle;
-    const dashattn_backend_iface *iface;
+    dashattn_backend_iface iface;
     char path[1024];
 } da_plugin;
 
@@ -20,8 +23,9 @@ typedef struct da_plugin {
 void da_plugin_dirs(void (*visit)(const char *dir, void *arg), void *arg);
 
 /* Open dir/dashattn-<name>.so and check its ABI. On failure returns
- * DASHATTN_ERR_BACKEND_UNAVAILABLE (missing, not loadable) or
- * DASHATTN_ERR_ABI_MISMATCH, with the reason written into why. */
+ * DASHATTN_ERR_BACKEND_UNAVAILABLE (missing, not loadable, a table without
+ * every required entry) or DASHATTN_ERR_ABI_MISMATCH, with the reason
+ * written into why. */
 dashattn_status da_plugin_open(const char *dir, const char *name, da_plugin *plugin, char *why,
                                size_t why_size);
 

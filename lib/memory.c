@@ -26,7 +26,7 @@ DASHATTN_API dashattn_status dashattn_memory_alloc(dashattn_context *context, si
     if (st != DASHATTN_OK)
         return st;
     /* Zero bytes still yields a pointer that can be freed. */
-    st = context->iface->alloc(context->state, bytes ? bytes : 1, ptr);
+    st = context->iface.alloc(context->state, bytes ? bytes : 1, ptr);
     if (st != DASHATTN_OK || !*ptr) {
         *ptr = NULL;
         return da_fail(st == DASHATTN_OK ? DASHATTN_ERR_OUT_OF_MEMORY : st,
@@ -38,7 +38,7 @@ DASHATTN_API dashattn_status dashattn_memory_alloc(dashattn_context *context, si
 DASHATTN_API void dashattn_memory_free(dashattn_context *context, void *ptr)
 {
     if (context && ptr)
-        context->iface->free(context->state, ptr);
+        context->iface.free(context->state, ptr);
 }
 
 static dashattn_status copy(const char *fn, dashattn_context *context, void *dst, const void *src,
@@ -53,7 +53,7 @@ static dashattn_status copy(const char *fn, dashattn_context *context, void *dst
     if (!bytes)
         return DASHATTN_OK;
     dashattn_status (*fn_copy)(void *, void *, const void *, size_t) =
-        upload ? context->iface->upload : context->iface->download;
+        upload ? context->iface.upload : context->iface.download;
     if (!fn_copy) {
         memmove(dst, src, bytes);
         return DASHATTN_OK;
@@ -81,9 +81,9 @@ DASHATTN_API dashattn_status dashattn_synchronize(dashattn_context *context, voi
     static const char fn[] = "dashattn_synchronize";
     da_clear_error();
     dashattn_status st = check_context(fn, context);
-    if (st != DASHATTN_OK || !context->iface->synchronize)
+    if (st != DASHATTN_OK || !context->iface.synchronize)
         return st;
-    st = context->iface->synchronize(context->state, stream);
+    st = context->iface.synchronize(context->state, stream);
     if (st != DASHATTN_OK && !dashattn_last_error()[0])
         da_set_error("%s: backend %s failed: %s", fn, context->name, dashattn_status_string(st));
     return st;

@@ -210,7 +210,7 @@ DASHATTN_API dashattn_status dashattn_plan_create(dashattn_context *context,
         const size_t bytes =
             op == DASHATTN_OP_DECODE && !decodes
                 ? 0
-                : context->iface->workspace_size(context->state, d, (dashattn_operation)op);
+                : context->iface.workspace_size(context->state, d, (dashattn_operation)op);
         /* Backends saturate sizes that overflow at SIZE_MAX. */
         if (bytes > DA_MAX_WORKSPACE_BYTES) {
             free(pl);

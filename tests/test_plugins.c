@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Backend plugin loading, through the test plugins of tests/plugins/:
- * abitest (wrong ABI version), nodevice (probe finds nothing) and faildev
- * (loads, but every launch fails). Checks the status and message of each
+ * abitest (wrong ABI version, or a table cut at the required entries),
+ * nodevice (probe finds nothing; the table of a plugin built before the plan
+ * hook) and faildev (loads, but every launch fails). Checks the status and message of each
  * failure mode, backend-name validation, "auto" selection, the backends
  * report and the DASHATTN_BACKEND override. The core reads the environment
  * when a context is created, so each case sets it just before.
@@ -10,6 +11,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #include <dashattn.h>
+#include <dashattn/backend.h>
 
 #include "testutil.h"
 
@@ -53,6 +56,45 @@ static void check_abi_mismatch(void)
     TU_CHECK(st == DASHATTN_ERR_ABI_MISMATCH, "abitest: status %d, want ABI_MISMATCH", (int)st);
     TU_CHECK(contains(dashattn_last_error(), "ABI"), "abitest: message mentions ABI: '%s'",
              dashattn_last_error());
+
+    /* The right ABI version, but a struct_size one entry short of the
+     * required ones: refused, with both sizes in the message. */
+    char seen_size[64], needed_size[64];
+    snprintf(seen_size, sizeof seen_size, "struct_size is %zu bytes",
+             offsetof(dashattn_backend_iface, forward));
+    snprintf(needed_size, sizeof needed_size, "need %zu",
+             offsetof(dashattn_backend_iface, backward));
+    setenv("DASHATTN_TEST_ABITEST_TABLE", "short", 1);
+    st = try_backend("abitest", NULL, 0);
+    TU_CHECK(st == DASHATTN_ERR_BACKEND_UNAVAILABLE,
+             "abitest short table: status %d, want UNAVAILABLE", (int)st);
+    TU_CHECK(contains(dashattn_last_error(), "incomplete backend table") &&
+                 contains(dashattn_last_error(), seen_size) &&
+                 contains(dashattn_last_error(), needed_size),
+             "abitest short table: message has '%s' and '%s': '%s'", seen_size, needed_size,
+             dashattn_last_error());
+
+    /* Exactly the required entries: it loads, and a plan needs none of the
+     * optional entries that lie past its end. */
+    setenv("DASHATTN_TEST_ABITEST_TABLE", "required", 1);
+    dashattn_context_options opt;
+    dashattn_context_options_init(&opt);
+    opt.backend = "abitest";
+    dashattn_context *ctx = NULL;
+    st = dashattn_context_create(&opt, &ctx);
+    unsetenv("DASHATTN_TEST_ABITEST_TABLE");
+    TU_CHECK(st == DASHATTN_OK, "abitest table up to forward: status %d (%s)", (int)st,
+             dashattn_last_error());
+    if (st != DASHATTN_OK)
+        return;
+    dashattn_problem prob;
+    dashattn_problem_init(&prob, 1, 2, 2, 8, 8, 4);
+    dashattn_plan *plan = NULL;
+    st = dashattn_plan_create(ctx, &prob, &plan);
+    TU_CHECK(st == DASHATTN_OK, "abitest table up to forward: plan status %d (%s)", (int)st,
+             dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    dashattn_context_destroy(ctx);
 }
 
 static void check_no_device(void)

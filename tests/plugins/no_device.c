@@ -2,7 +2,9 @@
 /*
  * Test plugin "nodevice": a well-formed plugin whose probe finds no device.
  * The core must report the probe's reason and never call init; "auto" must
- * pass over it.
+ * pass over it. Its table is the shorter one of a plugin built before
+ * plan_prepare existed (test_plugin.h): the core must still load it, so that
+ * it gets as far as the probe.
  */
 #include <stdio.h>
 
@@ -69,9 +71,9 @@ static dashattn_status nodevice_forward(void *state, const dashattn_plan_desc *p
     return DASHATTN_ERR_INTERNAL;
 }
 
-static const dashattn_backend_iface nodevice_iface = {
+static const test_plugin_iface_before_plan_hook nodevice_iface = {
     .abi_version = DASHATTN_BACKEND_ABI_VERSION,
-    .struct_size = sizeof(dashattn_backend_iface),
+    .struct_size = sizeof(test_plugin_iface_before_plan_hook),
     .name = "nodevice",
     .probe = nodevice_probe,
     .describe = NULL,
@@ -90,5 +92,5 @@ static const dashattn_backend_iface nodevice_iface = {
 
 const dashattn_backend_iface *dashattn_backend_entry(void)
 {
-    return &nodevice_iface;
+    return (const dashattn_backend_iface *)&nodevice_iface;
 }
