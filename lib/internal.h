@@ -27,6 +27,9 @@ struct dashattn_plan {
     dashattn_plan_desc desc;
     const dashattn_context *context;
     size_t workspace_size[3]; /* by dashattn_operation */
+    /* What plan_prepare returned, kept writable for plan_release; backends
+     * see it read-only as desc.backend_plan. */
+    void *backend_plan;
 };
 
 /* Thread-local last error. */

@@ -203,6 +203,18 @@ DASHATTN_API dashattn_status dashattn_plan_create(dashattn_context *context,
     d->query_offset = problem->len_k - problem->len_q;
     plan_threshold(d);
     pl->context = context;
+    if (context->iface.plan_prepare) {
+        st = context->iface.plan_prepare(context->state, d, &pl->backend_plan);
+        if (st != DASHATTN_OK) {
+            /* A plan_state left behind by a refusal is the backend's to free. */
+            free(pl);
+            if (!dashattn_last_error()[0])
+                da_set_error("dashattn_plan_create: backend %s refused the plan (%s)",
+                             context->name, dashattn_status_string(st));
+            return st;
+        }
+        d->backend_plan = pl->backend_plan;
+    }
     static const char *const op_names[] = {"forward", "backward", "decode"};
     /* Decode runs only on decode plans (len_q 1, causal); others need none. */
     const int decodes = problem->len_q == 1 && problem->causal;
@@ -213,7 +225,7 @@ DASHATTN_API dashattn_status dashattn_plan_create(dashattn_context *context,
                 : context->iface.workspace_size(context->state, d, (dashattn_operation)op);
         /* Backends saturate sizes that overflow at SIZE_MAX. */
         if (bytes > DA_MAX_WORKSPACE_BYTES) {
-            free(pl);
+            dashattn_plan_destroy(pl);
             return BAD("the %s workspace of this problem on backend %s would exceed the address "
                        "space (%s bytes)",
                        op_names[op], context->name,
@@ -227,6 +239,8 @@ DASHATTN_API dashattn_status dashattn_plan_create(dashattn_context *context,
 
 DASHATTN_API void dashattn_plan_destroy(dashattn_plan *plan)
 {
+    if (plan && plan->backend_plan && plan->context->iface.plan_release)
+        plan->context->iface.plan_release(plan->context->state, plan->backend_plan);
     free(plan);
 }
 

@@ -3,13 +3,15 @@
  * Backend plugin loading, through the test plugins of tests/plugins/:
  * abitest (wrong ABI version, or a table cut at the required entries),
  * nodevice (probe finds nothing; the table of a plugin built before the plan
- * hook) and faildev (loads, but every launch fails). Checks the status and message of each
- * failure mode, backend-name validation, "auto" selection, the backends
+ * hook) and faildev (loads, but every launch fails; has the plan hook, or
+ * the older table). Checks the status and message of each failure mode,
+ * backend-name validation, "auto" selection, the plan hook, the backends
  * report and the DASHATTN_BACKEND override. The core reads the environment
  * when a context is created, so each case sets it just before.
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <dlfcn.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -48,6 +50,26 @@ static dashattn_status try_backend(const char *backend, char *backend_seen, size
         TU_CHECK(ctx == NULL, "backend '%s': failed create leaves *context NULL", backend);
     }
     return st;
+}
+
+/* faildev_live_plans() of the faildev plugin the core loaded: the plans its
+ * plan_prepare made that plan_release has not freed yet. The core keeps
+ * plugins mapped (RTLD_NODELETE), so this dlopen finds that same copy and
+ * its counter. -1 where the plugin or the function cannot be found. */
+static int faildev_live_plans(void)
+{
+    char path[sizeof plugin_dir + 32];
+    snprintf(path, sizeof path, "%s/dashattn-faildev.so", plugin_dir);
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (handle == NULL)
+        return -1;
+    void *sym = dlsym(handle, "faildev_live_plans");
+    int (*live)(void) = NULL;
+    if (sym != NULL)
+        memcpy(&live, &sym, sizeof live);
+    const int n = live != NULL ? live() : -1;
+    dlclose(handle);
+    return n;
 }
 
 static void check_abi_mismatch(void)
@@ -182,6 +204,8 @@ static void check_failing_device(void)
         dashattn_context_destroy(ctx);
         return;
     }
+    TU_CHECK(faildev_live_plans() == 1, "faildev: plan_prepare made the plan's own (%d live)",
+             faildev_live_plans());
 
     const size_t n = (size_t)B * H * N * D;
     float *q = tu_random_floats(1, n, 1.0), *k = tu_random_floats(2, n, 1.0);
@@ -200,6 +224,8 @@ static void check_failing_device(void)
     dashattn_tensor tdk = dashattn_tensor_bhsd(dk, DASHATTN_F32, B, H, N, D);
     dashattn_tensor tdv = dashattn_tensor_bhsd(dv, DASHATTN_F32, B, H, N, D);
 
+    /* faildev fails with another message unless plan_prepare's plan reached
+     * workspace_size and forward as plan->backend_plan. */
     st = dashattn_forward(ctx, plan, &tq, &tk, &tv, NULL, &to, lse, NULL, NULL, NULL, 0, NULL);
     TU_CHECK(st == DASHATTN_ERR_DEVICE, "faildev forward: status %d, want DEVICE", (int)st);
     TU_CHECK(contains(dashattn_last_error(), "simulated device failure"),
@@ -213,6 +239,8 @@ static void check_failing_device(void)
              (int)st);
     TU_CHECK(dashattn_last_error()[0] != '\0', "faildev backward: message is set");
     dashattn_plan_destroy(plan);
+    TU_CHECK(faildev_live_plans() == 0,
+             "faildev: plan_destroy released the backend's plan (%d live)", faildev_live_plans());
 
     /* Decode and append on a valid contiguous cache: only the backend lacks them. */
     enum { CAP = 8, S = 4 };
@@ -248,6 +276,8 @@ static void check_failing_device(void)
         TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "faildev decode: status %d, want UNSUPPORTED",
                  (int)st);
         dashattn_plan_destroy(dplan);
+        TU_CHECK(faildev_live_plans() == 0, "faildev: decode plan released (%d live)",
+                 faildev_live_plans());
     }
 
     free(q);
@@ -285,6 +315,93 @@ static void check_workspace_overflow(void)
         "SIZE_MAX workspace: message names the workspace and backend: '%s'", dashattn_last_error());
     if (st == DASHATTN_OK)
         dashattn_plan_destroy(plan);
+    TU_CHECK(faildev_live_plans() == 0,
+             "SIZE_MAX workspace: the plan of plan_prepare was released (%d live)",
+             faildev_live_plans());
+    dashattn_context_destroy(ctx);
+}
+
+/* A backend's plan_prepare refuses the problem: its status and message reach
+ * the caller (or, where it set none, a message naming it), no plan is made,
+ * and the context goes on planning other problems. */
+static void check_plan_refused(void)
+{
+    dashattn_context_options opt;
+    dashattn_context *ctx = NULL;
+    dashattn_context_options_init(&opt);
+    opt.backend = "faildev";
+    if (dashattn_context_create(&opt, &ctx) != DASHATTN_OK) {
+        TU_CHECK(0, "faildev: create failed (%s)", dashattn_last_error());
+        return;
+    }
+    dashattn_problem prob;
+    dashattn_problem_init(&prob, 1, 2, 2, 8, 8, 4);
+    static const struct {
+        const char *mode, *message;
+    } refusals[] = {{"refuse", "faildev plugin cannot run this problem"},
+                    {"refuse-silently", "backend faildev refused the plan"}};
+    for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++) {
+        setenv("DASHATTN_TEST_FAILDEV_PLAN", refusals[i].mode, 1);
+        dashattn_plan *plan = (dashattn_plan *)&prob; /* must be overwritten */
+        dashattn_status st = dashattn_plan_create(ctx, &prob, &plan);
+        TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED, "plan_prepare %s: status %d, want UNSUPPORTED",
+                 refusals[i].mode, (int)st);
+        TU_CHECK(plan == NULL, "plan_prepare %s: *plan is NULL", refusals[i].mode);
+        TU_CHECK(contains(dashattn_last_error(), refusals[i].message),
+                 "plan_prepare %s: message has '%s': '%s'", refusals[i].mode, refusals[i].message,
+                 dashattn_last_error());
+        if (st == DASHATTN_OK)
+            dashattn_plan_destroy(plan);
+    }
+    unsetenv("DASHATTN_TEST_FAILDEV_PLAN");
+    dashattn_plan *plan = NULL;
+    dashattn_status st = dashattn_plan_create(ctx, &prob, &plan);
+    TU_CHECK(st == DASHATTN_OK, "plan after refusals: status %d (%s)", (int)st,
+             dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    TU_CHECK(faildev_live_plans() == 0, "refused plans leave nothing to release (%d live)",
+             faildev_live_plans());
+    dashattn_context_destroy(ctx);
+}
+
+/* faildev through the table of a plugin built before plan_prepare existed
+ * (DASHATTN_TEST_FAILDEV_TABLE=old, read when the core loads it): it loads,
+ * and its plans work without the hook. Its forward reaches the device
+ * failure only if backend_plan arrived NULL; reading the hook's entries
+ * from the plugin's own table would read past its end. */
+static void check_table_before_plan_hook(void)
+{
+    dashattn_context_options opt;
+    dashattn_context *ctx = NULL;
+    dashattn_context_options_init(&opt);
+    opt.backend = "faildev";
+    setenv("DASHATTN_TEST_FAILDEV_TABLE", "old", 1);
+    dashattn_status st = dashattn_context_create(&opt, &ctx);
+    unsetenv("DASHATTN_TEST_FAILDEV_TABLE");
+    TU_CHECK(st == DASHATTN_OK, "faildev, old table: create status %d (%s)", (int)st,
+             dashattn_last_error());
+    if (st != DASHATTN_OK)
+        return;
+    enum { B = 1, H = 2, N = 8, D = 4 };
+    dashattn_problem prob;
+    dashattn_problem_init(&prob, B, H, H, N, N, D);
+    dashattn_plan *plan = NULL;
+    st = dashattn_plan_create(ctx, &prob, &plan);
+    TU_CHECK(st == DASHATTN_OK, "faildev, old table: plan status %d (%s)", (int)st,
+             dashattn_last_error());
+    TU_CHECK(faildev_live_plans() == 0, "faildev, old table: no plan_prepare ran (%d live)",
+             faildev_live_plans());
+    if (st == DASHATTN_OK) {
+        float q[B * H * N * D] = {0}, o[B * H * N * D];
+        dashattn_tensor tq = dashattn_tensor_bhsd(q, DASHATTN_F32, B, H, N, D);
+        dashattn_tensor to = dashattn_tensor_bhsd(o, DASHATTN_F32, B, H, N, D);
+        st = dashattn_forward(ctx, plan, &tq, &tq, &tq, NULL, &to, NULL, NULL, NULL, NULL, 0, NULL);
+        TU_CHECK(st == DASHATTN_ERR_DEVICE &&
+                     contains(dashattn_last_error(), "simulated device failure"),
+                 "faildev, old table: forward status %d, want DEVICE: '%s'", (int)st,
+                 dashattn_last_error());
+        dashattn_plan_destroy(plan);
+    }
     dashattn_context_destroy(ctx);
 }
 
@@ -524,6 +641,8 @@ int main(void)
     check_bad_names();
     check_failing_device();
     check_workspace_overflow();
+    check_plan_refused();
+    check_table_before_plan_hook();
     check_auto();
     check_report();
     check_env_override();
