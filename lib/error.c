@@ -41,6 +41,7 @@ const dashattn_host da_host = {
     .abi_version = DASHATTN_BACKEND_ABI_VERSION,
     .struct_size = sizeof(dashattn_host),
     .set_error = da_set_error,
+    .prepares_plans = 1,
 };
 
 DASHATTN_API const char *dashattn_last_error(void)

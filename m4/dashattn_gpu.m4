@@ -53,19 +53,46 @@ AC_DEFUN([DA_WITH_CUDA], [
 
 AC_DEFUN([DA_WITH_ROCM], [
   AC_ARG_WITH([rocm],
-    [AS_HELP_STRING([--with-rocm@<:@=DIR@:>@], [build the HIP backend plugin (default: guess)])],
+    [AS_HELP_STRING([--with-rocm@<:@=DIR@:>@],
+      [build the HIP backend plugin with the hipcc and HIP runtime in DIR (default: guess;
+       Debian's hipcc 5.2 in /usr targets gfx90a and gfx1030, gfx942 needs ROCm 6)])],
     [], [with_rocm=guess])
+  AC_ARG_VAR([HIP_OFFLOAD_ARCHS],
+    [AMD GPU targets of the hip plugin (default: gfx90a gfx1030)])
+  : "${HIP_OFFLOAD_ARCHS=gfx90a gfx1030}"
   AC_MSG_CHECKING([for ROCm (HIP)])
   DA_GPU_TOOLKIT([rocm], [$with_rocm], [${ROCM_PATH:-} /opt/rocm /usr],
                  [hipcc], [hip/hip_runtime.h], [amdhip64])
   AC_MSG_RESULT([$da_rocm_found${da_rocm_dir:+ ($da_rocm_dir)}])
+  da_hip_offload=
+  for da_arch in $HIP_OFFLOAD_ARCHS; do
+    da_hip_offload="$da_hip_offload --offload-arch=$da_arch"
+  done
+  dnl hipcc also needs the device libraries (rocm-device-libs) of every
+  dnl target: compile a kernel for all of them to know.
+  AS_IF([test "x$da_rocm_found" = xyes], [
+    AC_MSG_CHECKING([whether hipcc compiles kernels for $HIP_OFFLOAD_ARCHS])
+    cat >conftest.hip <<DA_EOF
+#include <hip/hip_runtime.h>
+__global__ void da_conftest(float *x) { x@<:@threadIdx.x@:>@ = __shfl_xor(1.0f, 1, 32); }
+DA_EOF
+    AS_IF([$da_rocm_compiler -x hip $da_hip_offload -fPIC -c conftest.hip -o conftest.$OBJEXT \
+             >&AS_MESSAGE_LOG_FD 2>&1],
+      [AC_MSG_RESULT([yes])],
+      [AC_MSG_RESULT([no])
+       da_rocm_found=no
+       da_rocm_why="$da_rocm_compiler cannot compile for $HIP_OFFLOAD_ARCHS (device libraries missing? see config.log)"
+       AS_IF([test "x$with_rocm" != xguess],
+         [AC_MSG_ERROR([--with-rocm was given but $da_rocm_why])])])
+    rm -f conftest.hip conftest.$OBJEXT])
   AC_SUBST([HIPCC], [$da_rocm_compiler])
+  AC_SUBST([HIP_OFFLOAD_FLAGS], [$da_hip_offload])
   AC_SUBST([ROCM_CPPFLAGS], [${da_rocm_dir:+-I$da_rocm_dir/include}])
   AC_SUBST([ROCM_LDFLAGS], [${da_rocm_libdir:+-L$da_rocm_libdir}])
   AM_CONDITIONAL([HAVE_ROCM], [test "x$da_rocm_found" = xyes])
   AS_IF([test "x$da_rocm_found" = xyes],
-    [da_rocm_summary="not built: no HIP plugin in this source tree yet (ROCm found in $da_rocm_dir)"],
-    [da_rocm_summary="not built: no HIP plugin in this source tree yet ($da_rocm_why)"])
+    [da_rocm_summary="built for $HIP_OFFLOAD_ARCHS (hipcc in $da_rocm_dir)"],
+    [da_rocm_summary="not built: $da_rocm_why"])
 ])
 
 AC_DEFUN([DA_WITH_OPENCL], [

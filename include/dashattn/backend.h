@@ -140,6 +140,13 @@ typedef struct dashattn_host {
         __attribute__((format(printf, 1, 2)))
 #endif
         ;
+    /**
+     * Nonzero: this core calls a plugin's plan_prepare and fills
+     * dashattn_plan_desc.backend_plan. Absent (past struct_size) in cores
+     * older than that hook; a plugin that relies on it refuses such a core
+     * in init.
+     */
+    uint32_t prepares_plans;
 } dashattn_host;
 
 /*

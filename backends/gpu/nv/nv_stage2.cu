@@ -7,7 +7,8 @@
  * score is recomputed from the very tile of logits: with mean pooling the
  * mean of q.k over the block equals q.kbar, so a per-head prior costs one
  * row sum per block. Weights shared by a KV head's heads come from stage 1. */
-#include "cuda_mma.cuh"
+#include "nv_kernels.h"
+#include "nv_mma.cuh"
 
 namespace
 {
@@ -18,15 +19,15 @@ namespace
 struct row_state {
     int64_t pos;
     da_rows lr;
-    dacuda_row_param rp;
+    dagpu_row_param rp;
     const float *prior; /* with prior_table: the row's log2 priors from stage 1 */
     bool valid;
 };
 
 template <int D, typename T>
 __global__ void __launch_bounds__(MMA_THREADS)
-    stage2_mma_kernel(dacuda_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
-                      dashattn_tensor out, float *lse, dacuda_forward_ws ws)
+    stage2_mma_kernel(dagpu_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
+                      dashattn_tensor out, float *lse, dagpu_forward_ws ws)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int KSTEPS = D / 16, DTILES = D / 8;
@@ -61,7 +62,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
         rs[half].lr = da_row_layout(p, rs[half].valid ? rs[half].pos : 0, p.len_k);
         rs[half].rp = rs[half].valid && !p.prior_table
                           ? ws.rows[(b * p.heads_q + h) * p.len_q + i]
-                          : dacuda_row_param{DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
+                          : dagpu_row_param{DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
         rs[half].prior = p.prior_table
                              ? ws.prior + ((b * p.heads_kv + kvh) * p.len_q + i) * p.num_blocks
                              : nullptr;
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     float o[DTILES][4];
     for (int n = 0; n < DTILES; n++)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.0f, 0.0f};
+    float m[2] = {-DA_INF_F, -DA_INF_F}, l[2] = {0.0f, 0.0f};
     const float scale2 = p.scale * DA_LOG2E;
     int buf = 0;
     while (j >= 0) {
@@ -118,7 +119,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 sum += __shfl_xor_sync(0xffffffffu, sum, 1);
                 sum += __shfl_xor_sync(0xffffffffu, sum, 2);
             }
-            prior[half] = -CUDART_INF_F;
+            prior[half] = -DA_INF_F;
             if (r.valid && key0 < r.lr.visible_end) {
                 if (da_forced(r.lr, j))
                     prior[half] = 0.0f;
@@ -129,9 +130,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
             }
             /* Keys of this block the row sees: all 64 except on its own
              * (diagonal) block and a ragged last block. */
-            vis[half] = prior[half] == -CUDART_INF_F
-                            ? 0
-                            : (int)min(r.lr.visible_end - key0, (int64_t)MMA_KEYS);
+            vis[half] =
+                prior[half] == -DA_INF_F ? 0 : (int)min(r.lr.visible_end - key0, (int64_t)MMA_KEYS);
         }
         tile_softmax_pv<D, T>(s, o, m, l, prior, vis, scale2, vtile[buf], lane);
         __syncthreads(); /* the buffer is refilled by the next iteration */
@@ -159,32 +159,42 @@ __global__ void __launch_bounds__(MMA_THREADS)
     }
 }
 
-template <int D, typename T>
-cudaError_t launch(const dacuda_params *p, const dashattn_tensor *q, const dashattn_tensor *k,
-                   const dashattn_tensor *v, const dashattn_tensor *out, float *lse,
-                   const dacuda_forward_ws *ws, cudaStream_t stream)
+template <int D> static constexpr size_t stage2_smem()
 {
-    const size_t smem = (size_t)(MMA_ROWS + 4 * MMA_KEYS) * D * 2;
-    cudaError_t e = cudaFuncSetAttribute(stage2_mma_kernel<D, T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess)
+    return (size_t)(MMA_ROWS + 4 * MMA_KEYS) * D * 2;
+}
+
+template <int D, typename T>
+dagpu_rt_error launch(const dagpu_params *p, const dashattn_tensor *q, const dashattn_tensor *k,
+                      const dashattn_tensor *v, const dashattn_tensor *out, float *lse,
+                      const dagpu_forward_ws *ws, cudaStream_t stream)
+{
+    const size_t smem = stage2_smem<D>();
+    dagpu_rt_error e = da_allow_smem(stage2_mma_kernel<D, T>, smem);
+    if (e != dagpu_rt_success)
         return e;
     const dim3 grid((unsigned)ws->tiles, (unsigned)p->heads_q, (unsigned)p->batch);
     stage2_mma_kernel<D, T><<<grid, MMA_THREADS, smem, stream>>>(*p, *q, *k, *v, *out, lse, *ws);
-    return cudaGetLastError();
+    return dagpuGetLastError();
 }
 
 } // namespace
 
-extern "C" cudaError_t dacuda_launch_stage2_mma(const dacuda_params *p, const dashattn_tensor *q,
-                                                const dashattn_tensor *k, const dashattn_tensor *v,
-                                                const dashattn_tensor *out, float *lse,
-                                                const dacuda_forward_ws *ws, cudaStream_t stream)
+extern "C" size_t dagpu_nv_stage2_smem(const dagpu_params *p)
 {
+    return p->head_dim == 64 ? stage2_smem<64>() : stage2_smem<128>();
+}
+
+extern "C" dagpu_err dagpu_nv_launch_stage2(const dagpu_params *p, const dashattn_tensor *q,
+                                            const dashattn_tensor *k, const dashattn_tensor *v,
+                                            const dashattn_tensor *out, float *lse,
+                                            const dagpu_forward_ws *ws, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
     const bool bf16 = p->dtype == DASHATTN_BF16;
     if (p->head_dim == 64)
-        return bf16 ? launch<64, __nv_bfloat16>(p, q, k, v, out, lse, ws, stream)
-                    : launch<64, __half>(p, q, k, v, out, lse, ws, stream);
-    return bf16 ? launch<128, __nv_bfloat16>(p, q, k, v, out, lse, ws, stream)
-                : launch<128, __half>(p, q, k, v, out, lse, ws, stream);
+        return (dagpu_err)(bf16 ? launch<64, __nv_bfloat16>(p, q, k, v, out, lse, ws, st)
+                                : launch<64, __half>(p, q, k, v, out, lse, ws, st));
+    return (dagpu_err)(bf16 ? launch<128, __nv_bfloat16>(p, q, k, v, out, lse, ws, st)
+                            : launch<128, __half>(p, q, k, v, out, lse, ws, st));
 }

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* KV-cache addressing and the checks of device-resident cache arguments,
  * shared by the append and decode kernels. */
-#ifndef DASHATTN_CUDA_CACHE_CUH
-#define DASHATTN_CUDA_CACHE_CUH
+#ifndef DASHATTN_GPU_CACHE_CUH
+#define DASHATTN_GPU_CACHE_CUH
 
-#include "cuda_device.cuh"
+#include "gpu_device.cuh"
 
 /* Element offset of token pos, dimension d of sequence b, KV head h in the
  * cache's k or v tensor (page already looked up for paged caches). */
@@ -31,7 +31,7 @@ static __device__ __forceinline__ int64_t da_block_key_offset(const dashattn_kv_
 }
 
 /* Records the first error the device finds; the next synchronize reports it. */
-static __device__ void da_report(dacuda_device_error *e, int code, int b, int value, int what)
+static __device__ void da_report(dagpu_device_error *e, int code, int b, int value, int what)
 {
     if (atomicCAS(&e->code, 0, code) == 0) {
         e->batch = b;
@@ -42,21 +42,21 @@ static __device__ void da_report(dacuda_device_error *e, int code, int b, int va
 
 /* Checks sequence b for holding tokens [0, len): len in [lo, capacity] and,
  * for paged caches, every page of those tokens inside the page pool. Returns
- * the failing kind (DACUDA_BAD_*) and sets *value, or 0. */
-static __device__ int da_check_sequence(const dacuda_params &p, const dashattn_kv_cache &c,
+ * the failing kind (DAGPU_BAD_*) and sets *value, or 0. */
+static __device__ int da_check_sequence(const dagpu_params &p, const dashattn_kv_cache &c,
                                         int64_t b, int64_t len, int64_t lo, int64_t first_block,
                                         int *value)
 {
     *value = (int)len;
     if (len < lo || len > p.len_k)
-        return DACUDA_BAD_SEQ_LEN;
+        return DAGPU_BAD_SEQ_LEN;
     if (c.layout == DASHATTN_CACHE_PAGED) {
         const int64_t pages = c.k.shape[0];
         for (int64_t j = first_block; j * p.block_size < len; j++) {
             const int32_t page = c.block_table[b * c.table_stride + j];
             if (page < 0 || page >= pages) {
                 *value = page;
-                return DACUDA_BAD_PAGE;
+                return DAGPU_BAD_PAGE;
             }
         }
     }

@@ -2,10 +2,10 @@
 /* Learned block summaries (SPEC.md, "Block layout and block summaries"):
  * kbar = sum_t w_t k_t with w = softmax_t(h . k_t / sqrt(D)) over a block's
  * tokens, for the forward's block keys and the cache's, which must agree. */
-#ifndef DASHATTN_CUDA_SUMMARY_CUH
-#define DASHATTN_CUDA_SUMMARY_CUH
+#ifndef DASHATTN_GPU_SUMMARY_CUH
+#define DASHATTN_GPU_SUMMARY_CUH
 
-#include "cuda_device.cuh"
+#include "gpu_device.cuh"
 
 /* Tokens whose weights one step of the online softmax takes. */
 #define DA_SUMMARY_CHUNK 32
@@ -23,7 +23,7 @@ static __device__ void da_block_summary(const dashattn_tensor &h, int64_t kvh, i
                                         int64_t count, Load load, Store store)
 {
     __shared__ float hs[256], weight[DA_SUMMARY_CHUNK], shared_corr, shared_total;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
     const int threads = (int)blockDim.x, warps = threads >> 5;
     const float inv_sqrt_d = 1.0f / sqrtf((float)D);
     const float *hv = static_cast<const float *>(h.data) + kvh * h.strides[1];
@@ -33,25 +33,25 @@ static __device__ void da_block_summary(const dashattn_tensor &h, int64_t kvh, i
     for (int e = 0; e < DA_SUMMARY_DIMS; e++)
         acc[e] = 0.0f;
     /* Running maximum and denominator, kept by warp 0 (equal in its lanes). */
-    float m = -CUDART_INF_F, total = 0.0f;
+    float m = -DA_INF_F, total = 0.0f;
     __syncthreads();
     for (int64_t t0 = 0; t0 < count; t0 += DA_SUMMARY_CHUNK) {
         const int n = (int)min((int64_t)DA_SUMMARY_CHUNK, count - t0);
         for (int t = warp; t < n; t += warps) {
             float dot = 0.0f;
-            for (int64_t d = lane; d < D; d += 32)
+            for (int64_t d = lane; d < D; d += DA_WARP)
                 dot = fmaf(hs[d], load(t0 + t, d), dot);
-            dot = da_warp_sum(dot);
+            dot = da_warp_sum<DA_WARP>(dot);
             if (lane == 0)
                 weight[t] = dot * inv_sqrt_d;
         }
         __syncthreads();
         if (warp == 0) {
-            const float x = lane < n ? weight[lane] : -CUDART_INF_F;
-            const float m_new = fmaxf(m, da_warp_max(x));
+            const float x = lane < n ? weight[lane] : -DA_INF_F;
+            const float m_new = fmaxf(m, da_warp_max<DA_WARP>(x));
             const float e = lane < n ? expf(x - m_new) : 0.0f;
             const float corr = expf(m - m_new); /* 0 on the first chunk */
-            total = total * corr + da_warp_sum(e);
+            total = total * corr + da_warp_sum<DA_WARP>(e);
             m = m_new;
             weight[lane] = e;
             if (lane == 0)

@@ -2,15 +2,14 @@
 /* Decode: stage 1 per (sequence, KV head) over the cached block keys, then
  * split-KV attention over the blocks any head of the group selected (each
  * loaded block serves all G query heads), then a merge of the splits. */
-#include "cuda_cache.cuh"
-#include "cuda_entmax.cuh"
+#include "gpu_cache.cuh"
+#include "gpu_entmax.cuh"
 
 namespace
 {
 
 #define SELECT_THREADS 256
 #define SPLIT_THREADS 128
-#define TILE_TOKENS 64
 #define SCORE_BLOCKS 64
 
 /* Stage-1 scores of the cached block keys: each warp scores blocks for all
@@ -18,13 +17,13 @@ namespace
  * log2w array, which decode_select_kernel turns into priors in place. A
  * block whose page is not in the pool scores NaN (select reports it). */
 __global__ void __launch_bounds__(SELECT_THREADS)
-    decode_scores_kernel(dacuda_params p, dashattn_tensor q, dashattn_kv_cache c,
-                         dacuda_decode_ws ws)
+    decode_scores_kernel(dagpu_params p, dashattn_tensor q, dashattn_kv_cache c, dagpu_decode_ws ws)
 {
     extern __shared__ float smem[];
     const int64_t kvh = blockIdx.y, b = blockIdx.z;
     const int64_t D = p.head_dim, M = p.num_blocks, G = p.group_size, S = p.block_size;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = SELECT_THREADS / 32;
+    const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>(),
+              warps = SELECT_THREADS / DA_WARP;
     const int64_t len = c.seq_lens[b];
     if (len < 1 || len > p.len_k)
         return;
@@ -61,7 +60,7 @@ __global__ void __launch_bounds__(SELECT_THREADS)
                 }
             }
         } else if (ok) {
-            for (int64_t d = lane; d < D; d += 32) {
+            for (int64_t d = lane; d < D; d += DA_WARP) {
                 const float x = da_load(c.block_keys.data, c.block_keys.dtype,
                                         da_block_key_offset(c, b, kvh, j, d));
                 for (int64_t g = 0; g < G && g < 32; g++)
@@ -69,7 +68,7 @@ __global__ void __launch_bounds__(SELECT_THREADS)
             }
         }
         for (int64_t g = 0; g < G && g < 32; g++) {
-            const float z = ok ? da_warp_sum(part[g]) * p.stage1_scale : CUDART_NAN_F;
+            const float z = ok ? da_warp_sum<DA_WARP>(part[g]) * p.stage1_scale : DA_NAN_F;
             if (lane == 0)
                 ws.log2w[(b * p.heads_q + kvh * G + g) * M + j] = z;
         }
@@ -82,14 +81,15 @@ __global__ void __launch_bounds__(SELECT_THREADS)
  * whose seq_lens entry or block table is bad. The grid has only B x Hkv
  * blocks, so two per multiprocessor are plenty; the bound keeps ptxas for
  * sm_80 from spilling to fit more. */
-__global__ void __launch_bounds__(SELECT_THREADS, 2)
-    decode_select_kernel(dacuda_params p, dashattn_kv_cache c, dacuda_decode_ws ws,
-                         dacuda_device_error *err)
+__global__ void DA_LAUNCH_BOUNDS(SELECT_THREADS, 2)
+    decode_select_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws,
+                         dagpu_device_error *err)
 {
     extern __shared__ float smem[];
     const int64_t kvh = blockIdx.x, b = blockIdx.y;
     const int64_t M = p.num_blocks, G = p.group_size, S = p.block_size;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = SELECT_THREADS / 32;
+    const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>(),
+              warps = SELECT_THREADS / DA_WARP;
     int32_t *nblocks = ws.nblocks + b * p.heads_kv + kvh;
     const int64_t len = c.seq_lens[b];
     int value;
@@ -118,10 +118,10 @@ __global__ void __launch_bounds__(SELECT_THREADS, 2)
     }
     __syncthreads();
 
-    __shared__ dacuda_row_param params[32];
+    __shared__ dagpu_row_param params[32];
     const int64_t rows = p.shared_group ? 1 : G;
     for (int64_t g = warp; g < rows; g += warps) {
-        dacuda_row_param rp = {DACUDA_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
+        dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
         if (n > 0)
             rp = da_row_threshold(zs + g * n, (int)n, p);
         if (lane == 0)
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(SELECT_THREADS, 2)
         const int row = e / ni, col = e % ni;
         float l2;
         if (p.group_mean) {
-            float top = -CUDART_INF_F, sum = 0.0f;
+            float top = -DA_INF_F, sum = 0.0f;
             for (int64_t g = 0; g < G; g++)
                 da_log2_mean_add(top, sum, da_prior_log2(params[g], zs[g * n + col], p.alpha));
             l2 = da_log2_mean(top, sum, G);
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(SELECT_THREADS, 2)
     for (int e = tid; e < gm; e += SELECT_THREADS) {
         const int g = e / mi, j = e % mi;
         const int row = wrows == 1 ? 0 : g;
-        float w = -CUDART_INF_F;
+        float w = -DA_INF_F;
         if (j < visible_blocks) {
             if (da_forced(lr, j)) {
                 w = 0.0f;
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(SELECT_THREADS, 2)
             }
         }
         z_global[g * M + j] = w;
-        if (!(w == -CUDART_INF_F))
+        if (!(w == -DA_INF_F))
             atomicOr(keep + j / 32, 1u << (j % 32));
     }
     __syncthreads();
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(SELECT_THREADS, 2)
         int count = 0;
         for (int64_t w = 0; w < words; w++) {
             const unsigned bits = keep[w];
-            if (lane < __popc(bits)) {
+            if (lane < (int)__popc(bits)) {
                 /* The lane-th set bit of the word. */
                 unsigned rest = bits;
                 for (int i = 0; i < lane; i++)
@@ -203,23 +203,25 @@ __global__ void __launch_bounds__(SELECT_THREADS, 2)
     }
 }
 
-/* Shared memory of one split: the G queries, a tile of keys and values as
- * f32, scores, and the running (m, l, o) of each head. */
+/* Shared memory of one split with tiles of T tokens: the G queries, a tile
+ * of keys and values as f32, scores, and the running (m, l, o) of each head.
+ * The plan picks T (64, or 32 or 16 where 64 does not fit: AMD's 64 KiB). */
 struct split_smem_layout {
     float *qs, *ks, *vs, *ss, *os, *ml;
-    int64_t kstride;
+    int64_t kstride, T;
 };
 
-static __device__ split_smem_layout split_layout(float *smem, int64_t G, int64_t D)
+static __device__ split_smem_layout split_layout(float *smem, int64_t G, int64_t D, int64_t T)
 {
     split_smem_layout L;
+    L.T = T;
     L.kstride = D + 1;   /* padded rows: threads scoring different tokens hit different banks */
     L.qs = smem;         /* [G][D], pre-scaled to log2 units */
-    L.ks = L.qs + G * D; /* [TILE_TOKENS][D + 1] */
-    L.vs = L.ks + TILE_TOKENS * L.kstride; /* [TILE_TOKENS][D] */
-    L.ss = L.vs + TILE_TOKENS * D;         /* [G][TILE_TOKENS]: scores, then weights */
-    L.os = L.ss + G * TILE_TOKENS;         /* [G][D] */
-    L.ml = L.os + G * D;                   /* [G][3]: m, l, correction */
+    L.ks = L.qs + G * D; /* [T][D + 1] */
+    L.vs = L.ks + T * L.kstride; /* [T][D] */
+    L.ss = L.vs + T * D;         /* [G][T]: scores, then weights */
+    L.os = L.ss + G * T;         /* [G][D] */
+    L.ml = L.os + G * D;         /* [G][3]: m, l, correction */
     return L;
 }
 
@@ -228,12 +230,12 @@ static __device__ split_smem_layout split_layout(float *smem, int64_t G, int64_t
 static __device__ void attend_tile(const split_smem_layout &L, const float *log2w, int64_t M,
                                    int64_t G, int64_t D, int64_t j, int64_t tokens)
 {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    for (int64_t e = tid; e < G * TILE_TOKENS; e += SPLIT_THREADS) {
-        const int64_t g = e / TILE_TOKENS, t = e % TILE_TOKENS;
+    const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
+    for (int64_t e = tid; e < G * L.T; e += SPLIT_THREADS) {
+        const int64_t g = e / L.T, t = e % L.T;
         const float prior = log2w[g * M + j];
-        float s = -CUDART_INF_F;
-        if (t < tokens && !(prior == -CUDART_INF_F)) {
+        float s = -DA_INF_F;
+        if (t < tokens && !(prior == -DA_INF_F)) {
             float acc = 0.0f;
             const float *qg = L.qs + g * D, *kt = L.ks + t * L.kstride;
             for (int64_t d = 0; d < D; d++)
@@ -243,28 +245,27 @@ static __device__ void attend_tile(const split_smem_layout &L, const float *log2
         L.ss[e] = s;
     }
     __syncthreads();
-    for (int64_t g = warp; g < G; g += SPLIT_THREADS / 32) {
-        float *sg = L.ss + g * TILE_TOKENS;
-        float mx = -CUDART_INF_F;
+    for (int64_t g = warp; g < G; g += SPLIT_THREADS / DA_WARP) {
+        float *sg = L.ss + g * L.T;
+        float mx = -DA_INF_F;
         bool nan = false;
-        for (int t = lane; t < TILE_TOKENS; t += 32) {
+        for (int t = lane; t < L.T; t += DA_WARP) {
             mx = fmaxf(mx, sg[t]);
             nan |= isnan(sg[t]);
         }
-        mx = da_warp_max(mx);
-        nan = __any_sync(0xffffffffu, nan);
+        mx = da_warp_max<DA_WARP>(mx);
+        nan = da_any<DA_WARP>(nan);
         const float m_old = L.ml[g * 3];
         const float m_new = fmaxf(m_old, mx);
         float sum = 0.0f;
-        for (int t = lane; t < TILE_TOKENS; t += 32) {
-            const float w =
-                nan ? CUDART_NAN_F : (sg[t] == -CUDART_INF_F ? 0.0f : exp2f(sg[t] - m_new));
+        for (int t = lane; t < L.T; t += DA_WARP) {
+            const float w = nan ? DA_NAN_F : (sg[t] == -DA_INF_F ? 0.0f : exp2f(sg[t] - m_new));
             sg[t] = w;
             sum += w;
         }
-        sum = da_warp_sum(sum);
+        sum = da_warp_sum<DA_WARP>(sum);
         if (lane == 0) {
-            const float corr = m_new == -CUDART_INF_F ? 1.0f : exp2f(m_old - m_new);
+            const float corr = m_new == -DA_INF_F ? 1.0f : exp2f(m_old - m_new);
             L.ml[g * 3] = m_new;
             L.ml[g * 3 + 1] = L.ml[g * 3 + 1] * corr + sum;
             L.ml[g * 3 + 2] = corr;
@@ -273,7 +274,7 @@ static __device__ void attend_tile(const split_smem_layout &L, const float *log2
     __syncthreads();
     for (int64_t e = tid; e < G * D; e += SPLIT_THREADS) {
         const int64_t g = e / D, d = e % D;
-        const float *sg = L.ss + g * TILE_TOKENS;
+        const float *sg = L.ss + g * L.T;
         float acc = L.os[e] * L.ml[g * 3 + 2];
         for (int64_t t = 0; t < tokens; t++)
             acc = fmaf(sg[t], L.vs[t * D + d], acc);
@@ -284,10 +285,10 @@ static __device__ void attend_tile(const split_smem_layout &L, const float *log2
 /* One split of one (sequence, KV head): online softmax over its share of the
  * selected blocks for all G heads at once; writes (m, l, o) per head. Any
  * dtype, head dimension, block size and strides; 16-bit caches with the
- * common shapes take the tensor-core kernel (cuda_decode_mma.cu) instead. */
+ * common shapes may take the tensor-core kernel (nv/nv_decode.cu) instead. */
 __global__ void __launch_bounds__(SPLIT_THREADS)
-    decode_split_kernel(dacuda_params p, dashattn_tensor q, dashattn_kv_cache c,
-                        dacuda_decode_ws ws)
+    decode_split_kernel(dagpu_params p, dashattn_tensor q, dashattn_kv_cache c, dagpu_decode_ws ws,
+                        int T)
 {
     extern __shared__ float smem[];
     const int64_t split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
@@ -301,14 +302,14 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
     const int64_t first = (int64_t)nb * split / ws.splits,
                   last = (int64_t)nb * (split + 1) / ws.splits;
     const int64_t len = c.seq_lens[b];
-    const split_smem_layout L = split_layout(smem, G, D);
+    const split_smem_layout L = split_layout(smem, G, D, T);
     const float scale2 = p.scale * DA_LOG2E;
     for (int64_t e = tid; e < G * D; e += SPLIT_THREADS) {
         L.qs[e] = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e / D, 0, e % D)) * scale2;
         L.os[e] = 0.0f;
     }
     for (int64_t g = tid; g < G; g += SPLIT_THREADS) {
-        L.ml[g * 3] = -CUDART_INF_F;
+        L.ml[g * 3] = -DA_INF_F;
         L.ml[g * 3 + 1] = 0.0f;
     }
     const int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
@@ -317,8 +318,8 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
     for (int64_t u = first; u < last; u++) {
         const int64_t j = list[u];
         const int64_t block_end = min((j + 1) * S, len);
-        for (int64_t t0 = j * S; t0 < block_end; t0 += TILE_TOKENS) {
-            const int64_t tokens = min((int64_t)TILE_TOKENS, block_end - t0);
+        for (int64_t t0 = j * S; t0 < block_end; t0 += L.T) {
+            const int64_t tokens = min((int64_t)L.T, block_end - t0);
             __syncthreads();
             for (int64_t e = tid; e < tokens * D; e += SPLIT_THREADS) {
                 const int64_t t = e / D, d = e % D;
@@ -348,7 +349,7 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
  * with many splits (small batches) a loop over them per output element would
  * wait on one load after another. */
 __global__ void __launch_bounds__(MERGE_THREADS)
-    decode_merge_kernel(dacuda_params p, dashattn_tensor out, float *lse, dacuda_decode_ws ws)
+    decode_merge_kernel(dagpu_params p, dashattn_tensor out, float *lse, dagpu_decode_ws ws)
 {
     extern __shared__ float weight[]; /* [splits] */
     __shared__ float red[MERGE_THREADS];
@@ -363,7 +364,7 @@ __global__ void __launch_bounds__(MERGE_THREADS)
         bad |= ws.nblocks[e] < 0;
     bad = __syncthreads_or(bad);
 
-    float m = -CUDART_INF_F;
+    float m = -DA_INF_F;
     for (int64_t s = tid; s < S; s += MERGE_THREADS)
         m = fmaxf(m, part[s * (D + 2)]);
     red[tid] = m;
@@ -378,7 +379,7 @@ __global__ void __launch_bounds__(MERGE_THREADS)
     float l = 0.0f;
     for (int64_t s = tid; s < S; s += MERGE_THREADS) {
         const float ms = part[s * (D + 2)];
-        const float w = ms == -CUDART_INF_F ? 0.0f : exp2f(ms - m);
+        const float w = ms == -DA_INF_F ? 0.0f : exp2f(ms - m);
         weight[s] = w;
         l += w == 0.0f ? 0.0f : part[s * (D + 2) + 1] * w;
     }
@@ -408,76 +409,54 @@ __global__ void __launch_bounds__(MERGE_THREADS)
             for (int64_t k = 0; k < C; k++)
                 total += red[k * MERGE_COLUMNS + tid];
             da_store(out.data, out.dtype, da_offset(out, b, h, 0, col0 + d),
-                     bad ? CUDART_NAN_F : total / l);
+                     bad ? DA_NAN_F : total / l);
         }
     }
     if (lse && tid == 0 && blockIdx.z == 0)
-        lse[b * p.heads_q + h] = bad ? CUDART_NAN_F : (m + log2f(l)) * DA_LN2;
-}
-
-/* Whether the tensor-core split kernel takes this call: 16-bit data, head
- * dimension 64 or 128, blocks of 64, at most 16 query heads per KV head,
- * and q, k, v with contiguous, 16-byte aligned rows. */
-static bool split_mma_ok(const dacuda_params *p, const dashattn_tensor *q,
-                         const dashattn_kv_cache *c)
-{
-    if (p->dtype == DASHATTN_F32 || p->block_size != TILE_TOKENS || p->group_size > 16)
-        return false;
-    if (p->head_dim != 64 && p->head_dim != 128)
-        return false;
-    const dashattn_tensor *t[3] = {q, &c->k, &c->v};
-    for (int i = 0; i < 3; i++) {
-        if (t[i]->strides[3] != 1 || ((uintptr_t)t[i]->data & 15u) != 0)
-            return false;
-        for (int d = 0; d < 3; d++)
-            if (t[i]->strides[d] % 8 != 0)
-                return false;
-    }
-    return true;
-}
-
-static size_t split_smem(const dacuda_params *p)
-{
-    const size_t D = (size_t)p->head_dim, G = (size_t)p->group_size;
-    return (G * D + TILE_TOKENS * (D + 1) + TILE_TOKENS * D + G * TILE_TOKENS + G * D + G * 3) *
-           sizeof(float);
+        lse[b * p.heads_q + h] = bad ? DA_NAN_F : (m + log2f(l)) * DA_LN2;
 }
 
 } // namespace
 
-extern "C" cudaError_t dacuda_launch_decode(const dacuda_params *p, const dashattn_tensor *q,
-                                            const dashattn_kv_cache *cache,
-                                            const dashattn_tensor *out, float *lse,
-                                            const dacuda_decode_ws *ws, dacuda_device_error *err,
-                                            cudaStream_t stream)
+extern "C" dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const dashattn_tensor *q,
+                                                const dashattn_kv_cache *cache,
+                                                const dagpu_decode_ws *ws, dagpu_device_error *err,
+                                                void *stream)
 {
+    const dagpu_rt_stream st = (dagpu_rt_stream)stream;
     const size_t score_smem = (size_t)p->group_size * (size_t)p->head_dim * sizeof(float);
-    const size_t select_smem = (size_t)p->group_size * (size_t)p->num_blocks * sizeof(float) +
-                               (size_t)(p->num_blocks + 31) / 32 * sizeof(unsigned);
-    cudaError_t e = cudaFuncSetAttribute(
-        decode_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)select_smem);
-    const size_t ssmem = split_smem(p);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(decode_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)ssmem);
-    if (e != cudaSuccess)
-        return e;
+    const size_t select_smem = dagpu_decode_select_smem(p);
+    const dagpu_rt_error e = da_allow_smem(decode_select_kernel, select_smem);
+    if (e != dagpu_rt_success)
+        return (dagpu_err)e;
     const unsigned chunks = (unsigned)((p->num_blocks + SCORE_BLOCKS - 1) / SCORE_BLOCKS);
     decode_scores_kernel<<<dim3(chunks, (unsigned)p->heads_kv, (unsigned)p->batch), SELECT_THREADS,
-                           score_smem, stream>>>(*p, *q, *cache, *ws);
+                           score_smem, st>>>(*p, *q, *cache, *ws);
     decode_select_kernel<<<dim3((unsigned)p->heads_kv, (unsigned)p->batch), SELECT_THREADS,
-                           select_smem, stream>>>(*p, *cache, *ws, err);
-    const dim3 split_grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
-    if (split_mma_ok(p, q, cache)) {
-        e = dacuda_launch_decode_split_mma(p, q, cache, ws, stream);
-        if (e != cudaSuccess)
-            return e;
-    } else {
-        decode_split_kernel<<<split_grid, SPLIT_THREADS, ssmem, stream>>>(*p, *q, *cache, *ws);
-    }
+                           select_smem, st>>>(*p, *cache, *ws, err);
+    return (dagpu_err)dagpuGetLastError();
+}
+
+extern "C" dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,
+                                               const dashattn_kv_cache *cache,
+                                               const dagpu_decode_ws *ws, int tile, void *stream)
+{
+    const size_t smem = dagpu_decode_split_smem(p, tile);
+    const dagpu_rt_error e = da_allow_smem(decode_split_kernel, smem);
+    if (e != dagpu_rt_success)
+        return (dagpu_err)e;
+    const dim3 grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
+    decode_split_kernel<<<grid, SPLIT_THREADS, smem, (dagpu_rt_stream)stream>>>(*p, *q, *cache, *ws,
+                                                                                tile);
+    return (dagpu_err)dagpuGetLastError();
+}
+
+extern "C" dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dashattn_tensor *out,
+                                               float *lse, const dagpu_decode_ws *ws, void *stream)
+{
     const unsigned column_chunks = (unsigned)((p->head_dim + MERGE_COLUMNS - 1) / MERGE_COLUMNS);
     decode_merge_kernel<<<dim3((unsigned)p->heads_q, (unsigned)p->batch, column_chunks),
-                          MERGE_THREADS, (size_t)ws->splits * sizeof(float), stream>>>(*p, *out,
-                                                                                       lse, *ws);
-    return cudaGetLastError();
+                          MERGE_THREADS, (size_t)ws->splits * sizeof(float),
+                          (dagpu_rt_stream)stream>>>(*p, *out, lse, *ws);
+    return (dagpu_err)dagpuGetLastError();
 }

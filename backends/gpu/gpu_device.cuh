@@ -1,14 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* Device-side helpers shared by the CUDA kernels: element access in the three
- * dtypes, the row layout of SPEC.md, warp reductions, and the block prior. */
-#ifndef DASHATTN_CUDA_DEVICE_CUH
-#define DASHATTN_CUDA_DEVICE_CUH
+/* Device-side helpers shared by the GPU kernels: element access in the three
+ * dtypes, the row layout of SPEC.md, and the block prior. */
+#ifndef DASHATTN_GPU_DEVICE_CUH
+#define DASHATTN_GPU_DEVICE_CUH
 
-#include "cuda_internal.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <math_constants.h>
+#include "gpu_warp.cuh"
 
 #define DA_LOG2E 1.4426950408889634f
 #define DA_LN2 0.6931471805599453f
@@ -19,7 +15,7 @@ static __device__ __forceinline__ float da_load(const void *base, int dtype, int
         return static_cast<const float *>(base)[i];
     if (dtype == DASHATTN_F16)
         return __half2float(static_cast<const __half *>(base)[i]);
-    return __bfloat162float(static_cast<const __nv_bfloat16 *>(base)[i]);
+    return da_bf16_to_float(static_cast<const da_bf16 *>(base)[i]);
 }
 
 static __device__ __forceinline__ void da_store(void *base, int dtype, int64_t i, float x)
@@ -29,7 +25,7 @@ static __device__ __forceinline__ void da_store(void *base, int dtype, int64_t i
     else if (dtype == DASHATTN_F16)
         static_cast<__half *>(base)[i] = __float2half_rn(x);
     else
-        static_cast<__nv_bfloat16 *>(base)[i] = __float2bfloat16_rn(x);
+        static_cast<da_bf16 *>(base)[i] = da_float_to_bf16(x);
 }
 
 static __device__ __forceinline__ int64_t da_offset(const dashattn_tensor &t, int64_t b, int64_t h,
@@ -43,7 +39,7 @@ struct da_rows {
     int64_t visible_end, sink_end, local_begin, local_end, cand_begin, cand_end;
 };
 
-static __device__ __forceinline__ da_rows da_row_layout(const dacuda_params &p, int64_t pos,
+static __device__ __forceinline__ da_rows da_row_layout(const dagpu_params &p, int64_t pos,
                                                         int64_t len_k)
 {
     const int64_t s = p.block_size;
@@ -71,27 +67,6 @@ static __device__ __forceinline__ bool da_forced(const da_rows &r, int64_t j)
     return j < r.sink_end || (j >= r.local_begin && j < r.local_end);
 }
 
-static __device__ __forceinline__ float da_warp_sum(float x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-static __device__ __forceinline__ double da_warp_sum_d(double x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-static __device__ __forceinline__ float da_warp_max(float x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
-
 /* The stage-1 score of a block for one row: every kernel that needs it calls
  * this, so stage 1 and the generic stage 2 agree to the bit. */
 static __device__ __forceinline__ float da_block_score(const float *q, const float *kbar,
@@ -105,23 +80,23 @@ static __device__ __forceinline__ float da_block_score(const float *q, const flo
 
 /* log2 of a candidate block's weight from its score z: -inf when the block is
  * not selected, NaN when the row's scores were unusable. */
-static __device__ __forceinline__ float da_prior_log2(const dacuda_row_param &rp, float z,
+static __device__ __forceinline__ float da_prior_log2(const dagpu_row_param &rp, float z,
                                                       float alpha)
 {
     const int mode = (int)rp.mode;
     if (isnan(rp.a) || isnan(z))
-        return CUDART_NAN_F;
-    if (mode == DACUDA_PRIOR_SOFTMAX)
+        return DA_NAN_F;
+    if (mode == DAGPU_PRIOR_SOFTMAX)
         return (z - rp.a) * DA_LOG2E;
-    if (mode == DACUDA_PRIOR_TOPK)
-        return z > rp.a ? 0.0f : -CUDART_INF_F;
-    if (mode == DACUDA_PRIOR_ENTMAX) {
+    if (mode == DAGPU_PRIOR_TOPK)
+        return z > rp.a ? 0.0f : -DA_INF_F;
+    if (mode == DAGPU_PRIOR_ENTMAX) {
         const float t = (alpha - 1.0f) * (z - rp.a) - rp.tau;
         if (!(t > 0.0f))
-            return -CUDART_INF_F;
+            return -DA_INF_F;
         return __log2f(t) / (alpha - 1.0f) - rp.log2norm;
     }
-    return -CUDART_INF_F;
+    return -DA_INF_F;
 }
 
 /* log2(1e-20): the flat prior drops candidates whose weight is not above
@@ -135,7 +110,7 @@ static __device__ __forceinline__ float da_flatten(float l2, float mu, float inv
 {
     if (isnan(l2))
         return l2;
-    return l2 > DA_LOG2_FLAT_FLOOR ? (l2 - mu) * inv_sigma : -CUDART_INF_F;
+    return l2 > DA_LOG2_FLAT_FLOOR ? (l2 - mu) * inv_sigma : -DA_INF_F;
 }
 
 /* mu of the flat prior for one row, over a warp: the mean of l2_of(e), the
@@ -143,17 +118,17 @@ static __device__ __forceinline__ float da_flatten(float l2, float mu, float inv
  * none is. */
 template <typename L2> static __device__ float da_flat_mu(int64_t n, L2 l2_of)
 {
-    const int lane = threadIdx.x & 31;
+    const int lane = da_lane<DA_WARP>();
     double sum = 0.0, count = 0.0;
-    for (int64_t e = lane; e < n; e += 32) {
+    for (int64_t e = lane; e < n; e += DA_WARP) {
         const float l2 = l2_of(e);
         if (l2 > DA_LOG2_FLAT_FLOOR) {
             sum += l2;
             count += 1.0;
         }
     }
-    sum = da_warp_sum_d(sum);
-    count = da_warp_sum_d(count);
+    sum = da_warp_sum<DA_WARP>(sum);
+    count = da_warp_sum<DA_WARP>(count);
     return count > 0.0 ? (float)(sum / count) : 0.0f;
 }
 
@@ -162,7 +137,7 @@ template <typename L2> static __device__ float da_flat_mu(int64_t n, L2 l2_of)
  * below float's range still count. */
 static __device__ __forceinline__ void da_log2_mean_add(float &top, float &sum, float l2)
 {
-    if (l2 == -CUDART_INF_F)
+    if (l2 == -DA_INF_F)
         return;
     if (l2 > top) {
         sum = sum * exp2f(top - l2) + 1.0f;
@@ -178,8 +153,8 @@ static __device__ __forceinline__ float da_log2_mean(float top, float sum, int64
 }
 
 /* log2 of a candidate's stage-2 prior pi under the plan's prior mode. */
-static __device__ __forceinline__ float da_candidate_log2(const dacuda_params &p,
-                                                          const dacuda_row_param &rp, float z)
+static __device__ __forceinline__ float da_candidate_log2(const dagpu_params &p,
+                                                          const dagpu_row_param &rp, float z)
 {
     const float l2 = da_prior_log2(rp, z, p.alpha);
     return p.prior_flat ? da_flatten(l2, rp.mu, p.inv_sigma) : l2;

@@ -3,32 +3,32 @@
  * new tokens in, compute the key of each block that became complete, then
  * advance seq_lens. Each step skips its work once an error is recorded, so
  * a failing append changes nothing. */
-#include "cuda_cache.cuh"
-#include "cuda_summary.cuh"
+#include "gpu_cache.cuh"
+#include "gpu_summary.cuh"
 
 namespace
 {
 
-__global__ void append_check_kernel(dacuda_params p, dashattn_kv_cache c, int64_t tokens,
-                                    dacuda_device_error *err)
+__global__ void append_check_kernel(dagpu_params p, dashattn_kv_cache c, int64_t tokens,
+                                    dagpu_device_error *err)
 {
     for (int64_t b = threadIdx.x; b < p.batch; b += blockDim.x) {
         const int64_t len = c.seq_lens[b];
         int value;
         if (len < 0 || len > p.len_k) {
-            da_report(err, DASHATTN_ERR_INVALID_ARGUMENT, (int)b, (int)len, DACUDA_BAD_SEQ_LEN);
+            da_report(err, DASHATTN_ERR_INVALID_ARGUMENT, (int)b, (int)len, DAGPU_BAD_SEQ_LEN);
             continue;
         }
         const int kind = da_check_sequence(p, c, b, len + tokens, 0, len / p.block_size, &value);
         if (kind)
             da_report(err, DASHATTN_ERR_CACHE_FULL, (int)b, value,
-                      kind == DACUDA_BAD_SEQ_LEN ? DACUDA_NO_ROOM : kind);
+                      kind == DAGPU_BAD_SEQ_LEN ? DAGPU_NO_ROOM : kind);
     }
 }
 
 /* One thread block per (token, KV head, sequence) row of k_new and v_new. */
-__global__ void append_copy_kernel(dacuda_params p, dashattn_kv_cache c, dashattn_tensor k_new,
-                                   dashattn_tensor v_new, const dacuda_device_error *err)
+__global__ void append_copy_kernel(dagpu_params p, dashattn_kv_cache c, dashattn_tensor k_new,
+                                   dashattn_tensor v_new, const dagpu_device_error *err)
 {
     if (err->code)
         return;
@@ -44,9 +44,9 @@ __global__ void append_copy_kernel(dacuda_params p, dashattn_kv_cache c, dashatt
 
 /* One thread block per (block that may complete, KV head, sequence); with
  * has_summary the block's learned summary under hvec, else its mean key. */
-__global__ void append_block_keys_kernel(dacuda_params p, dashattn_kv_cache c, int64_t tokens,
+__global__ void append_block_keys_kernel(dagpu_params p, dashattn_kv_cache c, int64_t tokens,
                                          int has_summary, dashattn_tensor hvec,
-                                         const dacuda_device_error *err)
+                                         const dagpu_device_error *err)
 {
     if (err->code)
         return;
@@ -76,8 +76,8 @@ __global__ void append_block_keys_kernel(dacuda_params p, dashattn_kv_cache c, i
     }
 }
 
-__global__ void append_advance_kernel(dacuda_params p, dashattn_kv_cache c, int64_t tokens,
-                                      const dacuda_device_error *err)
+__global__ void append_advance_kernel(dagpu_params p, dashattn_kv_cache c, int64_t tokens,
+                                      const dagpu_device_error *err)
 {
     if (err->code)
         return;
@@ -87,23 +87,22 @@ __global__ void append_advance_kernel(dacuda_params p, dashattn_kv_cache c, int6
 
 } // namespace
 
-extern "C" cudaError_t dacuda_launch_append(const dacuda_params *p, const dashattn_kv_cache *cache,
-                                            const dashattn_tensor *k_new,
-                                            const dashattn_tensor *v_new,
-                                            const dashattn_tensor *summary,
-                                            dacuda_device_error *err, cudaStream_t stream)
+extern "C" dagpu_err dagpu_launch_append(const dagpu_params *p, const dashattn_kv_cache *cache,
+                                         const dashattn_tensor *k_new, const dashattn_tensor *v_new,
+                                         const dashattn_tensor *summary, dagpu_device_error *err,
+                                         void *stream)
 {
+    const dagpu_rt_stream st = (dagpu_rt_stream)stream;
     const dashattn_tensor hvec = summary ? *summary : dashattn_tensor{};
     const int64_t tokens = k_new->shape[2];
-    append_check_kernel<<<1, 256, 0, stream>>>(*p, *cache, tokens, err);
+    append_check_kernel<<<1, 256, 0, st>>>(*p, *cache, tokens, err);
     const unsigned threads = p->head_dim >= 128 ? 128 : 64;
     append_copy_kernel<<<dim3((unsigned)tokens, (unsigned)p->heads_kv, (unsigned)p->batch), threads,
-                         0, stream>>>(*p, *cache, *k_new, *v_new, err);
+                         0, st>>>(*p, *cache, *k_new, *v_new, err);
     /* Blocks touched: from the one holding the old end to the new end. */
     const int64_t span = tokens / p->block_size + 2;
     append_block_keys_kernel<<<dim3((unsigned)span, (unsigned)p->heads_kv, (unsigned)p->batch),
-                               threads, 0, stream>>>(*p, *cache, tokens, summary != NULL, hvec,
-                                                     err);
-    append_advance_kernel<<<1, 256, 0, stream>>>(*p, *cache, tokens, err);
-    return cudaGetLastError();
+                               threads, 0, st>>>(*p, *cache, tokens, summary != NULL, hvec, err);
+    append_advance_kernel<<<1, 256, 0, st>>>(*p, *cache, tokens, err);
+    return (dagpu_err)dagpuGetLastError();
 }

@@ -1,19 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* Stage-1 thresholds on the device: one warp per query row, the row's
+/* Stage-1 thresholds on the device: one logical warp per query row, the row's
  * candidate scores z[0..n) in shared memory. The methods are the CPU
  * backend's (cpu_entmax.c), with warp reductions in double in place of its
- * loops; the result is the dacuda_row_param that stage 2 applies. */
-#ifndef DASHATTN_CUDA_ENTMAX_CUH
-#define DASHATTN_CUDA_ENTMAX_CUH
+ * loops; the result is the dagpu_row_param that stage 2 applies. */
+#ifndef DASHATTN_GPU_ENTMAX_CUH
+#define DASHATTN_GPU_ENTMAX_CUH
 
-#include "cuda_device.cuh"
-
-static __device__ __forceinline__ double da_warp_min_d(double x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x = fmin(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
+#include "gpu_device.cuh"
 
 /* Exact threshold for r = 1 (sparsemax) or r = 2 (1.5-entmax) by iterating
  * on the support (see da_entmax_threshold_support); false if it did not
@@ -21,10 +14,10 @@ static __device__ __forceinline__ double da_warp_min_d(double x)
 static __device__ bool da_support_threshold(const float *z, int n, float zmax, double scale, int r,
                                             double tau, double *tau_out)
 {
-    const int lane = threadIdx.x & 31;
+    const int lane = da_lane<DA_WARP>();
     for (int step = 0; step < 64; step++) {
-        double k = 0.0, s1 = 0.0, s2 = 0.0, lowest = CUDART_INF;
-        for (int j = lane; j < n; j += 32) {
+        double k = 0.0, s1 = 0.0, s2 = 0.0, lowest = DA_INF;
+        for (int j = lane; j < n; j += DA_WARP) {
             const double x = scale * ((double)z[j] - zmax);
             if (x > tau) {
                 k += 1.0;
@@ -33,10 +26,10 @@ static __device__ bool da_support_threshold(const float *z, int n, float zmax, d
                 lowest = fmin(lowest, x);
             }
         }
-        k = da_warp_sum_d(k);
-        s1 = da_warp_sum_d(s1);
-        s2 = da_warp_sum_d(s2);
-        lowest = da_warp_min_d(lowest);
+        k = da_warp_sum<DA_WARP>(k);
+        s1 = da_warp_sum<DA_WARP>(s1);
+        s2 = da_warp_sum<DA_WARP>(s2);
+        lowest = da_warp_min<DA_WARP>(lowest);
         if (k == 0.0)
             return false;
         double closed, next;
@@ -64,11 +57,11 @@ static __device__ bool da_support_threshold(const float *z, int n, float zmax, d
  * only confirms the support in a step or two. -1 if float does not settle. */
 static __device__ double da_support_start(const float *z, int n, float zmax, float scale, int r)
 {
-    const int lane = threadIdx.x & 31;
+    const int lane = da_lane<DA_WARP>();
     float tau = -1.0f;
     for (int step = 0; step < 64; step++) {
         float k = 0.0f, s1 = 0.0f, s2 = 0.0f;
-        for (int j = lane; j < n; j += 32) {
+        for (int j = lane; j < n; j += DA_WARP) {
             const float x = scale * (z[j] - zmax);
             if (x > tau) {
                 k += 1.0f;
@@ -76,9 +69,9 @@ static __device__ double da_support_start(const float *z, int n, float zmax, flo
                 s2 += x * x;
             }
         }
-        k = da_warp_sum(k);
-        s1 = da_warp_sum(s1);
-        s2 = da_warp_sum(s2);
+        k = da_warp_sum<DA_WARP>(k);
+        s1 = da_warp_sum<DA_WARP>(s1);
+        s2 = da_warp_sum<DA_WARP>(s2);
         if (k == 0.0f)
             return -1.0;
         const float next =
@@ -95,9 +88,9 @@ static __device__ double da_support_start(const float *z, int n, float zmax, flo
 static __device__ void da_residual(const float *z, int n, float zmax, double scale, double r,
                                    double tau, double *f, double *fp)
 {
-    const int lane = threadIdx.x & 31;
+    const int lane = da_lane<DA_WARP>();
     double s = 0.0, d = 0.0;
-    for (int j = lane; j < n; j += 32) {
+    for (int j = lane; j < n; j += DA_WARP) {
         const double t = scale * ((double)z[j] - zmax) - tau;
         if (t > 0.0) {
             const double tr1 = r == 2.0 ? t : r == 1.0 ? 1.0 : pow(t, r - 1.0);
@@ -105,8 +98,8 @@ static __device__ void da_residual(const float *z, int n, float zmax, double sca
             d -= r * tr1;
         }
     }
-    *f = da_warp_sum_d(s) - 1.0;
-    *fp = da_warp_sum_d(d);
+    *f = da_warp_sum<DA_WARP>(s) - 1.0;
+    *fp = da_warp_sum<DA_WARP>(d);
 }
 
 /* The bracketed search of the plan (tau_bracketed in cpu_entmax.c). With
@@ -145,11 +138,11 @@ static __device__ double da_bracketed_threshold(const float *z, int n, float zma
  * x = z / 2 up to rounding. Returns t; p = (x - t)_+^2, not renormalised. */
 static __device__ double da_halley_threshold(const float *z, int n, float zmax, int steps)
 {
-    const int lane = threadIdx.x & 31;
+    const int lane = da_lane<DA_WARP>();
     double lo = -1.0, hi = 0.0, t = -0.5;
     for (int step = 0; step < steps; step++) {
         double s2 = 0.0, s1 = 0.0, above = 0.0;
-        for (int j = lane; j < n; j += 32) {
+        for (int j = lane; j < n; j += DA_WARP) {
             const double u = 0.5 * ((double)z[j] - zmax) - t;
             if (u > 0.0) {
                 s2 += u * u;
@@ -157,8 +150,8 @@ static __device__ double da_halley_threshold(const float *z, int n, float zmax, 
                 above += 1.0;
             }
         }
-        const double f = da_warp_sum_d(s2) - 1.0, f1 = -2.0 * da_warp_sum_d(s1);
-        const double f2 = 2.0 * da_warp_sum_d(above);
+        const double f = da_warp_sum<DA_WARP>(s2) - 1.0, f1 = -2.0 * da_warp_sum<DA_WARP>(s1);
+        const double f2 = 2.0 * da_warp_sum<DA_WARP>(above);
         const double next = t - 2.0 * f * f1 / (2.0 * f1 * f1 - f * f2);
         if (f > 0.0)
             lo = t;
@@ -184,12 +177,11 @@ static __device__ __forceinline__ float da_key_float(unsigned k)
 
 static __device__ int da_warp_count_ge(const float *z, int n, unsigned key)
 {
-    const int lane = threadIdx.x & 31;
+    const int lane = da_lane<DA_WARP>();
     int c = 0;
-    for (int j = lane; j < n; j += 32)
-        c += z[j] > -CUDART_INF_F && da_float_key(z[j]) >= key;
-    for (int o = 16; o > 0; o >>= 1)
-        c += __shfl_xor_sync(0xffffffffu, c, o);
+    for (int j = lane; j < n; j += DA_WARP)
+        c += z[j] > -DA_INF_F && da_float_key(z[j]) >= key;
+    c = da_warp_sum<DA_WARP>(c);
     return c;
 }
 
@@ -198,9 +190,9 @@ static __device__ int da_warp_count_ge(const float *z, int n, unsigned key)
  * at the k-th score keep every tied block (the CPU keeps the lower indices). */
 static __device__ float da_topk_threshold(const float *z, int n, int k)
 {
-    const int lane = threadIdx.x & 31;
+    const int lane = da_lane<DA_WARP>();
     if (da_warp_count_ge(z, n, 0u) <= k)
-        return -CUDART_INF_F;
+        return -DA_INF_F;
     unsigned res = 0;
     for (int bit = 31; bit >= 0; bit--) {
         const unsigned trial = res | (1u << bit);
@@ -209,46 +201,45 @@ static __device__ float da_topk_threshold(const float *z, int n, int k)
     }
     const float vk = da_key_float(res);
     if (da_warp_count_ge(z, n, res) > k)
-        return nextafterf(vk, -CUDART_INF_F);
-    float below = -CUDART_INF_F;
-    for (int j = lane; j < n; j += 32)
+        return nextafterf(vk, -DA_INF_F);
+    float below = -DA_INF_F;
+    for (int j = lane; j < n; j += DA_WARP)
         if (z[j] < vk)
             below = fmaxf(below, z[j]);
-    below = da_warp_max(below);
+    below = da_warp_max<DA_WARP>(below);
     const float mid = below + 0.5f * (vk - below);
     return mid < vk && mid >= below ? mid : below;
 }
 
 /* The row's prior parameters from its n >= 1 candidate scores. */
-static __device__ dacuda_row_param da_row_threshold(const float *z, int n, const dacuda_params &p)
+static __device__ dagpu_row_param da_row_threshold(const float *z, int n, const dagpu_params &p)
 {
-    const int lane = threadIdx.x & 31;
-    dacuda_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    float zmax = -CUDART_INF_F;
+    const int lane = da_lane<DA_WARP>();
+    dagpu_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    float zmax = -DA_INF_F;
     int nans = 0;
-    for (int j = lane; j < n; j += 32) {
+    for (int j = lane; j < n; j += DA_WARP) {
         zmax = fmaxf(zmax, z[j]);
         nans += isnan(z[j]);
     }
-    zmax = da_warp_max(zmax);
-    for (int o = 16; o > 0; o >>= 1)
-        nans += __shfl_xor_sync(0xffffffffu, nans, o);
+    zmax = da_warp_max<DA_WARP>(zmax);
+    nans = da_warp_sum<DA_WARP>(nans);
     if (p.method == DASHATTN_THRESHOLD_TOPK) {
-        rp.mode = DACUDA_PRIOR_TOPK;
-        rp.a = nans ? CUDART_NAN_F : da_topk_threshold(z, n, p.topk);
+        rp.mode = DAGPU_PRIOR_TOPK;
+        rp.a = nans ? DA_NAN_F : da_topk_threshold(z, n, p.topk);
         return rp;
     }
-    rp.mode = p.method == DASHATTN_THRESHOLD_SOFTMAX ? DACUDA_PRIOR_SOFTMAX : DACUDA_PRIOR_ENTMAX;
+    rp.mode = p.method == DASHATTN_THRESHOLD_SOFTMAX ? DAGPU_PRIOR_SOFTMAX : DAGPU_PRIOR_ENTMAX;
     if (nans || !isfinite(zmax)) {
-        rp.a = CUDART_NAN_F;
+        rp.a = DA_NAN_F;
         return rp;
     }
     rp.a = zmax;
     if (p.method == DASHATTN_THRESHOLD_SOFTMAX) {
         double total = 0.0;
-        for (int j = lane; j < n; j += 32)
+        for (int j = lane; j < n; j += DA_WARP)
             total += exp((double)z[j] - zmax);
-        rp.a = (float)(zmax + log(da_warp_sum_d(total)));
+        rp.a = (float)(zmax + log(da_warp_sum<DA_WARP>(total)));
         return rp;
     }
     const double alpha = p.alpha;
@@ -273,12 +264,12 @@ static __device__ dacuda_row_param da_row_threshold(const float *z, int n, const
     /* The search stops short of the root: renormalise as the CPU does. */
     const double scale = alpha - 1.0, r = 1.0 / scale;
     double total = 0.0;
-    for (int j = lane; j < n; j += 32) {
+    for (int j = lane; j < n; j += DA_WARP) {
         const double t = scale * ((double)z[j] - zmax) - tau;
         if (t > 0.0)
             total += pow(t, r);
     }
-    rp.log2norm = (float)log2(da_warp_sum_d(total));
+    rp.log2norm = (float)log2(da_warp_sum<DA_WARP>(total));
     return rp;
 }
 

@@ -4,15 +4,16 @@
  * heads are the rows of one 16-row mma tile, so each key block is read once
  * for all of them. One warp per thread block keeps two blocks in flight with
  * cp.async while it computes, which is what a memory-bound kernel needs. */
-#include "cuda_mma.cuh"
+#include "nv_kernels.h"
+#include "nv_mma.cuh"
 
 namespace
 {
 
 template <int D, typename T>
 __global__ void __launch_bounds__(32)
-    decode_split_mma_kernel(dacuda_params p, dashattn_tensor q, dashattn_kv_cache c,
-                            dacuda_decode_ws ws)
+    decode_split_mma_kernel(dagpu_params p, dashattn_tensor q, dashattn_kv_cache c,
+                            dagpu_decode_ws ws)
 {
     extern __shared__ __align__(128) unsigned char smem_dec[];
     constexpr int KSTEPS = D / 16, DTILES = D / 8;
@@ -68,7 +69,7 @@ __global__ void __launch_bounds__(32)
     float o[DTILES][4];
     for (int n = 0; n < DTILES; n++)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.0f, 0.0f};
+    float m[2] = {-DA_INF_F, -DA_INF_F}, l[2] = {0.0f, 0.0f};
     const float scale2 = p.scale * DA_LOG2E;
     for (int64_t u = first; u < last; u++) {
         const int buf = (int)((u - first) & 1);
@@ -86,8 +87,8 @@ __global__ void __launch_bounds__(32)
         int vis[2];
         for (int half = 0; half < 2; half++) {
             const bool live = half ? live1 : live0;
-            prior[half] = live ? log2w[(g + 8 * half) * M + j] : -CUDART_INF_F;
-            vis[half] = prior[half] == -CUDART_INF_F ? 0 : vis_keys;
+            prior[half] = live ? log2w[(g + 8 * half) * M + j] : -DA_INF_F;
+            vis[half] = prior[half] == -DA_INF_F ? 0 : vis_keys;
         }
         tile_softmax_pv<D, T>(s, o, m, l, prior, vis, scale2, vtile[buf], lane);
         __syncwarp(); /* the buffer is refilled next */
@@ -112,32 +113,40 @@ __global__ void __launch_bounds__(32)
     }
 }
 
-template <int D, typename T>
-cudaError_t launch(const dacuda_params *p, const dashattn_tensor *q, const dashattn_kv_cache *c,
-                   const dacuda_decode_ws *ws, cudaStream_t stream)
+template <int D> static constexpr size_t split_smem()
 {
-    const size_t smem = 4 * (size_t)MMA_KEYS * D * 2;
-    cudaError_t e = cudaFuncSetAttribute(decode_split_mma_kernel<D, T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess)
+    return 4 * (size_t)MMA_KEYS * D * 2;
+}
+
+template <int D, typename T>
+dagpu_rt_error launch(const dagpu_params *p, const dashattn_tensor *q, const dashattn_kv_cache *c,
+                      const dagpu_decode_ws *ws, cudaStream_t stream)
+{
+    const size_t smem = split_smem<D>();
+    dagpu_rt_error e = da_allow_smem(decode_split_mma_kernel<D, T>, smem);
+    if (e != dagpu_rt_success)
         return e;
     const dim3 grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
     decode_split_mma_kernel<D, T><<<grid, 32, smem, stream>>>(*p, *q, *c, *ws);
-    return cudaGetLastError();
+    return dagpuGetLastError();
 }
 
 } // namespace
 
-extern "C" cudaError_t dacuda_launch_decode_split_mma(const dacuda_params *p,
-                                                      const dashattn_tensor *q,
-                                                      const dashattn_kv_cache *c,
-                                                      const dacuda_decode_ws *ws,
-                                                      cudaStream_t stream)
+extern "C" size_t dagpu_nv_decode_split_smem(const dagpu_params *p)
 {
+    return p->head_dim == 64 ? split_smem<64>() : split_smem<128>();
+}
+
+extern "C" dagpu_err dagpu_nv_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,
+                                                  const dashattn_kv_cache *c,
+                                                  const dagpu_decode_ws *ws, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
     const bool bf16 = p->dtype == DASHATTN_BF16;
     if (p->head_dim == 64)
-        return bf16 ? launch<64, __nv_bfloat16>(p, q, c, ws, stream)
-                    : launch<64, __half>(p, q, c, ws, stream);
-    return bf16 ? launch<128, __nv_bfloat16>(p, q, c, ws, stream)
-                : launch<128, __half>(p, q, c, ws, stream);
+        return (dagpu_err)(bf16 ? launch<64, __nv_bfloat16>(p, q, c, ws, st)
+                                : launch<64, __half>(p, q, c, ws, st));
+    return (dagpu_err)(bf16 ? launch<128, __nv_bfloat16>(p, q, c, ws, st)
+                            : launch<128, __half>(p, q, c, ws, st));
 }

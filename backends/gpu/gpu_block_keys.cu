@@ -3,13 +3,13 @@
  * or the learned summary), in f32 and, for the tensor-core stage 1, split
  * into a 16-bit high part and a 16-bit remainder whose sum carries about 16
  * bits of mantissa. */
-#include "cuda_summary.cuh"
+#include "gpu_summary.cuh"
 
 namespace
 {
 
-static __device__ __forceinline__ void
-store_key(const dacuda_params &p, const dacuda_forward_ws &ws, int split16, int64_t at, float key)
+static __device__ __forceinline__ void store_key(const dagpu_params &p, const dagpu_forward_ws &ws,
+                                                 int split16, int64_t at, float key)
 {
     ws.kbar[at] = key;
     if (split16) {
@@ -19,7 +19,7 @@ store_key(const dacuda_params &p, const dacuda_forward_ws &ws, int split16, int6
     }
 }
 
-__global__ void block_keys_kernel(dacuda_params p, dashattn_tensor k, dacuda_forward_ws ws,
+__global__ void block_keys_kernel(dagpu_params p, dashattn_tensor k, dagpu_forward_ws ws,
                                   int split16)
 {
     const int64_t j = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -36,8 +36,8 @@ __global__ void block_keys_kernel(dacuda_params p, dashattn_tensor k, dacuda_for
 
 /* The same with the learned vectors h; a ragged last block is summarised
  * over its real tokens. */
-__global__ void block_summary_kernel(dacuda_params p, dashattn_tensor k, dashattn_tensor hvec,
-                                     dacuda_forward_ws ws, int split16)
+__global__ void block_summary_kernel(dagpu_params p, dashattn_tensor k, dashattn_tensor hvec,
+                                     dagpu_forward_ws ws, int split16)
 {
     const int64_t j = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int64_t S = p.block_size, D = p.head_dim;
@@ -53,16 +53,16 @@ __global__ void block_summary_kernel(dacuda_params p, dashattn_tensor k, dashatt
 
 } // namespace
 
-extern "C" cudaError_t dacuda_launch_block_keys(const dacuda_params *p, const dashattn_tensor *k,
-                                                const dashattn_tensor *summary,
-                                                const dacuda_forward_ws *ws, int split16,
-                                                cudaStream_t stream)
+extern "C" dagpu_err dagpu_launch_block_keys(const dagpu_params *p, const dashattn_tensor *k,
+                                             const dashattn_tensor *summary,
+                                             const dagpu_forward_ws *ws, int split16, void *stream)
 {
     const dim3 grid((unsigned)p->num_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
     const unsigned threads = p->head_dim >= 128 ? 128 : 64;
     if (summary)
-        block_summary_kernel<<<grid, threads, 0, stream>>>(*p, *k, *summary, *ws, split16);
+        block_summary_kernel<<<grid, threads, 0, (dagpu_rt_stream)stream>>>(*p, *k, *summary, *ws,
+                                                                            split16);
     else
-        block_keys_kernel<<<grid, threads, 0, stream>>>(*p, *k, *ws, split16);
-    return cudaGetLastError();
+        block_keys_kernel<<<grid, threads, 0, (dagpu_rt_stream)stream>>>(*p, *k, *ws, split16);
+    return (dagpu_err)dagpuGetLastError();
 }

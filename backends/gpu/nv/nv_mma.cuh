@@ -2,10 +2,10 @@
 /* Tensor-core building blocks shared by the fast stage-1 and stage-2
  * kernels: mma.sync m16n8k16 with f32 accumulation, ldmatrix, cp.async, and
  * a swizzled shared-memory layout of [64][D] 16-bit tiles. */
-#ifndef DASHATTN_CUDA_MMA_CUH
-#define DASHATTN_CUDA_MMA_CUH
+#ifndef DASHATTN_GPU_NV_MMA_CUH
+#define DASHATTN_GPU_NV_MMA_CUH
 
-#include "cuda_device.cuh"
+#include "../gpu_device.cuh"
 
 /* Rows of a key (or block-key) tile and the threads that load one. */
 #define MMA_KEYS 64
@@ -153,14 +153,14 @@ static __device__ __forceinline__ void tile_softmax_pv(float (&s)[8][4], float (
     const int qd = lane & 3;
     float corr[2];
     for (int half = 0; half < 2; half++) {
-        float mx = -CUDART_INF_F;
+        float mx = -DA_INF_F;
 #pragma unroll
         for (int n = 0; n < 8; n++) {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int col = n * 8 + qd * 2 + e;
                 const float x =
-                    col < vis[half] ? s[n][2 * half + e] * scale2 + prior[half] : -CUDART_INF_F;
+                    col < vis[half] ? s[n][2 * half + e] * scale2 + prior[half] : -DA_INF_F;
                 s[n][2 * half + e] = x;
                 mx = fmaxf(mx, x);
             }
@@ -168,7 +168,7 @@ static __device__ __forceinline__ void tile_softmax_pv(float (&s)[8][4], float (
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_new = fmaxf(m[half], mx);
-        const float m_use = m_new == -CUDART_INF_F ? 0.0f : m_new;
+        const float m_use = m_new == -DA_INF_F ? 0.0f : m_new;
         corr[half] = exp2f(m[half] - m_use);
         float ls = 0.0f;
         for (int n = 0; n < 8; n++) {

@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/* The launch interface between the GPU plugins' C host code and their
+ * kernels, the same for CUDA and HIP: the plan as the kernels see it, the
+ * workspace layouts, the kernel launchers and the few runtime calls the host
+ * needs. Plain C: no vendor header is included here. Launchers and runtime
+ * calls return the vendor's error code as an int, 0 for success; streams
+ * are the caller's cudaStream_t / hipStream_t as a pointer. */
+#ifndef DASHATTN_GPU_KERNELS_H
+#define DASHATTN_GPU_KERNELS_H
+
+#include <dashattn/backend.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Rows of one stage-2 tile: the unit whose blocks stage 1 unites. */
+#define DAGPU_TILE_ROWS 64
+/* Query vectors one generic stage-1 thread block scores: rows of one head,
+ * or in group-mean mode the G heads of 16 / G rows (one row if G > 16). */
+#define DAGPU_STAGE1_ROWS 16
+
+/* How stage 2 turns a recomputed block score z into a log2 prior. */
+enum {
+    DAGPU_PRIOR_NONE = 0,    /* the row has no candidates */
+    DAGPU_PRIOR_SOFTMAX = 1, /* log2 p = (z - a) log2(e) */
+    DAGPU_PRIOR_ENTMAX = 2,  /* p = ((alpha - 1)(z - a) - tau)_+^(1/(alpha-1)) / norm */
+    DAGPU_PRIOR_TOPK = 3     /* p = 1 where z > a */
+};
+
+/* Per query row, written by stage 1: mode, a, tau, log2 norm, and for the
+ * flat prior mu, the mean log2 weight of the row's blocks with w > 1e-20. */
+typedef struct dagpu_row_param {
+    float mode, a, tau, log2norm, mu;
+} dagpu_row_param;
+
+/* The plan in the form kernels take by value. */
+typedef struct dagpu_params {
+    int64_t batch, heads_q, heads_kv, len_q, len_k, head_dim;
+    int64_t num_blocks, group_size, query_offset;
+    int32_t block_size, n_sink, n_local, causal;
+    int32_t method, iterations, topk;
+    /* shared_group and group_mean: the mode, with G > 1 (G = 1 is per-head).
+     * prior_table goes with either: one weight per KV head, which stage 1
+     * writes for every candidate (dagpu_forward_ws.prior) and stage 2
+     * reads; otherwise stage 2 recomputes each head's prior from the
+     * candidate's score and the row's dagpu_row_param. */
+    uint8_t shared_group, group_mean, prior_table, prior_flat;
+    int32_t dtype;
+    float alpha, scale, stage1_scale, inv_sigma; /* inv_sigma: 1 / prior_sigma (flat prior) */
+} dagpu_params;
+
+/* Device arrays of a forward call, carved from its workspace. */
+typedef struct dagpu_forward_ws {
+    float *kbar;                /* [B, Hkv, M, D] block summaries (keys) */
+    void *kbar_hi, *kbar_lo;    /* the same split into two 16-bit parts (fast path) */
+    float *prior;               /* [B, Hkv, Nq, M] log2 prior of candidates (prior_table) */
+    dagpu_row_param *rows;      /* [B, Hq, Nq] */
+    uint32_t *masks;            /* [B, Hq, tiles, words]: blocks a tile reads */
+    unsigned long long *counts; /* visible and attended pairs */
+    int64_t tiles, words;
+} dagpu_forward_ws;
+
+/* Device arrays of a decode call. */
+typedef struct dagpu_decode_ws {
+    float *log2w;     /* [B, Hq, M]: each head's log2 prior per block, -inf if unread */
+    int32_t *blocks;  /* [B, Hkv, M]: blocks any head of the group reads, ascending */
+    int32_t *nblocks; /* [B, Hkv] */
+    float *partial;   /* [B, Hq, splits, D + 2]: (m, l, o) of each split */
+    int64_t splits;
+} dagpu_decode_ws;
+
+/* Error a kernel found in device data (seq_lens, block tables), reported by
+ * the next synchronize: code is a dashattn_status, 0 if none. */
+typedef struct dagpu_device_error {
+    int code, batch, value, what;
+} dagpu_device_error;
+
+enum { DAGPU_BAD_SEQ_LEN = 1, DAGPU_BAD_PAGE = 2, DAGPU_NO_ROOM = 3 };
+
+/* Query rows of one stage-1 thread block with `slots` query vectors: all of
+ * them in per-head and shared mode; in group-mean mode the largest power of
+ * two R with G * R <= slots (at least 1), the G heads of R rows, so a
+ * block's rows never straddle a stage-2 tile. */
+static inline int dagpu_stage1_rows(const dagpu_params *p, int slots)
+{
+    int rows = slots;
+    if (p->group_mean)
+        while (rows > 1 && (int64_t)rows * p->group_size > slots)
+            rows /= 2;
+    return rows;
+}
+
+/* Query vectors (heads x rows) one generic stage-1 thread block scores. */
+static inline int64_t dagpu_stage1_vectors(const dagpu_params *p)
+{
+    const int64_t rows = dagpu_stage1_rows(p, DAGPU_STAGE1_ROWS);
+    return p->group_mean ? rows * p->group_size : rows;
+}
+
+/* Dynamic shared memory of the portable stage 1 (plans above the device's
+ * limit are refused):
+ * queries and scores of its vectors, in group-mean mode their row
+ * parameters, and the mask words. */
+static inline size_t dagpu_stage1_smem(const dagpu_params *p)
+{
+    const size_t vectors = (size_t)dagpu_stage1_vectors(p);
+    return vectors * (size_t)(p->head_dim + p->num_blocks) * sizeof(float) +
+           (p->group_mean ? vectors * sizeof(dagpu_row_param) : 0) +
+           (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
+}
+
+/* Dynamic shared memory of the decode select kernel: the G heads' scores of
+ * every block and the union's mask words. */
+static inline size_t dagpu_decode_select_smem(const dagpu_params *p)
+{
+    return (size_t)p->group_size * (size_t)p->num_blocks * sizeof(float) +
+           (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
+}
+
+/* Dynamic shared memory of the portable decode split with tiles of `tile`
+ * tokens: the G queries and outputs, a key tile (rows padded by one), a
+ * value tile, the G heads' weights, and (m, l, correction) per head. */
+static inline size_t dagpu_decode_split_smem(const dagpu_params *p, int tile)
+{
+    const size_t D = (size_t)p->head_dim, G = (size_t)p->group_size, T = (size_t)tile;
+    return (2 * G * D + T * (D + 1) + T * D + G * T + 3 * G) * sizeof(float);
+}
+
+/* The vendor runtime's error code (cudaError_t, hipError_t), 0 for success. */
+typedef int dagpu_err;
+
+/* ---- runtime calls (gpu_runtime.cu) ---- */
+
+/* What the host code needs to know of a device. */
+typedef struct dagpu_device_info {
+    char name[256];
+    char arch[64];         /* "sm_90", "gfx90a", ... */
+    int sm_count;          /* multiprocessors / compute units */
+    int warp_size;         /* physical: 32 or 64 */
+    size_t smem_per_block; /* the most dynamic shared memory one block may use */
+    size_t total_memory;
+} dagpu_device_info;
+
+const char *dagpu_rt_vendor(void); /* "CUDA" or "HIP" */
+const char *dagpu_rt_error_string(dagpu_err err);
+const char *dagpu_rt_error_name(dagpu_err err);
+int dagpu_rt_is_out_of_memory(dagpu_err err);
+dagpu_err dagpu_rt_device_count(int *count);
+dagpu_err dagpu_rt_device_info(int device, dagpu_device_info *info);
+dagpu_err dagpu_rt_versions(int *driver, int *runtime);
+dagpu_err dagpu_rt_set_device(int device);
+dagpu_err dagpu_rt_malloc(void **ptr, size_t bytes);
+void dagpu_rt_free(void *ptr);
+/* Clears a non-sticky error (a failed allocation) so later calls see none. */
+void dagpu_rt_clear_error(void);
+dagpu_err dagpu_rt_to_device(void *dst, const void *src, size_t bytes);
+dagpu_err dagpu_rt_to_host(void *dst, const void *src, size_t bytes);
+dagpu_err dagpu_rt_to_host_async(void *dst, const void *src, size_t bytes, void *stream);
+dagpu_err dagpu_rt_zero(void *ptr, size_t bytes);
+dagpu_err dagpu_rt_zero_async(void *ptr, size_t bytes, void *stream);
+dagpu_err dagpu_rt_stream_sync(void *stream);
+
+/* ---- portable kernels (any vendor, any warp size) ---- */
+
+/* summary: the learned vectors h (f32 [1, Hkv, 1, D]), NULL for mean pooling;
+ * split16 also writes the 16-bit split keys the tensor-core stage 1 reads. */
+dagpu_err dagpu_launch_block_keys(const dagpu_params *p, const dashattn_tensor *k,
+                                  const dashattn_tensor *summary, const dagpu_forward_ws *ws,
+                                  int split16, void *stream);
+dagpu_err dagpu_launch_stage1(const dagpu_params *p, const dashattn_tensor *q,
+                              const dagpu_forward_ws *ws, const dashattn_selection *sel,
+                              void *stream);
+dagpu_err dagpu_launch_stage2(const dagpu_params *p, const dashattn_tensor *q,
+                              const dashattn_tensor *k, const dashattn_tensor *v,
+                              const dashattn_tensor *out, float *lse, const dagpu_forward_ws *ws,
+                              void *stream);
+/* Decode stage 1: scores, thresholds and the union of blocks to read. */
+dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const dashattn_tensor *q,
+                                     const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
+                                     dagpu_device_error *err, void *stream);
+/* Decode split-KV attention with tiles of `tile` tokens (16, 32 or 64:
+ * dagpu_decode_split_smem tells the shared memory). */
+dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,
+                                    const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
+                                    int tile, void *stream);
+dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dashattn_tensor *out, float *lse,
+                                    const dagpu_decode_ws *ws, void *stream);
+dagpu_err dagpu_launch_append(const dagpu_params *p, const dashattn_kv_cache *cache,
+                              const dashattn_tensor *k_new, const dashattn_tensor *v_new,
+                              const dashattn_tensor *summary, dagpu_device_error *err,
+                              void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,278 @@
+/* SPDX-License-Identifier: MIT */
+/* Plan-time choices of the GPU plugins: which kernel variants a plan may
+ * take on this device, the decode split count and tile, the workspace
+ * layouts, and the problems refused because the device cannot run them. */
+#include "gpu_plugin.h"
+#ifdef DAGPU_HAVE_NV
+#include "nv/nv_kernels.h"
+#endif
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void dagpu_params_from_plan(const dashattn_plan_desc *plan, dagpu_params *p)
+{
+    const dashattn_problem *pr = &plan->problem;
+    memset(p, 0, sizeof *p);
+    p->batch = pr->batch;
+    p->heads_q = pr->heads_q;
+    p->heads_kv = pr->heads_kv;
+    p->len_q = pr->len_q;
+    p->len_k = pr->len_k;
+    p->head_dim = pr->head_dim;
+    p->num_blocks = plan->num_blocks;
+    p->group_size = plan->group_size;
+    p->query_offset = plan->query_offset;
+    p->block_size = pr->block_size;
+    p->n_sink = pr->n_sink;
+    p->n_local = pr->n_local;
+    p->causal = pr->causal != 0;
+    p->method = (int32_t)plan->threshold_method;
+    p->iterations = plan->threshold_iterations;
+    p->topk = pr->topk;
+    /* One query head per KV head makes every group mode per-head; top-k in
+     * group-mean mode ranks the group's mean score, as shared mode does. */
+    const int grouped = plan->group_size > 1;
+    const int topk = plan->threshold_method == DASHATTN_THRESHOLD_TOPK;
+    p->shared_group = grouped && (pr->group_mode == DASHATTN_GROUP_SHARED ||
+                                  (pr->group_mode == DASHATTN_GROUP_MEAN && topk));
+    p->group_mean = grouped && pr->group_mode == DASHATTN_GROUP_MEAN && !topk;
+    p->prior_table = p->shared_group || p->group_mean;
+    p->prior_flat = pr->prior == DASHATTN_PRIOR_FLAT;
+    p->dtype = (int32_t)pr->dtype;
+    p->alpha = (float)pr->alpha;
+    p->scale = (float)pr->scale;
+    p->stage1_scale = (float)pr->stage1_scale;
+    /* 0 unless the prior is flat; a product, not a division, in the kernels. */
+    p->inv_sigma = pr->prior == DASHATTN_PRIOR_FLAT ? (float)(1.0 / pr->prior_sigma) : 0.0f;
+}
+
+void *dagpu_carve(dagpu_carver *c, size_t bytes)
+{
+    c->used = (c->used + 255) & ~(size_t)255;
+    void *ptr = c->base ? c->base + c->used : NULL;
+    c->used += bytes;
+    return ptr;
+}
+
+dashattn_status dagpu_check_workspace(const char *op, const void *workspace)
+{
+    if (((uintptr_t)workspace & 255u) == 0)
+        return DASHATTN_OK;
+    dagpu_host->set_error(DAGPU_NAME " backend: %s: workspace %p is not 256-byte aligned (memory "
+                                     "from the runtime's allocator or dashattn_memory_alloc is)",
+                          op, workspace);
+    return DASHATTN_ERR_INVALID_ARGUMENT;
+}
+
+int dagpu_tensors_vector_ok(const dashattn_tensor *const *t, int count)
+{
+    for (int i = 0; i < count; i++) {
+        if (t[i]->strides[3] != 1 || ((uintptr_t)t[i]->data & 15u) != 0)
+            return 0;
+        for (int d = 0; d < 3; d++)
+            if (t[i]->strides[d] % 8 != 0)
+                return 0;
+    }
+    return 1;
+}
+
+size_t dagpu_forward_layout(const dagpu_plan *gp, void *base, dagpu_forward_ws *ws)
+{
+    const dagpu_params *p = &gp->params;
+    const size_t D = (size_t)p->head_dim, M = (size_t)p->num_blocks;
+    const size_t kv_blocks = (size_t)p->batch * (size_t)p->heads_kv * M * D;
+    const size_t kv_rows = (size_t)p->batch * (size_t)p->heads_kv * (size_t)p->len_q;
+    const size_t rows = (size_t)p->batch * (size_t)p->heads_q * (size_t)p->len_q;
+    const size_t half = gp->split_keys ? 2 : 0;
+    dagpu_carver c = {base, 0};
+    dagpu_forward_ws w;
+    memset(&w, 0, sizeof w);
+    w.tiles = (p->len_q + DAGPU_TILE_ROWS - 1) / DAGPU_TILE_ROWS;
+    w.words = (int64_t)(M + 31) / 32;
+    w.kbar = dagpu_carve(&c, kv_blocks * sizeof(float));
+    if (half) {
+        w.kbar_hi = dagpu_carve(&c, kv_blocks * half);
+        w.kbar_lo = dagpu_carve(&c, kv_blocks * half);
+    }
+    if (p->prior_table)
+        w.prior = dagpu_carve(&c, kv_rows * M * sizeof(float));
+    w.rows = dagpu_carve(&c, rows * sizeof(dagpu_row_param));
+    w.masks = dagpu_carve(&c, (size_t)p->batch * (size_t)p->heads_q * (size_t)w.tiles *
+                                  (size_t)w.words * sizeof(uint32_t));
+    w.counts = dagpu_carve(&c, 2 * sizeof(unsigned long long));
+    if (ws)
+        *ws = w;
+    return c.used;
+}
+
+size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws)
+{
+    const dagpu_params *p = &gp->params;
+    const size_t M = (size_t)p->num_blocks, B = (size_t)p->batch;
+    dagpu_carver c = {base, 0};
+    dagpu_decode_ws w;
+    w.splits = gp->decode_splits;
+    w.log2w = dagpu_carve(&c, B * (size_t)p->heads_q * M * sizeof(float));
+    w.blocks = dagpu_carve(&c, B * (size_t)p->heads_kv * M * sizeof(int32_t));
+    w.nblocks = dagpu_carve(&c, B * (size_t)p->heads_kv * sizeof(int32_t));
+    w.partial = dagpu_carve(&c, B * (size_t)p->heads_q * (size_t)w.splits *
+                                    (size_t)(p->head_dim + 2) * sizeof(float));
+    if (ws)
+        *ws = w;
+    return c.used;
+}
+
+/* The layouts sum sizes in size_t. This bound, in double with every part
+ * at its largest (the prior table and split keys always, decode splits at
+ * most M), tells whether they could wrap: the core refuses a plan whose
+ * workspace size is SIZE_MAX. A part added to a layout must be added here. */
+static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
+{
+    const double b = (double)p->batch, hq = (double)p->heads_q, hkv = (double)p->heads_kv;
+    const double nq = (double)p->len_q, d = (double)p->head_dim, m = (double)p->num_blocks;
+    double bytes = 0.0;
+    if (op == DASHATTN_OP_FORWARD)
+        bytes = b * hkv * m * d * 8.0 + b * hkv * nq * m * 4.0 +
+                b * hq * nq * (double)sizeof(dagpu_row_param) +
+                b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0;
+    else if (op == DASHATTN_OP_DECODE)
+        bytes = b * hq * m * 4.0 + b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
+    return bytes + 4096.0 > 0x1p62;
+}
+
+size_t dagpu_workspace_size(void *state, const dashattn_plan_desc *plan, dashattn_operation op)
+{
+    (void)state;
+    const dagpu_plan *gp = plan->backend_plan;
+    if (layout_may_wrap(&gp->params, op))
+        return SIZE_MAX;
+    switch (op) {
+    case DASHATTN_OP_FORWARD:
+        return gp->forward_refusal[0] ? 0 : dagpu_forward_layout(gp, NULL, NULL);
+    case DASHATTN_OP_DECODE:
+        return gp->decodes ? dagpu_decode_layout(gp, NULL, NULL) : 0;
+    default:
+        return 0; /* no backward on this backend */
+    }
+}
+
+/* Splits of the selected blocks per (sequence, KV head): about twelve
+ * thread blocks per multiprocessor (three run at a time on each), so the
+ * last wave is a small share of the work. */
+static int64_t decode_splits(const dagpu_params *p, int sm_count)
+{
+    const int64_t pairs = p->batch * p->heads_kv;
+    int64_t splits = (12 * (int64_t)sm_count + pairs - 1) / pairs;
+    if (splits > p->num_blocks)
+        splits = p->num_blocks;
+    return splits < 1 ? 1 : splits;
+}
+
+#ifdef DAGPU_HAVE_NV
+/* The tensor-core kernels take 16-bit data, head dimension 64 or 128 and
+ * blocks of 64 tokens. */
+static int nv_shape_ok(const dagpu_state *st, const dagpu_params *p)
+{
+    return !st->portable && p->dtype != DASHATTN_F32 && p->block_size == 64 &&
+           (p->head_dim == 64 || p->head_dim == 128);
+}
+#endif
+
+/* Why the forward cannot run on this device ("" if it can). */
+static void forward_limits(const dagpu_state *st, dagpu_plan *gp)
+{
+    const dagpu_params *p = &gp->params;
+    const size_t smem = dagpu_stage1_smem(p), limit = st->info.smem_per_block;
+    if (smem > limit)
+        snprintf(gp->forward_refusal, sizeof gp->forward_refusal,
+                 "%lld key blocks%s need %zu bytes of shared memory in stage 1, the device "
+                 "offers %zu; use a larger block_size",
+                 (long long)p->num_blocks, p->group_mean ? " for every query head of a group" : "",
+                 smem, limit);
+}
+
+/* Decode choices; a refusal's message is set and its status returned. */
+static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
+{
+    const dagpu_params *p = &gp->params;
+    const size_t limit = st->info.smem_per_block;
+    if (p->group_size > 32) {
+        dagpu_host->set_error(DAGPU_NAME " backend: decode supports at most 32 query heads per "
+                                         "KV head, the plan has %lld",
+                              (long long)p->group_size);
+        return DASHATTN_ERR_UNSUPPORTED;
+    }
+    const size_t select = dagpu_decode_select_smem(p);
+    if (select > limit) {
+        dagpu_host->set_error(DAGPU_NAME " backend: decode over %lld blocks with %lld heads per "
+                                         "group needs %zu bytes of shared memory, the device "
+                                         "offers %zu; use a larger block_size",
+                              (long long)p->num_blocks, (long long)p->group_size, select, limit);
+        return DASHATTN_ERR_UNSUPPORTED;
+    }
+    gp->decode_tile = 0;
+    for (int tile = 64; tile >= 16 && !gp->decode_tile; tile /= 2)
+        if (dagpu_decode_split_smem(p, tile) <= limit)
+            gp->decode_tile = tile;
+    if (!gp->decode_tile) {
+        dagpu_host->set_error(DAGPU_NAME " backend: decode with head dimension %lld and %lld heads "
+                                         "per group needs %zu bytes of shared memory, the device "
+                                         "offers %zu",
+                              (long long)p->head_dim, (long long)p->group_size,
+                              dagpu_decode_split_smem(p, 16), limit);
+        return DASHATTN_ERR_UNSUPPORTED;
+    }
+    gp->decode_splits = decode_splits(p, st->info.sm_count);
+#ifdef DAGPU_HAVE_NV
+    gp->decode_split_nv =
+        nv_shape_ok(st, p) && p->group_size <= 16 && dagpu_nv_decode_split_smem(p) <= limit;
+#endif
+    return DASHATTN_OK;
+}
+
+dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, void **plan_state)
+{
+    const dagpu_state *st = state;
+    *plan_state = NULL;
+    dagpu_plan *gp = calloc(1, sizeof *gp);
+    if (!gp) {
+        dagpu_host->set_error(DAGPU_NAME " backend: out of host memory");
+        return DASHATTN_ERR_OUT_OF_MEMORY;
+    }
+    dagpu_params_from_plan(plan, &gp->params);
+    const dagpu_params *p = &gp->params;
+    gp->decodes = p->len_q == 1 && p->causal;
+    forward_limits(st, gp);
+    if (gp->forward_refusal[0] && !gp->decodes) {
+        dagpu_host->set_error(DAGPU_NAME " backend: %s", gp->forward_refusal);
+        free(gp);
+        return DASHATTN_ERR_UNSUPPORTED;
+    }
+    if (gp->decodes) {
+        const dashattn_status s = decode_choices(st, gp);
+        if (s != DASHATTN_OK) {
+            free(gp);
+            return s;
+        }
+    }
+#ifdef DAGPU_HAVE_NV
+    gp->stage2_nv = nv_shape_ok(st, p) && dagpu_nv_stage2_smem(p) <= st->info.smem_per_block;
+    /* The tensor-core stage 1 scores 32 query vectors of single heads
+     * (shared mode scores the group's mean query in the portable kernel); a
+     * group-mean block needs all G heads of at least one row among them. */
+    gp->stage1_nv = gp->stage2_nv && !p->shared_group &&
+                    dagpu_nv_stage1_smem(p) <= st->info.smem_per_block &&
+                    (!p->group_mean || p->group_size <= 32);
+#endif
+    gp->split_keys = gp->stage1_nv;
+    *plan_state = gp;
+    return DASHATTN_OK;
+}
+
+void dagpu_plan_release(void *state, void *plan_state)
+{
+    (void)state;
+    free(plan_state);
+}

@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+/* Host side of the GPU plugins (C): device state, the per-plan choices, and
+ * the entry points. The same files build dashattn-cuda.so and
+ * dashattn-hip.so; DAGPU_NAME ("cuda", "hip") names the plugin and
+ * DAGPU_HAVE_NV says whether the NVIDIA-only kernels (nv/) are linked. */
+#ifndef DASHATTN_GPU_PLUGIN_H
+#define DASHATTN_GPU_PLUGIN_H
+
+#include "gpu_kernels.h"
+
+#ifndef DAGPU_NAME
+#error "DAGPU_NAME must name the plugin"
+#endif
+
+typedef struct dagpu_state {
+    int device;
+    dagpu_device_info info;
+    /* DASHATTN_GPU_KERNELS=portable: the NVIDIA-only kernels are not used,
+     * so the portable ones (what AMD runs) can be tested on NVIDIA. */
+    int portable;
+    dagpu_device_error *error; /* device memory, see gpu_synchronize */
+    char name[400];
+} dagpu_state;
+
+/* What one plan runs, chosen once by dagpu_plan_prepare. The NVIDIA-only
+ * variants are allowed here by the plan's shape and the device; a call takes
+ * them only if its tensors also suit them (strides, alignment). */
+typedef struct dagpu_plan {
+    dagpu_params params;
+    int stage1_nv;  /* tensor-core stage 1 (with stage2_nv only) */
+    int stage2_nv;  /* tensor-core stage 2 */
+    int split_keys; /* the forward workspace holds 16-bit split block keys */
+    int decodes;    /* a decode plan: len_q 1, causal */
+    int64_t decode_splits;
+    int decode_tile;     /* tokens per tile of the portable decode split */
+    int decode_split_nv; /* tensor-core decode split */
+    /* An operation this plan cannot run on the device (the plan itself is
+     * refused when it cannot run its main one): why, or "" if it can. */
+    char forward_refusal[256];
+} dagpu_plan;
+
+extern const dashattn_host *dagpu_host;
+
+/* Sets the error message for a runtime failure and returns its status. */
+dashattn_status dagpu_fail(dagpu_err err, const char *what);
+/* Makes the context's device current for the calling thread. */
+dashattn_status dagpu_enter(const dagpu_state *st);
+
+/* Carves consecutive 256-byte aligned pieces out of a workspace; with a NULL
+ * base it only counts bytes. */
+typedef struct dagpu_carver {
+    char *base;
+    size_t used;
+} dagpu_carver;
+
+void *dagpu_carve(dagpu_carver *c, size_t bytes);
+
+/* Fails with INVALID_ARGUMENT unless the workspace is 256-byte aligned, as
+ * the runtime's allocations are: its arrays are read with 16-byte loads. */
+dashattn_status dagpu_check_workspace(const char *op, const void *workspace);
+
+void dagpu_params_from_plan(const dashattn_plan_desc *plan, dagpu_params *p);
+size_t dagpu_forward_layout(const dagpu_plan *gp, void *base, dagpu_forward_ws *ws);
+size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws);
+
+/* Nonzero if the tensors suit the 16-bit tensor-core kernels: unit stride in
+ * the head dimension, other strides multiples of 8 elements, 16-byte
+ * aligned data. */
+int dagpu_tensors_vector_ok(const dashattn_tensor *const *t, int count);
+
+dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, void **plan_state);
+void dagpu_plan_release(void *state, void *plan_state);
+size_t dagpu_workspace_size(void *state, const dashattn_plan_desc *plan, dashattn_operation op);
+dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
+                              const dashattn_forward_args *args);
+dashattn_status dagpu_cache_append(void *state, const dashattn_plan_desc *plan,
+                                   const dashattn_append_args *args);
+dashattn_status dagpu_decode(void *state, const dashattn_plan_desc *plan,
+                             const dashattn_decode_args *args);
+
+#endif

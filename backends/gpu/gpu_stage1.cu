@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: MIT */
+/* Stage 1 of a forward call, portable kernel: block scores of 16 query
+ * vectors per thread block in f32, then gpu_stage1_finish.cuh. The NVIDIA
+ * tensor-core variant is nv/nv_stage1.cu. */
+#include "gpu_stage1_finish.cuh"
+
+namespace
+{
+
+/* One thread block scores R rows of one query head, of one KV head in
+ * shared mode (on the group-mean query), or in group-mean mode the G heads
+ * of one KV head for R rows (query vector a = g * R + r). R is
+ * DAGPU_STAGE1_ROWS except in group-mean mode (dagpu_stage1_rows). */
+__global__ void __launch_bounds__(128)
+    stage1_kernel(dagpu_params p, dashattn_tensor q, dagpu_forward_ws ws, dashattn_selection sel,
+                  int R)
+{
+    extern __shared__ float smem[];
+    const int64_t D = p.head_dim, M = p.num_blocks, G = p.group_size;
+    const int64_t b = blockIdx.z, hh = blockIdx.y;
+    const int64_t kvh = p.shared_group || p.group_mean ? hh : hh / G;
+    const int64_t row0 = (int64_t)blockIdx.x * R;
+    const int rows = (int)min((int64_t)R, p.len_q - row0);
+    const int64_t vectors = p.group_mean ? G * R : R;
+    float *qs = smem;
+    float *zs = smem + vectors * D;
+    dagpu_row_param *params = reinterpret_cast<dagpu_row_param *>(zs + vectors * M);
+    /* The rows' blocks and counts are gathered here first: one global atomic
+     * per word per thread block instead of one per row. */
+    unsigned *mask = reinterpret_cast<unsigned *>(params + (p.group_mean ? vectors : 0));
+    __shared__ unsigned long long block_counts[2];
+    const int tid = threadIdx.x;
+    for (int64_t w = tid; w < ws.words; w += blockDim.x)
+        mask[w] = 0;
+    if (tid < 2)
+        block_counts[tid] = 0;
+
+    for (int64_t idx = tid; idx < vectors * D; idx += blockDim.x) {
+        const int64_t a = idx / D, d = idx % D, r = a % R;
+        if (r >= rows)
+            continue;
+        float x;
+        if (p.shared_group) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < G; g++)
+                acc += da_load(q.data, q.dtype, da_offset(q, b, hh * G + g, row0 + r, d));
+            x = acc / (float)G;
+        } else {
+            const int64_t h = p.group_mean ? hh * G + a / R : hh;
+            x = da_load(q.data, q.dtype, da_offset(q, b, h, row0 + r, d));
+        }
+        qs[a * D + d] = x;
+    }
+    __syncthreads();
+
+    const float *kbar = ws.kbar + (b * p.heads_kv + kvh) * M * D;
+    for (int64_t idx = tid; idx < vectors * M; idx += blockDim.x) {
+        const int64_t a = idx / M, j = idx % M, r = a % R;
+        if (r >= rows)
+            continue;
+        const da_rows lr = da_row_layout(p, row0 + r + p.query_offset, p.len_k);
+        if (j >= lr.cand_begin && j < lr.cand_end)
+            zs[a * M + j] = da_block_score(qs + a * D, kbar + j * D, D, p.stage1_scale);
+    }
+    __syncthreads();
+
+    if (p.group_mean)
+        stage1_finish_group(p, ws, sel, zs, M, R, rows, row0, b, hh, params, mask, block_counts);
+    else
+        stage1_finish(p, ws, sel, zs, M, rows, row0, b, hh, mask, block_counts);
+}
+
+} // namespace
+
+extern "C" dagpu_err dagpu_launch_stage1(const dagpu_params *p, const dashattn_tensor *q,
+                                         const dagpu_forward_ws *ws, const dashattn_selection *sel,
+                                         void *stream)
+{
+    dashattn_selection s = {0, 0, 0, 0};
+    if (sel)
+        s = *sel;
+    const size_t smem = dagpu_stage1_smem(p);
+    dagpu_rt_error e = da_allow_smem(stage1_kernel, smem);
+    if (e != dagpu_rt_success)
+        return (dagpu_err)e;
+    const int R = dagpu_stage1_rows(p, DAGPU_STAGE1_ROWS);
+    const dim3 grid((unsigned)((p->len_q + R - 1) / R),
+                    (unsigned)(p->shared_group || p->group_mean ? p->heads_kv : p->heads_q),
+                    (unsigned)p->batch);
+    stage1_kernel<<<grid, 128, smem, (dagpu_rt_stream)stream>>>(*p, *q, *ws, s, R);
+    return (dagpu_err)dagpuGetLastError();
+}

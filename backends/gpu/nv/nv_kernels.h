@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/* The NVIDIA-only kernels (mma.sync, ldmatrix, cp.async; sm_80 and newer)
+ * as the host code sees them: faster variants of portable kernels, used
+ * where a plan and its tensors allow (gpu_plan.c decides what a plan may
+ * use, the call checks its tensors). Only the cuda plugin links them. */
+#ifndef DASHATTN_GPU_NV_KERNELS_H
+#define DASHATTN_GPU_NV_KERNELS_H
+
+#include "../gpu_kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Stage 1 on the tensor cores (16-bit q, head dimension 64 or 128, block
+ * size 64, not shared mode; group-mean with at most 32 heads per group), and
+ * the shared memory it needs. Reads the split keys of dagpu_launch_block_keys
+ * with split16. */
+size_t dagpu_nv_stage1_smem(const dagpu_params *p);
+dagpu_err dagpu_nv_launch_stage1(const dagpu_params *p, const dashattn_tensor *q,
+                                 const dagpu_forward_ws *ws, const dashattn_selection *sel,
+                                 void *stream);
+/* Stage 2 on the tensor cores: 16-bit q, k, v, out with contiguous,
+ * 16-byte aligned rows, head dimension 64 or 128, block size 64. */
+size_t dagpu_nv_stage2_smem(const dagpu_params *p);
+dagpu_err dagpu_nv_launch_stage2(const dagpu_params *p, const dashattn_tensor *q,
+                                 const dashattn_tensor *k, const dashattn_tensor *v,
+                                 const dashattn_tensor *out, float *lse, const dagpu_forward_ws *ws,
+                                 void *stream);
+/* The decode split on the tensor cores (16-bit caches, head dimension 64 or
+ * 128, block size 64, at most 16 query heads per KV head), in place of
+ * dagpu_launch_decode_split. */
+size_t dagpu_nv_decode_split_smem(const dagpu_params *p);
+dagpu_err dagpu_nv_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,
+                                       const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
+                                       void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
