@@ -14,13 +14,17 @@ tests_test_backend_parity_LDADD = libtestref.la libtestutil.la $(TEST_PUBLIC_LIB
 PARITY_TESTS = \
 	tests/test_parity_cpu.sh \
 	tests/test_parity_opencl.sh \
-	tests/test_parity_cuda.sh
+	tests/test_parity_cuda.sh \
+	tests/test_parity_hip.sh
 TESTS += $(PARITY_TESTS)
 dist_noinst_SCRIPTS += $(PARITY_TESTS)
 
 # The command-line tool on each usable GPU backend.
 TESTS += tests/test_cli_gpu.sh
 dist_noinst_SCRIPTS += tests/test_cli_gpu.sh
+# The cuda and hip plugins load, and answer cleanly where no device is.
+TESTS += tests/test_gpu_plugins.sh
+dist_noinst_SCRIPTS += tests/test_gpu_plugins.sh
 
 # What only the CUDA backend promises: the caller's stream and CUDA graph
 # capture of append + decode. Links the CUDA runtime for streams and graphs.

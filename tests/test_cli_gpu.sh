@@ -1,7 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # The `dashattn` tool on every GPU backend built in this tree and usable here
-# (cuda, opencl): `info` lists it, `run` gives the CPU backend's results (f32
+# (cuda, hip, opencl): `info` lists it, `run` gives the CPU backend's results (f32
 # to 1e-4, bf16 and f16 converted on the way in to 1e-2), `grad` either
 # matches the CPU or, where the backend has no backward, fails cleanly with
 # status 1 and one line saying so, and `bench` runs. Skips (77) when no GPU
@@ -43,7 +43,7 @@ same() {
     exit 1
 }
 backends=
-for b in cuda opencl; do
+for b in cuda hip opencl; do
     if grep -Eq "^  $b +usable" info.txt; then
         backends="$backends $b"
     else
