@@ -4,9 +4,13 @@
 # out of tree, run the test suite (the CUDA parity test among them), run the
 # CUDA parity test once under compute-sanitizer, then the benchmark.
 #
-#   sh bench/gpu_run.sh [test] [sanitize] [released] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [portable] [sanitize] [released] [bench] [BENCH ARGS...]
 #
-# With no phase named, test, sanitize and bench run. `released` compares the
+# With no phase named, test, portable, sanitize and bench run. `portable`
+# runs the GPU tests again on the portable kernels only (what the hip plugin
+# runs on AMD: DASHATTN_GPU_KERNELS=portable), once more with AMD's 64 KiB
+# of shared memory per block (DASHATTN_GPU_SHARED_MEMORY=65536), and the
+# portable parity test once under compute-sanitizer. `released` compares the
 # CUDA backend with the authors' released Triton kernels
 # (bench/released_compare.py); it needs a copy of their repository, never
 # committed, in $DASHATTN_RELEASE (default: .release in the source tree, which
@@ -22,12 +26,12 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | sanitize | bench | profile | released) phases="$phases $1" ;;
+    test | portable | sanitize | bench | profile | released) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
 done
-[ -n "$phases" ] || phases=" test sanitize bench"
+[ -n "$phases" ] || phases=" test portable sanitize bench"
 
 say() { printf '%s\n' "$*" | tee -a "$out/summary.txt"; }
 
@@ -36,7 +40,7 @@ cd "$build" || exit 1
 if [ ! -f Makefile ]; then
     "$src/configure" -q ${DASHATTN_CONFIGURE_ARGS:-} >"$out/configure.log" 2>&1 || { say "configure failed"; tail -30 "$out/configure.log"; exit 1; }
 fi
-grep -E '(cuda|opencl) plugin' "$out/configure.log" | tee -a "$out/summary.txt"
+grep -E '(cuda|hip|opencl) plugin' "$out/configure.log" | tee -a "$out/summary.txt"
 # One architecture is enough on the machine itself and builds faster.
 arch=${NVCC_ARCH_FLAGS:--gencode arch=compute_90,code=sm_90}
 if ! make -j16 NVCC_ARCH_FLAGS="$arch" >"$out/build.log" 2>&1; then
@@ -58,6 +62,32 @@ case $phases in *test*)
     for t in tests/test_parity_cuda tests/test_parity_opencl; do
         [ -f "$t.log" ] && cp "$t.log" "$out/$(basename "$t").log"
     done
+    ;;
+esac
+
+case $phases in *portable*)
+    gpu_tests="tests/test_parity_cuda.sh tests/test_cli_gpu.sh tests/test_gpu_plugins.sh tests/test_cuda"
+    for cap in "" 65536; do
+        log=$out/check-portable${cap:+-$cap}.log
+        if DASHATTN_GPU_KERNELS=portable DASHATTN_GPU_SHARED_MEMORY=$cap \
+            make check TESTS="$gpu_tests" NVCC_ARCH_FLAGS="$arch" >"$log" 2>&1; then
+            say "portable kernels${cap:+, $cap bytes of shared memory}: passed"
+        else
+            say "portable kernels${cap:+, $cap bytes of shared memory}: FAILED"
+            status=1
+        fi
+        grep -E '^(PASS|FAIL|SKIP|ERROR)' "$log" | tee -a "$out/summary.txt"
+        cp tests/test_parity_cuda.log "$out/parity-portable${cap:+-$cap}.log" 2>/dev/null
+    done
+    if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" DASHATTN_GPU_KERNELS=portable \
+        compute-sanitizer --tool memcheck --error-exitcode 9 tests/test_backend_parity cuda \
+        >"$out/sanitizer-portable.log" 2>&1; then
+        say "compute-sanitizer memcheck, portable kernels: clean"
+    else
+        say "compute-sanitizer memcheck, portable kernels: FAILED (rc $?)"
+        status=1
+    fi
+    tail -3 "$out/sanitizer-portable.log" | tee -a "$out/summary.txt"
     ;;
 esac
 
