@@ -46,15 +46,15 @@ __global__ void __launch_bounds__(SELECT_THREADS)
             const int32_t page = c.block_table[b * c.table_stride + j];
             ok = page >= 0 && page < pages;
         }
-        float part[32];
-        for (int64_t g = 0; g < G && g < 32; g++)
+        float part[DAGPU_DECODE_MAX_GROUP];
+        for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++)
             part[g] = 0.0f;
         if (ok && vec) {
             const float *key = static_cast<const float *>(c.block_keys.data) +
                                da_block_key_offset(c, b, kvh, j, 0);
             for (int64_t d = lane * 4; d < D; d += 128) {
                 const float4 x = *reinterpret_cast<const float4 *>(key + d);
-                for (int64_t g = 0; g < G && g < 32; g++) {
+                for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++) {
                     const float *qg = qs + g * D + d;
                     part[g] += qg[0] * x.x + qg[1] * x.y + qg[2] * x.z + qg[3] * x.w;
                 }
@@ -63,11 +63,11 @@ __global__ void __launch_bounds__(SELECT_THREADS)
             for (int64_t d = lane; d < D; d += DA_WARP) {
                 const float x = da_load(c.block_keys.data, c.block_keys.dtype,
                                         da_block_key_offset(c, b, kvh, j, d));
-                for (int64_t g = 0; g < G && g < 32; g++)
+                for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++)
                     part[g] = fmaf(qs[g * D + d], x, part[g]);
             }
         }
-        for (int64_t g = 0; g < G && g < 32; g++) {
+        for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++) {
             const float z = ok ? da_warp_sum<DA_WARP>(part[g]) * p.stage1_scale : DA_NAN_F;
             if (lane == 0)
                 ws.log2w[(b * p.heads_q + kvh * G + g) * M + j] = z;
@@ -118,7 +118,7 @@ __global__ void DA_LAUNCH_BOUNDS(SELECT_THREADS, 2)
     }
     __syncthreads();
 
-    __shared__ dagpu_row_param params[32];
+    __shared__ dagpu_row_param params[DAGPU_DECODE_MAX_GROUP];
     const int64_t rows = p.shared_group ? 1 : G;
     for (int64_t g = warp; g < rows; g += warps) {
         dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -146,7 +146,7 @@ __global__ void DA_LAUNCH_BOUNDS(SELECT_THREADS, 2)
         zs[row * n + col] = l2;
     }
     __syncthreads();
-    __shared__ float mu[32];
+    __shared__ float mu[DAGPU_DECODE_MAX_GROUP];
     if (p.prior_flat) {
         for (int row = warp; row < wrows; row += warps) {
             const float m = da_flat_mu(n, [&](int64_t e) { return zs[row * n + e]; });

@@ -22,6 +22,8 @@ extern "C" {
 /* Query vectors one generic stage-1 thread block scores: rows of one head,
  * or in group-mean mode the G heads of 16 / G rows (one row if G > 16). */
 #define DAGPU_STAGE1_ROWS 16
+/* Query heads per KV head that decode takes (plans with more are refused). */
+#define DAGPU_DECODE_MAX_GROUP 32
 
 /* How stage 2 turns a recomputed block score z into a log2 prior. */
 enum {

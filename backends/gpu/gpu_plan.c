@@ -198,10 +198,10 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
 {
     const dagpu_params *p = &gp->params;
     const size_t limit = st->info.smem_per_block;
-    if (p->group_size > 32) {
-        dagpu_host->set_error(DAGPU_NAME " backend: decode supports at most 32 query heads per "
+    if (p->group_size > DAGPU_DECODE_MAX_GROUP) {
+        dagpu_host->set_error(DAGPU_NAME " backend: decode supports at most %d query heads per "
                                          "KV head, the plan has %lld",
-                              (long long)p->group_size);
+                              DAGPU_DECODE_MAX_GROUP, (long long)p->group_size);
         return DASHATTN_ERR_UNSUPPORTED;
     }
     const size_t select = dagpu_decode_select_smem(p);

@@ -7,8 +7,9 @@
 
 #include "gpu_device.cuh"
 
-/* Tokens whose weights one step of the online softmax takes. */
-#define DA_SUMMARY_CHUNK 32
+/* Tokens whose weights one step of the online softmax takes: one per lane of
+ * the logical warp that normalises them. */
+#define DA_SUMMARY_CHUNK DA_WARP
 /* Dimensions one thread accumulates: D <= 256 over at least 64 threads. */
 #define DA_SUMMARY_DIMS 4
 
@@ -24,7 +25,7 @@ static __device__ void da_block_summary(const dashattn_tensor &h, int64_t kvh, i
 {
     __shared__ float hs[256], weight[DA_SUMMARY_CHUNK], shared_corr, shared_total;
     const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
-    const int threads = (int)blockDim.x, warps = threads >> 5;
+    const int threads = (int)blockDim.x, warps = da_warps<DA_WARP>();
     const float inv_sqrt_d = 1.0f / sqrtf((float)D);
     const float *hv = static_cast<const float *>(h.data) + kvh * h.strides[1];
     for (int64_t d = tid; d < D; d += threads)
