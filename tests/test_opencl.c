@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* What only the OpenCL backend has: its on-disk program cache (a second
- * process loads what the first built; a corrupt cache file is rebuilt),
+ * process loads what the first built; a corrupt, truncated or foreign cache
+ * file is rebuilt; two processes with different options share a cache
+ * directory, at the same time, and each gets its own program),
  * device selection through DASHATTN_OPENCL_DEVICE, build failures reported
  * with the build log, and the device-side cache checks. Every scenario runs
  * in a forked child, so that each starts with fresh OpenCL state and its own
  * environment, and its stderr can be read back. Exits 77 without an OpenCL
  * device. (Numerical agreement of every entry point with the CPU backend is
  * test_backend_parity's job; the forward here is checked too, briefly.) */
-#define _XOPEN_SOURCE 700
+#define _GNU_SOURCE /* memmem */
 
 #include "testutil.h"
 
@@ -130,9 +132,9 @@ static int child_context(void)
     return st == DASHATTN_OK ? 0 : 10 + (int)st;
 }
 
-/* Run fn in a child with extra environment (NAME=VALUE or NAME= to unset);
- * its stderr goes to log_path. Returns its exit status (-1 if it died). */
-static int run_child(int (*fn)(void), const char *env1, const char *env2)
+/* Start fn in a child with extra environment (NAME=VALUE or NAME= to unset)
+ * and its stderr in log; returns its pid (-1 if fork failed). */
+static pid_t start_child(int (*fn)(void), const char *env1, const char *env2, const char *log)
 {
     fflush(NULL);
     const pid_t pid = fork();
@@ -152,31 +154,49 @@ static int run_child(int (*fn)(void), const char *env1, const char *env2)
         }
         /* Append mode: the OpenCL compiler may write to the log through a
          * descriptor of its own, which must not overwrite ours. */
-        remove(log_path);
-        if (!freopen(log_path, "a", stderr))
+        remove(log);
+        if (!freopen(log, "a", stderr))
             _exit(98);
         const int code = fn();
         fflush(NULL); /* _exit does not flush, and stderr is buffered now */
         _exit(code);
     }
+    return pid;
+}
+
+/* The exit status of a started child (-1 if it died or never started). */
+static int wait_child(pid_t pid)
+{
     int status = 0;
     if (pid < 0 || waitpid(pid, &status, 0) != pid)
         return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-/* The child's stderr. */
-static char *child_log(void)
+/* Run fn in a child as start_child does, stderr in log_path; its exit
+ * status. */
+static int run_child(int (*fn)(void), const char *env1, const char *env2)
+{
+    return wait_child(start_child(fn, env1, env2, log_path));
+}
+
+/* A child's stderr: log_path's, or that of another log. */
+static char *read_log(const char *path)
 {
     static char text[16384];
     text[0] = '\0';
-    FILE *f = fopen(log_path, "r");
+    FILE *f = fopen(path, "r");
     if (f) {
         const size_t n = fread(text, 1, sizeof text - 1, f);
         text[n] = '\0';
         fclose(f);
     }
     return text;
+}
+
+static char *child_log(void)
+{
+    return read_log(log_path);
 }
 
 /* Path of the one cache file in the cache directory (empty if none). */
@@ -279,6 +299,114 @@ static void check_disk_cache(void)
     remove(dir);
 }
 
+/* The bytes of a file (NULL if unreadable), and its size. */
+static char *slurp(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *data = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        const long n = ftell(f);
+        if (n > 0 && fseek(f, 0, SEEK_SET) == 0) {
+            data = tu_xcalloc((size_t)n, 1);
+            *size = fread(data, 1, (size_t)n, f);
+        }
+    }
+    fclose(f);
+    return data;
+}
+
+static int spill(const char *path, const char *data, size_t size)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return 0;
+    const int ok = fwrite(data, 1, size, f) == size;
+    return fclose(f) == 0 && ok;
+}
+
+/* The 32-digit key a cache file is named after. */
+static void key_of(const char *path, char key[33])
+{
+    const char *base = strrchr(path, '/');
+    snprintf(key, 33, "%s", base ? base + 1 : path);
+}
+
+/* Entries that are not this program's are rebuilt, never used: another
+ * program's binary under this program's key (what a key that misses an
+ * option would give), and a partly written binary. */
+static void check_foreign_entries(void)
+{
+    char a[1200], b[1200], key_a[33], key_b[33];
+    int count;
+    remove_cache();
+    int rc = run_child(child_forward, "DASHATTN_OPENCL_DIRECT=0", NULL);
+    cache_file(a, sizeof a, &count);
+    TU_CHECK(rc == 0 && count == 1, "direct=0 program: exit %d, %d cache files", rc, count);
+    size_t size = 0;
+    char *data = count == 1 ? slurp(a, &size) : NULL;
+    remove_cache();
+    rc = run_child(child_forward, "DASHATTN_OPENCL_DIRECT=1", NULL);
+    cache_file(b, sizeof b, &count);
+    TU_CHECK(rc == 0 && count == 1, "direct=1 program: exit %d, %d cache files", rc, count);
+    if (!data || count != 1) {
+        free(data);
+        return;
+    }
+    key_of(a, key_a);
+    key_of(b, key_b);
+    /* Program A's entry with every mention of its key made B's. */
+    for (char *p = data; (p = memmem(p, size - (size_t)(p - data), key_a, 32)) != NULL; p += 32)
+        memcpy(p, key_b, 32);
+    TU_CHECK(spill(b, data, size), "write %s", b);
+    rc = run_child(child_forward, "DASHATTN_OPENCL_DIRECT=1", "DASHATTN_OPENCL_TRACE=1");
+    const char *log = child_log();
+    TU_CHECK(rc == 0 && strstr(log, "unusable") && strstr(log, "built from source"),
+             "another program's binary under this key is rebuilt (exit %d):\n%s", rc, log);
+    free(data);
+
+    /* The rebuilt entry cut short, as a crash while writing it would. */
+    data = slurp(b, &size);
+    TU_CHECK(data && size > 64 && spill(b, data, size - size / 4), "truncate %s", b);
+    rc = run_child(child_forward, "DASHATTN_OPENCL_DIRECT=1", "DASHATTN_OPENCL_TRACE=1");
+    log = child_log();
+    TU_CHECK(rc == 0 && strstr(log, "unusable") && strstr(log, "built from source"),
+             "a partly written entry is rebuilt (exit %d):\n%s", rc, log);
+    free(data);
+}
+
+/* Two processes with different build options on one cache directory, at
+ * the same time, cold and then warm: each gets its own program, and right
+ * results. */
+static void check_two_processes(void)
+{
+    char log_a[1200], log_b[1200];
+    snprintf(log_a, sizeof log_a, "%s.a", log_path);
+    snprintf(log_b, sizeof log_b, "%s.b", log_path);
+    remove_cache();
+    for (int round = 0; round < 2; round++) {
+        const pid_t pa = start_child(child_forward, "DASHATTN_OPENCL_DIRECT=0",
+                                     "DASHATTN_OPENCL_TRACE=1", log_a);
+        const pid_t pb = start_child(child_forward, "DASHATTN_OPENCL_DIRECT=1",
+                                     "DASHATTN_OPENCL_TRACE=1", log_b);
+        const int ra = wait_child(pa), rb = wait_child(pb);
+        const char *want = round == 0 ? "built from source" : "loaded from the disk cache";
+        char *text = read_log(log_a);
+        TU_CHECK(ra == 0 && strstr(text, want), "round %d, direct=0: exit %d, want \"%s\":\n%s",
+                 round, ra, want, text);
+        text = read_log(log_b);
+        TU_CHECK(rb == 0 && strstr(text, want), "round %d, direct=1: exit %d, want \"%s\":\n%s",
+                 round, rb, want, text);
+        char path[1200];
+        int count;
+        cache_file(path, sizeof path, &count);
+        TU_CHECK(count == 2, "round %d: two programs in the cache, found %d", round, count);
+    }
+    remove(log_a);
+    remove(log_b);
+}
+
 /* The work-group-staged stage 2 (what GPUs run) on this device too, which
  * on a CPU device would otherwise read keys and values in place. */
 static void check_staged_kernels(void)
@@ -333,6 +461,8 @@ int main(void)
     TU_CHECK(rc == 0, "OpenCL context: exit %d\n%s", rc, child_log());
     if (rc == 0) {
         check_disk_cache();
+        check_foreign_entries();
+        check_two_processes();
         check_staged_kernels();
         check_device_variable();
         check_build_failure();

@@ -2,9 +2,12 @@
 /* Compiled kernel programs: one per (dtype, configuration) and context,
  * kept for the context's life, and on disk under
  * $XDG_CACHE_HOME/dashattn/opencl (else ~/.cache/dashattn/opencl) keyed by
- * a hash of the platform, device, driver, build options and source, so that
- * a second process skips the compiler. A cache file that cannot be read or
- * used is ignored and replaced; the disk cache never makes a call fail.
+ * a digest of the platform, device, driver, build options and source, so
+ * that a second process skips the compiler. A file is used only if its
+ * header names exactly this program (format, platform, device, driver,
+ * options, source) and its binary has the length and digest the header
+ * gives; anything else (a partly written, damaged, renamed or foreign file)
+ * is rebuilt and replaced. The disk cache never makes a call fail.
  *
  * Environment variables of the backend (tests and debugging):
  *   DASHATTN_OPENCL_DEVICE=N|P:D   the device (ocl_devices.c)
@@ -32,7 +35,9 @@ struct daocl_program {
     daocl_program *next;
 };
 
-#define MAGIC "dashattn-opencl-binary-1\n"
+/* Format 2: a text header naming everything the binary was built from, then
+ * the binary. Format 1 files (key only) are rebuilt and replaced. */
+#define MAGIC "dashattn-opencl-binary-2\n"
 
 static const char broken_tail[] = "\nthis_is_not_opencl_c dashattn_injected_error;\n";
 
@@ -42,26 +47,78 @@ static int env_on(const char *name)
     return v && v[0] && strcmp(v, "0") != 0;
 }
 
-static void trace(const char *format, const char *a, const char *b)
+static void trace(const char *format, const char *a, const char *b, const char *c)
 {
     if (env_on("DASHATTN_OPENCL_TRACE"))
-        fprintf(stderr, format, a, b);
+        fprintf(stderr, format, a, b, c);
 }
 
-/* Two FNV-1a passes with different seeds: a 128-bit key as 32 hex digits. */
-static void hash_key(const char *parts[], int count, char out[33])
+/* Two FNV-1a passes with different seeds: a 128-bit digest. Not a
+ * cryptographic hash: it names and checks entries, it does not authenticate
+ * them (the cache directory is the user's own). */
+typedef struct digest {
+    uint64_t h[2];
+} digest;
+
+static digest digest_start(void)
 {
-    uint64_t h[2] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull};
+    const digest d = {{0xcbf29ce484222325ull, 0x84222325cbf29ce4ull}};
+    return d;
+}
+
+static void digest_add(digest *d, const unsigned char *p, size_t n)
+{
     for (int k = 0; k < 2; k++)
-        for (int i = 0; i < count; i++) {
-            for (const unsigned char *p = (const unsigned char *)parts[i]; *p; p++) {
-                h[k] ^= *p;
-                h[k] *= 0x100000001b3ull;
-            }
-            h[k] ^= 0xff; /* separator: ("ab", "c") differs from ("a", "bc") */
-            h[k] *= 0x100000001b3ull;
+        for (size_t i = 0; i < n; i++) {
+            d->h[k] ^= p[i];
+            d->h[k] *= 0x100000001b3ull;
         }
-    snprintf(out, 33, "%016llx%016llx", (unsigned long long)h[0], (unsigned long long)h[1]);
+}
+
+/* A separator: ("ab", "c") differs from ("a", "bc"). */
+static void digest_end_part(digest *d)
+{
+    const unsigned char sep = 0xff;
+    digest_add(d, &sep, 1);
+}
+
+static void digest_hex(const digest *d, char out[33])
+{
+    snprintf(out, 33, "%016llx%016llx", (unsigned long long)d->h[0], (unsigned long long)d->h[1]);
+}
+
+static void digest_of_strings(const char *parts[], int count, char out[33])
+{
+    digest d = digest_start();
+    for (int i = 0; i < count; i++) {
+        digest_add(&d, (const unsigned char *)parts[i], strlen(parts[i]));
+        digest_end_part(&d);
+    }
+    digest_hex(&d, out);
+}
+
+static void digest_of_bytes(const unsigned char *p, size_t n, char out[33])
+{
+    digest d = digest_start();
+    digest_add(&d, p, n);
+    digest_hex(&d, out);
+}
+
+/* What an entry for a program is keyed by. */
+typedef struct entry_key {
+    char key[33];      /* file name: digest of everything below */
+    char source[33];   /* digest of the kernel source */
+    char header[1400]; /* the entry's header up to its "binary" line */
+} entry_key;
+
+static void make_entry_key(const daocl_state *st, const char *options, const char *const src[2],
+                           entry_key *k)
+{
+    digest_of_strings((const char *[]){src[0], src[1]}, 2, k->source);
+    const char *parts[] = {st->identity, options, k->source};
+    digest_of_strings(parts, 3, k->key);
+    snprintf(k->header, sizeof k->header, "%skey %s\nidentity %s\noptions %s\nsource %s\n", MAGIC,
+             k->key, st->identity, options, k->source);
 }
 
 /* The cache directory, created if needed; 0 if there is none. */
@@ -117,21 +174,63 @@ static cl_int build(cl_program program, const daocl_state *st, const char *optio
     return clBuildProgram(program, 1, &st->device, options, NULL, NULL);
 }
 
-/* A program from a cache file: MAGIC, the 32-digit key, a newline, then the
- * device binary. NULL (and a trace line) if anything is off. */
-static cl_program load_cached(const daocl_state *st, const char *path, const char *key,
+/* The binary of a cache entry, or NULL with the reason: the header must be
+ * exactly this key's (same identity, options and source, same format), and
+ * the binary as long as the header says, with the digest it says. */
+static const unsigned char *entry_binary(const unsigned char *data, size_t size, const entry_key *k,
+                                         size_t *length, const char **why)
+{
+    const size_t head = strlen(k->header);
+    if (size < sizeof MAGIC - 1 || memcmp(data, MAGIC, sizeof MAGIC - 1) != 0) {
+        *why = "another format";
+        return NULL;
+    }
+    if (size <= head || memcmp(data, k->header, head) != 0) {
+        *why = "built for another device, driver, source or options";
+        return NULL;
+    }
+    /* "binary LENGTH DIGEST\n\n" */
+    char line[80];
+    const size_t room = size - head < sizeof line - 1 ? size - head : sizeof line - 1;
+    memcpy(line, data + head, room);
+    line[room] = '\0';
+    unsigned long long n = 0;
+    char want[33];
+    int used = 0;
+    if (sscanf(line, "binary %llu %32[0-9a-f]%n", &n, want, &used) != 2 || used == 0 ||
+        line[used] != '\n' || line[used + 1] != '\n' || strlen(want) != 32) {
+        *why = "a damaged header";
+        return NULL;
+    }
+    const size_t start = head + (size_t)used + 2;
+    if (start > size || n != size - start) {
+        *why = "a binary of the wrong length (a partly written file?)";
+        return NULL;
+    }
+    char got[33];
+    digest_of_bytes(data + start, (size_t)n, got);
+    if (strcmp(got, want) != 0) {
+        *why = "a binary whose digest does not match";
+        return NULL;
+    }
+    *length = (size_t)n;
+    return data + start;
+}
+
+/* A program from a cache file; NULL (and a trace line) if the file is
+ * missing, is not exactly this program's entry, or the driver refuses it. */
+static cl_program load_cached(const daocl_state *st, const char *path, const entry_key *k,
                               const char *options)
 {
     size_t size = 0;
     unsigned char *data = read_file(path, &size);
     if (!data)
         return NULL;
-    const size_t head = sizeof MAGIC - 1 + 33;
     cl_program program = NULL;
-    if (size > head && memcmp(data, MAGIC, sizeof MAGIC - 1) == 0 &&
-        memcmp(data + sizeof MAGIC - 1, key, 32) == 0 && data[head - 1] == '\n') {
-        const unsigned char *binary = data + head;
-        const size_t length = size - head;
+    size_t length = 0;
+    const char *why = "refused by the driver";
+    const unsigned char *binary = entry_binary(data, size, k, &length, &why);
+    if (binary) {
         cl_int status, err;
         program =
             clCreateProgramWithBinary(st->context, 1, &st->device, &length, &binary, &status, &err);
@@ -142,16 +241,18 @@ static cl_program load_cached(const daocl_state *st, const char *path, const cha
         }
     }
     free(data);
-    trace(program ? "dashattn-opencl: program %s loaded from the disk cache (%s)\n"
-                  : "dashattn-opencl: program %s: cache file %s unusable, rebuilding\n",
-          key, path);
+    if (program)
+        trace("dashattn-opencl: program %s loaded from the disk cache (%s)%s\n", k->key, path, "");
+    else
+        trace("dashattn-opencl: program %s: cache file %s unusable (%s), rebuilding\n", k->key,
+              path, why);
     return program;
 }
 
-/* Writes the binary next to its final name, then renames: readers see the
- * old file or the whole new one. Failures are silent (it is only a cache). */
-static void save_cached(const daocl_state *st, cl_program program, const char *dir,
-                        const char *path, const char *key)
+/* Writes the entry next to its final name, flushed to the disk, then
+ * renames it: readers see the old file or the whole new one, even after a
+ * crash. Failures are silent (it is only a cache). */
+static void save_cached(cl_program program, const char *dir, const char *path, const entry_key *k)
 {
     size_t length = 0;
     if (clGetProgramInfo(program, CL_PROGRAM_BINARY_SIZES, sizeof length, &length, NULL) !=
@@ -162,20 +263,21 @@ static void save_cached(const daocl_state *st, cl_program program, const char *d
     if (!binary)
         return;
     unsigned char *binaries[1] = {binary};
-    (void)st;
     if (clGetProgramInfo(program, CL_PROGRAM_BINARIES, sizeof binaries, binaries, NULL) ==
         CL_SUCCESS) {
-        char tmp[1200];
-        snprintf(tmp, sizeof tmp, "%s/%s.tmp.%ld.%ld", dir, key, (long)getpid(), (long)clock());
+        char tmp[1200], sum[33];
+        digest_of_bytes(binary, length, sum);
+        snprintf(tmp, sizeof tmp, "%s/%s.tmp.%ld.%ld", dir, k->key, (long)getpid(), (long)clock());
         FILE *f = fopen(tmp, "wb");
         int ok = f != NULL;
         if (f) {
-            ok = fwrite(MAGIC, 1, sizeof MAGIC - 1, f) == sizeof MAGIC - 1 &&
-                 fprintf(f, "%s\n", key) == 33 && fwrite(binary, 1, length, f) == length;
+            ok = fputs(k->header, f) >= 0 &&
+                 fprintf(f, "binary %llu %s\n\n", (unsigned long long)length, sum) > 0 &&
+                 fwrite(binary, 1, length, f) == length && fflush(f) == 0 && fsync(fileno(f)) == 0;
             ok = fclose(f) == 0 && ok;
         }
         if (ok && rename(tmp, path) == 0)
-            trace("dashattn-opencl: program %s saved to %s\n", key, path);
+            trace("dashattn-opencl: program %s saved to %s%s\n", k->key, path, "");
         else if (f)
             remove(tmp);
     }
@@ -210,14 +312,13 @@ static dashattn_status compile(daocl_state *st, const char *options, cl_program 
     const int broken = env_on("DASHATTN_OPENCL_BREAK_SOURCE");
     const char *parts[2] = {daocl_kernel_source, broken ? broken_tail : ""};
     const size_t lengths[2] = {strlen(parts[0]), strlen(parts[1])};
-    char key[33];
-    const char *key_parts[] = {st->identity, options, parts[0], parts[1]};
-    hash_key(key_parts, 4, key);
+    entry_key k;
+    make_entry_key(st, options, parts, &k);
     char dir[1024], path[1100];
     const int cached = !broken && cache_dir(dir, sizeof dir);
     if (cached) {
-        snprintf(path, sizeof path, "%s/%s.bin", dir, key);
-        *out = load_cached(st, path, key, options);
+        snprintf(path, sizeof path, "%s/%s.bin", dir, k.key);
+        *out = load_cached(st, path, &k, options);
         if (*out)
             return DASHATTN_OK;
     }
@@ -231,9 +332,9 @@ static dashattn_status compile(daocl_state *st, const char *options, cl_program 
         clReleaseProgram(program);
         return status;
     }
-    trace("dashattn-opencl: program %s built from source (options %s)\n", key, options);
+    trace("dashattn-opencl: program %s built from source (options %s)%s\n", k.key, options, "");
     if (cached)
-        save_cached(st, program, dir, path, key);
+        save_cached(program, dir, path, &k);
     *out = program;
     return DASHATTN_OK;
 }
