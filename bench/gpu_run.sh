@@ -4,13 +4,16 @@
 # out of tree, run the test suite (the CUDA parity test among them), run the
 # CUDA parity test once under compute-sanitizer, then the benchmark.
 #
-#   sh bench/gpu_run.sh [test] [portable] [sanitize] [released] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [portable] [sanitize] [opencl] [released] [bench] [BENCH ARGS...]
 #
 # With no phase named, test, portable, sanitize and bench run. `portable`
 # runs the GPU tests again on the portable kernels only (what the hip plugin
 # runs on AMD: DASHATTN_GPU_KERNELS=portable), once more with AMD's 64 KiB
 # of shared memory per block (DASHATTN_GPU_SHARED_MEMORY=65536), and the
-# portable parity test once under compute-sanitizer. `released` compares the
+# portable parity test once under compute-sanitizer. `opencl` registers
+# NVIDIA's OpenCL driver where the machine lacks its ICD file, runs the
+# OpenCL tests on every OpenCL device (PoCL's CPU device and the GPU), then
+# bench/opencl_cache_race.sh on each. `released` compares the
 # CUDA backend with the authors' released Triton kernels
 # (bench/released_compare.py); it needs a copy of their repository, never
 # committed, in $DASHATTN_RELEASE (default: .release in the source tree, which
@@ -26,7 +29,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | portable | sanitize | bench | profile | released) phases="$phases $1" ;;
+    test | portable | sanitize | opencl | bench | profile | released) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -88,6 +91,31 @@ case $phases in *portable*)
         status=1
     fi
     tail -3 "$out/sanitizer-portable.log" | tee -a "$out/summary.txt"
+    ;;
+esac
+
+case $phases in *opencl*)
+    if [ -d /etc/OpenCL/vendors ] && ! grep -qs libnvidia-opencl /etc/OpenCL/vendors/*.icd &&
+        echo libnvidia-opencl.so.1 >/etc/OpenCL/vendors/nvidia.icd 2>/dev/null; then
+        say "registered NVIDIA's OpenCL driver (/etc/OpenCL/vendors/nvidia.icd)"
+    fi
+    DASHATTN_BACKEND_PATH="$build/backends/opencl/.libs" sh "$src/bench/opencl_devices.sh" ./dashattn \
+        >"$out/opencl-devices.txt"
+    while read -r index platform; do
+        log=$out/check-opencl-$index.log
+        if DASHATTN_OPENCL_DEVICE=$index make check \
+            TESTS="tests/test_opencl tests/test_parity_opencl.sh tests/test_cli_gpu.sh" \
+            NVCC_ARCH_FLAGS="$arch" >"$log" 2>&1; then
+            say "OpenCL device $index ($platform): passed"
+        else
+            say "OpenCL device $index ($platform): FAILED"
+            status=1
+        fi
+        grep -E '^(PASS|FAIL|SKIP|ERROR)' "$log" | tee -a "$out/summary.txt"
+        cp tests/test_parity_opencl.log "$out/parity-opencl-$index.log" 2>/dev/null
+        sh "$src/bench/opencl_cache_race.sh" "$build" "$index" "$out/race-$index" |
+            tee -a "$out/summary.txt"
+    done <"$out/opencl-devices.txt"
     ;;
 esac
 
