@@ -4,4 +4,6 @@ dist_noinst_SCRIPTS += bench/cpu_bench.sh
 # The GPU benchmark (ours against PyTorch SDPA; one command on a GPU machine)
 # and the script that builds, tests and runs it there.
 dist_noinst_SCRIPTS += bench/gpu_bench.py bench/gpu_run.sh
+# What gpu_run.sh opencl runs.
+dist_noinst_SCRIPTS += bench/opencl_devices.sh bench/opencl_cache_race.sh
 EXTRA_DIST += bench/dashattn_ctypes.py
