@@ -3,7 +3,8 @@
 # compiled once per plugin with its name (DAGPU_NAME); kernels are compiled
 # by nvcc (cuda) or hipcc (hip) through libtool, each plugin into its own
 # object directory, with header dependencies tracked by gpu_compile.sh.
-# nv/ holds the NVIDIA-only kernels, which only the cuda plugin builds.
+# nv/ holds the NVIDIA-only kernels, which only the cuda plugin builds;
+# hopper/ will hold those for sm_90a alone.
 # These rules are GNU make pattern rules.
 gpu_host_sources = \
 	backends/gpu/gpu_kernels.h \
@@ -17,6 +18,8 @@ gpu_host_sources = \
 gpu_portable_units = gpu_runtime gpu_block_keys gpu_stage1 gpu_stage2 gpu_decode_kernels gpu_append
 # Stems of the NVIDIA-only units (backends/gpu/nv/STEM.cu).
 gpu_nv_units = nv_stage1 nv_stage2 nv_decode
+# Stems of the Hopper-only units (backends/gpu/hopper/STEM.cu), none yet.
+gpu_hopper_units =
 
 gpu_kernel_headers = \
 	backends/gpu/gpu_vendor.cuh \
@@ -33,7 +36,8 @@ EXTRA_DIST += \
 	backends/gpu/gpu_compile.sh \
 	$(gpu_kernel_headers) \
 	$(gpu_portable_units:%=backends/gpu/%.cu) \
-	$(gpu_nv_units:%=backends/gpu/nv/%.cu)
+	$(gpu_nv_units:%=backends/gpu/nv/%.cu) \
+	$(gpu_hopper_units:%=backends/gpu/hopper/%.cu)
 
 # Flags of every kernel compile, either compiler.
 GPU_KERNEL_CPPFLAGS = $(DEFS) -I$(top_builddir) -I$(top_srcdir)/include -I$(top_srcdir)/backends/gpu
