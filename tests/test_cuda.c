@@ -3,7 +3,9 @@
  * stream, and an autoregressive step (append one token, then decode) can be
  * captured once in a CUDA graph and replayed, because no call waits on the
  * host and the workspace is fixed. Replays must give exactly what direct
- * calls give. Skips (77) without a CUDA device. */
+ * calls give. Also the GPU plugins' plan-time limits (issue 11), on a
+ * context planning within AMD's 64 KiB of shared memory. Skips (77) without
+ * a CUDA device. */
 #include "testutil.h"
 
 #include <cuda_runtime_api.h>
@@ -175,6 +177,70 @@ static void run(dashattn_context *ctx)
     setup_free(&graphed);
 }
 
+static dashattn_status plan_of(dashattn_context *ctx, int64_t hq, int64_t hkv, int64_t len_q,
+                               int64_t len_k, dashattn_plan **plan)
+{
+    dashattn_problem pr;
+    dashattn_problem_init(&pr, 1, hq, hkv, len_q, len_k, D);
+    pr.dtype = DASHATTN_BF16;
+    pr.block_size = S;
+    *plan = NULL;
+    return dashattn_plan_create(ctx, &pr, plan);
+}
+
+/* Problems a device cannot run are refused when planned, with the reason;
+ * a decode plan needs only its decode to fit. */
+static void check_plan_limits(dashattn_context *full)
+{
+    const char *old = getenv("DASHATTN_GPU_SHARED_MEMORY");
+    char *saved = old ? strdup(old) : NULL;
+    dashattn_context_options opt;
+    dashattn_context_options_init(&opt);
+    opt.backend = "cuda";
+    dashattn_context *small = NULL, *bad = NULL;
+    setenv("DASHATTN_GPU_SHARED_MEMORY", "not-a-number", 1);
+    dashattn_status st = dashattn_context_create(&opt, &bad);
+    TU_CHECK(st == DASHATTN_ERR_INVALID_ARGUMENT &&
+                 strstr(dashattn_last_error(), "DASHATTN_GPU_SHARED_MEMORY"),
+             "a bad DASHATTN_GPU_SHARED_MEMORY: %s", dashattn_last_error());
+    dashattn_context_destroy(bad);
+    setenv("DASHATTN_GPU_SHARED_MEMORY", "65536", 1);
+    st = dashattn_context_create(&opt, &small);
+    if (saved)
+        setenv("DASHATTN_GPU_SHARED_MEMORY", saved, 1);
+    else
+        unsetenv("DASHATTN_GPU_SHARED_MEMORY");
+    free(saved);
+    TU_CHECK(st == DASHATTN_OK, "capped context: %s", dashattn_last_error());
+    if (st != DASHATTN_OK)
+        return;
+    /* 1024 key blocks of a 128-dim head: stage 1 needs about 72 KiB. */
+    dashattn_plan *plan;
+    st = plan_of(small, HQ, HKV, 4096, 65536, &plan);
+    TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED && strstr(dashattn_last_error(), "shared memory"),
+             "a prefill over 1024 blocks within 64 KiB is refused at plan time: %s (%s)",
+             dashattn_status_string(st), dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    st = plan_of(full, HQ, HKV, 4096, 65536, &plan);
+    TU_CHECK(st == DASHATTN_OK, "the same plan on the whole device: %s", dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    /* Decode over those blocks fits (4 heads' scores: 16 KiB); its plan's
+     * forward is the one part left out. */
+    st = plan_of(small, HQ, HKV, 1, 65536, &plan);
+    TU_CHECK(st == DASHATTN_OK, "a decode plan over 1024 blocks: %s", dashattn_last_error());
+    if (st == DASHATTN_OK)
+        TU_CHECK(dashattn_plan_operation_workspace_size(plan, DASHATTN_OP_DECODE) > 0 &&
+                     dashattn_plan_operation_workspace_size(plan, DASHATTN_OP_FORWARD) == 0,
+                 "decode has a workspace, the refused forward none");
+    dashattn_plan_destroy(plan);
+    st = plan_of(full, 33, 1, 1, 4096, &plan);
+    TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED && strstr(dashattn_last_error(), "at most 32"),
+             "decode with 33 heads per KV head is refused at plan time: %s (%s)",
+             dashattn_status_string(st), dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    dashattn_context_destroy(small);
+}
+
 int main(void)
 {
     dashattn_context_options opt;
@@ -190,6 +256,7 @@ int main(void)
     if (st != DASHATTN_OK)
         return tu_finish("test_cuda");
     run(ctx);
+    check_plan_limits(ctx);
     dashattn_context_destroy(ctx);
     return tu_finish("test_cuda");
 }
