@@ -36,10 +36,11 @@ def _view(name, a, dtype=None):
     return _core.tensor(a.ctypes.data, dt, a.shape, [s // item for s in a.strides]), a
 
 
-def _summary(block_summary, heads_kv, head_dim):
+def _summary(block_summary):
     if block_summary is None:
         return None, None
     h = np.ascontiguousarray(block_summary, dtype=np.float32)
+    # [Hkv, D], the release's head_cls, is accepted as well as the C shape.
     if h.ndim == 2:
         h = h.reshape(1, h.shape[0], 1, h.shape[1])
     t, h = _view("block_summary", h, C.F32)
@@ -80,7 +81,7 @@ def attention(q, k, v, *, causal=True, block_size=64, alpha=1.5, group_select="m
         tout = _core.tensor(out.ctypes.data, tq.dtype, out.shape,
                             [s // out.itemsize for s in out.strides])
         lse = np.empty((b, hq, nq), dtype=np.float32)
-        th, h = _summary(block_summary, k.shape[1], d)
+        th, h = _summary(block_summary)
         stats = C.ForwardStats()
         sel = None
         if return_selection:
@@ -126,7 +127,7 @@ def attention_backward(q, k, v, dout, *, out=None, lse=None, causal=True, block_
             g = np.empty(a.shape, dtype=_NP_OF[tq.dtype])
             grads.append((g, _core.tensor(g.ctypes.data, tq.dtype, g.shape,
                                           [s // g.itemsize for s in g.strides])))
-        th, h = _summary(block_summary, k.shape[1], q.shape[3])
+        th, h = _summary(block_summary)
         dh = tdh = None
         if th is not None:
             dh = np.empty(h.shape, dtype=np.float32)

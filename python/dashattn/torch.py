@@ -117,6 +117,8 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         sel = None
         if want_stats:
             sel = C.Selection(None, None, counts.data_ptr(), pref.plan.num_blocks)
+        # ws and _h hold memory the call reads until they go out of scope; on
+        # CUDA the caching allocator reuses it only for later work on this stream.
         ws, wptr, wsize = _workspace(pref.plan, C.OP_FORWARD, q)
         C.forward_on_stream(ctx, pref.plan, tq, tk, tv, _view("out", _bhsd(out, layout)),
                             lse=ctypes.c_void_p(lse.data_ptr()), selection=sel, stats=stats,

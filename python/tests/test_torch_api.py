@@ -15,17 +15,23 @@ try:
     import torch
 except ImportError:
     torch = None
+    why_no_torch = "torch is not installed"
 
 if torch is not None:
     import dashattn  # noqa: E402
-    import dashattn.torch as dt  # noqa: E402
+    try:
+        import dashattn.torch as dt  # noqa: E402
+    except ImportError as e:
+        # An old torch (Debian 12 has 1.13) lacks torch.library.custom_op.
+        why_no_torch = str(e)
+        torch = None
 
 try:
     import entmax
 except ImportError:
     entmax = None
 
-needs_torch = unittest.skipIf(torch is None, "torch is not installed")
+needs_torch = unittest.skipIf(torch is None, why_no_torch if torch is None else "")
 needs_cuda = unittest.skipIf(torch is None or not torch.cuda.is_available(),
                              "no CUDA device for torch")
 
