@@ -37,6 +37,7 @@ include $(srcdir)/tests/infra.mk
 include $(srcdir)/tests/gpu.mk
 include $(srcdir)/tests/opencl.mk
 include $(srcdir)/tests/fuzz.mk
+include $(srcdir)/tests/python.mk
 
 EXTRA_DIST += tests/lsan-suppressions.txt
 
