@@ -69,8 +69,9 @@ def _workspace(plan, op, like):
         return None, None, 0
     ws = torch.empty(size + WORKSPACE_ALIGN, dtype=torch.uint8, device=like.device)
     ptr = ws.data_ptr()
-    # Torch's caching allocator hands out 512-byte aligned blocks; should it
-    # not, the call allocates its own rather than fault on a misaligned one.
+    # Torch's caching allocator hands out 512-byte aligned blocks, but a
+    # tensor may start inside one: the block is one alignment longer and the
+    # pointer rounded up within it.
     off = (-ptr) % WORKSPACE_ALIGN
     return ws, ctypes.c_void_p(ptr + off), size
 
