@@ -7,8 +7,6 @@
 #include "nv/nv_kernels.h"
 #endif
 
-#include <string.h>
-
 static dashattn_status check(dagpu_err err, const char *what)
 {
     return err == 0 ? DASHATTN_OK : dagpu_fail(err, what);
@@ -38,17 +36,16 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
     dagpu_forward_layout(gp, a->workspace, &ws);
     if (!a->stats)
         ws.counts = NULL;
-#ifdef DAGPU_HAVE_NV
     /* The tensor-core stage 2 recomputes a per-head prior from the mean of
      * the block's logits, which is q . kbar only for mean pooling; with
      * learned summaries per-head plans take the portable stage 2, which
      * scores kbar itself. With the portable stage 2 stage 1 is portable too:
-     * the former recomputes the latter's scores to the bit. */
+     * the former recomputes the latter's scores to the bit. Plans without
+     * the nv/ kernels allow neither (gpu_plan.c). */
     const dashattn_tensor *tensors[4] = {a->q, a->k, a->v, a->out};
     const int nv2 = gp->stage2_nv && dagpu_tensors_vector_ok(tensors, 4) &&
                     (p->prior_table || !a->block_summary);
     const int nv1 = nv2 && gp->stage1_nv;
-#endif
 
     const size_t mask_bytes = (size_t)p->batch * (size_t)p->heads_q * (size_t)ws.tiles *
                               (size_t)ws.words * sizeof(uint32_t);
@@ -56,13 +53,8 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
     if (ws.counts)
         TRY(check(dagpu_rt_zero_async(ws.counts, 2 * sizeof(unsigned long long), stream),
                   "clearing counters"));
-#ifdef DAGPU_HAVE_NV
     TRY(check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws, nv1, stream),
               "block keys kernel"));
-#else
-    TRY(check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws, 0, stream),
-              "block keys kernel"));
-#endif
 #ifdef DAGPU_HAVE_NV
     if (nv1)
         TRY(check(dagpu_nv_launch_stage1(p, a->q, &ws, a->selection, stream),
@@ -75,6 +67,8 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
         TRY(check(dagpu_nv_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
                   "stage-2 tensor-core kernel"));
     else
+#else
+    (void)nv2;
 #endif
         TRY(check(dagpu_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
                   "stage-2 kernel"));

@@ -223,22 +223,25 @@ static void gpu_free(void *state, void *ptr)
         dagpu_rt_free(ptr);
 }
 
-static dashattn_status gpu_upload(void *state, void *dst, const void *src, size_t bytes)
+/* One synchronous copy in the direction copy goes. */
+static dashattn_status gpu_copy(void *state, dagpu_err (*copy)(void *, const void *, size_t),
+                                void *dst, const void *src, size_t bytes, const char *what)
 {
     dashattn_status s = dagpu_enter(state);
     if (s != DASHATTN_OK)
         return s;
-    const dagpu_err err = dagpu_rt_to_device(dst, src, bytes);
-    return err == 0 ? DASHATTN_OK : dagpu_fail(err, "copying to the device");
+    const dagpu_err err = copy(dst, src, bytes);
+    return err == 0 ? DASHATTN_OK : dagpu_fail(err, what);
+}
+
+static dashattn_status gpu_upload(void *state, void *dst, const void *src, size_t bytes)
+{
+    return gpu_copy(state, dagpu_rt_to_device, dst, src, bytes, "copying to the device");
 }
 
 static dashattn_status gpu_download(void *state, void *dst, const void *src, size_t bytes)
 {
-    dashattn_status s = dagpu_enter(state);
-    if (s != DASHATTN_OK)
-        return s;
-    const dagpu_err err = dagpu_rt_to_host(dst, src, bytes);
-    return err == 0 ? DASHATTN_OK : dagpu_fail(err, "copying from the device");
+    return gpu_copy(state, dagpu_rt_to_host, dst, src, bytes, "copying from the device");
 }
 
 static const char *device_error_what(int what)
