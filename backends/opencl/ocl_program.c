@@ -22,6 +22,7 @@
 #include "ocl_internal.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,10 +48,19 @@ static int env_on(const char *name)
     return v && v[0] && strcmp(v, "0") != 0;
 }
 
-static void trace(const char *format, const char *a, const char *b, const char *c)
+static void trace(const char *format, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+static void trace(const char *format, ...)
 {
-    if (env_on("DASHATTN_OPENCL_TRACE"))
-        fprintf(stderr, format, a, b, c);
+    if (!env_on("DASHATTN_OPENCL_TRACE"))
+        return;
+    va_list ap;
+    va_start(ap, format);
+    vfprintf(stderr, format, ap);
+    va_end(ap);
 }
 
 /* Two FNV-1a passes with different seeds: a 128-bit digest. Not a
@@ -87,7 +97,7 @@ static void digest_hex(const digest *d, char out[33])
     snprintf(out, 33, "%016llx%016llx", (unsigned long long)d->h[0], (unsigned long long)d->h[1]);
 }
 
-static void digest_of_strings(const char *parts[], int count, char out[33])
+static void digest_of_strings(const char *const parts[], int count, char out[33])
 {
     digest d = digest_start();
     for (int i = 0; i < count; i++) {
@@ -114,7 +124,7 @@ typedef struct entry_key {
 static void make_entry_key(const daocl_state *st, const char *options, const char *const src[2],
                            entry_key *k)
 {
-    digest_of_strings((const char *[]){src[0], src[1]}, 2, k->source);
+    digest_of_strings(src, 2, k->source);
     const char *parts[] = {st->identity, options, k->source};
     digest_of_strings(parts, 3, k->key);
     snprintf(k->header, sizeof k->header, "%skey %s\nidentity %s\noptions %s\nsource %s\n", MAGIC,
@@ -242,7 +252,7 @@ static cl_program load_cached(const daocl_state *st, const char *path, const ent
     }
     free(data);
     if (program)
-        trace("dashattn-opencl: program %s loaded from the disk cache (%s)%s\n", k->key, path, "");
+        trace("dashattn-opencl: program %s loaded from the disk cache (%s)\n", k->key, path);
     else
         trace("dashattn-opencl: program %s: cache file %s unusable (%s), rebuilding\n", k->key,
               path, why);
@@ -277,7 +287,7 @@ static void save_cached(cl_program program, const char *dir, const char *path, c
             ok = fclose(f) == 0 && ok;
         }
         if (ok && rename(tmp, path) == 0)
-            trace("dashattn-opencl: program %s saved to %s%s\n", k->key, path, "");
+            trace("dashattn-opencl: program %s saved to %s\n", k->key, path);
         else if (f)
             remove(tmp);
     }
@@ -332,7 +342,7 @@ static dashattn_status compile(daocl_state *st, const char *options, cl_program 
         clReleaseProgram(program);
         return status;
     }
-    trace("dashattn-opencl: program %s built from source (options %s)%s\n", k.key, options, "");
+    trace("dashattn-opencl: program %s built from source (options %s)\n", k.key, options);
     if (cached)
         save_cached(program, dir, path, &k);
     *out = program;
