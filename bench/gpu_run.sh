@@ -4,7 +4,7 @@
 # out of tree, run the test suite (the CUDA parity test among them), run the
 # CUDA parity test once under compute-sanitizer, then the benchmark.
 #
-#   sh bench/gpu_run.sh [test] [portable] [sanitize] [opencl] [released] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [portable] [sanitize] [opencl] [released] [decode] [bench] [BENCH ARGS...]
 #
 # With no phase named, test, portable, sanitize and bench run. `portable`
 # runs the GPU tests again on the portable kernels only (what the hip plugin
@@ -17,7 +17,10 @@
 # CUDA backend with the authors' released Triton kernels
 # (bench/released_compare.py); it needs a copy of their repository, never
 # committed, in $DASHATTN_RELEASE (default: .release in the source tree, which
-# .git/info/exclude should ignore). Logs go to $OUT (default /tmp/gpu-run).
+# .git/info/exclude should ignore). `decode` runs bench/decode_bench.py (our
+# decode against SDPA, and against the released decode where $DASHATTN_RELEASE
+# or .release exists; extra arguments in $DECODE_ARGS). Logs go to $OUT
+# (default /tmp/gpu-run).
 # The source tree must already hold ./configure (run ./autogen.sh where
 # autotools and libtool are installed and carry the generated files along).
 set -u
@@ -29,7 +32,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | portable | sanitize | opencl | bench | profile | released) phases="$phases $1" ;;
+    test | portable | sanitize | opencl | bench | profile | released | decode) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -157,6 +160,22 @@ case $phases in *released*)
         status=1
     fi
     tail -8 "$out/released.log" | tee -a "$out/summary.txt"
+    ;;
+esac
+
+case $phases in *decode*)
+    release=${DASHATTN_RELEASE:-$src/.release}
+    [ -d "$release" ] || release=
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    if PYTHONUNBUFFERED=1 python3 "$src/bench/decode_bench.py" --lib "$build/.libs/libdashattn.so" \
+        ${release:+--release "$release"} --json "$out/decode.json" ${DECODE_ARGS:-} \
+        >"$out/decode.log" 2>&1; then
+        say "decode bench: no errors"
+    else
+        say "decode bench: FAILED (rc $?)"
+        status=1
+    fi
+    tail -n 24 "$out/decode.log" | tee -a "$out/summary.txt"
     ;;
 esac
 

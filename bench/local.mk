@@ -7,3 +7,6 @@ dist_noinst_SCRIPTS += bench/gpu_bench.py bench/gpu_run.sh
 # What gpu_run.sh opencl runs.
 dist_noinst_SCRIPTS += bench/opencl_devices.sh bench/opencl_cache_race.sh
 EXTRA_DIST += bench/dashattn_ctypes.py
+# The decode benchmark (gpu_run.sh decode) and the released-kernel comparison,
+# whose mask helpers it imports.
+dist_noinst_SCRIPTS += bench/decode_bench.py bench/released_compare.py
