@@ -4,7 +4,7 @@
 #ifndef DASHATTN_GPU_DEVICE_CUH
 #define DASHATTN_GPU_DEVICE_CUH
 
-#include "gpu_warp.cuh"
+#include "gpu_group.cuh"
 
 #define DA_LOG2E 1.4426950408889634f
 #define DA_LN2 0.6931471805599453f
@@ -113,23 +113,22 @@ static __device__ __forceinline__ float da_flatten(float l2, float mu, float inv
     return l2 > DA_LOG2_FLAT_FLOOR ? (l2 - mu) * inv_sigma : -DA_INF_F;
 }
 
-/* mu of the flat prior for one row, over a warp: the mean of l2_of(e), the
+/* mu of the flat prior for one row, over a group of threads: the mean of l2_of(e), the
  * log2 weights of candidates e in [0, n), over those above the floor; 0 if
  * none is. */
-template <typename L2> static __device__ float da_flat_mu(int64_t n, L2 l2_of)
+template <typename Grp, typename L2>
+static __device__ float da_flat_mu(const Grp &grp, int64_t n, L2 l2_of)
 {
-    const int lane = da_lane<DA_WARP>();
-    double sum = 0.0, count = 0.0;
-    for (int64_t e = lane; e < n; e += DA_WARP) {
+    double v[2] = {0.0, 0.0}; /* sum, count */
+    for (int64_t e = grp.rank(); e < n; e += grp.size()) {
         const float l2 = l2_of(e);
         if (l2 > DA_LOG2_FLAT_FLOOR) {
-            sum += l2;
-            count += 1.0;
+            v[0] += l2;
+            v[1] += 1.0;
         }
     }
-    sum = da_warp_sum<DA_WARP>(sum);
-    count = da_warp_sum<DA_WARP>(count);
-    return count > 0.0 ? (float)(sum / count) : 0.0f;
+    grp.template sums<double, 2>(v, nullptr);
+    return v[1] > 0.0 ? (float)(v[0] / v[1]) : 0.0f;
 }
 
 /* log2 of the mean of 2^l2 over a group, accumulated one l2 at a time into

@@ -1,23 +1,26 @@
 /* SPDX-License-Identifier: MIT */
-/* Stage-1 thresholds on the device: one logical warp per query row, the row's
- * candidate scores z[0..n) in shared memory. The methods are the CPU
- * backend's (cpu_entmax.c), with warp reductions in double in place of its
- * loops; the result is the dagpu_row_param that stage 2 applies. */
+/* Stage-1 thresholds on the device: a group of threads per query row (a
+ * logical warp or a block, gpu_group.cuh), the row's candidate scores
+ * z[0..n) in shared memory. The methods are the CPU backend's
+ * (cpu_entmax.c), with reductions in double in place of its loops; the
+ * result is the dagpu_row_param that stage 2 applies. */
 #ifndef DASHATTN_GPU_ENTMAX_CUH
 #define DASHATTN_GPU_ENTMAX_CUH
 
 #include "gpu_device.cuh"
+#include "gpu_group.cuh"
 
 /* Exact threshold for r = 1 (sparsemax) or r = 2 (1.5-entmax) by iterating
  * on the support (see da_entmax_threshold_support); false if it did not
  * settle. */
-static __device__ bool da_support_threshold(const float *z, int n, float zmax, double scale, int r,
-                                            double tau, double *tau_out)
+template <typename Grp>
+static __device__ bool da_support_threshold(const Grp &grp, const float *z, int n, float zmax,
+                                            double scale, int r, double tau, double *tau_out)
 {
-    const int lane = da_lane<DA_WARP>();
+    const int rank = grp.rank(), stride = grp.size();
     for (int step = 0; step < 64; step++) {
         double k = 0.0, s1 = 0.0, s2 = 0.0, lowest = DA_INF;
-        for (int j = lane; j < n; j += DA_WARP) {
+        for (int j = rank; j < n; j += stride) {
             const double x = scale * ((double)z[j] - zmax);
             if (x > tau) {
                 k += 1.0;
@@ -26,10 +29,11 @@ static __device__ bool da_support_threshold(const float *z, int n, float zmax, d
                 lowest = fmin(lowest, x);
             }
         }
-        k = da_warp_sum<DA_WARP>(k);
-        s1 = da_warp_sum<DA_WARP>(s1);
-        s2 = da_warp_sum<DA_WARP>(s2);
-        lowest = da_warp_min<DA_WARP>(lowest);
+        double red[3] = {k, s1, s2};
+        grp.template sums<double, 3>(red, &lowest);
+        k = red[0];
+        s1 = red[1];
+        s2 = red[2];
         if (k == 0.0)
             return false;
         double closed, next;
@@ -55,13 +59,15 @@ static __device__ bool da_support_threshold(const float *z, int n, float zmax, d
  * the cost of double on every reduction), stopped short of the root by a
  * margin far above float rounding, so the double iteration that follows
  * only confirms the support in a step or two. -1 if float does not settle. */
-static __device__ double da_support_start(const float *z, int n, float zmax, float scale, int r)
+template <typename Grp>
+static __device__ double da_support_start(const Grp &grp, const float *z, int n, float zmax,
+                                          float scale, int r)
 {
-    const int lane = da_lane<DA_WARP>();
+    const int rank = grp.rank(), stride = grp.size();
     float tau = -1.0f;
     for (int step = 0; step < 64; step++) {
         float k = 0.0f, s1 = 0.0f, s2 = 0.0f;
-        for (int j = lane; j < n; j += DA_WARP) {
+        for (int j = rank; j < n; j += stride) {
             const float x = scale * (z[j] - zmax);
             if (x > tau) {
                 k += 1.0f;
@@ -69,9 +75,11 @@ static __device__ double da_support_start(const float *z, int n, float zmax, flo
                 s2 += x * x;
             }
         }
-        k = da_warp_sum<DA_WARP>(k);
-        s1 = da_warp_sum<DA_WARP>(s1);
-        s2 = da_warp_sum<DA_WARP>(s2);
+        float red[3] = {k, s1, s2};
+        grp.template sums<float, 3>(red, nullptr);
+        k = red[0];
+        s1 = red[1];
+        s2 = red[2];
         if (k == 0.0f)
             return -1.0;
         const float next =
@@ -85,12 +93,13 @@ static __device__ double da_support_start(const float *z, int n, float zmax, flo
 }
 
 /* f(tau) = sum (X - tau)_+^r - 1 and its derivative, over the warp. */
-static __device__ void da_residual(const float *z, int n, float zmax, double scale, double r,
-                                   double tau, double *f, double *fp)
+template <typename Grp>
+static __device__ void da_residual(const Grp &grp, const float *z, int n, float zmax, double scale,
+                                   double r, double tau, double *f, double *fp)
 {
-    const int lane = da_lane<DA_WARP>();
+    const int rank = grp.rank(), stride = grp.size();
     double s = 0.0, d = 0.0;
-    for (int j = lane; j < n; j += DA_WARP) {
+    for (int j = rank; j < n; j += stride) {
         const double t = scale * ((double)z[j] - zmax) - tau;
         if (t > 0.0) {
             const double tr1 = r == 2.0 ? t : r == 1.0 ? 1.0 : pow(t, r - 1.0);
@@ -98,20 +107,23 @@ static __device__ void da_residual(const float *z, int n, float zmax, double sca
             d -= r * tr1;
         }
     }
-    *f = da_warp_sum<DA_WARP>(s) - 1.0;
-    *fp = da_warp_sum<DA_WARP>(d);
+    double red[2] = {s, d};
+    grp.template sums<double, 2>(red, nullptr);
+    *f = red[0] - 1.0;
+    *fp = red[1];
 }
 
 /* The bracketed search of the plan (tau_bracketed in cpu_entmax.c). With
  * exact = true it is the fallback of the exact methods: enough bisection
  * steps to reach double precision. */
-static __device__ double da_bracketed_threshold(const float *z, int n, float zmax, double alpha,
-                                                int iterations)
+template <typename Grp>
+static __device__ double da_bracketed_threshold(const Grp &grp, const float *z, int n, float zmax,
+                                                double alpha, int iterations)
 {
     const double scale = alpha - 1.0, r = 1.0 / scale;
     double lo = -1.0, hi = -pow((double)n, 1.0 - alpha);
     double f_lo, fp_lo;
-    da_residual(z, n, zmax, scale, r, lo, &f_lo, &fp_lo);
+    da_residual(grp, z, n, zmax, scale, r, lo, &f_lo, &fp_lo);
     for (int it = 0; it < iterations && hi > lo; it++) {
         double trial = 0.5 * (lo + hi);
         if (it % 2 == 0 && fp_lo < 0.0) {
@@ -120,7 +132,7 @@ static __device__ double da_bracketed_threshold(const float *z, int n, float zma
                 trial = newton;
         }
         double f, fp;
-        da_residual(z, n, zmax, scale, r, trial, &f, &fp);
+        da_residual(grp, z, n, zmax, scale, r, trial, &f, &fp);
         if (f >= 0.0) {
             lo = trial;
             f_lo = f;
@@ -136,13 +148,15 @@ static __device__ double da_bracketed_threshold(const float *z, int n, float zma
  * units x = (z - zmax) / 2: shifting x by its maximum moves t, the bracket
  * and every test by the same amount, so this is the release's iteration on
  * x = z / 2 up to rounding. Returns t; p = (x - t)_+^2, not renormalised. */
-static __device__ double da_halley_threshold(const float *z, int n, float zmax, int steps)
+template <typename Grp>
+static __device__ double da_halley_threshold(const Grp &grp, const float *z, int n, float zmax,
+                                             int steps)
 {
-    const int lane = da_lane<DA_WARP>();
+    const int rank = grp.rank(), stride = grp.size();
     double lo = -1.0, hi = 0.0, t = -0.5;
     for (int step = 0; step < steps; step++) {
         double s2 = 0.0, s1 = 0.0, above = 0.0;
-        for (int j = lane; j < n; j += DA_WARP) {
+        for (int j = rank; j < n; j += stride) {
             const double u = 0.5 * ((double)z[j] - zmax) - t;
             if (u > 0.0) {
                 s2 += u * u;
@@ -150,8 +164,9 @@ static __device__ double da_halley_threshold(const float *z, int n, float zmax, 
                 above += 1.0;
             }
         }
-        const double f = da_warp_sum<DA_WARP>(s2) - 1.0, f1 = -2.0 * da_warp_sum<DA_WARP>(s1);
-        const double f2 = 2.0 * da_warp_sum<DA_WARP>(above);
+        double red[3] = {s2, s1, above};
+        grp.template sums<double, 3>(red, nullptr);
+        const double f = red[0] - 1.0, f1 = -2.0 * red[1], f2 = 2.0 * red[2];
         const double next = t - 2.0 * f * f1 / (2.0 * f1 * f1 - f * f2);
         if (f > 0.0)
             lo = t;
@@ -175,58 +190,62 @@ static __device__ __forceinline__ float da_key_float(unsigned k)
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-static __device__ int da_warp_count_ge(const float *z, int n, unsigned key)
+template <typename Grp>
+static __device__ int da_count_ge(const Grp &grp, const float *z, int n, unsigned key)
 {
-    const int lane = da_lane<DA_WARP>();
+    const int rank = grp.rank(), stride = grp.size();
     int c = 0;
-    for (int j = lane; j < n; j += DA_WARP)
+    for (int j = rank; j < n; j += stride)
         c += z[j] > -DA_INF_F && da_float_key(z[j]) >= key;
-    c = da_warp_sum<DA_WARP>(c);
+    c = grp.sum(c);
     return c;
 }
 
 /* Top-k as a threshold on z: a lies between the k-th and the (k+1)-th best
  * score, so a score recomputed to within rounding keeps the same side. Ties
  * at the k-th score keep every tied block (the CPU keeps the lower indices). */
-static __device__ float da_topk_threshold(const float *z, int n, int k)
+template <typename Grp>
+static __device__ float da_topk_threshold(const Grp &grp, const float *z, int n, int k)
 {
-    const int lane = da_lane<DA_WARP>();
-    if (da_warp_count_ge(z, n, 0u) <= k)
+    const int rank = grp.rank(), stride = grp.size();
+    if (da_count_ge(grp, z, n, 0u) <= k)
         return -DA_INF_F;
     unsigned res = 0;
     for (int bit = 31; bit >= 0; bit--) {
         const unsigned trial = res | (1u << bit);
-        if (da_warp_count_ge(z, n, trial) >= k)
+        if (da_count_ge(grp, z, n, trial) >= k)
             res = trial;
     }
     const float vk = da_key_float(res);
-    if (da_warp_count_ge(z, n, res) > k)
+    if (da_count_ge(grp, z, n, res) > k)
         return nextafterf(vk, -DA_INF_F);
     float below = -DA_INF_F;
-    for (int j = lane; j < n; j += DA_WARP)
+    for (int j = rank; j < n; j += stride)
         if (z[j] < vk)
             below = fmaxf(below, z[j]);
-    below = da_warp_max<DA_WARP>(below);
+    below = grp.max(below);
     const float mid = below + 0.5f * (vk - below);
     return mid < vk && mid >= below ? mid : below;
 }
 
 /* The row's prior parameters from its n >= 1 candidate scores. */
-static __device__ dagpu_row_param da_row_threshold(const float *z, int n, const dagpu_params &p)
+template <typename Grp>
+static __device__ dagpu_row_param da_row_threshold(const Grp &grp, const float *z, int n,
+                                                   const dagpu_params &p)
 {
-    const int lane = da_lane<DA_WARP>();
+    const int rank = grp.rank(), stride = grp.size();
     dagpu_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     float zmax = -DA_INF_F;
     int nans = 0;
-    for (int j = lane; j < n; j += DA_WARP) {
+    for (int j = rank; j < n; j += stride) {
         zmax = fmaxf(zmax, z[j]);
         nans += isnan(z[j]);
     }
-    zmax = da_warp_max<DA_WARP>(zmax);
-    nans = da_warp_sum<DA_WARP>(nans);
+    zmax = grp.max(zmax);
+    nans = grp.sum(nans);
     if (p.method == DASHATTN_THRESHOLD_TOPK) {
         rp.mode = DAGPU_PRIOR_TOPK;
-        rp.a = nans ? DA_NAN_F : da_topk_threshold(z, n, p.topk);
+        rp.a = nans ? DA_NAN_F : da_topk_threshold(grp, z, n, p.topk);
         return rp;
     }
     rp.mode = p.method == DASHATTN_THRESHOLD_SOFTMAX ? DAGPU_PRIOR_SOFTMAX : DAGPU_PRIOR_ENTMAX;
@@ -237,39 +256,39 @@ static __device__ dagpu_row_param da_row_threshold(const float *z, int n, const 
     rp.a = zmax;
     if (p.method == DASHATTN_THRESHOLD_SOFTMAX) {
         double total = 0.0;
-        for (int j = lane; j < n; j += DA_WARP)
+        for (int j = rank; j < n; j += stride)
             total += exp((double)z[j] - zmax);
-        rp.a = (float)(zmax + log(da_warp_sum<DA_WARP>(total)));
+        rp.a = (float)(zmax + log(grp.sum(total)));
         return rp;
     }
     const double alpha = p.alpha;
     if (p.method == DASHATTN_THRESHOLD_HALLEY) {
         /* Stage 2's p = ((alpha - 1)(z - a) - tau)_+^2 with alpha 1.5 and
          * log2 norm 0 is exactly (x - t)_+^2. */
-        rp.tau = (float)da_halley_threshold(z, n, zmax, p.iterations);
+        rp.tau = (float)da_halley_threshold(grp, z, n, zmax, p.iterations);
         return rp;
     }
     if (p.method == DASHATTN_THRESHOLD_SORT_15 || p.method == DASHATTN_THRESHOLD_SORT_2) {
         const int r = p.method == DASHATTN_THRESHOLD_SORT_2 ? 1 : 2;
         double tau;
-        const double start = da_support_start(z, n, zmax, (float)(alpha - 1.0), r);
-        if (!da_support_threshold(z, n, zmax, alpha - 1.0, r, start, &tau) &&
-            !da_support_threshold(z, n, zmax, alpha - 1.0, r, -1.0, &tau))
-            tau = da_bracketed_threshold(z, n, zmax, alpha, 128);
+        const double start = da_support_start(grp, z, n, zmax, (float)(alpha - 1.0), r);
+        if (!da_support_threshold(grp, z, n, zmax, alpha - 1.0, r, start, &tau) &&
+            !da_support_threshold(grp, z, n, zmax, alpha - 1.0, r, -1.0, &tau))
+            tau = da_bracketed_threshold(grp, z, n, zmax, alpha, 128);
         rp.tau = (float)tau;
         return rp;
     }
-    const double tau = da_bracketed_threshold(z, n, zmax, alpha, p.iterations);
+    const double tau = da_bracketed_threshold(grp, z, n, zmax, alpha, p.iterations);
     rp.tau = (float)tau;
     /* The search stops short of the root: renormalise as the CPU does. */
     const double scale = alpha - 1.0, r = 1.0 / scale;
     double total = 0.0;
-    for (int j = lane; j < n; j += DA_WARP) {
+    for (int j = rank; j < n; j += stride) {
         const double t = scale * ((double)z[j] - zmax) - tau;
         if (t > 0.0)
             total += pow(t, r);
     }
-    rp.log2norm = (float)log2(da_warp_sum<DA_WARP>(total));
+    rp.log2norm = (float)log2(grp.sum(total));
     return rp;
 }
 

@@ -117,10 +117,11 @@ static __device__ void stage1_finish(const dagpu_params &p, const dagpu_forward_
         const float *z = zs + r * zstride;
         dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
         if (n > 0)
-            rp = da_row_threshold(z + lr.cand_begin, n, p);
+            rp = da_row_threshold(da_warp_group{}, z + lr.cand_begin, n, p);
         if (p.prior_flat && n > 0)
-            rp.mu = da_flat_mu(
-                n, [&](int64_t e) { return da_prior_log2(rp, z[lr.cand_begin + e], p.alpha); });
+            rp.mu = da_flat_mu(da_warp_group{}, n, [&](int64_t e) {
+                return da_prior_log2(rp, z[lr.cand_begin + e], p.alpha);
+            });
         emit_row(
             p, sel, lr, b, i, h0, heads_out,
             [&](int64_t j) { return da_candidate_log2(p, rp, z[j]); }, mask, block_counts);
@@ -158,7 +159,7 @@ static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_fo
         const int n = (int)(lr.cand_end - lr.cand_begin);
         dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
         if (n > 0)
-            rp = da_row_threshold(zs + a * zstride + lr.cand_begin, n, p);
+            rp = da_row_threshold(da_warp_group{}, zs + a * zstride + lr.cand_begin, n, p);
         if (lane == 0)
             params[a] = rp;
     }
@@ -179,7 +180,8 @@ static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_fo
         }
         float *out = ws.prior + ((b * p.heads_kv + kvh) * p.len_q + i) * p.num_blocks;
         if (p.prior_flat) {
-            const float mu = da_flat_mu(n, [&](int64_t e) { return prior[cb + e]; });
+            const float mu =
+                da_flat_mu(da_warp_group{}, n, [&](int64_t e) { return prior[cb + e]; });
             for (int64_t e = lane; e < n; e += DA_WARP)
                 prior[cb + e] = da_flatten(prior[cb + e], mu, p.inv_sigma);
         }

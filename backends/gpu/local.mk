@@ -24,6 +24,7 @@ gpu_hopper_units =
 gpu_kernel_headers = \
 	backends/gpu/gpu_vendor.cuh \
 	backends/gpu/gpu_warp.cuh \
+	backends/gpu/gpu_group.cuh \
 	backends/gpu/gpu_device.cuh \
 	backends/gpu/gpu_entmax.cuh \
 	backends/gpu/gpu_summary.cuh \

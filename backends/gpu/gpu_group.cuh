@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: MIT */
+/* The threads that share one row's reductions in the threshold searches:
+ * one logical warp (stage 1 of the forward, which gives each row a warp) or
+ * a whole thread block (decode, whose few rows must each be spread over many
+ * threads to finish quickly). The searches in gpu_entmax.cuh are written
+ * once against this interface. Every member must be reached by all threads
+ * of the group, with the same arguments' shapes. */
+#ifndef DASHATTN_GPU_GROUP_CUH
+#define DASHATTN_GPU_GROUP_CUH
+
+#include "gpu_warp.cuh"
+
+struct da_warp_group {
+    __device__ __forceinline__ int rank() const
+    {
+        return da_lane<DA_WARP>();
+    }
+    __device__ __forceinline__ int size() const
+    {
+        return DA_WARP;
+    }
+    template <typename T> __device__ __forceinline__ T sum(T x) const
+    {
+        return da_warp_sum<DA_WARP>(x);
+    }
+    __device__ __forceinline__ float max(float x) const
+    {
+        return da_warp_max<DA_WARP>(x);
+    }
+    __device__ __forceinline__ double min(double x) const
+    {
+        return da_warp_min<DA_WARP>(x);
+    }
+    /* N sums, and a minimum when lo is given, in one go. */
+    template <typename T, int N> __device__ __forceinline__ void sums(T (&v)[N], T *lo) const
+    {
+        for (int i = 0; i < N; i++)
+            v[i] = da_warp_sum<DA_WARP>(v[i]);
+        if (lo)
+            *lo = da_warp_min<DA_WARP>((double)*lo);
+    }
+};
+
+/* Values one block reduction carries at most (sums plus a minimum). */
+#define DA_GROUP_VALUES 4
+/* Logical warps a reducing block may have. */
+#define DA_GROUP_MAX_WARPS 32
+
+/* A one-dimensional block of at most DA_GROUP_MAX_WARPS logical warps.
+ * scratch: shared memory of DA_GROUP_VALUES * DA_GROUP_MAX_WARPS doubles.
+ * Each reduction is one shuffle tree per warp, one exchange through shared
+ * memory and two barriers, however many values it carries: the searches
+ * reduce several sums per step, and the barriers are what costs. */
+struct da_block_group {
+    double *scratch;
+
+    __device__ __forceinline__ int rank() const
+    {
+        return (int)threadIdx.x;
+    }
+    __device__ __forceinline__ int size() const
+    {
+        return (int)blockDim.x;
+    }
+
+    /* v[0..N) summed, and *lo minimised when given, over the block (in
+     * double across its warps). */
+    template <typename T, int N> __device__ void sums(T (&v)[N], T *lo) const
+    {
+        static_assert(N + 1 <= DA_GROUP_VALUES, "too many values for one reduction");
+        const int warp = da_warp_id<DA_WARP>(), warps = da_warps<DA_WARP>();
+        for (int i = 0; i < N; i++)
+            v[i] = da_warp_sum<DA_WARP>(v[i]);
+        double m = lo ? da_warp_min<DA_WARP>((double)*lo) : 0.0;
+        if (da_lane<DA_WARP>() == 0) {
+            for (int i = 0; i < N; i++)
+                scratch[i * DA_GROUP_MAX_WARPS + warp] = v[i];
+            scratch[N * DA_GROUP_MAX_WARPS + warp] = m;
+        }
+        __syncthreads();
+        for (int i = 0; i < N; i++) {
+            double t = 0.0;
+            for (int w = 0; w < warps; w++)
+                t += scratch[i * DA_GROUP_MAX_WARPS + w];
+            v[i] = (T)t;
+        }
+        if (lo) {
+            for (int w = 0; w < warps; w++)
+                m = fmin(m, scratch[N * DA_GROUP_MAX_WARPS + w]);
+            *lo = (T)m;
+        }
+        __syncthreads(); /* the scratch is reused by the next reduction */
+    }
+    template <typename T> __device__ T sum(T x) const
+    {
+        double v[1] = {(double)x};
+        sums<double, 1>(v, nullptr);
+        return (T)v[0];
+    }
+    __device__ double min(double x) const
+    {
+        double v[1] = {0.0};
+        sums<double, 1>(v, &x);
+        return x;
+    }
+    /* Through the minimum of the negation: a float's maximum is exact in
+     * double, and NaN stays NaN as fmin drops it the same way fmaxf would. */
+    __device__ float max(float x) const
+    {
+        return (float)-min(-(double)x);
+    }
+};
+
+#endif
