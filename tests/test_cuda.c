@@ -231,7 +231,7 @@ static void check_plan_limits(void)
     st = plan_of(full, HQ, HKV, 4096, 65536, &plan);
     TU_CHECK(st == DASHATTN_OK, "the same plan on the whole device: %s", dashattn_last_error());
     dashattn_plan_destroy(plan);
-    /* Decode over those blocks fits (4 heads' scores: 16 KiB); its plan's
+    /* Decode over those blocks fits (one row's scores: 4 KiB); its plan's
      * forward is the one part left out. */
     st = plan_of(small, HQ, HKV, 1, 65536, &plan);
     TU_CHECK(st == DASHATTN_OK, "a decode plan over 1024 blocks: %s", dashattn_last_error());
@@ -239,6 +239,13 @@ static void check_plan_limits(void)
         TU_CHECK(dashattn_plan_operation_workspace_size(plan, DASHATTN_OP_DECODE) > 0 &&
                      dashattn_plan_operation_workspace_size(plan, DASHATTN_OP_FORWARD) == 0,
                  "decode has a workspace, the refused forward none");
+    dashattn_plan_destroy(plan);
+    /* 16 heads per KV head over 2048 blocks (the released models' shape at
+     * 128K tokens): the thresholds take one row at a time, so this fits
+     * AMD's 64 KiB too. */
+    st = plan_of(small, 32, 2, 1, 131072, &plan);
+    TU_CHECK(st == DASHATTN_OK, "a decode plan with 16 heads per group over 2048 blocks: %s",
+             dashattn_last_error());
     dashattn_plan_destroy(plan);
     st = plan_of(full, 33, 1, 1, 4096, &plan);
     TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED && strstr(dashattn_last_error(), "at most 32"),

@@ -43,9 +43,10 @@ static __device__ void da_report(dagpu_device_error *e, int code, int b, int val
 /* Checks sequence b for holding tokens [0, len): len in [lo, capacity] and,
  * for paged caches, every page of those tokens inside the page pool. Returns
  * the failing kind (DAGPU_BAD_*) and sets *value, or 0. */
-static __device__ int da_check_sequence(const dagpu_params &p, const dashattn_kv_cache &c,
-                                        int64_t b, int64_t len, int64_t lo, int64_t first_block,
-                                        int *value)
+static __device__ __forceinline__ int da_check_sequence(const dagpu_params &p,
+                                                        const dashattn_kv_cache &c, int64_t b,
+                                                        int64_t len, int64_t lo,
+                                                        int64_t first_block, int *value)
 {
     *value = (int)len;
     if (len < lo || len > p.len_k)
@@ -61,6 +62,35 @@ static __device__ int da_check_sequence(const dagpu_params &p, const dashattn_kv
         }
     }
     return 0;
+}
+
+/* da_check_sequence(p, c, b, len, 1, 0, value) by a whole block: the pages
+ * are checked in parallel and the first bad one is reported. Every thread
+ * gets the result. */
+static __device__ __forceinline__ int da_check_sequence_block(const dagpu_params &p,
+                                                              const dashattn_kv_cache &c, int64_t b,
+                                                              int64_t len, int *value)
+{
+    __shared__ int first_bad;
+    *value = (int)len;
+    if (len < 1 || len > p.len_k)
+        return DAGPU_BAD_SEQ_LEN;
+    if (c.layout != DASHATTN_CACHE_PAGED)
+        return 0;
+    if (threadIdx.x == 0)
+        first_bad = 0x7fffffff;
+    __syncthreads();
+    const int64_t pages = c.k.shape[0];
+    for (int64_t j = threadIdx.x; j * p.block_size < len; j += blockDim.x) {
+        const int32_t page = c.block_table[b * c.table_stride + j];
+        if (page < 0 || page >= pages)
+            atomicMin(&first_bad, (int)j);
+    }
+    __syncthreads();
+    if (first_bad == 0x7fffffff)
+        return 0;
+    *value = c.block_table[b * c.table_stride + first_bad];
+    return DAGPU_BAD_PAGE;
 }
 
 #endif

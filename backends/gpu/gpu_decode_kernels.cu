@@ -1,29 +1,71 @@
 /* SPDX-License-Identifier: MIT */
-/* Decode: stage 1 per (sequence, KV head) over the cached block keys, then
- * split-KV attention over the blocks any head of the group selected (each
- * loaded block serves all G query heads), then a merge of the splits. */
+/* Decode: stage 1 in three kernels spread over the whole GPU even for one
+ * sequence (block scores per chunk of blocks, one thread block per query
+ * row for its threshold, one per (sequence, KV head) for the weights and
+ * the list of blocks to read), then split-KV attention over the blocks any
+ * head of the group selected (each loaded block serves all G query heads),
+ * then a merge of the splits. */
 #include "gpu_cache.cuh"
 #include "gpu_entmax.cuh"
 
 namespace
 {
 
-#define SELECT_THREADS 256
-#define SPLIT_THREADS 128
+#define SCORE_THREADS 256
 #define SCORE_BLOCKS 64
+#define THRESHOLD_THREADS 128
+#define WEIGHT_THREADS 256
+#define UNION_THREADS 512
+#define SPLIT_THREADS 128
 
-/* Stage-1 scores of the cached block keys: each warp scores blocks for all
- * G heads of its KV head, reading every block key once. z goes into the
- * log2w array, which decode_select_kernel turns into priors in place. A
- * block whose page is not in the pool scores NaN (select reports it). */
-__global__ void __launch_bounds__(SELECT_THREADS)
+/* Four consecutive elements of a 16-bit or f32 tensor as floats; the
+ * caller checked that they are aligned for one vector load. */
+static __device__ __forceinline__ float4 load4(const void *base, int dtype, int64_t i)
+{
+    if (dtype == DASHATTN_F32)
+        return *reinterpret_cast<const float4 *>(static_cast<const float *>(base) + i);
+    const uint2 w = *reinterpret_cast<const uint2 *>(static_cast<const uint16_t *>(base) + i);
+    const uint16_t h[4] = {(uint16_t)(w.x & 0xffffu), (uint16_t)(w.x >> 16),
+                           (uint16_t)(w.y & 0xffffu), (uint16_t)(w.y >> 16)};
+    float f[4];
+    for (int e = 0; e < 4; e++)
+        f[e] = da_load(h + e, dtype, 0);
+    return make_float4(f[0], f[1], f[2], f[3]);
+}
+
+/* Whether the block keys can be read four elements at a time: rows of a
+ * multiple of 16 contiguous elements (four lanes take four each in turn),
+ * every stride and the base aligned. */
+static __device__ bool block_keys_vector_ok(const dashattn_tensor &t, int64_t D)
+{
+    const int64_t es = t.dtype == DASHATTN_F32 ? 4 : 2;
+    return t.strides[3] == 1 && D % 16 == 0 && t.strides[0] % 4 == 0 && t.strides[1] % 4 == 0 &&
+           t.strides[2] % 4 == 0 && (reinterpret_cast<uintptr_t>(t.data) % (4 * es)) == 0;
+}
+
+/* Lanes that share one block key in decode_scores_kernel. */
+#define KEY_LANES 4
+
+/* Stage-1 scores of the cached block keys for all G <= MG heads of a KV
+ * head, reading every block key once: KEY_LANES lanes per key, so a warp
+ * scores 32 / KEY_LANES keys at a time and each head's sum takes two
+ * shuffles shared by those keys (a whole warp per key spent five shuffles
+ * per head and key, which made this kernel bound by shuffles, not memory).
+ * z goes into the log2w array, which decode_union_kernel turns into
+ * priors in place. A block whose page is not in the pool scores NaN (the
+ * union reports it). */
+template <int MG>
+__global__ void __launch_bounds__(SCORE_THREADS)
     decode_scores_kernel(dagpu_params p, dashattn_tensor q, dashattn_kv_cache c, dagpu_decode_ws ws)
 {
     extern __shared__ float smem[];
     const int64_t kvh = blockIdx.y, b = blockIdx.z;
-    const int64_t D = p.head_dim, M = p.num_blocks, G = p.group_size, S = p.block_size;
+    const int64_t D = p.head_dim, M = p.num_blocks;
+    const int G = (int)p.group_size;
     const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>(),
-              warps = SELECT_THREADS / DA_WARP;
+              warps = SCORE_THREADS / DA_WARP;
+    const int part = lane % KEY_LANES, slot = lane / KEY_LANES;
+    constexpr int KEYS_PER_WARP = DA_WARP / KEY_LANES;
     const int64_t len = c.seq_lens[b];
     if (len < 1 || len > p.len_k)
         return;
@@ -33,67 +75,150 @@ __global__ void __launch_bounds__(SELECT_THREADS)
     if (first >= last)
         return;
     float *qs = smem; /* [G][D] */
-    for (int64_t e = tid; e < G * D; e += SELECT_THREADS)
+    for (int64_t e = tid; e < G * D; e += SCORE_THREADS)
         qs[e] = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e / D, 0, e % D));
     __syncthreads();
-    const bool vec =
-        c.block_keys.dtype == DASHATTN_F32 && c.block_keys.strides[3] == 1 && D % 128 == 0;
+    const bool vec = block_keys_vector_ok(c.block_keys, D);
     const int64_t pages = c.k.shape[0];
-    (void)S;
-    for (int64_t j = first + warp; j < last; j += warps) {
-        bool ok = true;
-        if (c.layout == DASHATTN_CACHE_PAGED) {
+    float *z_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
+    for (int64_t j0 = first + warp * KEYS_PER_WARP; j0 < last; j0 += warps * KEYS_PER_WARP) {
+        const int64_t j = j0 + slot;
+        const bool in = j < last;
+        bool ok = in;
+        if (in && c.layout == DASHATTN_CACHE_PAGED) {
             const int32_t page = c.block_table[b * c.table_stride + j];
             ok = page >= 0 && page < pages;
         }
-        float part[DAGPU_DECODE_MAX_GROUP];
-        for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++)
-            part[g] = 0.0f;
+        float acc[MG];
+#pragma unroll
+        for (int g = 0; g < MG; g++)
+            acc[g] = 0.0f;
         if (ok && vec) {
-            const float *key = static_cast<const float *>(c.block_keys.data) +
-                               da_block_key_offset(c, b, kvh, j, 0);
-            for (int64_t d = lane * 4; d < D; d += 128) {
-                const float4 x = *reinterpret_cast<const float4 *>(key + d);
-                for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++) {
-                    const float *qg = qs + g * D + d;
-                    part[g] += qg[0] * x.x + qg[1] * x.y + qg[2] * x.z + qg[3] * x.w;
+            const int64_t key = da_block_key_offset(c, b, kvh, j, 0);
+            for (int64_t d = part * 4; d < D; d += 4 * KEY_LANES) {
+                const float4 x = load4(c.block_keys.data, c.block_keys.dtype, key + d);
+#pragma unroll
+                for (int g = 0; g < MG; g++) {
+                    if (g < G) {
+                        const float4 y = *reinterpret_cast<const float4 *>(qs + g * D + d);
+                        acc[g] += y.x * x.x + y.y * x.y + y.z * x.z + y.w * x.w;
+                    }
                 }
             }
         } else if (ok) {
-            for (int64_t d = lane; d < D; d += DA_WARP) {
+            for (int64_t d = part; d < D; d += KEY_LANES) {
                 const float x = da_load(c.block_keys.data, c.block_keys.dtype,
                                         da_block_key_offset(c, b, kvh, j, d));
-                for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++)
-                    part[g] = fmaf(qs[g * D + d], x, part[g]);
+#pragma unroll
+                for (int g = 0; g < MG; g++)
+                    if (g < G)
+                        acc[g] = fmaf(qs[g * D + d], x, acc[g]);
             }
         }
-        for (int64_t g = 0; g < G && g < DAGPU_DECODE_MAX_GROUP; g++) {
-            const float z = ok ? da_warp_sum<DA_WARP>(part[g]) * p.stage1_scale : DA_NAN_F;
-            if (lane == 0)
-                ws.log2w[(b * p.heads_q + kvh * G + g) * M + j] = z;
+#pragma unroll
+        for (int g = 0; g < MG; g++) {
+            if (g < G) { /* the same for every lane */
+                float t = acc[g];
+                for (int o = 1; o < KEY_LANES; o <<= 1)
+                    t += da_shfl_xor<DA_WARP>(t, o);
+                if (in && part == g % KEY_LANES)
+                    z_group[g * M + j] = ok ? t * p.stage1_scale : DA_NAN_F;
+            }
         }
     }
 }
 
-/* Thresholds and the union of selected blocks of one (sequence, KV head):
- * turns the scores into log2 priors per head and block (-inf: not read) and
- * lists the blocks to read in ascending order; nblocks = -1 marks a sequence
- * whose seq_lens entry or block table is bad. The grid has only B x Hkv
- * blocks, so two per multiprocessor are plenty; the bound keeps ptxas for
- * sm_80 from spilling to fit more. */
-__global__ void DA_LAUNCH_BOUNDS(SELECT_THREADS, 2)
-    decode_select_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws,
-                         dagpu_device_error *err)
+/* The score of candidate j (absolute block index) that the threshold of
+ * row r of a group was taken on: head r's own, or in shared mode the
+ * group's mean (summed in one order, so both kernels agree to the bit). */
+static __device__ __forceinline__ float row_score(const dagpu_params &p, const float *z_group,
+                                                  int64_t r, int64_t j)
 {
-    extern __shared__ float smem[];
+    const int64_t M = p.num_blocks;
+    if (!p.shared_group)
+        return z_group[r * M + j];
+    float mean = 0.0f;
+    for (int64_t g = 0; g < p.group_size; g++)
+        mean += z_group[g * M + j];
+    return mean / (float)p.group_size;
+}
+
+/* The threshold of one query row (a head, or in shared mode the group's
+ * mean score) over its candidates, by the whole block: at batch 1 there are
+ * only Hq rows, and each must finish in microseconds. */
+__global__ void __launch_bounds__(THRESHOLD_THREADS)
+    decode_threshold_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws)
+{
+    extern __shared__ float zs[];
+    __shared__ double scratch[DA_GROUP_VALUES * DA_GROUP_MAX_WARPS];
+    const int64_t r = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, G = p.group_size;
+    const int64_t len = c.seq_lens[b];
+    if (len < 1 || len > p.len_k)
+        return; /* decode_union_kernel reports it */
+    const da_rows lr = da_row_layout(p, len - 1, len);
+    const int64_t cb = lr.cand_begin, n = lr.cand_end - lr.cand_begin;
+    const float *z_group = ws.log2w + (b * p.heads_q + kvh * G) * p.num_blocks;
+    for (int64_t e = threadIdx.x; e < n; e += THRESHOLD_THREADS)
+        zs[e] = row_score(p, z_group, r, cb + e);
+    __syncthreads();
+    dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
+    if (n > 0)
+        rp = da_row_threshold(da_block_group{scratch}, zs, (int)n, p);
+    if (threadIdx.x == 0)
+        ws.rows[b * p.heads_q + kvh * G + r] = rp;
+}
+
+/* Candidates' log2 weights in place of their scores, a thread per block:
+ * one row per head in per-head mode, else the group's one weight in the
+ * first head's row (ws.wstride 0). The thread that reads a block's scores
+ * is the one that overwrites them. */
+__global__ void __launch_bounds__(WEIGHT_THREADS)
+    decode_weights_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws)
+{
+    __shared__ dagpu_row_param params[DAGPU_DECODE_MAX_GROUP];
+    const int64_t kvh = blockIdx.y, b = blockIdx.z, M = p.num_blocks, G = p.group_size;
+    const int64_t len = c.seq_lens[b];
+    if (len < 1 || len > p.len_k)
+        return; /* decode_union_kernel reports it */
+    const da_rows lr = da_row_layout(p, len - 1, len);
+    const int rows = p.shared_group ? 1 : (int)G;
+    for (int r = threadIdx.x; r < rows; r += WEIGHT_THREADS)
+        params[r] = ws.rows[b * p.heads_q + kvh * G + r];
+    __syncthreads();
+    const int64_t j = lr.cand_begin + (int64_t)blockIdx.x * WEIGHT_THREADS + threadIdx.x;
+    if (j >= lr.cand_end)
+        return;
+    float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
+    if (p.group_mean) {
+        float top = -DA_INF_F, sum = 0.0f;
+        for (int64_t g = 0; g < G; g++)
+            da_log2_mean_add(top, sum, da_prior_log2(params[g], w_group[g * M + j], p.alpha));
+        w_group[j] = da_log2_mean(top, sum, G);
+    } else {
+        for (int r = 0; r < rows; r++)
+            w_group[r * M + j] = da_prior_log2(params[r], row_score(p, w_group, r, j), p.alpha);
+    }
+}
+
+/* The final weights and the list of blocks to read of one (sequence, KV
+ * head): forced blocks get weight 1, blocks outside the candidates none,
+ * the flat prior flattens the candidates', and the blocks any head reads
+ * are listed in ascending order by a block-wide scan; nblocks = -1 marks a
+ * sequence whose seq_lens entry or block table is bad. */
+__global__ void __launch_bounds__(UNION_THREADS)
+    decode_union_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws,
+                        dagpu_device_error *err)
+{
+    __shared__ double scratch[DA_GROUP_VALUES * DA_GROUP_MAX_WARPS];
+    __shared__ float mu[DAGPU_DECODE_MAX_GROUP];
+    __shared__ int warp_counts[UNION_THREADS / DA_WARP];
     const int64_t kvh = blockIdx.x, b = blockIdx.y;
     const int64_t M = p.num_blocks, G = p.group_size, S = p.block_size;
-    const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>(),
-              warps = SELECT_THREADS / DA_WARP;
+    const int tid = threadIdx.x;
     int32_t *nblocks = ws.nblocks + b * p.heads_kv + kvh;
     const int64_t len = c.seq_lens[b];
     int value;
-    const int bad = da_check_sequence(p, c, b, len, 1, 0, &value);
+    const int bad = da_check_sequence_block(p, c, b, len, &value);
     if (bad) {
         if (tid == 0) {
             da_report(err, DASHATTN_ERR_INVALID_ARGUMENT, (int)b, value, bad);
@@ -102,105 +227,60 @@ __global__ void DA_LAUNCH_BOUNDS(SELECT_THREADS, 2)
         return;
     }
     const da_rows lr = da_row_layout(p, len - 1, len);
-    const int64_t cb = lr.cand_begin, n = lr.cand_end - lr.cand_begin;
-    float *zs = smem; /* [G][n]; shared mode: row 0 holds the group mean */
-    float *z_global = ws.log2w + (b * p.heads_q + kvh * G) * M;
-    for (int64_t e = tid; e < n; e += SELECT_THREADS) {
-        float mean = 0.0f;
-        for (int64_t g = 0; g < G; g++) {
-            const float z = z_global[g * M + cb + e];
-            mean += z;
-            if (!p.shared_group)
-                zs[g * n + e] = z;
-        }
-        if (p.shared_group)
-            zs[e] = mean / (float)G;
-    }
-    __syncthreads();
-
-    __shared__ dagpu_row_param params[DAGPU_DECODE_MAX_GROUP];
-    const int64_t rows = p.shared_group ? 1 : G;
-    for (int64_t g = warp; g < rows; g += warps) {
-        dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
-        if (n > 0)
-            rp = da_row_threshold(zs + g * n, (int)n, p);
-        if (lane == 0)
-            params[g] = rp;
-    }
-    __syncthreads();
-
-    /* Candidates' log2 weights in place of their scores: a row per head, or
-     * row 0 for the whole group when it shares one weight. */
-    const int wrows = p.shared_group || p.group_mean ? 1 : (int)G, ni = (int)n;
-    for (int e = tid; e < wrows * ni; e += SELECT_THREADS) {
-        const int row = e / ni, col = e % ni;
-        float l2;
-        if (p.group_mean) {
-            float top = -DA_INF_F, sum = 0.0f;
-            for (int64_t g = 0; g < G; g++)
-                da_log2_mean_add(top, sum, da_prior_log2(params[g], zs[g * n + col], p.alpha));
-            l2 = da_log2_mean(top, sum, G);
-        } else {
-            l2 = da_prior_log2(params[row], zs[row * n + col], p.alpha);
-        }
-        zs[row * n + col] = l2;
-    }
-    __syncthreads();
-    __shared__ float mu[DAGPU_DECODE_MAX_GROUP];
+    const int64_t cb = lr.cand_begin, ce = lr.cand_end;
+    /* Rows with their own weights: every head in per-head mode, else one. */
+    const int wrows = p.shared_group || p.group_mean ? 1 : (int)G;
+    float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
     if (p.prior_flat) {
-        for (int row = warp; row < wrows; row += warps) {
-            const float m = da_flat_mu(n, [&](int64_t e) { return zs[row * n + e]; });
-            if (lane == 0)
-                mu[row] = m;
+        for (int r = 0; r < wrows; r++) {
+            const float m = da_flat_mu(da_block_group{scratch}, ce - cb,
+                                       [&](int64_t e) { return w_group[r * M + cb + e]; });
+            if (tid == 0)
+                mu[r] = m;
         }
         __syncthreads();
     }
 
-    /* The union is gathered as a bitmask in shared memory, then listed. */
+    /* Every block's final weight, and the list by rounds of UNION_THREADS
+     * blocks: a ballot per warp, the warps' counts through shared memory. */
     const int64_t visible_blocks = (len + S - 1) / S;
-    unsigned *keep = reinterpret_cast<unsigned *>(zs + G * n);
-    const int64_t words = (M + 31) / 32;
-    for (int64_t w = tid; w < words; w += SELECT_THREADS)
-        keep[w] = 0;
-    __syncthreads();
-    /* 32-bit indices: 64-bit division is many instructions per element. */
-    const int gm = (int)(G * M), mi = (int)M;
-    for (int e = tid; e < gm; e += SELECT_THREADS) {
-        const int g = e / mi, j = e % mi;
-        const int row = wrows == 1 ? 0 : g;
-        float w = -DA_INF_F;
-        if (j < visible_blocks) {
-            if (da_forced(lr, j)) {
-                w = 0.0f;
-            } else if (j >= cb && j < lr.cand_end) {
-                w = zs[row * n + j - cb];
-                if (p.prior_flat)
-                    w = da_flatten(w, mu[row], p.inv_sigma);
+    int count = 0;
+    int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
+    const int lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
+    for (int64_t j0 = 0; j0 < M; j0 += UNION_THREADS) {
+        const int64_t j = j0 + tid;
+        bool keep = false;
+        if (j < M) {
+            const bool cand = j >= cb && j < ce && j < visible_blocks;
+            for (int r = 0; r < wrows; r++) {
+                float w = -DA_INF_F;
+                if (j < visible_blocks && da_forced(lr, j))
+                    w = 0.0f;
+                else if (cand) {
+                    w = w_group[r * M + j];
+                    if (p.prior_flat)
+                        w = da_flatten(w, mu[r], p.inv_sigma);
+                }
+                w_group[r * M + j] = w;
+                keep |= !(w == -DA_INF_F);
             }
         }
-        z_global[g * M + j] = w;
-        if (!(w == -DA_INF_F))
-            atomicOr(keep + j / 32, 1u << (j % 32));
-    }
-    __syncthreads();
-
-    if (warp == 0) {
-        int32_t *list = ws.blocks + (b * p.heads_kv + kvh) * M;
-        int count = 0;
-        for (int64_t w = 0; w < words; w++) {
-            const unsigned bits = keep[w];
-            if (lane < (int)__popc(bits)) {
-                /* The lane-th set bit of the word. */
-                unsigned rest = bits;
-                for (int i = 0; i < lane; i++)
-                    rest &= rest - 1;
-                list[count + lane] = (int32_t)(w * 32 + __ffs(rest) - 1);
-            }
-            count += __popc(bits);
-        }
+        const uint32_t bits = da_ballot<DA_WARP>(keep);
         if (lane == 0)
-            *nblocks = count;
+            warp_counts[warp] = __popc(bits);
+        __syncthreads();
+        int before = count, total = count;
+        for (int w = 0; w < UNION_THREADS / DA_WARP; w++) {
+            before += w < warp ? warp_counts[w] : 0;
+            total += warp_counts[w];
+        }
+        if (keep)
+            list[before + __popc(bits & ((1u << lane) - 1u))] = (int32_t)j;
+        count = total;
+        __syncthreads(); /* warp_counts is rewritten next round */
     }
+    if (tid == 0)
+        *nblocks = count;
 }
 
 /* Shared memory of one split with tiles of T tokens: the G queries, a tile
@@ -227,13 +307,13 @@ static __device__ split_smem_layout split_layout(float *smem, int64_t G, int64_t
 
 /* Online-softmax update of every head with the tile in shared memory (tokens
  * valid keys of block j). Ends with the tile no longer needed. */
-static __device__ void attend_tile(const split_smem_layout &L, const float *log2w, int64_t M,
+static __device__ void attend_tile(const split_smem_layout &L, const float *log2w, int64_t wstride,
                                    int64_t G, int64_t D, int64_t j, int64_t tokens)
 {
     const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
     for (int64_t e = tid; e < G * L.T; e += SPLIT_THREADS) {
         const int64_t g = e / L.T, t = e % L.T;
-        const float prior = log2w[g * M + j];
+        const float prior = log2w[g * wstride + j];
         float s = -DA_INF_F;
         if (t < tokens && !(prior == -DA_INF_F)) {
             float acc = 0.0f;
@@ -329,7 +409,7 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
                     da_load(c.v.data, c.v.dtype, da_cache_offset(c, c.v, S, b, kvh, t0 + t, d));
             }
             __syncthreads();
-            attend_tile(L, log2w, M, G, D, j, tokens);
+            attend_tile(L, log2w, ws.wstride, G, D, j, tokens);
         }
     }
     __syncthreads();
@@ -342,7 +422,9 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
 }
 
 #define MERGE_THREADS 256
-#define MERGE_COLUMNS 32
+/* Output columns per merge thread block: 16 lets sixteen threads share
+ * each column's splits, so a column's loads are few per thread. */
+#define MERGE_COLUMNS 16
 
 /* Combines the splits of one (sequence, query head) for MERGE_COLUMNS of
  * its output columns. The splits are spread over the threads at every step:
@@ -398,10 +480,12 @@ __global__ void __launch_bounds__(MERGE_THREADS)
     {
         const int64_t d = tid % MERGE_COLUMNS, c = tid / MERGE_COLUMNS;
         float acc = 0.0f;
-        if (d < cols)
+        if (d < cols) {
+#pragma unroll 4
             for (int64_t s = c; s < S; s += C)
                 if (weight[s] != 0.0f)
                     acc += part[s * (D + 2) + 2 + col0 + d] * weight[s];
+        }
         red[tid] = acc;
         __syncthreads();
         if (c == 0 && d < cols) {
@@ -425,15 +509,31 @@ extern "C" dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const das
 {
     const dagpu_rt_stream st = (dagpu_rt_stream)stream;
     const size_t score_smem = (size_t)p->group_size * (size_t)p->head_dim * sizeof(float);
-    const size_t select_smem = dagpu_decode_select_smem(p);
-    const dagpu_rt_error e = da_allow_smem(decode_select_kernel, select_smem);
+    const size_t threshold_smem = dagpu_decode_threshold_smem(p);
+    const dagpu_rt_error e = da_allow_smem(decode_threshold_kernel, threshold_smem);
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
     const unsigned chunks = (unsigned)((p->num_blocks + SCORE_BLOCKS - 1) / SCORE_BLOCKS);
-    decode_scores_kernel<<<dim3(chunks, (unsigned)p->heads_kv, (unsigned)p->batch), SELECT_THREADS,
-                           score_smem, st>>>(*p, *q, *cache, *ws);
-    decode_select_kernel<<<dim3((unsigned)p->heads_kv, (unsigned)p->batch), SELECT_THREADS,
-                           select_smem, st>>>(*p, *cache, *ws, err);
+    const unsigned kv = (unsigned)p->heads_kv, batch = (unsigned)p->batch;
+    const unsigned rows = p->shared_group ? 1u : (unsigned)p->group_size;
+    const dim3 score_grid(chunks, kv, batch);
+    if (p->group_size <= 4)
+        decode_scores_kernel<4><<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
+    else if (p->group_size <= 8)
+        decode_scores_kernel<8><<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
+    else if (p->group_size <= 16)
+        decode_scores_kernel<16>
+            <<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
+    else
+        decode_scores_kernel<DAGPU_DECODE_MAX_GROUP>
+            <<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
+    decode_threshold_kernel<<<dim3(rows, kv, batch), THRESHOLD_THREADS, threshold_smem, st>>>(
+        *p, *cache, *ws);
+    const unsigned weight_chunks =
+        (unsigned)((p->num_blocks + WEIGHT_THREADS - 1) / WEIGHT_THREADS);
+    decode_weights_kernel<<<dim3(weight_chunks, kv, batch), WEIGHT_THREADS, 0, st>>>(*p, *cache,
+                                                                                     *ws);
+    decode_union_kernel<<<dim3(kv, batch), UNION_THREADS, 0, st>>>(*p, *cache, *ws, err);
     return (dagpu_err)dagpuGetLastError();
 }
 

@@ -68,11 +68,15 @@ typedef struct dagpu_forward_ws {
 
 /* Device arrays of a decode call. */
 typedef struct dagpu_decode_ws {
-    float *log2w;     /* [B, Hq, M]: each head's log2 prior per block, -inf if unread */
-    int32_t *blocks;  /* [B, Hkv, M]: blocks any head of the group reads, ascending */
-    int32_t *nblocks; /* [B, Hkv] */
-    float *partial;   /* [B, Hq, splits, D + 2]: (m, l, o) of each split */
+    float *log2w; /* [B, Hq, M]: scores, then each head's log2 prior per block, -inf if unread */
+    dagpu_row_param *rows; /* [B, Hq]: each row's threshold (shared mode: the group's first) */
+    int32_t *blocks;       /* [B, Hkv, M]: blocks any head of the group reads, ascending */
+    int32_t *nblocks;      /* [B, Hkv] */
+    float *partial;        /* [B, Hq, splits, D + 2]: (m, l, o) of each split */
     int64_t splits;
+    /* Between the heads' rows of log2w's priors: M, or 0 where the group
+     * shares one weight (group-mean and shared modes: the first head's row). */
+    int64_t wstride;
 } dagpu_decode_ws;
 
 /* Error a kernel found in device data (seq_lens, block tables), reported by
@@ -115,12 +119,10 @@ static inline size_t dagpu_stage1_smem(const dagpu_params *p)
            (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
 }
 
-/* Dynamic shared memory of the decode select kernel: the G heads' scores of
- * every block and the union's mask words. */
-static inline size_t dagpu_decode_select_smem(const dagpu_params *p)
+/* Dynamic shared memory of the decode threshold kernel: one row's scores. */
+static inline size_t dagpu_decode_threshold_smem(const dagpu_params *p)
 {
-    return (size_t)p->group_size * (size_t)p->num_blocks * sizeof(float) +
-           (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
+    return (size_t)p->num_blocks * sizeof(float);
 }
 
 /* Dynamic shared memory of the portable decode split with tiles of `tile`

@@ -114,7 +114,9 @@ size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws
     dagpu_carver c = {base, 0};
     dagpu_decode_ws w;
     w.splits = gp->decode_splits;
+    w.wstride = p->shared_group || p->group_mean ? 0 : (int64_t)M;
     w.log2w = dagpu_carve(&c, B * (size_t)p->heads_q * M * sizeof(float));
+    w.rows = dagpu_carve(&c, B * (size_t)p->heads_q * sizeof(dagpu_row_param));
     w.blocks = dagpu_carve(&c, B * (size_t)p->heads_kv * M * sizeof(int32_t));
     w.nblocks = dagpu_carve(&c, B * (size_t)p->heads_kv * sizeof(int32_t));
     w.partial = dagpu_carve(&c, B * (size_t)p->heads_q * (size_t)w.splits *
@@ -138,7 +140,8 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
                 b * hq * nq * (double)sizeof(dagpu_row_param) +
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0;
     else if (op == DASHATTN_OP_DECODE)
-        bytes = b * hq * m * 4.0 + b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
+        bytes = b * hq * m * 4.0 + b * hq * (double)sizeof(dagpu_row_param) +
+                b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
     return bytes + 4096.0 > 0x1p62;
 }
 
@@ -158,16 +161,38 @@ size_t dagpu_workspace_size(void *state, const dashattn_plan_desc *plan, dashatt
     }
 }
 
-/* Splits of the selected blocks per (sequence, KV head): about twelve
- * thread blocks per multiprocessor (three run at a time on each), so the
- * last wave is a small share of the work. */
+/* Splits of the selected blocks per (sequence, KV head). The grid is fixed
+ * here, before the kept blocks are counted, and every split of a sequence
+ * gets an equal share of them. Two split thread blocks run on each
+ * multiprocessor (slots); at least four waves of them, so that unequal
+ * sequences even out, unless a split would then hold fewer than 16 of the
+ * blocks of a dense row (4 at 75% sparsity: fewer leave the copy pipeline
+ * short and make the merge's reads a real share of the traffic). Within a
+ * factor of four above that, the count whose last wave is fullest. */
 static int64_t decode_splits(const dagpu_params *p, int sm_count)
 {
-    const int64_t pairs = p->batch * p->heads_kv;
-    int64_t splits = (12 * (int64_t)sm_count + pairs - 1) / pairs;
-    if (splits > p->num_blocks)
-        splits = p->num_blocks;
-    return splits < 1 ? 1 : splits;
+    const int64_t pairs = p->batch * p->heads_kv,
+                  slots = 2 * (int64_t)(sm_count > 0 ? sm_count : 1);
+    int64_t most = p->num_blocks / 16;
+    if (most < 1)
+        most = 1;
+    int64_t lo = (4 * slots + pairs - 1) / pairs;
+    if (lo > most)
+        lo = most;
+    if (lo < 1)
+        lo = 1;
+    const int64_t hi = 4 * lo < most ? 4 * lo : most;
+    int64_t best = lo;
+    double best_fill = 0.0;
+    for (int64_t s = lo; s <= hi; s++) {
+        const int64_t ctas = pairs * s, waves = (ctas + slots - 1) / slots;
+        const double fill = (double)ctas / (double)(waves * slots);
+        if (fill > best_fill + 1e-9) {
+            best_fill = fill;
+            best = s;
+        }
+    }
+    return best;
 }
 
 #ifdef DAGPU_HAVE_NV
@@ -204,12 +229,12 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
                               DAGPU_DECODE_MAX_GROUP, (long long)p->group_size);
         return DASHATTN_ERR_UNSUPPORTED;
     }
-    const size_t select = dagpu_decode_select_smem(p);
-    if (select > limit) {
-        dagpu_host->set_error(DAGPU_NAME " backend: decode over %lld blocks with %lld heads per "
-                                         "group needs %zu bytes of shared memory, the device "
-                                         "offers %zu; use a larger block_size",
-                              (long long)p->num_blocks, (long long)p->group_size, select, limit);
+    const size_t threshold = dagpu_decode_threshold_smem(p);
+    if (threshold > limit) {
+        dagpu_host->set_error(DAGPU_NAME " backend: decode over %lld blocks needs %zu bytes of "
+                                         "shared memory, the device offers %zu; use a larger "
+                                         "block_size",
+                              (long long)p->num_blocks, threshold, limit);
         return DASHATTN_ERR_UNSUPPORTED;
     }
     gp->decode_tile = 0;

@@ -119,18 +119,21 @@ static __device__ __forceinline__ int next_block(const uint32_t *mask, int words
     return w * 32 + __ffs(bits) - 1;
 }
 
-/* s = Q K^T of a warp's 16 query rows (A fragments qf) against the 64 keys
- * of a swizzled tile, in the C-fragment layout of 8 n-tiles of 8 keys. */
-template <int D, typename T>
-static __device__ __forceinline__ void
-tile_scores(float (&s)[8][4], const uint32_t (&qf)[D / 16][4], uint32_t ktile, int lane)
+/* s = Q K^T of a warp's 16 query rows (A fragments qf) against the NT * 8
+ * keys from row key0 of a swizzled 64-key tile (all 64 by default), in the
+ * C-fragment layout of NT n-tiles of 8 keys. */
+template <int D, typename T, int NT>
+static __device__ __forceinline__ void tile_scores(float (&s)[NT][4],
+                                                   const uint32_t (&qf)[D / 16][4], uint32_t ktile,
+                                                   int lane, int key0 = 0)
 {
-    for (int n = 0; n < 8; n++)
+    static_assert(NT % 2 == 0 && NT * 8 <= MMA_KEYS, "keys come in pairs of n-tiles");
+    for (int n = 0; n < NT; n++)
         s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
     for (int kk = 0; kk < D / 16; kk++) {
-        for (int np = 0; np < 4; np++) {
+        for (int np = 0; np < NT / 2; np++) {
             uint32_t bf[4];
-            const int r = np * 16 + (lane >> 4) * 8 + (lane & 7);
+            const int r = key0 + np * 16 + (lane >> 4) * 8 + (lane & 7);
             const int c = kk * 16 + ((lane >> 3) & 1) * 8;
             ldmatrix_x4(bf, ktile + swz<D>(r, c));
             mma_type<T>::mma(s[2 * np], qf[kk], bf[0], bf[1]);
@@ -139,26 +142,27 @@ tile_scores(float (&s)[8][4], const uint32_t (&qf)[D / 16][4], uint32_t ktile, i
     }
 }
 
-/* One online-softmax step over a 64-key tile for the thread's two rows
- * (half 0: row lane / 4, half 1: that row + 8): logits are s * scale2 +
- * prior[half] (log2 units) for the first vis[half] keys, -inf for the rest;
- * m, l and the accumulator o are updated and o += P V with V from a swizzled
- * tile. s is consumed. */
-template <int D, typename T>
-static __device__ __forceinline__ void tile_softmax_pv(float (&s)[8][4], float (&o)[D / 8][4],
-                                                       float (&m)[2], float (&l)[2],
-                                                       const float (&prior)[2], const int (&vis)[2],
-                                                       float scale2, uint32_t vtile, int lane)
+/* One online-softmax step over the NT * 8 keys from row key0 of a 64-key
+ * tile (tile_scores' s) for the thread's two rows (half 0: row lane / 4,
+ * half 1: that row + 8): logits are s * scale2 + prior[half] (log2 units)
+ * for the tile's first vis[half] keys, -inf for the rest; m, l and the
+ * accumulator o are updated and o += P V with V from a swizzled tile. s is
+ * consumed. */
+template <int D, typename T, int NT>
+static __device__ __forceinline__ void
+tile_softmax_pv(float (&s)[NT][4], float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
+                const float (&prior)[2], const int (&vis)[2], float scale2, uint32_t vtile,
+                int lane, int key0 = 0)
 {
     const int qd = lane & 3;
     float corr[2];
     for (int half = 0; half < 2; half++) {
         float mx = -DA_INF_F;
 #pragma unroll
-        for (int n = 0; n < 8; n++) {
+        for (int n = 0; n < NT; n++) {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const int col = n * 8 + qd * 2 + e;
+                const int col = key0 + n * 8 + qd * 2 + e;
                 const float x =
                     col < vis[half] ? s[n][2 * half + e] * scale2 + prior[half] : -DA_INF_F;
                 s[n][2 * half + e] = x;
@@ -171,7 +175,7 @@ static __device__ __forceinline__ void tile_softmax_pv(float (&s)[8][4], float (
         const float m_use = m_new == -DA_INF_F ? 0.0f : m_new;
         corr[half] = exp2f(m[half] - m_use);
         float ls = 0.0f;
-        for (int n = 0; n < 8; n++) {
+        for (int n = 0; n < NT; n++) {
             for (int e = 0; e < 2; e++) {
                 const float pr = exp2f(s[n][2 * half + e] - m_use);
                 s[n][2 * half + e] = pr;
@@ -187,7 +191,7 @@ static __device__ __forceinline__ void tile_softmax_pv(float (&s)[8][4], float (
         o[n][2] *= corr[1];
         o[n][3] *= corr[1];
     }
-    for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+    for (int kk = 0; kk < NT / 2; kk++) {
         uint32_t a[4];
         a[0] = mma_type<T>::pack(s[2 * kk][0], s[2 * kk][1]);
         a[1] = mma_type<T>::pack(s[2 * kk][2], s[2 * kk][3]);
@@ -195,7 +199,7 @@ static __device__ __forceinline__ void tile_softmax_pv(float (&s)[8][4], float (
         a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
         for (int dp = 0; dp < D / 16; dp++) {
             uint32_t bf[4];
-            const int r = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+            const int r = key0 + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
             const int c = dp * 16 + (lane >> 4) * 8;
             ldmatrix_x4_trans(bf, vtile + swz<D>(r, c));
             mma_type<T>::mma(o[2 * dp], a, bf[0], bf[1]);
