@@ -164,19 +164,23 @@ size_t dagpu_workspace_size(void *state, const dashattn_plan_desc *plan, dashatt
 /* Splits of the selected blocks per (sequence, KV head). The grid is fixed
  * here, before the kept blocks are counted, and every split of a sequence
  * gets an equal share of them. Two split thread blocks run on each
- * multiprocessor (slots); at least four waves of them, so that unequal
- * sequences even out, unless a split would then hold fewer than 16 of the
- * blocks of a dense row (4 at 75% sparsity: fewer leave the copy pipeline
- * short and make the merge's reads a real share of the traffic). Within a
- * factor of four above that, the count whose last wave is fullest. */
+ * multiprocessor (slots). At least four waves of them, so that unequal
+ * sequences even out, while a split still holds 16 blocks at 75% sparsity
+ * (M / 64); where four waves would make splits shorter (small batches), one
+ * wave, or 16-block splits if those fill more than one: a split's copy
+ * pipeline needs a run of blocks to reach its rate, and each split costs
+ * the merge a row. Never more than M / 16 splits (4 blocks at 75%). Within
+ * a factor of four above the least count, the one whose last wave is
+ * fullest. */
 static int64_t decode_splits(const dagpu_params *p, int sm_count)
 {
     const int64_t pairs = p->batch * p->heads_kv,
                   slots = 2 * (int64_t)(sm_count > 0 ? sm_count : 1);
-    int64_t most = p->num_blocks / 16;
-    if (most < 1)
-        most = 1;
-    int64_t lo = (4 * slots + pairs - 1) / pairs;
+    const int64_t M = p->num_blocks, most = M / 16 > 1 ? M / 16 : 1;
+    const int64_t per_wave = (slots + pairs - 1) / pairs;
+    int64_t lo = 4 * per_wave;
+    if (lo > M / 64)
+        lo = per_wave > M / 64 ? per_wave : M / 64;
     if (lo > most)
         lo = most;
     if (lo < 1)
