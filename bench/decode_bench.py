@@ -59,7 +59,8 @@ CASES = {
 }
 # Kernel-name substrings of our decode, by stage (matched lower-case).
 STAGES = (
-    ("stage1", ("decode_scores", "decode_threshold", "decode_union", "decode_select")),
+    ("stage1", ("decode_scores", "decode_threshold", "decode_weights", "decode_union",
+                "decode_select")),
     ("attention", ("decode_split",)),
     ("merge", ("decode_merge",)),
 )

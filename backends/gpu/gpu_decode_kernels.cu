@@ -43,8 +43,10 @@ static __device__ bool block_keys_vector_ok(const dashattn_tensor &t, int64_t D)
            t.strides[2] % 4 == 0 && (reinterpret_cast<uintptr_t>(t.data) % (4 * es)) == 0;
 }
 
-/* Lanes that share one block key in decode_scores_kernel. */
+/* Lanes that share one block key in decode_scores_kernel, and the float4
+ * chunks of it each lane loads at once (a 128-dim key in one go). */
 #define KEY_LANES 4
+#define KEY_CHUNKS 8
 
 /* Stage-1 scores of the cached block keys for all G <= MG heads of a KV
  * head, reading every block key once: KEY_LANES lanes per key, so a warp
@@ -94,14 +96,28 @@ __global__ void __launch_bounds__(SCORE_THREADS)
         for (int g = 0; g < MG; g++)
             acc[g] = 0.0f;
         if (ok && vec) {
+            /* KEY_CHUNKS loads in flight before any is used: one at a time,
+             * the kernel waited out the memory latency per chunk. */
             const int64_t key = da_block_key_offset(c, b, kvh, j, 0);
-            for (int64_t d = part * 4; d < D; d += 4 * KEY_LANES) {
-                const float4 x = load4(c.block_keys.data, c.block_keys.dtype, key + d);
+            for (int64_t d0 = part * 4; d0 < D; d0 += 4 * KEY_LANES * KEY_CHUNKS) {
+                float4 x[KEY_CHUNKS];
 #pragma unroll
-                for (int g = 0; g < MG; g++) {
-                    if (g < G) {
-                        const float4 y = *reinterpret_cast<const float4 *>(qs + g * D + d);
-                        acc[g] += y.x * x.x + y.y * x.y + y.z * x.z + y.w * x.w;
+                for (int k = 0; k < KEY_CHUNKS; k++) {
+                    const int64_t d = d0 + k * 4 * KEY_LANES;
+                    x[k] = d < D ? load4(c.block_keys.data, c.block_keys.dtype, key + d)
+                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+#pragma unroll
+                for (int k = 0; k < KEY_CHUNKS; k++) {
+                    const int64_t d = d0 + k * 4 * KEY_LANES;
+                    if (d >= D)
+                        break;
+#pragma unroll
+                    for (int g = 0; g < MG; g++) {
+                        if (g < G) {
+                            const float4 y = *reinterpret_cast<const float4 *>(qs + g * D + d);
+                            acc[g] += y.x * x[k].x + y.y * x[k].y + y.z * x[k].z + y.w * x[k].w;
+                        }
                     }
                 }
             }
@@ -422,9 +438,7 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
 }
 
 #define MERGE_THREADS 256
-/* Output columns per merge thread block: 16 lets sixteen threads share
- * each column's splits, so a column's loads are few per thread. */
-#define MERGE_COLUMNS 16
+#define MERGE_COLUMNS 32
 
 /* Combines the splits of one (sequence, query head) for MERGE_COLUMNS of
  * its output columns. The splits are spread over the threads at every step:
