@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* Decode: stage 1 in three kernels spread over the whole GPU even for one
+/* Decode: stage 1 in four kernels spread over the whole GPU even for one
  * sequence (block scores per chunk of blocks, one thread block per query
- * row for its threshold, one per (sequence, KV head) for the weights and
- * the list of blocks to read), then split-KV attention over the blocks any
- * head of the group selected (each loaded block serves all G query heads),
- * then a merge of the splits. */
+ * row for its threshold, a thread per block for its weight, one thread
+ * block per (sequence, KV head) for the list of blocks to read), then
+ * split-KV attention over the blocks any head of the group selected (each
+ * loaded block serves all G query heads), then a merge of the splits. */
 #include "gpu_cache.cuh"
 #include "gpu_entmax.cuh"
 

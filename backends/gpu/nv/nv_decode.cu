@@ -4,8 +4,8 @@
  * heads are the rows of one 16-row mma tile, so each key block is read once
  * for all of them. Decode is a memory-bound job, so the kernel is built
  * around keeping bytes in flight: every thread issues cp.async copies of
- * whole 64-token K/V blocks into a ring of STAGES buffers, STAGES - 1 blocks
- * ahead of the one being computed, and two thread blocks share each
+ * whole 64-token K/V blocks into a ring of DECODE_STAGES buffers, all but one
+ * of them ahead of the block being computed, and two thread blocks share each
  * multiprocessor. The four warps take 16 of a block's 64 tokens each, with
  * their own online-softmax state, so one block costs a warp only a quarter
  * of the products; the warps' states are merged at the end. */
