@@ -108,6 +108,9 @@ def parse_args(argv):
                     help="where torch keeps the tensors; cpu is the smoke mode")
     ap.add_argument("--backend", help="library backend (default cuda, or cpu with --device cpu)")
     ap.add_argument("--threads", type=int, default=0, help="CPU backend threads (0: all)")
+    ap.add_argument("--family", default="segment", choices=("segment", "coherent"),
+                    help="synthetic queries (bench/gpu_bench.py's make_queries); one decode row "
+                         "per sequence, so the family changes only its noise")
     ap.add_argument("--seed", type=int, default=1)
     # gpu_bench.calibrate reads the next five by these names.
     ap.add_argument("--focus", type=float, help="use this focus instead of calibrating it")
@@ -386,7 +389,7 @@ class Inputs:
 
     def query(self):
         q = self.S.gb.make_queries(self.sx, self.topics, self.hq, 1, self.N, self.focus, BLOCK,
-                                   self.seed)
+                                   self.seed, self.S.args.family)
         return self.sx.to_storage(q)
 
 
@@ -723,7 +726,8 @@ def run_case(S, name, spec, released, copy_bw):
     hq, hkv = spec["heads"]
     B = min(spec["batch"], SMOKE_MAX_BATCH) if args.smoke else spec["batch"]
     N = args.length
-    res = {"case": name, "heads_q": hq, "heads_kv": hkv, "batch": B, "spec_batch": spec["batch"],
+    res = {"case": name, "family": args.family, "heads_q": hq, "heads_kv": hkv, "batch": B,
+           "spec_batch": spec["batch"],
            "N": N, "head_dim": HEAD_DIM, "errors": []}
     log("")
     log(f"{name}: Hq {hq} / Hkv {hkv}, batch {B}, N {N}, D {HEAD_DIM}, bf16")

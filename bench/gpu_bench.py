@@ -62,6 +62,8 @@ SPEED_TARGETS = {"prefill": ("cudnn", 2.0), "decode16": ("best", 3.0), "decode1"
 BANDWIDTH_TARGETS = {"decode16": 0.70}
 TOPICS_PER_QUERY = 2  # as SYNTH_TOPICS_PER_QUERY in cli/synthetic.c
 SEGMENT = 64  # as SYNTH_SEGMENT: query positions that share their topics
+COHERENT_OWN = 0.25  # as SYNTH_COHERENT_OWN: a coherent query's own share of its noise
+FAMILIES = ("segment", "coherent")
 DENSE_BACKENDS = (("cudnn", "CUDNN_ATTENTION"), ("flash", "FLASH_ATTENTION"))
 DTYPE_NAME = {v: k for k, v in da.DTYPE_BY_NAME.items()}
 VARIANT_TAG = {"gqa": "g", "packed_gqa": "p", "repeat_kv": "r"}
@@ -216,17 +218,27 @@ def make_values(sx, batch, heads_kv, t0, t1, dim, seed):
     return sx.normal((batch, heads_kv, t1 - t0, dim), seed_of(seed, "values", t0, t1))
 
 
-def make_queries(sx, topics, heads_q, len_q, len_k, focus, block_size, seed):
+def make_queries(sx, topics, heads_q, len_q, len_k, focus, block_size, seed, family="segment"):
     """As cli/synthetic.c: each segment of SEGMENT query positions picks
     TOPICS_PER_QUERY blocks at or before its start, shared by the query heads
-    of one KV head; its queries are f * (mean of their topics) + N(0, I)."""
+    of one KV head; its queries are f * (mean of their topics) + noise. The
+    noise is N(0, I) of each row in the `segment` family; in the `coherent`
+    family sqrt(1 - e^2) s + e n, s ~ N(0, I) shared by the segment's rows
+    (per query head), n the row's own, e = COHERENT_OWN."""
     batch, heads_kv, _, dim = topics.shape
     group = heads_q // heads_kv
     q = sx.normal((batch, heads_q, len_q, dim), seed_of(seed, "queries", len_q, len_k))
-    if focus <= 0.0:
-        return q
     pos = sx.arange(0, len_q) + (len_k - len_q)
     seg = pos // SEGMENT
+    if family == "coherent":
+        first = int(seg[0])
+        latent = sx.normal((batch, heads_q, int(seg[-1]) - first + 1, dim),
+                           seed_of(seed, "latent", len_q, len_k))
+        q = COHERENT_OWN * q + math.sqrt(1.0 - COHERENT_OWN ** 2) * latent[:, :, seg - first]
+    elif family != "segment":
+        raise ValueError(f"unknown input family {family!r} (one of {', '.join(FAMILIES)})")
+    if focus <= 0.0:
+        return q
     segments = int(len_k + SEGMENT - 1) // SEGMENT
     seen = (sx.arange(0, segments) * SEGMENT) // block_size + 1  # blocks a segment's start sees
     heads = sx.arange(0, heads_q)
@@ -863,7 +875,8 @@ def prefill_case(bench, case, N, B):
     Hq, Hkv, D, S = args.heads_q, args.heads_kv, args.head_dim, args.block_size
     dt = args.dtype_id
     es = da.DTYPE_SIZE[dt]
-    res = {"case": case, "kind": "prefill", "batch": B, "len_q": N, "len_k": N, "causal": True}
+    res = {"case": case, "kind": "prefill", "batch": B, "len_q": N, "len_k": N, "causal": True,
+           "family": args.family}
     qshape, kvshape = (B, Hq, N, D), (B, Hkv, N, D)
     topics = make_topics(sx, B, Hkv, math.ceil(N / S), D, args.seed)
     data = {"v": sx.to_storage(make_values(sx, B, Hkv, 0, N, D, args.seed))}
@@ -888,7 +901,8 @@ def prefill_case(bench, case, N, B):
         return st.sparsity
 
     def trial(f):
-        data["q"] = sx.to_storage(make_queries(sx, topics, Hq, N, N, f, S, args.seed))
+        data["q"] = sx.to_storage(make_queries(sx, topics, Hq, N, N, f, S, args.seed,
+                                               args.family))
         data["k"] = sx.to_storage(make_keys(sx, topics, 0, N, f, S, args.seed))
         return load(lanes[0]) if lanes else float("nan")
 
@@ -946,7 +960,7 @@ def decode_case(bench, case, N, B, paged):
     M = math.ceil(N / S)
     chunk = min(args.chunk, N)
     chunks = [(t0, min(N, t0 + chunk)) for t0 in range(0, N, chunk)]
-    res = {"case": case, "kind": "decode", "batch": B, "len_q": 1, "len_k": N,
+    res = {"case": case, "kind": "decode", "batch": B, "len_q": 1, "len_k": N, "family": args.family,
            "capacity": N, "chunk_tokens": chunk,
            "block_keys_dtype": DTYPE_NAME[bk_dtype]}
     qshape = (B, Hq, 1, D)
@@ -1011,7 +1025,8 @@ def decode_case(bench, case, N, B, paged):
     def trial(f):
         for t0, t1 in chunks:
             K[:, :, t0:t1] = sx.to_storage(make_keys(sx, topics, t0, t1, f, S, args.seed))
-        data["q"] = sx.to_storage(make_queries(sx, topics, Hq, 1, N, f, S, args.seed))
+        data["q"] = sx.to_storage(make_queries(sx, topics, Hq, 1, N, f, S, args.seed,
+                                               args.family))
         return load(lanes[0]) if lanes else float("nan")
 
     if lanes:
@@ -1367,6 +1382,9 @@ def parse_args(argv):
                     help="GQA selection: each query head's entmax, averaged over the group "
                          "(mean, the default and the released function), one entmax per query "
                          "head (per_head), or one per KV head on the mean score (shared)")
+    ap.add_argument("--family", default="segment", choices=FAMILIES,
+                    help="synthetic queries: segment (each row's noise its own, the worst case "
+                         "for tiled kernels) or coherent (a segment's rows share most of it)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--focus", type=float,
                     help="use this focus instead of calibrating it (the sparsity is still "

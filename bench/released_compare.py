@@ -52,6 +52,8 @@ def parse_args(argv):
                     help="strength of the synthetic inputs' block structure")
     ap.add_argument("--summary-scale", type=float, default=1.0,
                     help="standard deviation of the random head_cls entries")
+    ap.add_argument("--family", default="segment", choices=gb.FAMILIES,
+                    help="synthetic queries (gpu_bench.make_queries)")
     ap.add_argument("--seed", type=int, default=8)
     ap.add_argument("--json", help="write every figure to this file")
     return ap.parse_args(argv)
@@ -156,20 +158,21 @@ def decode_ours(torch, ours, q, k, v, h):
     return out
 
 
-def inputs(torch, b, hq, hkv, nq, nk, d, focus, seed):
+def inputs(torch, b, hq, hkv, nq, nk, d, focus, seed, family):
     sx = gb.TorchSynth(torch, da.BF16)
     blocks = (nk + 63) // 64
     topics = gb.make_topics(sx, b, hkv, blocks, d, seed)
     k = gb.make_keys(sx, topics, 0, nk, focus, 64, seed)
     v = gb.make_values(sx, b, hkv, 0, nk, d, seed)
-    q = gb.make_queries(sx, topics, hq, nq, nk, focus, 64, seed)
+    q = gb.make_queries(sx, topics, hq, nq, nk, focus, 64, seed, family)
     bf = torch.bfloat16
     return q.to(bf).contiguous(), k.to(bf).contiguous(), v.to(bf).contiguous()
 
 
 def prefill_case(torch, rel_mod, ours, hq, hkv, args):
     n, d = args.prefill_n, args.head_dim
-    q, k, v = inputs(torch, 1, hq, hkv, n, n, d, args.focus, gb.seed_of(args.seed, "p", hq, hkv))
+    q, k, v = inputs(torch, 1, hq, hkv, n, n, d, args.focus, gb.seed_of(args.seed, "p", hq, hkv),
+                     args.family)
     g = torch.Generator(device="cuda").manual_seed(args.seed)
     h = (args.summary_scale * torch.randn(hkv, d, generator=g, device="cuda")).to(torch.bfloat16)
     chunks = rel_mod.prefill.summarize_chunk(k, h, 64)
@@ -199,7 +202,8 @@ def released_sparsity(torch, kept, n_rows, offset, block_size):
 
 def decode_case(torch, rel_mod, ours, hq, hkv, args):
     n, d, b = args.decode_n, args.head_dim, args.decode_batch
-    q, k, v = inputs(torch, b, hq, hkv, n, n, d, args.focus, gb.seed_of(args.seed, "d", hq, hkv))
+    q, k, v = inputs(torch, b, hq, hkv, n, n, d, args.focus, gb.seed_of(args.seed, "d", hq, hkv),
+                     args.family)
     q = q[:, :, -1:].contiguous()
     g = torch.Generator(device="cuda").manual_seed(args.seed + 1)
     h = (args.summary_scale * torch.randn(hkv, d, generator=g, device="cuda")).to(torch.bfloat16)
@@ -243,7 +247,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), backend=args.backend,
-                           focus=args.focus, rows=rows), f, indent=1)
+                           family=args.family, focus=args.focus, rows=rows), f, indent=1)
     print("\nkind     Hq/Hkv  N       out diff   kept agree  sparsity ours / released")
     for r in rows:
         print(f"{r['kind']:<8} {r['hq']}/{r['hkv']:<4} {r['n']:<7} {r['out_rel_diff']:.2e}   "

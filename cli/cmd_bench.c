@@ -49,10 +49,18 @@ const char da_help_bench[] =
     "  --batch B             batch size (default 1)\n"
     "  --focus F             how strongly queries lean to a few key blocks; higher is\n"
     "                        sparser (default 0.85; 0 is unstructured Gaussian data)\n"
+    "  --family F            synthetic inputs: segment (default; each query row's noise\n"
+    "                        its own, the worst case for tiled kernels) or coherent (a\n"
+    "                        segment's 64 rows share most of theirs)\n"
     "  --seed S              seed of the synthetic inputs (default 1)\n"
     "  --repeat R            timed runs of each; the best is reported (default 3)\n"
     "  --threads-sweep       run each length with 1 thread and with --threads (default\n"
     "                        every core), to show what threading gains\n";
+
+static const char *family_name(da_synth_family f)
+{
+    return f == DA_SYNTH_COHERENT ? "coherent" : "segment";
+}
 
 typedef struct bench_args {
     da_common_options common;
@@ -60,6 +68,7 @@ typedef struct bench_args {
     int n_lengths;
     int64_t batch, heads_q, heads_kv, head_dim;
     double focus;
+    da_synth_family family;
     uint64_t seed;
     int repeat;
     int threads_sweep;
@@ -161,6 +170,16 @@ static int parse_bench_option(bench_args *b, int argc, char **argv, int *i)
     }
     if ((m = da_flag_value(argc, argv, i, "--focus", &v)) != 0)
         return m < 0 ? -1 : (da_parse_double("--focus", v, 0.0, 1e6, &b->focus) ? -1 : 1);
+    if ((m = da_flag_value(argc, argv, i, "--family", &v)) != 0) {
+        if (m < 0)
+            return -1;
+        if (strcmp(v, "segment") == 0 || strcmp(v, "coherent") == 0) {
+            b->family = v[0] == 'c' ? DA_SYNTH_COHERENT : DA_SYNTH_SEGMENT;
+            return 1;
+        }
+        da_error("bench: --family takes segment or coherent, not '%s'", v);
+        return -1;
+    }
     return 0;
 }
 
@@ -237,8 +256,8 @@ static int make_inputs(const bench_args *b, int64_t n, bench_inputs *in)
     in->v = malloc(nk * sizeof(float));
     if (!in->q || !in->k || !in->v)
         return -1;
-    da_synth_qkv(b->seed, b->batch, b->heads_q, b->heads_kv, n, n, b->head_dim,
-                 b->common.block_size, b->focus, in->q, in->k, in->v);
+    da_synth_qkv_family(b->family, b->seed, b->batch, b->heads_q, b->heads_kv, n, n, b->head_dim,
+                        b->common.block_size, b->focus, in->q, in->k, in->v);
     return 0;
 }
 
@@ -361,7 +380,8 @@ static void print_header(const bench_args *b, dashattn_context *ctx)
         printf("top-%d selection", (int)o->topk);
     else
         printf("alpha-entmax selection (alpha %g)", o->alpha);
-    printf("; synthetic inputs, focus %g; best of %d runs\n\n", b->focus, b->repeat);
+    printf("; synthetic inputs (%s), focus %g; best of %d runs\n\n", family_name(b->family),
+           b->focus, b->repeat);
     printf("%8s %8s %7s %9s %11s %11s %11s%s\n", "N", "threads", "blocks", "sparsity", "dash ms",
            "dense ms", "dense/dash", b->threads_sweep ? "    vs 1 thread" : "");
 }
@@ -406,6 +426,7 @@ static void print_json(const bench_args *b, dashattn_context *ctx, const bench_r
     printf(", \"selection\": \"%s\", \"topk\": %d, \"focus\": ",
            o->selection == DASHATTN_SELECT_TOPK ? "topk" : "entmax", (int)o->topk);
     da_json_number(stdout, b->focus);
+    printf(", \"family\": \"%s\"", family_name(b->family));
     printf(", \"seed\": %" PRIu64 ", \"repeat\": %d, \"statistic\": \"best\",\n \"results\": [",
            b->seed, b->repeat);
     for (int i = 0; i < n_rows; i++) {

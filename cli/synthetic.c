@@ -8,7 +8,16 @@
  * heads of a KV head; each of its queries is f * (mean of their topics) +
  * N(0, I): the larger f, the more its stage-1 scores stand out on those
  * blocks and the sparser alpha-entmax gets. Values are N(0, I). With f = 0
- * everything is plain Gaussian. */
+ * everything is plain Gaussian.
+ *
+ * That is the `segment` family: each query's N(0, I) is its own, strong
+ * enough that neighbouring rows keep nearly disjoint blocks at 75% sparsity,
+ * a worst case for kernels that tile rows. In the `coherent` family the
+ * queries of a segment (per query head) share one latent direction
+ * s ~ N(0, I) and each adds a small own part: sqrt(1 - e^2) s + e n with
+ * n ~ N(0, I) and e = SYNTH_COHERENT_OWN, so the noise keeps its variance
+ * and neighbouring rows keep mostly the same blocks, as block-sparse
+ * prefill methods observe in trained models. */
 #include "synthetic.h"
 
 #include <math.h>
@@ -22,6 +31,8 @@
 #define SYNTH_SEGMENT 64
 /* Longest head dimension a topic buffer holds (the library's limit). */
 #define SYNTH_MAX_DIM 256
+/* The own part's share e of a coherent query's noise. */
+#define SYNTH_COHERENT_OWN 0.25
 
 static uint64_t synth_splitmix(uint64_t *x)
 {
@@ -71,9 +82,27 @@ static void synth_topic(uint64_t seed, int64_t b, int64_t h, int64_t j, int64_t 
         t[d] = da_synth_normal(&rng);
 }
 
+/* The latent direction the coherent queries of segment seg of query head h
+ * share, regenerated from a hash like the topics. */
+static void synth_latent(uint64_t seed, int64_t b, int64_t h, int64_t seg, int64_t dim, double *s)
+{
+    da_synth_rng rng;
+    da_synth_seed(&rng, synth_mix(seed ^ 0x9b05688c2b3e6c1full, b, h, seg));
+    for (int64_t d = 0; d < dim; d++)
+        s[d] = da_synth_normal(&rng);
+}
+
 void da_synth_qkv(uint64_t seed, int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t len_q,
                   int64_t len_k, int64_t head_dim, int64_t block_size, double focus, float *q,
                   float *k, float *v)
+{
+    da_synth_qkv_family(DA_SYNTH_SEGMENT, seed, batch, heads_q, heads_kv, len_q, len_k, head_dim,
+                        block_size, focus, q, k, v);
+}
+
+void da_synth_qkv_family(da_synth_family family, uint64_t seed, int64_t batch, int64_t heads_q,
+                         int64_t heads_kv, int64_t len_q, int64_t len_k, int64_t head_dim,
+                         int64_t block_size, double focus, float *q, float *k, float *v)
 {
     if (batch < 1 || heads_q < 1 || heads_kv < 1 || len_q < 1 || len_k < 1 || head_dim < 1 ||
         head_dim > SYNTH_MAX_DIM || block_size < 1)
@@ -83,6 +112,9 @@ void da_synth_qkv(uint64_t seed, int64_t batch, int64_t heads_q, int64_t heads_k
     const int64_t group = heads_q >= heads_kv ? heads_q / heads_kv : 1;
     double topic[SYNTH_MAX_DIM];
     double mix[SYNTH_MAX_DIM];
+    double latent[SYNTH_MAX_DIM];
+    const int coherent = family == DA_SYNTH_COHERENT;
+    const double shared = sqrt(1.0 - SYNTH_COHERENT_OWN * SYNTH_COHERENT_OWN);
     da_synth_rng rng;
     da_synth_seed(&rng, seed);
 
@@ -124,8 +156,14 @@ void da_synth_qkv(uint64_t seed, int64_t batch, int64_t heads_q, int64_t heads_k
                             mix[d] += topic[d] * (f / SYNTH_TOPICS_PER_QUERY);
                     }
                 }
-                for (int64_t d = 0; d < head_dim; d++)
-                    qh[i * head_dim + d] = (float)(mix[d] + da_synth_normal(&rng));
+                if (coherent)
+                    synth_latent(seed, b, h, pos / SYNTH_SEGMENT, head_dim, latent);
+                for (int64_t d = 0; d < head_dim; d++) {
+                    const double own = da_synth_normal(&rng);
+                    const double noise =
+                        coherent ? shared * latent[d] + SYNTH_COHERENT_OWN * own : own;
+                    qh[i * head_dim + d] = (float)(mix[d] + noise);
+                }
             }
         }
     }

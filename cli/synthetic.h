@@ -19,13 +19,27 @@ double da_synth_uniform(da_synth_rng *rng);
 /** Standard normal. */
 double da_synth_normal(da_synth_rng *rng);
 
+/** The input families (synthetic.c describes both). */
+typedef enum da_synth_family {
+    /** Each query row's noise its own: neighbouring rows keep different blocks. */
+    DA_SYNTH_SEGMENT = 0,
+    /** A segment's rows share most of their noise: they keep mostly the same blocks. */
+    DA_SYNTH_COHERENT = 1
+} da_synth_family;
+
 /**
  * Fill contiguous BHSD float32 q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D].
  * focus >= 0 sets how strongly queries align with a few block topics: 0 gives
- * unstructured Gaussian data, larger values make stage 1 sparser.
+ * unstructured Gaussian data, larger values make stage 1 sparser. The
+ * `segment` family; keys and values are the same in both families.
  */
 void da_synth_qkv(uint64_t seed, int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t len_q,
                   int64_t len_k, int64_t head_dim, int64_t block_size, double focus, float *q,
                   float *k, float *v);
+
+/** da_synth_qkv for either family. */
+void da_synth_qkv_family(da_synth_family family, uint64_t seed, int64_t batch, int64_t heads_q,
+                         int64_t heads_kv, int64_t len_q, int64_t len_k, int64_t head_dim,
+                         int64_t block_size, double focus, float *q, float *k, float *v);
 
 #endif

@@ -11,7 +11,8 @@ NUMERICS_TESTS = \
 	tests/test_forward \
 	tests/test_backward \
 	tests/test_decode \
-	tests/test_needle
+	tests/test_needle \
+	tests/test_synthetic
 check_PROGRAMS += $(NUMERICS_TESTS)
 TESTS += $(NUMERICS_TESTS)
 
@@ -45,3 +46,7 @@ tests_test_decode_LDADD = $(NUMERICS_PUBLIC_LDADD)
 tests_test_needle_SOURCES = tests/test_needle.c
 tests_test_needle_CPPFLAGS = $(NUMERICS_CPPFLAGS)
 tests_test_needle_LDADD = $(NUMERICS_PUBLIC_LDADD)
+
+tests_test_synthetic_SOURCES = tests/test_synthetic.c
+tests_test_synthetic_CPPFLAGS = $(NUMERICS_CPPFLAGS)
+tests_test_synthetic_LDADD = $(NUMERICS_PUBLIC_LDADD)
