@@ -413,6 +413,71 @@ def problem_for(lib, args, batch, len_q, len_k, heads=None, **over):
     return lib.problem(batch, hq, hkv, len_q, len_k, args.head_dim, **fields)
 
 
+# Query positions a tile spans in the tile statistics (U): 64 is our stage 2's tile.
+TILE_SPANS = (4, 16, 64)
+# Largest selection output (bytes) the tile statistics download.
+TILE_STATS_MAX_BYTES = 4 << 30
+
+
+def tile_union_ratios(index, count, blocks, spans=TILE_SPANS):
+    """U for tiles of `span` consecutive rows of one query head: the blocks
+    the tile reads (the union of its rows' kept blocks) over the blocks one of
+    its rows keeps, averaged over tiles whose rows keep any. index
+    [B, H, N, M] int32 (-1 unused), count [B, H, N]: numpy arrays or torch
+    tensors (then computed where they are)."""
+    is_np = isinstance(index, np.ndarray)
+    B, H, N, M = index.shape
+    out = {}
+    for span in spans:
+        tiles = N // span
+        if tiles == 0:
+            continue
+        idx = index[:, :, :tiles * span].reshape(B, H, tiles, span * M)
+        cnt = count[:, :, :tiles * span].reshape(B, H, tiles, span).sum(-1)
+        if is_np:
+            seen = np.zeros((B, H, tiles, blocks + 1), dtype=bool)
+            np.put_along_axis(seen, np.where(idx >= 0, idx, blocks), True, axis=3)
+        else:
+            import torch
+            seen = torch.zeros((B, H, tiles, blocks + 1), dtype=torch.bool, device=idx.device)
+            seen.scatter_(3, torch.where(idx >= 0, idx, blocks).long(), True)
+        union = seen[..., :blocks].sum(-1)
+        live = cnt > 0
+        ratio = union[live] / (cnt[live] / span)
+        out[str(span)] = float(ratio.mean()) if int(live.sum()) > 0 else None
+    return out
+
+
+def tile_stats(bench, runner, plan, ln, B, Hq, N):
+    """Tile statistics of one prefill from its selection output (in torch's
+    memory when torch drives a CUDA runner, else downloaded), or None where
+    the output would be too large."""
+    M = plan.num_blocks
+    nbytes = B * Hq * N * M * 4
+    if nbytes > TILE_STATS_MAX_BYTES:
+        return None
+    torch = bench.torch
+    if torch is not None and runner.name == "cuda":
+        index = torch.empty((B, Hq, N, M), dtype=torch.int32, device="cuda")
+        count = torch.empty((B, Hq, N), dtype=torch.int32, device="cuda")
+        sel = da.Selection(index.data_ptr(), None, count.data_ptr(), M)
+        forward_stats(runner, plan, ln["tq"], ln["tk"], ln["tv"], ln["tout"], ln["ws"],
+                      ln["ws_size"], selection=sel)
+        runner.ctx.synchronize()
+        return tile_union_ratios(index, count, M)
+    index, count = runner.ctx.alloc(nbytes), runner.ctx.alloc(B * Hq * N * 4)
+    try:
+        sel = da.Selection(index.ptr, None, count.ptr, M)
+        forward_stats(runner, plan, ln["tq"], ln["tk"], ln["tv"], ln["tout"], ln["ws"],
+                      ln["ws_size"], selection=sel)
+        idx = index.download_into(np.empty((B, Hq, N, M), dtype=np.int32))
+        cnt = count.download_into(np.empty((B, Hq, N), dtype=np.int32))
+    finally:
+        index.free()
+        count.free()
+    return tile_union_ratios(idx, cnt, M)
+
+
 def forward_stats(runner, plan, tq, tk, tv, tout, ws, ws_size, selection=None):
     stats = da.ForwardStats()
     da.forward(runner.ctx, plan, tq, tk, tv, tout, selection=selection, stats=stats,
@@ -927,6 +992,10 @@ def prefill_case(bench, case, N, B):
                  attended_pairs=st.attended_pairs, nonfinite_out=nonfinite_count(dt, bits),
                  workspace_bytes=ln["ws_size"], threshold_method=ln["plan"].threshold_method)
         res["ours"][r.name] = t
+        if ln is lanes[0] and not args.no_tile_stats:
+            res["tile_union_ratio"] = tile_stats(bench, r, ln["plan"], ln, B, Hq, N)
+            log(f"  U (blocks a tile of P positions of one head reads / blocks a row keeps), "
+                f"P: {res['tile_union_ratio']}")
         log(f"  ours [{r.name}]: {t['ms']:.4f} ms, sparsity {100 * st.sparsity:.2f}% "
             f"(median of {args.repeat} x {t['calls_per_batch']} calls)")
         if t["nonfinite_out"]:
@@ -1382,6 +1451,9 @@ def parse_args(argv):
                     help="GQA selection: each query head's entmax, averaged over the group "
                          "(mean, the default and the released function), one entmax per query "
                          "head (per_head), or one per KV head on the mean score (shared)")
+    ap.add_argument("--no-tile-stats", action="store_true",
+                    help="skip U, the blocks a prefill tile reads over the blocks a row keeps "
+                         "(from the selection output, downloaded when at most 4 GiB)")
     ap.add_argument("--family", default="segment", choices=FAMILIES,
                     help="synthetic queries: segment (each row's noise its own, the worst case "
                          "for tiled kernels) or coherent (a segment's rows share most of it)")
