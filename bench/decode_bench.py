@@ -57,6 +57,8 @@ CASES = {
     "kv8-b1": {"heads": (32, 8), "batch": 1, "focus": 0.352},
     "kv2-b1": {"heads": (32, 2), "batch": 1, "focus": 0.718},
 }
+# --group-mode names (dashattn_group_mode values, as in python/dashattn/_capi.py).
+GROUP_MODES = {"per_head": 0, "shared": 1, "mean": 2}
 # Kernel-name substrings of our decode, by stage (matched lower-case).
 STAGES = (
     ("stage1", ("decode_scores", "decode_threshold", "decode_weights", "decode_union",
@@ -108,6 +110,9 @@ def parse_args(argv):
                     help="where torch keeps the tensors; cpu is the smoke mode")
     ap.add_argument("--backend", help="library backend (default cuda, or cpu with --device cpu)")
     ap.add_argument("--threads", type=int, default=0, help="CPU backend threads (0: all)")
+    ap.add_argument("--group-mode", default="mean", choices=sorted(GROUP_MODES),
+                    help="GQA group mode of the plan (default mean, the released function); "
+                         "per_head reads the union of its heads' blocks")
     ap.add_argument("--family", default="segment", choices=("segment", "coherent"),
                     help="synthetic queries (bench/gpu_bench.py's make_queries); one decode row "
                          "per sequence, so the family changes only its noise")
@@ -726,12 +731,14 @@ def run_case(S, name, spec, released, copy_bw):
     hq, hkv = spec["heads"]
     B = min(spec["batch"], SMOKE_MAX_BATCH) if args.smoke else spec["batch"]
     N = args.length
-    res = {"case": name, "family": args.family, "heads_q": hq, "heads_kv": hkv, "batch": B,
+    res = {"case": name, "family": args.family, "group_mode": args.group_mode, "heads_q": hq,
+           "heads_kv": hkv, "batch": B,
            "spec_batch": spec["batch"],
            "N": N, "head_dim": HEAD_DIM, "errors": []}
     log("")
     log(f"{name}: Hq {hq} / Hkv {hkv}, batch {B}, N {N}, D {HEAD_DIM}, bf16")
-    plan = S.ctx.plan(S.lib.problem(B, hq, hkv, 1, N, HEAD_DIM, dtype=da.BF16, causal=1))
+    plan = S.ctx.plan(S.lib.problem(B, hq, hkv, 1, N, HEAD_DIM, dtype=da.BF16, causal=1,
+                                    group_mode=GROUP_MODES[args.group_mode]))
     try:
         p = plan.problem
         res["problem"] = da.problem_dict(p)
