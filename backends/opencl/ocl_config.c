@@ -29,6 +29,14 @@ int daocl_direct_loads(const daocl_state *st)
     return (st->lim.type & CL_DEVICE_TYPE_CPU) != 0;
 }
 
+/* Local memory of da_decode_attend (decode.cl): key tile (rows padded by
+ * one), value tile, the pass's queries and scores, four floats per head. */
+static size_t decode_local_bytes(const daocl_config *c)
+{
+    const size_t kt = (size_t)c->kt, dp = (size_t)c->dpad, h = (size_t)c->dec_heads;
+    return (kt * (dp + 1) + kt * dp + h * dp + h * kt + 4 * h) * sizeof(float);
+}
+
 static int pow2_at_least(int64_t n, int floor)
 {
     int p = floor;
@@ -57,8 +65,10 @@ daocl_config daocl_plan_config(const daocl_state *st, const dashattn_plan_desc *
         c.wg /= 2;
     const size_t budget =
         lim->local_mem < LOCAL_BUDGET + 1024 ? (size_t)lim->local_mem - 1024 : LOCAL_BUDGET;
+    c.dec_heads = c.dpad >= 256 ? 8 : 16;
     c.kt = 64;
-    while (c.kt > 1 && 2u * (size_t)c.kt * (size_t)c.dpad * sizeof(float) > budget)
+    while (c.kt > 1 && (2u * (size_t)c.kt * (size_t)c.dpad * sizeof(float) > budget ||
+                        decode_local_bytes(&c) + 1024 > (size_t)lim->local_mem))
         c.kt /= 2;
     while ((size_t)c.kt > lim->max_work_group && c.kt > 1)
         c.kt /= 2;

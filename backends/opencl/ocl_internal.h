@@ -56,6 +56,7 @@ typedef struct daocl_config {
     int dpad;                         /* head_dim rounded up to a power of two >= 16 */
     int wg;                           /* rows per work-group of the row-parallel kernels */
     int kt;                           /* tokens per local tile */
+    int dec_heads;                    /* query heads per pass of the decode kernel */
     int direct;                       /* stage 2 reads keys and values from global memory */
     int64_t chunk;                    /* query positions per forward pass */
     int64_t rows;                     /* rows of one pass: batch * heads_q * chunk */

@@ -354,8 +354,9 @@ dashattn_status daocl_program_get(daocl_state *st, dashattn_dtype dtype, const d
 {
     char options[200];
     snprintf(options, sizeof options,
-             "-cl-std=CL1.2 -DDA_DT=%d -DDA_DPAD=%d -DDA_WG=%d -DDA_KT=%d -DDA_DIRECT=%d",
-             (int)dtype, cfg->dpad, cfg->wg, cfg->kt, cfg->direct);
+             "-cl-std=CL1.2 -DDA_DT=%d -DDA_DPAD=%d -DDA_WG=%d -DDA_KT=%d -DDA_DIRECT=%d "
+             "-DDA_DEC_HEADS=%d",
+             (int)dtype, cfg->dpad, cfg->wg, cfg->kt, cfg->direct, cfg->dec_heads);
     /* Holding the lock while compiling keeps two threads from building the
      * same program; builds happen once per context and configuration. */
     pthread_mutex_lock(&st->lock);

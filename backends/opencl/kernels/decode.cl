@@ -9,7 +9,9 @@
  * cut into ranges, one work-group per range, every work-group keeping a
  * partial softmax state (m, l, acc) per query head of the group; a second
  * kernel merges the ranges. Work-items of a work-group share each staged
- * key tile, one token (scores) or one dim (values) each. */
+ * key and value tile among up to DA_DEC_HEADS heads at once: a (head,
+ * token) pair each for the scores, a work-item per head for the softmax
+ * step, (head, dim) pairs held in registers for the values. */
 
 /* Stage-1 scores of decode: q . (cached block key) for each candidate. */
 __kernel void da_decode_scores(__global const elem *q, long4 qs, __global const void *keys,
@@ -34,6 +36,15 @@ __kernel void da_decode_scores(__global const elem *q, long4 qs, __global const 
     ws[w_off + j * rows_total + r] = acc;
 }
 
+/* DA_DEC_HEADS (a build option, ocl_config.c): query heads of a group one
+ * pass of da_decode_attend takes; each pass reads the split's key and value
+ * tiles once for all of them. DA_DEC_ACC: the output elements (head, dim)
+ * each work-item accumulates in registers. */
+#define DA_DEC_ACC ((DA_DEC_HEADS * DA_DPAD + DA_WG - 1) / DA_WG)
+/* Row stride of the key tile: one past a power of two, so work-items
+ * scoring different tokens read different banks. */
+#define DA_KSTRIDE (DA_DPAD + 1)
+
 __kernel __attribute__((reqd_work_group_size(DA_WG, 1, 1))) void
 da_decode_attend(__global const elem *q, long4 qs, __global const elem *kc, long4 ks,
                  __global const elem *vc, long4 vs, int paged, __global const int *table,
@@ -41,10 +52,12 @@ da_decode_attend(__global const elem *q, long4 qs, __global const elem *kc, long
                  long num_blocks, int8 lay, int d, float scale, long blocks_per_split,
                  __global float *ws, long w_off, long rows_total, long pacc_off, long pml_off)
 {
-    __local float kt[DA_KT * DA_DPAD], vt[DA_KT * DA_DPAD], sc[DA_KT], qg[DA_DPAD];
-    /* Running max and sum of the heads in flight, DA_WG of them at a time. */
-    __local float run_m[DA_WG], run_l[DA_WG];
-    __local float corr_shared;
+    __local float kt[DA_KT * DA_KSTRIDE], vt[DA_KT * DA_DPAD];
+    __local float qg[DA_DEC_HEADS * DA_DPAD], sc[DA_DEC_HEADS * DA_KT];
+    /* Per head in the pass: log weight of the current block (-inf: not
+     * read), running max and sum, and the last tile's correction. */
+    __local float logw[DA_DEC_HEADS], run_m[DA_DEC_HEADS], run_l[DA_DEC_HEADS],
+        corr[DA_DEC_HEADS];
     __local volatile int need;
     const int lid = get_local_id(0);
     const long split = get_group_id(0), bh = get_group_id(1);
@@ -56,20 +69,34 @@ da_decode_attend(__global const elem *q, long4 qs, __global const elem *kc, long
     __global const float *w = ws + w_off;
     __global float *pacc = ws + pacc_off + (split * rows_total + rbase) * d;
     __global float *pml = ws + pml_off + (split * rows_total + rbase) * 2;
-    for (long g0 = 0; g0 < group; g0 += DA_WG) {
-        const long g1 = min(g0 + DA_WG, (long)group);
-        for (long g = g0; g < g1; g++)
-            DA_SPREAD(c, d)
-                pacc[g * d + c] = 0.0f;
-        run_m[lid] = -INFINITY;
-        run_l[lid] = 0.0f;
+    for (long g0 = 0; g0 < group; g0 += DA_DEC_HEADS) {
+        const int gn = (int)min((long)DA_DEC_HEADS, group - g0);
+        float acc[DA_DEC_ACC];
+        for (int a = 0; a < DA_DEC_ACC; a++)
+            acc[a] = 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        DA_SPREAD(e, DA_DEC_HEADS * DA_DPAD) {
+            const int g = e / DA_DPAD, c = e % DA_DPAD;
+            qg[e] = g < gn && c < d
+                        ? scale * LOAD(q, da_off(qs, b, h * group + g0 + g, 0) + c * qs.s3)
+                        : 0.0f;
+        }
+        DA_SPREAD(g, DA_DEC_HEADS) {
+            run_m[g] = -INFINITY;
+            run_l[g] = 0.0f;
+        }
         for (long j = j0; j < j1; j++) {
             barrier(CLK_LOCAL_MEM_FENCE);
             if (lid == 0)
                 need = 0;
             barrier(CLK_LOCAL_MEM_FENCE);
-            if (g0 + lid < g1 && w[j * rows_total + rbase + g0 + lid] != 0.0f)
-                need = 1;
+            DA_SPREAD(g, DA_DEC_HEADS) {
+                const float wg = g < gn ? w[j * rows_total + rbase + g0 + g] : 0.0f;
+                /* A NaN weight stays NaN and reaches the head's output. */
+                logw[g] = wg != 0.0f ? log(wg) : -INFINITY;
+                if (wg != 0.0f)
+                    need = 1;
+            }
             barrier(CLK_LOCAL_MEM_FENCE);
             const long ntok = need ? da_visible_tokens(lay, &L, j) : 0;
             const long3 loc = da_cache_locate(paged, table, table_stride, b, j, lay.s1);
@@ -81,62 +108,66 @@ da_decode_attend(__global const elem *q, long4 qs, __global const elem *kc, long
                 DA_SPREAD(e, DA_KT * DA_DPAD) {
                     const int t = e / DA_DPAD, c = e % DA_DPAD;
                     const int in = t < nt && c < d;
-                    kt[e] = in ? LOAD(kc, kb + t * ks.s2 + c * ks.s3) : 0.0f;
+                    kt[t * DA_KSTRIDE + c] = in ? LOAD(kc, kb + t * ks.s2 + c * ks.s3) : 0.0f;
                     vt[e] = in ? LOAD(vc, vb + t * vs.s2 + c * vs.s3) : 0.0f;
                 }
-                for (long g = g0; g < g1; g++) {
-                    const float wg = w[j * rows_total + rbase + g];
-                    /* wg is the same for every work-item; no `continue`, as
-                     * PoCL wants barriers reached by structured control. */
-                    if (wg != 0.0f) {
-                    barrier(CLK_LOCAL_MEM_FENCE);
-                    const long qb = da_off(qs, b, h * group + g, 0);
-                    DA_SPREAD(c, DA_DPAD)
-                        qg[c] = c < d ? scale * LOAD(q, qb + c * qs.s3) : 0.0f;
-                    barrier(CLK_LOCAL_MEM_FENCE);
-                    const float logw = log(wg);
-                    DA_SPREAD(t, nt) {
-                        float s = 0.0f;
-                        for (int c = 0; c < DA_DPAD; c++)
-                            s += qg[c] * kt[t * DA_DPAD + c];
-                        sc[t] = s + logw;
-                    }
-                    barrier(CLK_LOCAL_MEM_FENCE);
-                    if (lid == 0) {
+                barrier(CLK_LOCAL_MEM_FENCE);
+                DA_SPREAD(e, gn * nt) {
+                    const int g = e / nt, t = e % nt;
+                    float s = 0.0f;
+                    for (int c = 0; c < DA_DPAD; c++)
+                        s += qg[g * DA_DPAD + c] * kt[t * DA_KSTRIDE + c];
+                    sc[g * DA_KT + t] = s + logw[g];
+                }
+                barrier(CLK_LOCAL_MEM_FENCE);
+                /* One work-item per head: the tile's max, weights and sum. */
+                DA_SPREAD(g, gn) {
+                    __local float *sg = sc + g * DA_KT;
+                    if (logw[g] == -INFINITY) {
+                        for (int t = 0; t < nt; t++)
+                            sg[t] = 0.0f;
+                        corr[g] = 1.0f;
+                    } else {
                         float mx = -INFINITY;
                         int bad = 0;
                         for (int t = 0; t < nt; t++) {
-                            bad |= !isfinite(sc[t]);
-                            mx = fmax(mx, sc[t]);
+                            bad |= !isfinite(sg[t]);
+                            mx = fmax(mx, sg[t]);
                         }
-                        const float m = run_m[g - g0], l = run_l[g - g0];
+                        const float m = run_m[g], l = run_l[g];
                         const float m_new = fmax(m, mx);
-                        const float corr = l != 0.0f ? exp(m - m_new) : 1.0f;
+                        const float cg = l != 0.0f ? exp(m - m_new) : 1.0f;
                         float sum = 0.0f;
                         for (int t = 0; t < nt; t++) {
-                            sc[t] = exp(sc[t] - m_new);
-                            sum += sc[t];
+                            sg[t] = exp(sg[t] - m_new);
+                            sum += sg[t];
                         }
-                        run_m[g - g0] = m_new;
-                        run_l[g - g0] = bad ? NAN : l * corr + sum;
-                        corr_shared = corr;
+                        run_m[g] = m_new;
+                        run_l[g] = bad ? NAN : l * cg + sum;
+                        corr[g] = cg;
                     }
-                    barrier(CLK_LOCAL_MEM_FENCE);
-                    const float corr = corr_shared;
-                    DA_SPREAD(c, d) {
-                        float a = pacc[g * d + c] * corr;
+                }
+                barrier(CLK_LOCAL_MEM_FENCE);
+                for (int a = 0; a < DA_DEC_ACC; a++) {
+                    const int e = lid + a * DA_WG, g = e / DA_DPAD, c = e % DA_DPAD;
+                    if (g < gn && c < d) {
+                        float x = acc[a] * corr[g];
                         for (int t = 0; t < nt; t++)
-                            a += sc[t] * vt[t * DA_DPAD + c];
-                        pacc[g * d + c] = a;
-                    }
+                            x += sc[g * DA_KT + t] * vt[t * DA_DPAD + c];
+                        acc[a] = x;
                     }
                 }
             }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        if (g0 + lid < g1) {
-            pml[2 * (g0 + lid)] = run_m[lid];
-            pml[2 * (g0 + lid) + 1] = run_l[lid];
+        for (int a = 0; a < DA_DEC_ACC; a++) {
+            const int e = lid + a * DA_WG, g = e / DA_DPAD, c = e % DA_DPAD;
+            if (g < gn && c < d)
+                pacc[(g0 + g) * d + c] = acc[a];
+        }
+        DA_SPREAD(g, gn) {
+            pml[2 * (g0 + g)] = run_m[g];
+            pml[2 * (g0 + g) + 1] = run_l[g];
         }
     }
 }
