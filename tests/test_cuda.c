@@ -188,6 +188,26 @@ static dashattn_status plan_of(dashattn_context *ctx, int64_t hq, int64_t hkv, i
     return dashattn_plan_create(ctx, &pr, plan);
 }
 
+/* A context is refused, naming the variable, while `name` holds `value`;
+ * the variable is restored afterwards. */
+static void check_bad_setting(const dashattn_context_options *opt, const char *name,
+                              const char *value)
+{
+    const char *old = getenv(name);
+    char *saved = old ? strdup(old) : NULL;
+    setenv(name, value, 1);
+    dashattn_context *bad = NULL;
+    const dashattn_status st = dashattn_context_create(opt, &bad);
+    TU_CHECK(st == DASHATTN_ERR_INVALID_ARGUMENT && strstr(dashattn_last_error(), name),
+             "%s=%s: %s", name, value, dashattn_last_error());
+    dashattn_context_destroy(bad);
+    if (saved)
+        setenv(name, saved, 1);
+    else
+        unsetenv(name);
+    free(saved);
+}
+
 /* Problems a device cannot run are refused when planned, with the reason;
  * a decode plan needs only its decode to fit. */
 static void check_plan_limits(void)
@@ -197,17 +217,13 @@ static void check_plan_limits(void)
     dashattn_context_options opt;
     dashattn_context_options_init(&opt);
     opt.backend = "cuda";
-    dashattn_context *full = NULL, *small = NULL, *bad = NULL;
+    dashattn_context *full = NULL, *small = NULL;
     /* The whole device, whatever the environment of the test run says. */
     unsetenv("DASHATTN_GPU_SHARED_MEMORY");
     dashattn_status st = dashattn_context_create(&opt, &full);
     TU_CHECK(st == DASHATTN_OK, "uncapped context: %s", dashattn_last_error());
-    setenv("DASHATTN_GPU_SHARED_MEMORY", "not-a-number", 1);
-    st = dashattn_context_create(&opt, &bad);
-    TU_CHECK(st == DASHATTN_ERR_INVALID_ARGUMENT &&
-                 strstr(dashattn_last_error(), "DASHATTN_GPU_SHARED_MEMORY"),
-             "a bad DASHATTN_GPU_SHARED_MEMORY: %s", dashattn_last_error());
-    dashattn_context_destroy(bad);
+    check_bad_setting(&opt, "DASHATTN_GPU_SHARED_MEMORY", "not-a-number");
+    check_bad_setting(&opt, "DASHATTN_GPU_DEPENDENT_LAUNCH", "yes");
     setenv("DASHATTN_GPU_SHARED_MEMORY", "65536", 1);
     st = dashattn_context_create(&opt, &small);
     if (saved)

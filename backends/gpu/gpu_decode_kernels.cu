@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Decode: stage 1 in four kernels spread over the whole GPU even for one
  * sequence (block scores per chunk of blocks, one thread block per query
- * row for its threshold, a thread per block for its weight, one thread
+ * row for its threshold, a thread per block for its weights, one thread
  * block per (sequence, KV head) for the list of blocks to read), then
  * split-KV attention over the blocks any head of the group selected (each
- * loaded block serves all G query heads), then a merge of the splits. */
+ * loaded block serves all G query heads), then a merge of the splits. On
+ * sm_90 each kernel after the first is launched while the one before it
+ * drains (programmatic dependent launch) and waits for its results at
+ * da_wait_previous. */
 #include "gpu_cache.cuh"
 #include "gpu_entmax.cuh"
 
@@ -13,7 +16,8 @@ namespace
 
 #define SCORE_THREADS 256
 #define SCORE_BLOCKS 64
-#define THRESHOLD_THREADS 128
+/* The most threads per row's threshold (the plan picks 128 or 512). */
+#define THRESHOLD_THREADS 512
 #define WEIGHT_THREADS 256
 #define UNION_THREADS 512
 #define SPLIT_THREADS 128
@@ -60,11 +64,12 @@ template <int MG>
 __global__ void __launch_bounds__(SCORE_THREADS)
     decode_scores_kernel(dagpu_params p, dashattn_tensor q, dashattn_kv_cache c, dagpu_decode_ws ws)
 {
+    da_wait_previous();
     extern __shared__ float smem[];
     const int64_t kvh = blockIdx.y, b = blockIdx.z;
     const int64_t D = p.head_dim, M = p.num_blocks;
     const int G = (int)p.group_size;
-    const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>(),
+    const int lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>(),
               warps = SCORE_THREADS / DA_WARP;
     const int part = lane % KEY_LANES, slot = lane / KEY_LANES;
     constexpr int KEYS_PER_WARP = DA_WARP / KEY_LANES;
@@ -77,8 +82,12 @@ __global__ void __launch_bounds__(SCORE_THREADS)
     if (first >= last)
         return;
     float *qs = smem; /* [G][D] */
-    for (int64_t e = tid; e < G * D; e += SCORE_THREADS)
-        qs[e] = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e / D, 0, e % D));
+    /* 32-bit index arithmetic: a 64-bit division per element was most of
+     * this kernel's instructions at batch 1. */
+    for (int e = (int)threadIdx.x, dim = (int)D; e < G * dim; e += SCORE_THREADS) {
+        const int g = e / dim;
+        qs[e] = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + g, 0, e - g * dim));
+    }
     __syncthreads();
     const bool vec = block_keys_vector_ok(c.block_keys, D);
     const int64_t pages = c.k.shape[0];
@@ -165,6 +174,7 @@ static __device__ __forceinline__ float row_score(const dagpu_params &p, const f
 __global__ void __launch_bounds__(THRESHOLD_THREADS)
     decode_threshold_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws)
 {
+    da_wait_previous();
     extern __shared__ float zs[];
     __shared__ double scratch[DA_GROUP_VALUES * DA_GROUP_MAX_WARPS];
     const int64_t r = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, G = p.group_size;
@@ -174,7 +184,7 @@ __global__ void __launch_bounds__(THRESHOLD_THREADS)
     const da_rows lr = da_row_layout(p, len - 1, len);
     const int64_t cb = lr.cand_begin, n = lr.cand_end - lr.cand_begin;
     const float *z_group = ws.log2w + (b * p.heads_q + kvh * G) * p.num_blocks;
-    for (int64_t e = threadIdx.x; e < n; e += THRESHOLD_THREADS)
+    for (int64_t e = threadIdx.x; e < n; e += blockDim.x)
         zs[e] = row_score(p, z_group, r, cb + e);
     __syncthreads();
     dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -184,13 +194,15 @@ __global__ void __launch_bounds__(THRESHOLD_THREADS)
         ws.rows[b * p.heads_q + kvh * G + r] = rp;
 }
 
-/* Candidates' log2 weights in place of their scores, a thread per block:
+/* Candidates' log2 weights in place of their scores, a thread per (block,
+ * head) (dagpu_decode_weight_lanes threads per block, reduced by shuffles):
  * one row per head in per-head mode, else the group's one weight in the
- * first head's row (ws.wstride 0). The thread that reads a block's scores
- * is the one that overwrites them. */
+ * first head's row (ws.wstride 0). A thread per block, looping over its
+ * heads, waited out one dependent chain per head, at a few warps per SM. */
 __global__ void __launch_bounds__(WEIGHT_THREADS)
     decode_weights_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws)
 {
+    da_wait_previous();
     __shared__ dagpu_row_param params[DAGPU_DECODE_MAX_GROUP];
     const int64_t kvh = blockIdx.y, b = blockIdx.z, M = p.num_blocks, G = p.group_size;
     const int64_t len = c.seq_lens[b];
@@ -201,19 +213,34 @@ __global__ void __launch_bounds__(WEIGHT_THREADS)
     for (int r = threadIdx.x; r < rows; r += WEIGHT_THREADS)
         params[r] = ws.rows[b * p.heads_q + kvh * G + r];
     __syncthreads();
-    const int64_t j = lr.cand_begin + (int64_t)blockIdx.x * WEIGHT_THREADS + threadIdx.x;
-    if (j >= lr.cand_end)
-        return;
+    const int W = dagpu_decode_weight_lanes(&p), g = (int)threadIdx.x % W;
+    const int64_t j =
+        lr.cand_begin + ((int64_t)blockIdx.x * WEIGHT_THREADS + (int64_t)threadIdx.x) / W;
+    const bool in = j < lr.cand_end;
     float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
-    if (p.group_mean) {
-        float top = -DA_INF_F, sum = 0.0f;
-        for (int64_t g = 0; g < G; g++)
-            da_log2_mean_add(top, sum, da_prior_log2(params[g], w_group[g * M + j], p.alpha));
-        w_group[j] = da_log2_mean(top, sum, G);
-    } else {
-        for (int r = 0; r < rows; r++)
-            w_group[r * M + j] = da_prior_log2(params[r], row_score(p, w_group, r, j), p.alpha);
+    if (p.shared_group) {
+        if (in)
+            w_group[j] = da_prior_log2(params[0], row_score(p, w_group, 0, j), p.alpha);
+        return;
     }
+    float l2 = -DA_INF_F;
+    if (in && g < G)
+        l2 = da_prior_log2(params[g], w_group[g * M + j], p.alpha);
+    if (!p.group_mean) {
+        if (in && g < G)
+            w_group[g * M + j] = l2;
+        return;
+    }
+    /* log2 of the mean of 2^l2 over the heads: a NaN is dropped by fmaxf
+     * but carried by the sum. */
+    float top = l2;
+    for (int o = 1; o < W; o <<= 1)
+        top = fmaxf(top, da_shfl_xor<DA_WARP>(top, o));
+    float sum = l2 == -DA_INF_F ? 0.0f : exp2f(l2 - top);
+    for (int o = 1; o < W; o <<= 1)
+        sum += da_shfl_xor<DA_WARP>(sum, o);
+    if (in && g == 0) /* after every head's score of block j was read */
+        w_group[j] = da_log2_mean(top, sum, G);
 }
 
 /* The final weights and the list of blocks to read of one (sequence, KV
@@ -225,6 +252,7 @@ __global__ void __launch_bounds__(UNION_THREADS)
     decode_union_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws,
                         dagpu_device_error *err)
 {
+    da_wait_previous();
     __shared__ double scratch[DA_GROUP_VALUES * DA_GROUP_MAX_WARPS];
     __shared__ float mu[DAGPU_DECODE_MAX_GROUP];
     __shared__ int warp_counts[UNION_THREADS / DA_WARP];
@@ -244,9 +272,9 @@ __global__ void __launch_bounds__(UNION_THREADS)
     }
     const da_rows lr = da_row_layout(p, len - 1, len);
     const int64_t cb = lr.cand_begin, ce = lr.cand_end;
+    float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
     /* Rows with their own weights: every head in per-head mode, else one. */
     const int wrows = p.shared_group || p.group_mean ? 1 : (int)G;
-    float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
     if (p.prior_flat) {
         for (int r = 0; r < wrows; r++) {
             const float m = da_flat_mu(da_block_group{scratch}, ce - cb,
@@ -386,6 +414,7 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
     decode_split_kernel(dagpu_params p, dashattn_tensor q, dashattn_kv_cache c, dagpu_decode_ws ws,
                         int T)
 {
+    da_wait_previous();
     extern __shared__ float smem[];
     const int64_t split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     const int64_t D = p.head_dim, G = p.group_size, M = p.num_blocks, S = p.block_size;
@@ -447,6 +476,7 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
 __global__ void __launch_bounds__(MERGE_THREADS)
     decode_merge_kernel(dagpu_params p, dashattn_tensor out, float *lse, dagpu_decode_ws ws)
 {
+    da_wait_previous();
     extern __shared__ float weight[]; /* [splits] */
     __shared__ float red[MERGE_THREADS];
     const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim, S = ws.splits;
@@ -524,31 +554,33 @@ extern "C" dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const das
     const dagpu_rt_stream st = (dagpu_rt_stream)stream;
     const size_t score_smem = (size_t)p->group_size * (size_t)p->head_dim * sizeof(float);
     const size_t threshold_smem = dagpu_decode_threshold_smem(p);
-    const dagpu_rt_error e = da_allow_smem(decode_threshold_kernel, threshold_smem);
+    dagpu_rt_error e = da_allow_smem(decode_threshold_kernel, threshold_smem);
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
     const unsigned chunks = (unsigned)((p->num_blocks + SCORE_BLOCKS - 1) / SCORE_BLOCKS);
     const unsigned kv = (unsigned)p->heads_kv, batch = (unsigned)p->batch;
     const unsigned rows = p->shared_group ? 1u : (unsigned)p->group_size;
     const dim3 score_grid(chunks, kv, batch);
-    if (p->group_size <= 4)
-        decode_scores_kernel<4><<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
-    else if (p->group_size <= 8)
-        decode_scores_kernel<8><<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
-    else if (p->group_size <= 16)
-        decode_scores_kernel<16>
-            <<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
-    else
-        decode_scores_kernel<DAGPU_DECODE_MAX_GROUP>
-            <<<score_grid, SCORE_THREADS, score_smem, st>>>(*p, *q, *cache, *ws);
-    decode_threshold_kernel<<<dim3(rows, kv, batch), THRESHOLD_THREADS, threshold_smem, st>>>(
-        *p, *cache, *ws);
+    void (*scores)(dagpu_params, dashattn_tensor, dashattn_kv_cache, dagpu_decode_ws) =
+        p->group_size <= 4    ? decode_scores_kernel<4>
+        : p->group_size <= 8  ? decode_scores_kernel<8>
+        : p->group_size <= 16 ? decode_scores_kernel<16>
+                              : decode_scores_kernel<DAGPU_DECODE_MAX_GROUP>;
+    /* The first kernel waits for whatever came before the call. */
+    e = da_launch(scores, score_grid, dim3(SCORE_THREADS), score_smem, st, 0, *p, *q, *cache, *ws);
+    if (e == dagpu_rt_success)
+        e = da_launch(decode_threshold_kernel, dim3(rows, kv, batch), dim3(ws->threshold_threads),
+                      threshold_smem, st, ws->chained, *p, *cache, *ws);
     const unsigned weight_chunks =
-        (unsigned)((p->num_blocks + WEIGHT_THREADS - 1) / WEIGHT_THREADS);
-    decode_weights_kernel<<<dim3(weight_chunks, kv, batch), WEIGHT_THREADS, 0, st>>>(*p, *cache,
-                                                                                     *ws);
-    decode_union_kernel<<<dim3(kv, batch), UNION_THREADS, 0, st>>>(*p, *cache, *ws, err);
-    return (dagpu_err)dagpuGetLastError();
+        (unsigned)((p->num_blocks * dagpu_decode_weight_lanes(p) + WEIGHT_THREADS - 1) /
+                   WEIGHT_THREADS);
+    if (e == dagpu_rt_success)
+        e = da_launch(decode_weights_kernel, dim3(weight_chunks, kv, batch), dim3(WEIGHT_THREADS),
+                      0, st, ws->chained, *p, *cache, *ws);
+    if (e == dagpu_rt_success)
+        e = da_launch(decode_union_kernel, dim3(kv, batch), dim3(UNION_THREADS), 0, st, ws->chained,
+                      *p, *cache, *ws, err);
+    return (dagpu_err)e;
 }
 
 extern "C" dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,
@@ -560,17 +592,16 @@ extern "C" dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dash
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
     const dim3 grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
-    decode_split_kernel<<<grid, SPLIT_THREADS, smem, (dagpu_rt_stream)stream>>>(*p, *q, *cache, *ws,
-                                                                                tile);
-    return (dagpu_err)dagpuGetLastError();
+    return (dagpu_err)da_launch(decode_split_kernel, grid, dim3(SPLIT_THREADS), smem,
+                                (dagpu_rt_stream)stream, ws->chained, *p, *q, *cache, *ws, tile);
 }
 
 extern "C" dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dashattn_tensor *out,
                                                float *lse, const dagpu_decode_ws *ws, void *stream)
 {
     const unsigned column_chunks = (unsigned)((p->head_dim + MERGE_COLUMNS - 1) / MERGE_COLUMNS);
-    decode_merge_kernel<<<dim3((unsigned)p->heads_q, (unsigned)p->batch, column_chunks),
-                          MERGE_THREADS, (size_t)ws->splits * sizeof(float),
-                          (dagpu_rt_stream)stream>>>(*p, *out, lse, *ws);
-    return (dagpu_err)dagpuGetLastError();
+    return (dagpu_err)da_launch(decode_merge_kernel,
+                                dim3((unsigned)p->heads_q, (unsigned)p->batch, column_chunks),
+                                dim3(MERGE_THREADS), (size_t)ws->splits * sizeof(float),
+                                (dagpu_rt_stream)stream, ws->chained, *p, *out, lse, *ws);
 }

@@ -78,16 +78,16 @@ struct da_block_group {
             scratch[N * DA_GROUP_MAX_WARPS + warp] = m;
         }
         __syncthreads();
+        /* Every warp reduces the warps' partials itself, a lane each: a
+         * loop over them made each thread wait on one add after another. */
+        const int lane = da_lane<DA_WARP>();
         for (int i = 0; i < N; i++) {
-            double t = 0.0;
-            for (int w = 0; w < warps; w++)
-                t += scratch[i * DA_GROUP_MAX_WARPS + w];
-            v[i] = (T)t;
+            const double t = lane < warps ? scratch[i * DA_GROUP_MAX_WARPS + lane] : 0.0;
+            v[i] = (T)da_warp_sum<DA_WARP>(t);
         }
         if (lo) {
-            for (int w = 0; w < warps; w++)
-                m = fmin(m, scratch[N * DA_GROUP_MAX_WARPS + w]);
-            *lo = (T)m;
+            const double t = lane < warps ? scratch[N * DA_GROUP_MAX_WARPS + lane] : DA_INF;
+            *lo = (T)da_warp_min<DA_WARP>(t);
         }
         __syncthreads(); /* the scratch is reused by the next reduction */
     }

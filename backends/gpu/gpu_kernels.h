@@ -25,6 +25,13 @@ extern "C" {
 /* Query heads per KV head that decode takes (plans with more are refused). */
 #define DAGPU_DECODE_MAX_GROUP 32
 
+/* Inline helpers that the kernels call too. */
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DAGPU_HOST_DEVICE __host__ __device__
+#else
+#define DAGPU_HOST_DEVICE
+#endif
+
 /* How stage 2 turns a recomputed block score z into a log2 prior. */
 enum {
     DAGPU_PRIOR_NONE = 0,    /* the row has no candidates */
@@ -77,6 +84,11 @@ typedef struct dagpu_decode_ws {
     /* Between the heads' rows of log2w's priors: M, or 0 where the group
      * shares one weight (group-mean and shared modes: the first head's row). */
     int64_t wstride;
+    /* The kernels after the first are launched as dependents of the one
+     * before (dagpu_device_info.dependent_launch); host side only. */
+    int chained;
+    /* Threads per row of the threshold kernel (host side only). */
+    int threshold_threads;
 } dagpu_decode_ws;
 
 /* Error a kernel found in device data (seq_lens, block tables), reported by
@@ -120,6 +132,17 @@ static inline size_t dagpu_stage1_smem(const dagpu_params *p)
 }
 
 /* Dynamic shared memory of the decode threshold kernel: one row's scores. */
+/* Threads of the decode weights kernel that share one block: a power of two
+ * covering the group's heads, a head each (one in shared mode, whose one
+ * weight comes from the group's mean score). */
+static inline DAGPU_HOST_DEVICE int dagpu_decode_weight_lanes(const dagpu_params *p)
+{
+    int w = 1;
+    while (!p->shared_group && w < p->group_size)
+        w <<= 1;
+    return w;
+}
+
 static inline size_t dagpu_decode_threshold_smem(const dagpu_params *p)
 {
     return (size_t)p->num_blocks * sizeof(float);
@@ -147,6 +170,10 @@ typedef struct dagpu_device_info {
     int warp_size;         /* physical: 32 or 64 */
     size_t smem_per_block; /* the most dynamic shared memory one block may use */
     size_t total_memory;
+    /* A kernel may be launched while the one before it on the stream drains
+     * and wait for it on the device (programmatic dependent launch: CUDA on
+     * sm_90 and later). */
+    int dependent_launch;
 } dagpu_device_info;
 
 const char *dagpu_rt_vendor(void); /* "CUDA" or "HIP" */

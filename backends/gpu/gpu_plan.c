@@ -115,6 +115,8 @@ size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws
     dagpu_decode_ws w;
     w.splits = gp->decode_splits;
     w.wstride = p->shared_group || p->group_mean ? 0 : (int64_t)M;
+    w.chained = 0;
+    w.threshold_threads = gp->decode_threshold_threads;
     w.log2w = dagpu_carve(&c, B * (size_t)p->heads_q * M * sizeof(float));
     w.rows = dagpu_carve(&c, B * (size_t)p->heads_q * sizeof(dagpu_row_param));
     w.blocks = dagpu_carve(&c, B * (size_t)p->heads_kv * M * sizeof(int32_t));
@@ -254,6 +256,12 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
         return DASHATTN_ERR_UNSUPPORTED;
     }
     gp->decode_splits = decode_splits(p, st->info.sm_count);
+    /* A row's threshold search is a chain of block reductions, faster the
+     * more threads share the row; 512 threads hold a multiprocessor's
+     * registers, so they pay only while the rows fit one wave (batch 1), and
+     * 128 threads (several rows per multiprocessor) serve larger batches. */
+    const int64_t rows = (p->shared_group ? 1 : p->group_size) * p->heads_kv * p->batch;
+    gp->decode_threshold_threads = rows <= st->info.sm_count ? 512 : 128;
 #ifdef DAGPU_HAVE_NV
     gp->decode_split_nv =
         nv_shape_ok(st, p) && p->group_size <= 16 && dagpu_nv_decode_split_smem(p) <= limit;

@@ -68,6 +68,17 @@ static size_t shared_memory_cap(void)
     return *end || n < 1024 || v[0] == '-' ? SIZE_MAX : (size_t)n;
 }
 
+/* DASHATTN_GPU_DEPENDENT_LAUNCH: unset or "1" (launch decode's kernels as
+ * dependents where the device can), or "0" (plain launches, to measure
+ * what the overlap is worth). -1 if invalid. */
+static int dependent_launch_requested(void)
+{
+    const char *v = getenv("DASHATTN_GPU_DEPENDENT_LAUNCH");
+    if (!v || !v[0] || strcmp(v, "1") == 0)
+        return 1;
+    return strcmp(v, "0") == 0 ? 0 : -1;
+}
+
 static const char *kernels_in_use(int portable)
 {
 #ifdef DAGPU_HAVE_NV
@@ -134,6 +145,11 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
                                    "\"portable\"");
         return DASHATTN_ERR_INVALID_ARGUMENT;
     }
+    const int dependent = dependent_launch_requested();
+    if (dependent < 0) {
+        host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_DEPENDENT_LAUNCH must be 0 or 1");
+        return DASHATTN_ERR_INVALID_ARGUMENT;
+    }
     const size_t cap = shared_memory_cap();
     if (cap == SIZE_MAX) {
         host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_SHARED_MEMORY must be a number of "
@@ -172,6 +188,7 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
     }
     if (cap && cap < st->info.smem_per_block)
         st->info.smem_per_block = cap;
+    st->info.dependent_launch &= dependent;
     /* The kernels' logical warps of 32 lanes must tile the physical warp. */
     if (st->info.warp_size != 32 && st->info.warp_size != 64) {
         host->set_error(DAGPU_NAME " backend: %s has warps of %d lanes; the kernels need 32 or 64",

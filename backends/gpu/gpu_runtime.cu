@@ -57,6 +57,9 @@ extern "C" dagpu_err dagpu_rt_device_info(int device, dagpu_device_info *info)
     info->sm_count = prop.multiProcessorCount;
     info->warp_size = prop.warpSize;
     info->total_memory = prop.totalGlobalMem;
+#if !defined(DAGPU_USE_HIP)
+    info->dependent_launch = prop.major >= 9;
+#endif
     return (dagpu_err)dagpu_rt_success;
 }
 

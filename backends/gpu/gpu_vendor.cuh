@@ -133,4 +133,46 @@ template <typename Kernel> static inline dagpu_rt_error da_allow_smem(Kernel ker
 #endif
 }
 
+/* Launches kernel on stream st. With chained (dagpu_device_info's
+ * dependent_launch) it may start while the kernel before it on the stream
+ * drains; it must then call da_wait_previous before it touches anything that
+ * kernel writes or reads, and before it can end. */
+template <typename... Params, typename... Args>
+static inline dagpu_rt_error da_launch(void (*kernel)(Params...), dim3 grid, dim3 block,
+                                       size_t smem, dagpu_rt_stream st, int chained, Args... args)
+{
+#if !defined(DAGPU_USE_HIP)
+    if (chained) {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = st;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        return cudaLaunchKernelEx(&cfg, kernel, args...);
+    }
+#else
+    (void)chained;
+#endif
+    kernel<<<grid, block, smem, st>>>(args...);
+    return dagpuGetLastError();
+}
+
+/* Waits until the kernel before this one on the stream has finished and its
+ * writes are visible (a no-op for a plain launch), and lets the kernel after
+ * this one be launched now: its blocks then take the slots this grid's last
+ * blocks leave, instead of waiting for the whole grid to end. Called by every
+ * thread before anything else. */
+static __device__ __forceinline__ void da_wait_previous()
+{
+#if !defined(DAGPU_USE_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 #endif

@@ -42,6 +42,27 @@ __global__ void __launch_bounds__(DECODE_WARPS * 32, 2)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
     const int64_t split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     const int64_t G = p.group_size, M = p.num_blocks;
+    /* Query rows g and g + 8 of the tile are heads kvh * G + row; rows past
+     * G are zero and never written. */
+    uint32_t qf[KSTEPS][4];
+    const T *qrow[2];
+    for (int half = 0; half < 2; half++) {
+        const int64_t row = min((int64_t)(g + 8 * half), G - 1);
+        qrow[half] =
+            static_cast<const T *>(q.data) + b * q.strides[0] + (kvh * G + row) * q.strides[1];
+    }
+    const bool live[2] = {g < G, g + 8 < G};
+    for (int kk = 0; kk < KSTEPS; kk++) {
+        const int col = kk * 16 + qd * 2;
+        qf[kk][0] = live[0] ? *reinterpret_cast<const uint32_t *>(qrow[0] + col) : 0u;
+        qf[kk][1] = live[1] ? *reinterpret_cast<const uint32_t *>(qrow[1] + col) : 0u;
+        qf[kk][2] = live[0] ? *reinterpret_cast<const uint32_t *>(qrow[0] + col + 8) : 0u;
+        qf[kk][3] = live[1] ? *reinterpret_cast<const uint32_t *>(qrow[1] + col + 8) : 0u;
+    }
+
+    /* The query is the caller's, ready before the stage-1 kernels started:
+     * it is loaded while they finish. */
+    da_wait_previous();
     const int nb = ws.nblocks[b * p.heads_kv + kvh];
     if (nb < 0)
         return;
@@ -74,24 +95,6 @@ __global__ void __launch_bounds__(DECODE_WARPS * 32, 2)
         if (first + s < last)
             fetch(first + s);
         cp_async_commit();
-    }
-
-    /* Query rows g and g + 8 of the tile are heads kvh * G + row; rows past
-     * G are zero and never written. */
-    uint32_t qf[KSTEPS][4];
-    const T *qrow[2];
-    for (int half = 0; half < 2; half++) {
-        const int64_t row = min((int64_t)(g + 8 * half), G - 1);
-        qrow[half] =
-            static_cast<const T *>(q.data) + b * q.strides[0] + (kvh * G + row) * q.strides[1];
-    }
-    const bool live[2] = {g < G, g + 8 < G};
-    for (int kk = 0; kk < KSTEPS; kk++) {
-        const int col = kk * 16 + qd * 2;
-        qf[kk][0] = live[0] ? *reinterpret_cast<const uint32_t *>(qrow[0] + col) : 0u;
-        qf[kk][1] = live[1] ? *reinterpret_cast<const uint32_t *>(qrow[1] + col) : 0u;
-        qf[kk][2] = live[0] ? *reinterpret_cast<const uint32_t *>(qrow[0] + col + 8) : 0u;
-        qf[kk][3] = live[1] ? *reinterpret_cast<const uint32_t *>(qrow[1] + col + 8) : 0u;
     }
 
     float o[DTILES][4];
@@ -174,8 +177,8 @@ dagpu_rt_error launch(const dagpu_params *p, const dashattn_tensor *q, const das
     if (e != dagpu_rt_success)
         return e;
     const dim3 grid((unsigned)ws->splits, (unsigned)p->heads_kv, (unsigned)p->batch);
-    decode_split_mma_kernel<D, T><<<grid, DECODE_WARPS * 32, smem, stream>>>(*p, *q, *c, *ws);
-    return dagpuGetLastError();
+    return da_launch(decode_split_mma_kernel<D, T>, grid, dim3(DECODE_WARPS * 32), smem, stream,
+                     ws->chained, *p, *q, *c, *ws);
 }
 
 } // namespace
