@@ -10,3 +10,5 @@ EXTRA_DIST += bench/dashattn_ctypes.py
 # The decode benchmark (gpu_run.sh decode) and the released-kernel comparison,
 # whose mask helpers it imports.
 dist_noinst_SCRIPTS += bench/decode_bench.py bench/released_compare.py
+# Nsight Compute over one decode call's kernels, on a GPU machine.
+dist_noinst_SCRIPTS += bench/decode_profile.sh
