@@ -16,8 +16,8 @@ per_call=6
 DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" ncu -k 'regex:decode_' \
     --launch-skip $((per_call * 4)) --launch-count $per_call \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section InstructionStats --section SchedulerStats \
     python3 "$src/bench/decode_bench.py" --lib "$build/.libs/libdashattn.so" --cases "$case" \
     --focus "$focus" --repeat 1 --graph-calls 1 --profile-calls 1 --min-batch-ms 1 >"$out" 2>&1
-grep -E '^  [a-z_ ]*decode_|Duration|Achieved Occupancy|Grid Size|Registers Per|Memory Throughput|DRAM Throughput|Warp Cycles Per Issued|Stall|spent' "$out" |
+grep -E '^  [a-z_ ]*decode_|Duration|Achieved Occupancy|Grid Size|Registers Per|Memory Throughput|DRAM Throughput|Warp Cycles Per Issued|Executed Instructions |Issued Warp Per Scheduler|Stall|spent' "$out" |
     grep -vE '^ +-+$' | cut -c1-150

@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(THRESHOLD_THREADS)
     __syncthreads();
     dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
     if (n > 0)
-        rp = da_row_threshold(da_block_group{scratch}, zs, (int)n, p);
+        rp = da_row_threshold(da_block_group{scratch}, zs, (int)n, p, true);
     if (threadIdx.x == 0)
         ws.rows[b * p.heads_q + kvh * G + r] = rp;
 }

@@ -56,15 +56,15 @@ static __device__ bool da_support_threshold(const Grp &grp, const float *z, int 
 }
 
 /* A start for da_support_threshold: the same Newton steps in float (half
- * the cost of double on every reduction), stopped short of the root by a
+ * the cost of double on every reduction) from tau, a lower bound of the
+ * threshold (-1, or da_support_bracket's), stopped short of the root by a
  * margin far above float rounding, so the double iteration that follows
  * only confirms the support in a step or two. -1 if float does not settle. */
 template <typename Grp>
 static __device__ double da_support_start(const Grp &grp, const float *z, int n, float zmax,
-                                          float scale, int r)
+                                          float scale, int r, float tau)
 {
     const int rank = grp.rank(), stride = grp.size();
-    float tau = -1.0f;
     for (int step = 0; step < 64; step++) {
         float k = 0.0f, s1 = 0.0f, s2 = 0.0f;
         for (int j = rank; j < n; j += stride) {
@@ -90,6 +90,50 @@ static __device__ double da_support_start(const Grp &grp, const float *z, int n,
         tau = next;
     }
     return -1.0;
+}
+
+/* Trial thresholds of one da_support_bracket pass. */
+#define DA_SECTIONS 8
+
+/* A lower bound of the threshold for da_support_start, closer than -1: two
+ * passes that each test DA_SECTIONS evenly spaced thresholds at once (one
+ * reduction of DA_SECTIONS sums), keeping the highest whose f = sum
+ * (x - t)_+^r - 1 is not negative. The threshold lies in [-1, -n^(-1/r)]
+ * (all n scores at the maximum), so the bracket shrinks 81-fold, and the
+ * Newton steps that follow start near the root: for a whole thread block
+ * per row (decode) a pass costs about what a Newton step does, and the
+ * steps from -1 were most of the search. */
+template <typename Grp>
+static __device__ float da_support_bracket(const Grp &grp, const float *z, int n, float zmax,
+                                           float scale, int r)
+{
+    const int rank = grp.rank(), stride = grp.size();
+    float lo = -1.0f, hi = r == 1 ? -1.0f / (float)n : -rsqrtf((float)n);
+    for (int pass = 0; pass < 2 && hi > lo; pass++) {
+        const float step = (hi - lo) / (float)(DA_SECTIONS + 1);
+        float f[DA_SECTIONS];
+#pragma unroll
+        for (int k = 0; k < DA_SECTIONS; k++)
+            f[k] = 0.0f;
+        for (int j = rank; j < n; j += stride) {
+            const float x = scale * (z[j] - zmax);
+#pragma unroll
+            for (int k = 0; k < DA_SECTIONS; k++) {
+                const float u = x - (lo + step * (float)(k + 1));
+                if (u > 0.0f)
+                    f[k] += r == 1 ? u : u * u;
+            }
+        }
+        grp.template sums<float, DA_SECTIONS>(f, nullptr);
+        /* f falls with t: the first trial below 1 ends the bracket. */
+        int below = 0;
+        while (below < DA_SECTIONS && f[below] >= 1.0f)
+            below++;
+        if (below < DA_SECTIONS)
+            hi = lo + step * (float)(below + 1);
+        lo += step * (float)below;
+    }
+    return lo;
 }
 
 /* f(tau) = sum (X - tau)_+^r - 1 and its derivative, over the warp. */
@@ -228,10 +272,12 @@ static __device__ float da_topk_threshold(const Grp &grp, const float *z, int n,
     return mid < vk && mid >= below ? mid : below;
 }
 
-/* The row's prior parameters from its n >= 1 candidate scores. */
+/* The row's prior parameters from its n >= 1 candidate scores. bracket: the
+ * exact searches start from da_support_bracket (worth it where a step is a
+ * block-wide reduction, not for a warp whose steps are cheap). */
 template <typename Grp>
 static __device__ dagpu_row_param da_row_threshold(const Grp &grp, const float *z, int n,
-                                                   const dagpu_params &p)
+                                                   const dagpu_params &p, bool bracket = false)
 {
     const int rank = grp.rank(), stride = grp.size();
     dagpu_row_param rp = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -271,7 +317,9 @@ static __device__ dagpu_row_param da_row_threshold(const Grp &grp, const float *
     if (p.method == DASHATTN_THRESHOLD_SORT_15 || p.method == DASHATTN_THRESHOLD_SORT_2) {
         const int r = p.method == DASHATTN_THRESHOLD_SORT_2 ? 1 : 2;
         double tau;
-        const double start = da_support_start(grp, z, n, zmax, (float)(alpha - 1.0), r);
+        const float scale = (float)(alpha - 1.0);
+        const float lo = bracket ? da_support_bracket(grp, z, n, zmax, scale, r) : -1.0f;
+        const double start = da_support_start(grp, z, n, zmax, scale, r, lo);
         if (!da_support_threshold(grp, z, n, zmax, alpha - 1.0, r, start, &tau) &&
             !da_support_threshold(grp, z, n, zmax, alpha - 1.0, r, -1.0, &tau))
             tau = da_bracketed_threshold(grp, z, n, zmax, alpha, 128);

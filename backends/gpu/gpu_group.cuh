@@ -42,7 +42,7 @@ struct da_warp_group {
 };
 
 /* Values one block reduction carries at most (sums plus a minimum). */
-#define DA_GROUP_VALUES 4
+#define DA_GROUP_VALUES 9
 /* Logical warps a reducing block may have. */
 #define DA_GROUP_MAX_WARPS 32
 

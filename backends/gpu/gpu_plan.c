@@ -262,6 +262,12 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
      * 128 threads (several rows per multiprocessor) serve larger batches. */
     const int64_t rows = (p->shared_group ? 1 : p->group_size) * p->heads_kv * p->batch;
     gp->decode_threshold_threads = rows <= st->info.sm_count ? 512 : 128;
+    /* Dependent launches pay where each kernel is a wave or less (batch 1:
+     * 2 us of 60-75 on an H200); with many waves of splits they cost 5-7
+     * us of 270-670, so larger batches launch plainly. */
+    const int64_t split_blocks = gp->decode_splits * p->heads_kv * p->batch;
+    gp->decode_chained =
+        st->info.dependent_launch && split_blocks <= 2 * (int64_t)st->info.sm_count;
 #ifdef DAGPU_HAVE_NV
     gp->decode_split_nv =
         nv_shape_ok(st, p) && p->group_size <= 16 && dagpu_nv_decode_split_smem(p) <= limit;
