@@ -194,11 +194,12 @@ __global__ void __launch_bounds__(THRESHOLD_THREADS)
         ws.rows[b * p.heads_q + kvh * G + r] = rp;
 }
 
-/* Candidates' log2 weights in place of their scores, a thread per (block,
- * head) (dagpu_decode_weight_lanes threads per block, reduced by shuffles):
- * one row per head in per-head mode, else the group's one weight in the
- * first head's row (ws.wstride 0). A thread per block, looping over its
- * heads, waited out one dependent chain per head, at a few warps per SM. */
+/* Candidates' log2 weights in place of their scores: ws.weight_lanes
+ * threads per block, each over heads g, g + lanes, ... (at batch 1 a
+ * thread per head: one thread looping over 16 heads waited out 16
+ * dependent chains, on few warps per SM), the group's mean then combined by
+ * shuffles. One row per head in per-head mode, else the group's one weight
+ * in the first head's row (ws.wstride 0). */
 __global__ void __launch_bounds__(WEIGHT_THREADS)
     decode_weights_kernel(dagpu_params p, dashattn_kv_cache c, dagpu_decode_ws ws)
 {
@@ -213,32 +214,35 @@ __global__ void __launch_bounds__(WEIGHT_THREADS)
     for (int r = threadIdx.x; r < rows; r += WEIGHT_THREADS)
         params[r] = ws.rows[b * p.heads_q + kvh * G + r];
     __syncthreads();
-    const int W = dagpu_decode_weight_lanes(&p), g = (int)threadIdx.x % W;
+    const int W = ws.weight_lanes, g = (int)threadIdx.x % W;
     const int64_t j =
         lr.cand_begin + ((int64_t)blockIdx.x * WEIGHT_THREADS + (int64_t)threadIdx.x) / W;
     const bool in = j < lr.cand_end;
     float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
-    if (p.shared_group) {
+    if (p.shared_group) { /* W is 1 */
         if (in)
             w_group[j] = da_prior_log2(params[0], row_score(p, w_group, 0, j), p.alpha);
         return;
     }
-    float l2 = -DA_INF_F;
-    if (in && g < G)
-        l2 = da_prior_log2(params[g], w_group[g * M + j], p.alpha);
-    if (!p.group_mean) {
-        if (in && g < G)
-            w_group[g * M + j] = l2;
-        return;
+    float top = -DA_INF_F, sum = 0.0f;
+    for (int64_t h = g; in && h < G; h += W) {
+        const float l2 = da_prior_log2(params[h], w_group[h * M + j], p.alpha);
+        if (p.group_mean)
+            da_log2_mean_add(top, sum, l2);
+        else
+            w_group[h * M + j] = l2;
     }
-    /* log2 of the mean of 2^l2 over the heads: a NaN is dropped by fmaxf
-     * but carried by the sum. */
-    float top = l2;
-    for (int o = 1; o < W; o <<= 1)
-        top = fmaxf(top, da_shfl_xor<DA_WARP>(top, o));
-    float sum = l2 == -DA_INF_F ? 0.0f : exp2f(l2 - top);
-    for (int o = 1; o < W; o <<= 1)
-        sum += da_shfl_xor<DA_WARP>(sum, o);
+    if (!p.group_mean)
+        return;
+    /* Two partial means (top, sum) combined: a lane with no weight has sum
+     * 0 and adds nothing; a NaN stays in the sum. */
+    for (int o = 1; o < W; o <<= 1) {
+        const float ot = da_shfl_xor<DA_WARP>(top, o), os = da_shfl_xor<DA_WARP>(sum, o);
+        const float t = fmaxf(top, ot);
+        sum =
+            (sum == 0.0f ? 0.0f : sum * exp2f(top - t)) + (os == 0.0f ? 0.0f : os * exp2f(ot - t));
+        top = t;
+    }
     if (in && g == 0) /* after every head's score of block j was read */
         w_group[j] = da_log2_mean(top, sum, G);
 }
@@ -572,8 +576,7 @@ extern "C" dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const das
         e = da_launch(decode_threshold_kernel, dim3(rows, kv, batch), dim3(ws->threshold_threads),
                       threshold_smem, st, ws->chained, *p, *cache, *ws);
     const unsigned weight_chunks =
-        (unsigned)((p->num_blocks * dagpu_decode_weight_lanes(p) + WEIGHT_THREADS - 1) /
-                   WEIGHT_THREADS);
+        (unsigned)((p->num_blocks * ws->weight_lanes + WEIGHT_THREADS - 1) / WEIGHT_THREADS);
     if (e == dagpu_rt_success)
         e = da_launch(decode_weights_kernel, dim3(weight_chunks, kv, batch), dim3(WEIGHT_THREADS),
                       0, st, ws->chained, *p, *cache, *ws);

@@ -25,13 +25,6 @@ extern "C" {
 /* Query heads per KV head that decode takes (plans with more are refused). */
 #define DAGPU_DECODE_MAX_GROUP 32
 
-/* Inline helpers that the kernels call too. */
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define DAGPU_HOST_DEVICE __host__ __device__
-#else
-#define DAGPU_HOST_DEVICE
-#endif
-
 /* How stage 2 turns a recomputed block score z into a log2 prior. */
 enum {
     DAGPU_PRIOR_NONE = 0,    /* the row has no candidates */
@@ -89,6 +82,9 @@ typedef struct dagpu_decode_ws {
     int chained;
     /* Threads per row of the threshold kernel (host side only). */
     int threshold_threads;
+    /* Threads of the weights kernel that share one block's heads: 1, or a
+     * power of two of at least the group's size. */
+    int weight_lanes;
 } dagpu_decode_ws;
 
 /* Error a kernel found in device data (seq_lens, block tables), reported by
@@ -132,17 +128,6 @@ static inline size_t dagpu_stage1_smem(const dagpu_params *p)
 }
 
 /* Dynamic shared memory of the decode threshold kernel: one row's scores. */
-/* Threads of the decode weights kernel that share one block: a power of two
- * covering the group's heads, a head each (one in shared mode, whose one
- * weight comes from the group's mean score). */
-static inline DAGPU_HOST_DEVICE int dagpu_decode_weight_lanes(const dagpu_params *p)
-{
-    int w = 1;
-    while (!p->shared_group && w < p->group_size)
-        w <<= 1;
-    return w;
-}
-
 static inline size_t dagpu_decode_threshold_smem(const dagpu_params *p)
 {
     return (size_t)p->num_blocks * sizeof(float);

@@ -117,6 +117,7 @@ size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws
     w.wstride = p->shared_group || p->group_mean ? 0 : (int64_t)M;
     w.chained = 0;
     w.threshold_threads = gp->decode_threshold_threads;
+    w.weight_lanes = gp->decode_weight_lanes;
     w.log2w = dagpu_carve(&c, B * (size_t)p->heads_q * M * sizeof(float));
     w.rows = dagpu_carve(&c, B * (size_t)p->heads_q * sizeof(dagpu_row_param));
     w.blocks = dagpu_carve(&c, B * (size_t)p->heads_kv * M * sizeof(int32_t));
@@ -262,6 +263,13 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
      * 128 threads (several rows per multiprocessor) serve larger batches. */
     const int64_t rows = (p->shared_group ? 1 : p->group_size) * p->heads_kv * p->batch;
     gp->decode_threshold_threads = rows <= st->info.sm_count ? 512 : 128;
+    /* The same for the weights: a thread per (block, head) where there are
+     * few blocks to spread (batch 1), else a thread per block; at batch 16
+     * the first took twice as long over the same loads. */
+    int lanes = 1;
+    while (!p->shared_group && rows <= st->info.sm_count && lanes < p->group_size)
+        lanes <<= 1;
+    gp->decode_weight_lanes = lanes;
     /* Dependent launches pay where each kernel is a wave or less (batch 1:
      * 2 us of 60-75 on an H200); with many waves of splits they cost 5-7
      * us of 270-670, so larger batches launch plainly. */

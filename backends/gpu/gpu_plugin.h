@@ -33,6 +33,7 @@ typedef struct dagpu_plan {
     int decodes;    /* a decode plan: len_q 1, causal */
     int64_t decode_splits;
     int decode_threshold_threads;
+    int decode_weight_lanes;
     int decode_chained;  /* dependent launches between the decode kernels */
     int decode_tile;     /* tokens per tile of the portable decode split */
     int decode_split_nv; /* tensor-core decode split */
