@@ -82,8 +82,8 @@ __global__ void __launch_bounds__(SCORE_THREADS)
     if (first >= last)
         return;
     float *qs = smem; /* [G][D] */
-    /* 32-bit index arithmetic: a 64-bit division per element was most of
-     * this kernel's instructions at batch 1. */
+    /* 32-bit index arithmetic: a 64-bit division is a long software
+     * sequence (measured: 0.5 us of this kernel's 14.5 at batch 1, G 16). */
     for (int e = (int)threadIdx.x, dim = (int)D; e < G * dim; e += SCORE_THREADS) {
         const int g = e / dim;
         qs[e] = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + g, 0, e - g * dim));
