@@ -22,7 +22,6 @@ dashattn_status dagpu_decode(void *state, const dashattn_plan_desc *plan,
         return s;
     dagpu_decode_ws ws;
     dagpu_decode_layout(gp, a->workspace, &ws);
-    ws.chained = gp->decode_chained;
     dagpu_err err = dagpu_launch_decode_select(p, a->q, a->cache, &ws, st->error, a->stream);
     if (err != 0)
         return dagpu_fail(err, "decode stage-1 kernels");

@@ -276,9 +276,9 @@ __global__ void __launch_bounds__(UNION_THREADS)
     }
     const da_rows lr = da_row_layout(p, len - 1, len);
     const int64_t cb = lr.cand_begin, ce = lr.cand_end;
-    float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
     /* Rows with their own weights: every head in per-head mode, else one. */
     const int wrows = p.shared_group || p.group_mean ? 1 : (int)G;
+    float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
     if (p.prior_flat) {
         for (int r = 0; r < wrows; r++) {
             const float m = da_flat_mu(da_block_group{scratch}, ce - cb,

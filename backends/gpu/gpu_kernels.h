@@ -78,7 +78,7 @@ typedef struct dagpu_decode_ws {
      * shares one weight (group-mean and shared modes: the first head's row). */
     int64_t wstride;
     /* The kernels after the first are launched as dependents of the one
-     * before (dagpu_device_info.dependent_launch); host side only. */
+     * before (the plan's decode_chained); host side only. */
     int chained;
     /* Threads per row of the threshold kernel (host side only). */
     int threshold_threads;

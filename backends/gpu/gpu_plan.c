@@ -115,7 +115,7 @@ size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws
     dagpu_decode_ws w;
     w.splits = gp->decode_splits;
     w.wstride = p->shared_group || p->group_mean ? 0 : (int64_t)M;
-    w.chained = 0;
+    w.chained = gp->decode_chained;
     w.threshold_threads = gp->decode_threshold_threads;
     w.weight_lanes = gp->decode_weight_lanes;
     w.log2w = dagpu_carve(&c, B * (size_t)p->heads_q * M * sizeof(float));
