@@ -1565,6 +1565,24 @@ static const dec_case dec_late_cases[] = {
      .start = {0, 700},
      .chunks = {2900},
      .steps = 2},
+    /* The GPU plugins' tensor-core block scores with 16-bit block keys, a
+     * group of 6 (rows of the 16-row tile unused) and a paged cache. */
+    {.name = "paged f16 f16-keys gqa12:2 unmapped page",
+     .paged = 1,
+     .dtype = DASHATTN_F16,
+     .key_dtype = DASHATTN_F16,
+     .batch = 2,
+     .heads_q = 12,
+     .heads_kv = 2,
+     .dim = 64,
+     .cap = 96,
+     .block_size = 16,
+     .alpha = 1.5,
+     .group = DASHATTN_GROUP_MEAN,
+     .chunks = {20, 9},
+     .steps = 3,
+     .unmapped = 2,
+     .bad_lens = 1},
 };
 
 /* One side's cache in its context's memory. */

@@ -22,7 +22,17 @@ dashattn_status dagpu_decode(void *state, const dashattn_plan_desc *plan,
         return s;
     dagpu_decode_ws ws;
     dagpu_decode_layout(gp, a->workspace, &ws);
-    dagpu_err err = dagpu_launch_decode_select(p, a->q, a->cache, &ws, st->error, a->stream);
+    dagpu_err err;
+#ifdef DAGPU_HAVE_NV
+    const dashattn_tensor *score_tensors[2] = {a->q, &a->cache->block_keys};
+    if (gp->decode_scores_nv && dagpu_nv_decode_scores_ok(p, a->cache) &&
+        dagpu_tensors_vector_ok(score_tensors, 2))
+        err = dagpu_nv_launch_decode_scores(p, a->q, a->cache, &ws, a->stream);
+    else
+#endif
+        err = dagpu_launch_decode_scores(p, a->q, a->cache, &ws, a->stream);
+    if (err == 0)
+        err = dagpu_launch_decode_select(p, a->cache, &ws, st->error, a->stream);
     if (err != 0)
         return dagpu_fail(err, "decode stage-1 kernels");
 #ifdef DAGPU_HAVE_NV

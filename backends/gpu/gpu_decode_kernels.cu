@@ -550,31 +550,37 @@ __global__ void __launch_bounds__(MERGE_THREADS)
 
 } // namespace
 
-extern "C" dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const dashattn_tensor *q,
+extern "C" dagpu_err dagpu_launch_decode_scores(const dagpu_params *p, const dashattn_tensor *q,
                                                 const dashattn_kv_cache *cache,
-                                                const dagpu_decode_ws *ws, dagpu_device_error *err,
-                                                void *stream)
+                                                const dagpu_decode_ws *ws, void *stream)
 {
-    const dagpu_rt_stream st = (dagpu_rt_stream)stream;
-    const size_t score_smem = (size_t)p->group_size * (size_t)p->head_dim * sizeof(float);
-    const size_t threshold_smem = dagpu_decode_threshold_smem(p);
-    dagpu_rt_error e = da_allow_smem(decode_threshold_kernel, threshold_smem);
-    if (e != dagpu_rt_success)
-        return (dagpu_err)e;
+    const size_t smem = (size_t)p->group_size * (size_t)p->head_dim * sizeof(float);
     const unsigned chunks = (unsigned)((p->num_blocks + SCORE_BLOCKS - 1) / SCORE_BLOCKS);
-    const unsigned kv = (unsigned)p->heads_kv, batch = (unsigned)p->batch;
-    const unsigned rows = p->shared_group ? 1u : (unsigned)p->group_size;
-    const dim3 score_grid(chunks, kv, batch);
+    const dim3 grid(chunks, (unsigned)p->heads_kv, (unsigned)p->batch);
     void (*scores)(dagpu_params, dashattn_tensor, dashattn_kv_cache, dagpu_decode_ws) =
         p->group_size <= 4    ? decode_scores_kernel<4>
         : p->group_size <= 8  ? decode_scores_kernel<8>
         : p->group_size <= 16 ? decode_scores_kernel<16>
                               : decode_scores_kernel<DAGPU_DECODE_MAX_GROUP>;
     /* The first kernel waits for whatever came before the call. */
-    e = da_launch(scores, score_grid, dim3(SCORE_THREADS), score_smem, st, 0, *p, *q, *cache, *ws);
-    if (e == dagpu_rt_success)
-        e = da_launch(decode_threshold_kernel, dim3(rows, kv, batch), dim3(ws->threshold_threads),
-                      threshold_smem, st, ws->chained, *p, *cache, *ws);
+    return (dagpu_err)da_launch(scores, grid, dim3(SCORE_THREADS), smem, (dagpu_rt_stream)stream, 0,
+                                *p, *q, *cache, *ws);
+}
+
+extern "C" dagpu_err dagpu_launch_decode_select(const dagpu_params *p,
+                                                const dashattn_kv_cache *cache,
+                                                const dagpu_decode_ws *ws, dagpu_device_error *err,
+                                                void *stream)
+{
+    const dagpu_rt_stream st = (dagpu_rt_stream)stream;
+    const size_t threshold_smem = dagpu_decode_threshold_smem(p);
+    dagpu_rt_error e = da_allow_smem(decode_threshold_kernel, threshold_smem);
+    if (e != dagpu_rt_success)
+        return (dagpu_err)e;
+    const unsigned kv = (unsigned)p->heads_kv, batch = (unsigned)p->batch;
+    const unsigned rows = p->shared_group ? 1u : (unsigned)p->group_size;
+    e = da_launch(decode_threshold_kernel, dim3(rows, kv, batch), dim3(ws->threshold_threads),
+                  threshold_smem, st, ws->chained, *p, *cache, *ws);
     const unsigned weight_chunks =
         (unsigned)((p->num_blocks * ws->weight_lanes + WEIGHT_THREADS - 1) / WEIGHT_THREADS);
     if (e == dagpu_rt_success)

@@ -194,10 +194,14 @@ dagpu_err dagpu_launch_stage2(const dagpu_params *p, const dashattn_tensor *q,
                               const dashattn_tensor *k, const dashattn_tensor *v,
                               const dashattn_tensor *out, float *lse, const dagpu_forward_ws *ws,
                               void *stream);
-/* Decode stage 1: scores, thresholds and the union of blocks to read. */
-dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const dashattn_tensor *q,
+/* Decode stage 1: the block scores (the first kernel of a decode call), then
+ * thresholds, weights and the union of blocks to read. */
+dagpu_err dagpu_launch_decode_scores(const dagpu_params *p, const dashattn_tensor *q,
                                      const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
-                                     dagpu_device_error *err, void *stream);
+                                     void *stream);
+dagpu_err dagpu_launch_decode_select(const dagpu_params *p, const dashattn_kv_cache *cache,
+                                     const dagpu_decode_ws *ws, dagpu_device_error *err,
+                                     void *stream);
 /* Decode split-KV attention with tiles of `tile` tokens (16, 32 or 64:
  * dagpu_decode_split_smem tells the shared memory). */
 dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,

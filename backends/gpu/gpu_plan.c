@@ -279,6 +279,7 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
 #ifdef DAGPU_HAVE_NV
     gp->decode_split_nv =
         nv_shape_ok(st, p) && p->group_size <= 16 && dagpu_nv_decode_split_smem(p) <= limit;
+    gp->decode_scores_nv = !st->portable; /* the call checks shape and block keys */
 #endif
     return DASHATTN_OK;
 }

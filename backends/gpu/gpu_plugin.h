@@ -34,9 +34,10 @@ typedef struct dagpu_plan {
     int64_t decode_splits;
     int decode_threshold_threads;
     int decode_weight_lanes;
-    int decode_chained;  /* dependent launches between the decode kernels */
-    int decode_tile;     /* tokens per tile of the portable decode split */
-    int decode_split_nv; /* tensor-core decode split */
+    int decode_chained;   /* dependent launches between the decode kernels */
+    int decode_tile;      /* tokens per tile of the portable decode split */
+    int decode_split_nv;  /* tensor-core decode split */
+    int decode_scores_nv; /* tensor-core decode scores */
     /* An operation this plan cannot run on the device (the plan itself is
      * refused when it cannot run its main one): why, or "" if it can. */
     char forward_refusal[256];

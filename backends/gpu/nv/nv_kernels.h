@@ -34,6 +34,15 @@ size_t dagpu_nv_decode_split_smem(const dagpu_params *p);
 dagpu_err dagpu_nv_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,
                                        const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
                                        void *stream);
+/* Decode stage-1 scores on the tensor cores, in place of
+ * dagpu_launch_decode_scores: whether a plan's shape and the cache's block
+ * keys allow it (16-bit q, head dimension 64 or 128, at most 16 query heads
+ * per KV head, f32 or the cache's own 16-bit block keys; the caller also
+ * checks q's and the block keys' rows with dagpu_tensors_vector_ok). */
+int dagpu_nv_decode_scores_ok(const dagpu_params *p, const dashattn_kv_cache *cache);
+dagpu_err dagpu_nv_launch_decode_scores(const dagpu_params *p, const dashattn_tensor *q,
+                                        const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
+                                        void *stream);
 
 #ifdef __cplusplus
 }
