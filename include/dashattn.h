@@ -478,7 +478,10 @@ typedef enum dashattn_cache_layout {
  * current token count and is advanced by dashattn_cache_append(). The
  * library keeps block_keys equal to the summary of every complete block
  * (the mean key, or the learned summary given to dashattn_cache_append).
- * block_keys must have the plan's dtype or F32 (recommended).
+ * block_keys must have the plan's dtype or F32. F32 keeps the summaries
+ * exact; 16-bit block keys halve what decode reads to score the blocks
+ * (on an H200 at batch 16, 3% of a decode over 128K tokens) and move its
+ * output by about 1e-3 in relative norm, less than bf16 output rounding.
  * Arrays live in the context's memory space.
  */
 typedef struct dashattn_kv_cache {

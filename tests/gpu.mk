@@ -32,7 +32,7 @@ if HAVE_CUDA
 check_PROGRAMS += tests/test_cuda
 TESTS += tests/test_cuda
 tests_test_cuda_SOURCES = tests/test_cuda.c
-tests_test_cuda_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests $(CUDA_CPPFLAGS)
+tests_test_cuda_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests -I$(top_srcdir)/backends/gpu $(CUDA_CPPFLAGS)
 tests_test_cuda_LDADD = libtestutil.la $(TEST_PUBLIC_LIBS) $(CUDA_LDFLAGS) -lcudart_static \
 	-lrt -ldl -lpthread -lstdc++
 endif

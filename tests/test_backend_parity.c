@@ -1565,6 +1565,21 @@ static const dec_case dec_late_cases[] = {
      .start = {0, 700},
      .chunks = {2900},
      .steps = 2},
+    /* More query rows (heads x sequences) than an H200 has multiprocessors:
+     * the GPU plugins' decode takes a warp per row's threshold. */
+    {.name = "contiguous bf16 S64 D128 gqa48:3 mean many rows",
+     .dtype = DASHATTN_BF16,
+     .batch = 3,
+     .heads_q = 48,
+     .heads_kv = 3,
+     .dim = 128,
+     .cap = 1024,
+     .block_size = 64,
+     .alpha = 1.5,
+     .group = DASHATTN_GROUP_MEAN,
+     .start = {0, 400, 130},
+     .chunks = {500},
+     .steps = 2},
     /* The GPU plugins' tensor-core block scores with 16-bit block keys, a
      * group of 6 (rows of the 16-row tile unused) and a paged cache. */
     {.name = "paged f16 f16-keys gqa12:2 unmapped page",

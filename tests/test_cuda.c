@@ -8,6 +8,8 @@
  * a CUDA device. */
 #include "testutil.h"
 
+#include "gpu_kernels.h" /* the plan's shared-memory accounting */
+
 #include <cuda_runtime_api.h>
 #include <dashattn.h>
 
@@ -262,6 +264,19 @@ static void check_plan_limits(void)
     st = plan_of(small, 32, 2, 1, 131072, &plan);
     TU_CHECK(st == DASHATTN_OK, "a decode plan with 16 heads per group over 2048 blocks: %s",
              dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    /* The threshold kernel's static scratch counts too: the most blocks
+     * whose scores and scratch fit 64 KiB plan, one more is refused (it was
+     * planned, and its launch failed on a device of that limit). */
+    const int64_t most = (65536 - DAGPU_GROUP_SCRATCH_BYTES) / 4;
+    st = plan_of(small, HQ, HKV, 1, most * S, &plan);
+    TU_CHECK(st == DASHATTN_OK, "a decode plan over %lld blocks within 64 KiB: %s", (long long)most,
+             dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    st = plan_of(small, HQ, HKV, 1, (most + 1) * S, &plan);
+    TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED && strstr(dashattn_last_error(), "shared memory"),
+             "a decode plan over %lld blocks is refused within 64 KiB: %s (%s)",
+             (long long)(most + 1), dashattn_status_string(st), dashattn_last_error());
     dashattn_plan_destroy(plan);
     st = plan_of(full, 33, 1, 1, 4096, &plan);
     TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED && strstr(dashattn_last_error(), "at most 32"),

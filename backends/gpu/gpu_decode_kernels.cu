@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(THRESHOLD_THREADS)
 {
     da_wait_previous();
     extern __shared__ float zs[];
-    __shared__ double scratch[DA_GROUP_VALUES * DA_GROUP_MAX_WARPS];
+    __shared__ double scratch[DA_GROUP_SCRATCH];
     const int64_t r = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, G = p.group_size;
     const int64_t len = c.seq_lens[b];
     if (len < 1 || len > p.len_k)
@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(UNION_THREADS)
                         dagpu_device_error *err)
 {
     da_wait_previous();
-    __shared__ double scratch[DA_GROUP_VALUES * DA_GROUP_MAX_WARPS];
+    __shared__ double scratch[DA_GROUP_SCRATCH];
     __shared__ float mu[DAGPU_DECODE_MAX_GROUP];
     __shared__ int warp_counts[UNION_THREADS / DA_WARP];
     const int64_t kvh = blockIdx.x, b = blockIdx.y;
@@ -470,82 +470,84 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
     }
 }
 
-#define MERGE_THREADS 256
-#define MERGE_COLUMNS 32
+#define MERGE_WARPS 8
+#define MERGE_THREADS (MERGE_WARPS * DA_WARP)
 
-/* Combines the splits of one (sequence, query head) for MERGE_COLUMNS of
- * its output columns. The splits are spread over the threads at every step:
- * with many splits (small batches) a loop over them per output element would
- * wait on one load after another. */
+/* Combines the splits of one (sequence, query head) for C * DA_WARP of its
+ * output columns: the largest of the splits' maxima first, then each warp
+ * sums its share of the splits, a lane per column (each split's row C
+ * coalesced loads), and the warps' sums are added at the end. No load waits
+ * on another: an empty split's row is (-inf, 0, 0...) and weighs 0 (a bad
+ * sequence's rows are never written, but its call's output is NaN anyway).
+ * The kernel this replaced took three block reductions in a row (15 us at
+ * batch 16); loads behind a test of a split's weight waited for it, two
+ * round trips per split. */
+template <int C>
 __global__ void __launch_bounds__(MERGE_THREADS)
     decode_merge_kernel(dagpu_params p, dashattn_tensor out, float *lse, dagpu_decode_ws ws)
 {
     da_wait_previous();
-    extern __shared__ float weight[]; /* [splits] */
-    __shared__ float red[MERGE_THREADS];
-    const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim, S = ws.splits;
-    const int64_t col0 = (int64_t)blockIdx.z * MERGE_COLUMNS;
-    const int64_t cols = min((int64_t)MERGE_COLUMNS, D - col0);
-    const int tid = threadIdx.x;
-    const float *part = ws.partial + (b * p.heads_q + h) * S * (D + 2);
+    __shared__ float red[MERGE_WARPS];
+    __shared__ float sums[MERGE_WARPS][C * DA_WARP + 1];
+    const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim, S = ws.splits, row = D + 2;
+    const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
+    const int64_t col0 = (int64_t)blockIdx.z * C * DA_WARP;
+    const float *part = ws.partial + (b * p.heads_q + h) * S * row;
     /* A call with any bad sequence leaves no output that looks valid. */
     int bad = 0;
     for (int64_t e = tid; e < p.batch * p.heads_kv; e += MERGE_THREADS)
         bad |= ws.nblocks[e] < 0;
-    bad = __syncthreads_or(bad);
 
     float m = -DA_INF_F;
     for (int64_t s = tid; s < S; s += MERGE_THREADS)
-        m = fmaxf(m, part[s * (D + 2)]);
-    red[tid] = m;
-    __syncthreads();
-    for (int w = MERGE_THREADS / 2; w > 0; w >>= 1) {
-        if (tid < w)
-            red[tid] = fmaxf(red[tid], red[tid + w]);
-        __syncthreads();
-    }
+        m = fmaxf(m, part[s * row]);
+    m = da_warp_max<DA_WARP>(m);
+    if (lane == 0)
+        red[warp] = m;
+    bad = __syncthreads_or(bad);
     m = red[0];
-    __syncthreads();
-    float l = 0.0f;
-    for (int64_t s = tid; s < S; s += MERGE_THREADS) {
-        const float ms = part[s * (D + 2)];
-        const float w = ms == -DA_INF_F ? 0.0f : exp2f(ms - m);
-        weight[s] = w;
-        l += w == 0.0f ? 0.0f : part[s * (D + 2) + 1] * w;
-    }
-    red[tid] = l;
-    __syncthreads();
-    for (int w = MERGE_THREADS / 2; w > 0; w >>= 1) {
-        if (tid < w)
-            red[tid] += red[tid + w];
-        __syncthreads();
-    }
-    l = red[0];
-    __syncthreads();
+    for (int w = 1; w < MERGE_WARPS; w++)
+        m = fmaxf(m, red[w]);
 
-    /* Thread (c, d) sums splits c, c + C, ... of output column col0 + d. */
-    const int64_t C = MERGE_THREADS / MERGE_COLUMNS;
-    {
-        const int64_t d = tid % MERGE_COLUMNS, c = tid / MERGE_COLUMNS;
-        float acc = 0.0f;
-        if (d < cols) {
+    float l = 0.0f, acc[C];
+#pragma unroll
+    for (int k = 0; k < C; k++)
+        acc[k] = 0.0f;
+    const int s0 = (int)(S * warp / MERGE_WARPS), s1 = (int)(S * (warp + 1) / MERGE_WARPS);
 #pragma unroll 4
-            for (int64_t s = c; s < S; s += C)
-                if (weight[s] != 0.0f)
-                    acc += part[s * (D + 2) + 2 + col0 + d] * weight[s];
+    for (int s = s0; s < s1; s++) {
+        const float *ps = part + (int64_t)s * row;
+        const float ms = ps[0], ls = ps[1];
+        float o[C];
+#pragma unroll
+        for (int k = 0; k < C; k++) {
+            const int64_t d = col0 + lane + k * DA_WARP;
+            o[k] = d < D ? ps[2 + d] : 0.0f;
         }
-        red[tid] = acc;
-        __syncthreads();
-        if (c == 0 && d < cols) {
-            float total = 0.0f;
-            for (int64_t k = 0; k < C; k++)
-                total += red[k * MERGE_COLUMNS + tid];
-            da_store(out.data, out.dtype, da_offset(out, b, h, 0, col0 + d),
-                     bad ? DA_NAN_F : total / l);
-        }
+        const float w = ms == -DA_INF_F ? 0.0f : exp2f(ms - m);
+        l += ls * w;
+#pragma unroll
+        for (int k = 0; k < C; k++)
+            acc[k] += o[k] * w;
+    }
+#pragma unroll
+    for (int k = 0; k < C; k++)
+        sums[warp][lane + k * DA_WARP] = acc[k];
+    if (lane == 0)
+        sums[warp][C * DA_WARP] = l;
+    __syncthreads();
+    float total_l = 0.0f;
+    for (int w = 0; w < MERGE_WARPS; w++)
+        total_l += sums[w][C * DA_WARP];
+    for (int e = tid; e < C * DA_WARP && col0 + e < D; e += MERGE_THREADS) {
+        float total = 0.0f;
+        for (int w = 0; w < MERGE_WARPS; w++)
+            total += sums[w][e];
+        da_store(out.data, out.dtype, da_offset(out, b, h, 0, col0 + e),
+                 bad ? DA_NAN_F : total / total_l);
     }
     if (lse && tid == 0 && blockIdx.z == 0)
-        lse[b * p.heads_q + h] = bad ? DA_NAN_F : (m + log2f(l)) * DA_LN2;
+        lse[b * p.heads_q + h] = bad ? DA_NAN_F : (m + log2f(total_l)) * DA_LN2;
 }
 
 } // namespace
@@ -608,9 +610,15 @@ extern "C" dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dash
 extern "C" dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dashattn_tensor *out,
                                                float *lse, const dagpu_decode_ws *ws, void *stream)
 {
-    const unsigned column_chunks = (unsigned)((p->head_dim + MERGE_COLUMNS - 1) / MERGE_COLUMNS);
-    return (dagpu_err)da_launch(decode_merge_kernel,
-                                dim3((unsigned)p->heads_q, (unsigned)p->batch, column_chunks),
-                                dim3(MERGE_THREADS), (size_t)ws->splits * sizeof(float),
-                                (dagpu_rt_stream)stream, ws->chained, *p, *out, lse, *ws);
+    const int c = ws->merge_lane_columns;
+    void (*merge)(dagpu_params, dashattn_tensor, float *, dagpu_decode_ws) =
+        c >= 8   ? decode_merge_kernel<8>
+        : c >= 4 ? decode_merge_kernel<4>
+        : c >= 2 ? decode_merge_kernel<2>
+                 : decode_merge_kernel<1>;
+    const int64_t span = (int64_t)(c >= 8 ? 8 : c >= 4 ? 4 : c >= 2 ? 2 : 1) * DA_WARP;
+    const unsigned chunks = (unsigned)((p->head_dim + span - 1) / span);
+    return (dagpu_err)da_launch(merge, dim3((unsigned)p->heads_q, (unsigned)p->batch, chunks),
+                                dim3(MERGE_THREADS), 0, (dagpu_rt_stream)stream, ws->chained, *p,
+                                *out, lse, *ws);
 }

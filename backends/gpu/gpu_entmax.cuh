@@ -287,8 +287,12 @@ static __device__ dagpu_row_param da_row_threshold(const Grp &grp, const float *
         zmax = fmaxf(zmax, z[j]);
         nans += isnan(z[j]);
     }
-    zmax = grp.max(zmax);
-    nans = grp.sum(nans);
+    /* The maximum and the NaN count in one reduction (a block's costs a
+     * barrier): the maximum as the minimum of the negation. */
+    double count[1] = {(double)nans}, lowest = -(double)zmax;
+    grp.template sums<double, 1>(count, &lowest);
+    zmax = (float)-lowest;
+    nans = (int)count[0];
     if (p.method == DASHATTN_THRESHOLD_TOPK) {
         rp.mode = DAGPU_PRIOR_TOPK;
         rp.a = nans ? DA_NAN_F : da_topk_threshold(grp, z, n, p.topk);

@@ -45,14 +45,22 @@ struct da_warp_group {
 #define DA_GROUP_VALUES 9
 /* Logical warps a reducing block may have. */
 #define DA_GROUP_MAX_WARPS 32
+/* Doubles of a da_block_group's scratch: two buffers, used in turn. */
+#define DA_GROUP_SCRATCH (2 * DA_GROUP_VALUES * DA_GROUP_MAX_WARPS)
+static_assert(DA_GROUP_SCRATCH * sizeof(double) == DAGPU_GROUP_SCRATCH_BYTES,
+              "gpu_kernels.h counts the scratch in the plan's shared memory");
 
 /* A one-dimensional block of at most DA_GROUP_MAX_WARPS logical warps.
- * scratch: shared memory of DA_GROUP_VALUES * DA_GROUP_MAX_WARPS doubles.
- * Each reduction is one shuffle tree per warp, one exchange through shared
- * memory and two barriers, however many values it carries: the searches
- * reduce several sums per step, and the barriers are what costs. */
+ * scratch: shared memory of DA_GROUP_SCRATCH doubles. Each reduction is one
+ * shuffle tree per warp, one exchange through shared memory and one
+ * barrier, however many values it carries: the searches reduce several sums
+ * per step, and the barriers are what costs. The two halves of the scratch
+ * take turns, so a reduction's writes never meet a warp still reading the
+ * one before: every warp has read reduction k's half before it reaches the
+ * barrier of k + 1, and k + 2 writes that half after it. */
 struct da_block_group {
     double *scratch;
+    mutable int turn = 0; /* the half the next reduction uses */
 
     __device__ __forceinline__ int rank() const
     {
@@ -69,27 +77,28 @@ struct da_block_group {
     {
         static_assert(N + 1 <= DA_GROUP_VALUES, "too many values for one reduction");
         const int warp = da_warp_id<DA_WARP>(), warps = da_warps<DA_WARP>();
+        double *half = scratch + turn * (DA_GROUP_VALUES * DA_GROUP_MAX_WARPS);
+        turn ^= 1;
         for (int i = 0; i < N; i++)
             v[i] = da_warp_sum<DA_WARP>(v[i]);
         double m = lo ? da_warp_min<DA_WARP>((double)*lo) : 0.0;
         if (da_lane<DA_WARP>() == 0) {
             for (int i = 0; i < N; i++)
-                scratch[i * DA_GROUP_MAX_WARPS + warp] = v[i];
-            scratch[N * DA_GROUP_MAX_WARPS + warp] = m;
+                half[i * DA_GROUP_MAX_WARPS + warp] = v[i];
+            half[N * DA_GROUP_MAX_WARPS + warp] = m;
         }
         __syncthreads();
         /* Every warp reduces the warps' partials itself, a lane each: a
          * loop over them made each thread wait on one add after another. */
         const int lane = da_lane<DA_WARP>();
         for (int i = 0; i < N; i++) {
-            const double t = lane < warps ? scratch[i * DA_GROUP_MAX_WARPS + lane] : 0.0;
+            const double t = lane < warps ? half[i * DA_GROUP_MAX_WARPS + lane] : 0.0;
             v[i] = (T)da_warp_sum<DA_WARP>(t);
         }
         if (lo) {
-            const double t = lane < warps ? scratch[N * DA_GROUP_MAX_WARPS + lane] : DA_INF;
+            const double t = lane < warps ? half[N * DA_GROUP_MAX_WARPS + lane] : DA_INF;
             *lo = (T)da_warp_min<DA_WARP>(t);
         }
-        __syncthreads(); /* the scratch is reused by the next reduction */
     }
     template <typename T> __device__ T sum(T x) const
     {

@@ -85,6 +85,9 @@ typedef struct dagpu_decode_ws {
     /* Threads of the weights kernel that share one block's heads: 1, or a
      * power of two of at least the group's size. */
     int weight_lanes;
+    /* Output columns per lane of the merge kernel: 1, 2, 4 or 8 (host side
+     * only). */
+    int merge_lane_columns;
 } dagpu_decode_ws;
 
 /* Error a kernel found in device data (seq_lens, block tables), reported by
@@ -127,7 +130,11 @@ static inline size_t dagpu_stage1_smem(const dagpu_params *p)
            (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
 }
 
-/* Dynamic shared memory of the decode threshold kernel: one row's scores. */
+/* Static shared memory of a thread block's threshold search
+ * (gpu_group.cuh's scratch; its static_assert keeps the two equal). */
+#define DAGPU_GROUP_SCRATCH_BYTES (2 * 9 * 32 * 8)
+/* Dynamic shared memory of the decode threshold kernel: one row's scores
+ * (DAGPU_GROUP_SCRATCH_BYTES more are static). */
 static inline size_t dagpu_decode_threshold_smem(const dagpu_params *p)
 {
     return (size_t)p->num_blocks * sizeof(float);

@@ -118,6 +118,7 @@ size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws
     w.chained = gp->decode_chained;
     w.threshold_threads = gp->decode_threshold_threads;
     w.weight_lanes = gp->decode_weight_lanes;
+    w.merge_lane_columns = gp->decode_merge_lane_columns;
     w.log2w = dagpu_carve(&c, B * (size_t)p->heads_q * M * sizeof(float));
     w.rows = dagpu_carve(&c, B * (size_t)p->heads_q * sizeof(dagpu_row_param));
     w.blocks = dagpu_carve(&c, B * (size_t)p->heads_kv * M * sizeof(int32_t));
@@ -236,7 +237,7 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
                               DAGPU_DECODE_MAX_GROUP, (long long)p->group_size);
         return DASHATTN_ERR_UNSUPPORTED;
     }
-    const size_t threshold = dagpu_decode_threshold_smem(p);
+    const size_t threshold = dagpu_decode_threshold_smem(p) + DAGPU_GROUP_SCRATCH_BYTES;
     if (threshold > limit) {
         dagpu_host->set_error(DAGPU_NAME " backend: decode over %lld blocks needs %zu bytes of "
                                          "shared memory, the device offers %zu; use a larger "
@@ -260,7 +261,9 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
     /* A row's threshold search is a chain of block reductions, faster the
      * more threads share the row; 512 threads hold a multiprocessor's
      * registers, so they pay only while the rows fit one wave (batch 1), and
-     * 128 threads (several rows per multiprocessor) serve larger batches. */
+     * 128 threads (several rows per multiprocessor) serve larger batches. A
+     * warp per row, whose reductions need no barrier, took twice as long at
+     * batch 16 (H200: 41 us against 20 at Hkv 8, 29 against 18 at Hkv 2). */
     const int64_t rows = (p->shared_group ? 1 : p->group_size) * p->heads_kv * p->batch;
     gp->decode_threshold_threads = rows <= st->info.sm_count ? 512 : 128;
     /* The same for the weights: a thread per (block, head) where there are
@@ -270,6 +273,15 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
     while (!p->shared_group && rows <= st->info.sm_count && lanes < p->group_size)
         lanes <<= 1;
     gp->decode_weight_lanes = lanes;
+    /* And the merge: a lane per output column of each (sequence, head) and
+     * 32 columns per thread block where the rows fit one wave (more blocks
+     * to spread 128 splits over: H200, batch 1, Hkv 2: 4.5 us against 6.3),
+     * else a lane for all of a head's columns (batch 16: the splits' maxima
+     * read once per head, not once per 32 columns: 6.7 us against 10.5). */
+    int columns = 1;
+    while (rows > st->info.sm_count && columns < 8 && columns * 32 < p->head_dim)
+        columns <<= 1;
+    gp->decode_merge_lane_columns = columns;
     /* Dependent launches pay where each kernel is a wave or less (batch 1:
      * 2 us of 60-75 on an H200); with many waves of splits they cost 5-7
      * us of 270-670, so larger batches launch plainly. */

@@ -34,6 +34,7 @@ typedef struct dagpu_plan {
     int64_t decode_splits;
     int decode_threshold_threads;
     int decode_weight_lanes;
+    int decode_merge_lane_columns;
     int decode_chained;   /* dependent launches between the decode kernels */
     int decode_tile;      /* tokens per tile of the portable decode split */
     int decode_split_nv;  /* tensor-core decode split */

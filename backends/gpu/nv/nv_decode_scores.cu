@@ -35,22 +35,6 @@ namespace
 #define SCORE_GROUPS 2
 #define SCORE_CHUNK (SCORE_WARPS * SCORE_GROUPS * 8)
 
-static __device__ __forceinline__ uint32_t to_tf32(float x)
-{
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-    return r;
-}
-
-static __device__ __forceinline__ void mma_tf32(float *c, const uint32_t *a, uint32_t b0,
-                                                uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* The float value of element e of a 16-byte vector of T. */
 template <typename T> static __device__ __forceinline__ float element(const uint4 &v, int e);
 template <> __device__ __forceinline__ float element<float>(const uint4 &v, int e)

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Tensor-core building blocks shared by the fast stage-1 and stage-2
- * kernels: mma.sync m16n8k16 with f32 accumulation, ldmatrix, cp.async, and
- * a swizzled shared-memory layout of [64][D] 16-bit tiles. */
+ * kernels: mma.sync m16n8k16 (and m16n8k8 tf32) with f32 accumulation,
+ * ldmatrix, cp.async, and a swizzled shared-memory layout of [64][D] 16-bit
+ * tiles. */
 #ifndef DASHATTN_GPU_NV_MMA_CUH
 #define DASHATTN_GPU_NV_MMA_CUH
 
@@ -44,6 +45,24 @@ template <> struct mma_type<__half> {
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
 };
+
+/* tf32 products (m16n8k8, f32 accumulation) for f32 data, and the
+ * rounding of an f32 value to tf32 (its bits, low 13 zero). */
+static __device__ __forceinline__ uint32_t to_tf32(float x)
+{
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+
+static __device__ __forceinline__ void mma_tf32(float *c, const uint32_t *a, uint32_t b0,
+                                                uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 static __device__ __forceinline__ uint32_t smem_addr(const void *p)
 {
