@@ -30,6 +30,15 @@ static __device__ __forceinline__ int64_t da_block_key_offset(const dashattn_kv_
     return da_offset(t, b, h, j, d);
 }
 
+/* The page of a paged cache holding block j of sequence b, or -1 where the
+ * block table names none inside the page pool. */
+static __device__ __forceinline__ int64_t da_page_of(const dashattn_kv_cache &c, int64_t b,
+                                                     int64_t j)
+{
+    const int32_t page = c.block_table[b * c.table_stride + j];
+    return page >= 0 && page < c.k.shape[0] ? page : -1;
+}
+
 /* Records the first error the device finds; the next synchronize reports it. */
 static __device__ void da_report(dagpu_device_error *e, int code, int b, int value, int what)
 {
@@ -52,11 +61,9 @@ static __device__ __forceinline__ int da_check_sequence(const dagpu_params &p,
     if (len < lo || len > p.len_k)
         return DAGPU_BAD_SEQ_LEN;
     if (c.layout == DASHATTN_CACHE_PAGED) {
-        const int64_t pages = c.k.shape[0];
         for (int64_t j = first_block; j * p.block_size < len; j++) {
-            const int32_t page = c.block_table[b * c.table_stride + j];
-            if (page < 0 || page >= pages) {
-                *value = page;
+            if (da_page_of(c, b, j) < 0) {
+                *value = c.block_table[b * c.table_stride + j];
                 return DAGPU_BAD_PAGE;
             }
         }
@@ -80,12 +87,9 @@ static __device__ __forceinline__ int da_check_sequence_block(const dagpu_params
     if (threadIdx.x == 0)
         first_bad = 0x7fffffff;
     __syncthreads();
-    const int64_t pages = c.k.shape[0];
-    for (int64_t j = threadIdx.x; j * p.block_size < len; j += blockDim.x) {
-        const int32_t page = c.block_table[b * c.table_stride + j];
-        if (page < 0 || page >= pages)
+    for (int64_t j = threadIdx.x; j * p.block_size < len; j += blockDim.x)
+        if (da_page_of(c, b, j) < 0)
             atomicMin(&first_bad, (int)j);
-    }
     __syncthreads();
     if (first_bad == 0x7fffffff)
         return 0;

@@ -90,16 +90,13 @@ __global__ void __launch_bounds__(SCORE_THREADS)
     }
     __syncthreads();
     const bool vec = block_keys_vector_ok(c.block_keys, D);
-    const int64_t pages = c.k.shape[0];
     float *z_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
     for (int64_t j0 = first + warp * KEYS_PER_WARP; j0 < last; j0 += warps * KEYS_PER_WARP) {
         const int64_t j = j0 + slot;
         const bool in = j < last;
         bool ok = in;
-        if (in && c.layout == DASHATTN_CACHE_PAGED) {
-            const int32_t page = c.block_table[b * c.table_stride + j];
-            ok = page >= 0 && page < pages;
-        }
+        if (in && c.layout == DASHATTN_CACHE_PAGED)
+            ok = da_page_of(c, b, j) >= 0;
         float acc[MG];
 #pragma unroll
         for (int g = 0; g < MG; g++)

@@ -102,7 +102,6 @@ __global__ void __launch_bounds__(SCORE_WARPS * 32)
         }
     }
 
-    const int64_t pages = c.k.shape[0];
     const KT *keys = static_cast<const KT *>(c.block_keys.data);
     /* [warp][group][vector][lane]: each instruction's 32 lanes read 512
      * contiguous bytes, no bank conflicts. */
@@ -114,10 +113,10 @@ __global__ void __launch_bounds__(SCORE_WARPS * 32)
         ok[k] = j >= lr.cand_begin && j < lr.cand_end;
         const KT *row = keys; /* where a key is not read: cp.async fills zeros */
         if (ok[k] && c.layout == DASHATTN_CACHE_PAGED) {
-            const int32_t page = c.block_table[b * c.table_stride + j];
-            ok[k] = page >= 0 && page < pages;
+            const int64_t page = da_page_of(c, b, j);
+            ok[k] = page >= 0;
             if (ok[k])
-                row += (int64_t)page * c.block_keys.strides[0] + kvh * c.block_keys.strides[1];
+                row += page * c.block_keys.strides[0] + kvh * c.block_keys.strides[1];
         } else if (ok[k]) {
             row += b * c.block_keys.strides[0] + kvh * c.block_keys.strides[1] +
                    j * c.block_keys.strides[2];
