@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # Everything a GPU machine session needs, in one command: configure and build
 # out of tree, run the test suite (the CUDA parity test among them), run the
-# CUDA parity test once under compute-sanitizer, then the benchmark.
+# CUDA parity test under compute-sanitizer (memcheck, racecheck), then the
+# benchmark.
 #
 #   sh bench/gpu_run.sh [test] [portable] [sanitize] [opencl] [released] [decode] [bench] [BENCH ARGS...]
 #
@@ -132,6 +133,16 @@ case $phases in *sanitize*)
         status=1
     fi
     tail -5 "$out/sanitizer.log" | tee -a "$out/summary.txt"
+    # Shared-memory hazards: the block reductions of the threshold searches
+    # share a scratch between barriers (gpu_group.cuh).
+    if compute-sanitizer --tool racecheck --error-exitcode 9 tests/test_backend_parity cuda \
+        >"$out/racecheck.log" 2>&1; then
+        say "compute-sanitizer racecheck: clean"
+    else
+        say "compute-sanitizer racecheck: FAILED (rc $?)"
+        status=1
+    fi
+    tail -3 "$out/racecheck.log" | tee -a "$out/summary.txt"
     ;;
 esac
 

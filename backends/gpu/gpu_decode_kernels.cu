@@ -277,9 +277,13 @@ __global__ void __launch_bounds__(UNION_THREADS)
     const int wrows = p.shared_group || p.group_mean ? 1 : (int)G;
     float *w_group = ws.log2w + (b * p.heads_q + kvh * G) * M;
     if (p.prior_flat) {
+        /* One group for all rows: its reductions take the scratch's halves
+         * in turn (a fresh group per row would write the half the last row's
+         * slowest warp may still be reading). */
+        const da_block_group grp{scratch};
         for (int r = 0; r < wrows; r++) {
-            const float m = da_flat_mu(da_block_group{scratch}, ce - cb,
-                                       [&](int64_t e) { return w_group[r * M + cb + e]; });
+            const float m =
+                da_flat_mu(grp, ce - cb, [&](int64_t e) { return w_group[r * M + cb + e]; });
             if (tid == 0)
                 mu[r] = m;
         }

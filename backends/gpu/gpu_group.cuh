@@ -57,7 +57,9 @@ static_assert(DA_GROUP_SCRATCH * sizeof(double) == DAGPU_GROUP_SCRATCH_BYTES,
  * per step, and the barriers are what costs. The two halves of the scratch
  * take turns, so a reduction's writes never meet a warp still reading the
  * one before: every warp has read reduction k's half before it reaches the
- * barrier of k + 1, and k + 2 writes that half after it. */
+ * barrier of k + 1, and k + 2 writes that half after it. So one object must
+ * serve all the reductions that follow one another on a scratch: a new one
+ * starts again at the first half and needs a barrier before its first. */
 struct da_block_group {
     double *scratch;
     mutable int turn = 0; /* the half the next reduction uses */
