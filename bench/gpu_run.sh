@@ -125,24 +125,19 @@ esac
 
 case $phases in *sanitize*)
     export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
-    if compute-sanitizer --tool memcheck --error-exitcode 9 tests/test_backend_parity cuda \
-        >"$out/sanitizer.log" 2>&1; then
-        say "compute-sanitizer memcheck: clean"
-    else
-        say "compute-sanitizer memcheck: FAILED (rc $?)"
-        status=1
-    fi
-    tail -5 "$out/sanitizer.log" | tee -a "$out/summary.txt"
-    # Shared-memory hazards: the block reductions of the threshold searches
-    # share a scratch between barriers (gpu_group.cuh).
-    if compute-sanitizer --tool racecheck --error-exitcode 9 tests/test_backend_parity cuda \
-        >"$out/racecheck.log" 2>&1; then
-        say "compute-sanitizer racecheck: clean"
-    else
-        say "compute-sanitizer racecheck: FAILED (rc $?)"
-        status=1
-    fi
-    tail -3 "$out/racecheck.log" | tee -a "$out/summary.txt"
+    # racecheck: the block reductions of the threshold searches share a
+    # scratch between barriers (gpu_group.cuh).
+    for tool in memcheck racecheck; do
+        log=$out/sanitizer-$tool.log
+        if compute-sanitizer --tool $tool --error-exitcode 9 tests/test_backend_parity cuda \
+            >"$log" 2>&1; then
+            say "compute-sanitizer $tool: clean"
+        else
+            say "compute-sanitizer $tool: FAILED (rc $?)"
+            status=1
+        fi
+        tail -3 "$log" | tee -a "$out/summary.txt"
+    done
     ;;
 esac
 
