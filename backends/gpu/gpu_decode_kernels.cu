@@ -617,7 +617,7 @@ extern "C" dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dash
         : c >= 4 ? decode_merge_kernel<4>
         : c >= 2 ? decode_merge_kernel<2>
                  : decode_merge_kernel<1>;
-    const int64_t span = (int64_t)(c >= 8 ? 8 : c >= 4 ? 4 : c >= 2 ? 2 : 1) * DA_WARP;
+    const int64_t span = (int64_t)c * DA_WARP; /* the plan's c is 1, 2, 4 or 8 */
     const unsigned chunks = (unsigned)((p->head_dim + span - 1) / span);
     return (dagpu_err)da_launch(merge, dim3((unsigned)p->heads_q, (unsigned)p->batch, chunks),
                                 dim3(MERGE_THREADS), 0, (dagpu_rt_stream)stream, ws->chained, *p,

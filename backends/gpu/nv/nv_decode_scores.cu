@@ -111,16 +111,10 @@ __global__ void __launch_bounds__(SCORE_WARPS * 32)
     for (int k = 0; k < SCORE_GROUPS; k++) {
         const int64_t j = w0 + 8 * k + g;
         ok[k] = j >= lr.cand_begin && j < lr.cand_end;
-        const KT *row = keys; /* where a key is not read: cp.async fills zeros */
-        if (ok[k] && c.layout == DASHATTN_CACHE_PAGED) {
-            const int64_t page = da_page_of(c, b, j);
-            ok[k] = page >= 0;
-            if (ok[k])
-                row += page * c.block_keys.strides[0] + kvh * c.block_keys.strides[1];
-        } else if (ok[k]) {
-            row += b * c.block_keys.strides[0] + kvh * c.block_keys.strides[1] +
-                   j * c.block_keys.strides[2];
-        }
+        if (ok[k] && c.layout == DASHATTN_CACHE_PAGED)
+            ok[k] = da_page_of(c, b, j) >= 0;
+        /* Where a key is not read, cp.async fills zeros. */
+        const KT *row = ok[k] ? keys + da_block_key_offset(c, b, kvh, j, 0) : keys;
 #pragma unroll
         for (int i = 0; i < LOADS; i++)
             cp_async16(smem_addr(&staged[warp][k][i][lane]), row + i * 4 * V + t * V, ok[k]);
