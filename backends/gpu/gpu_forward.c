@@ -4,6 +4,7 @@
  * plan allows and the call's tensors suit. */
 #include "gpu_plugin.h"
 #ifdef DAGPU_HAVE_NV
+#include "hopper/hopper_kernels.h"
 #include "nv/nv_kernels.h"
 #endif
 
@@ -47,7 +48,7 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
                     (p->prior_table || !a->block_summary);
     const int nv1 = nv2 && gp->stage1_nv;
 
-    const size_t mask_bytes = (size_t)p->batch * (size_t)p->heads_q * (size_t)ws.tiles *
+    const size_t mask_bytes = (size_t)p->batch * (size_t)dagpu_tile_heads(p) * (size_t)ws.tiles *
                               (size_t)ws.words * sizeof(uint32_t);
     TRY(check(dagpu_rt_zero_async(ws.masks, mask_bytes, stream), "clearing stage-1 masks"));
     if (ws.counts)
@@ -63,7 +64,10 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
 #endif
         TRY(check(dagpu_launch_stage1(p, a->q, &ws, a->selection, stream), "stage-1 kernel"));
 #ifdef DAGPU_HAVE_NV
-    if (nv2)
+    if (nv2 && gp->stage2_hopper)
+        TRY(check(dagpu_hopper_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
+                  "stage-2 wgmma kernel"));
+    else if (nv2)
         TRY(check(dagpu_nv_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
                   "stage-2 tensor-core kernel"));
     else

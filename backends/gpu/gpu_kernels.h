@@ -55,13 +55,67 @@ typedef struct dagpu_params {
     float alpha, scale, stage1_scale, inv_sigma; /* inv_sigma: 1 / prior_sigma (flat prior) */
 } dagpu_params;
 
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DAGPU_HOST_DEVICE __host__ __device__
+#else
+#define DAGPU_HOST_DEVICE
+#endif
+
+/* Stage-2 tiles. Where the selection is one per KV head (shared and
+ * group-mean modes) a tile holds DAGPU_TILE_ROWS (row, head) pairs of one KV
+ * head, row-major: its packed row r is query row r / G of head kvh * G +
+ * r % G, so the G heads of a row, which keep the same blocks, share one K/V
+ * stream and a tile spans 64 / G rows. Otherwise a tile is 64 rows of one
+ * query head. Masks are [B, dagpu_tile_heads, dagpu_tile_count, words]. */
+static inline DAGPU_HOST_DEVICE int dagpu_tiles_packed(const dagpu_params *p)
+{
+    return p->shared_group || p->group_mean;
+}
+
+static inline DAGPU_HOST_DEVICE int64_t dagpu_tile_heads(const dagpu_params *p)
+{
+    return dagpu_tiles_packed(p) ? p->heads_kv : p->heads_q;
+}
+
+/* Rows of the tiles: (row, head) pairs or rows. */
+static inline DAGPU_HOST_DEVICE int64_t dagpu_tile_rows_total(const dagpu_params *p)
+{
+    return dagpu_tiles_packed(p) ? p->len_q * p->group_size : p->len_q;
+}
+
+static inline DAGPU_HOST_DEVICE int64_t dagpu_tile_count(const dagpu_params *p)
+{
+    return (dagpu_tile_rows_total(p) + DAGPU_TILE_ROWS - 1) / DAGPU_TILE_ROWS;
+}
+
+/* The first and last tile query row i belongs to (they differ only when
+ * packed rows of one query row straddle two tiles). */
+static inline DAGPU_HOST_DEVICE int64_t dagpu_row_first_tile(const dagpu_params *p, int64_t i)
+{
+    return (dagpu_tiles_packed(p) ? i * p->group_size : i) / DAGPU_TILE_ROWS;
+}
+
+static inline DAGPU_HOST_DEVICE int64_t dagpu_row_last_tile(const dagpu_params *p, int64_t i)
+{
+    return (dagpu_tiles_packed(p) ? i * p->group_size + p->group_size - 1 : i) / DAGPU_TILE_ROWS;
+}
+
+/* Tiles whose mask words one stage-1 thread block of `rows` consecutive
+ * query rows gathers in shared memory: at most this many. */
+static inline DAGPU_HOST_DEVICE int dagpu_stage1_mask_tiles(const dagpu_params *p, int rows)
+{
+    if (!dagpu_tiles_packed(p))
+        return 1;
+    return (int)(((int64_t)rows * p->group_size + DAGPU_TILE_ROWS - 2) / DAGPU_TILE_ROWS) + 1;
+}
+
 /* Device arrays of a forward call, carved from its workspace. */
 typedef struct dagpu_forward_ws {
     float *kbar;                /* [B, Hkv, M, D] block summaries (keys) */
     void *kbar_hi, *kbar_lo;    /* the same split into two 16-bit parts (fast path) */
     float *prior;               /* [B, Hkv, Nq, M] log2 prior of candidates (prior_table) */
     dagpu_row_param *rows;      /* [B, Hq, Nq] */
-    uint32_t *masks;            /* [B, Hq, tiles, words]: blocks a tile reads */
+    uint32_t *masks;            /* [B, tile heads, tiles, words]: blocks a tile reads */
     unsigned long long *counts; /* visible and attended pairs */
     int64_t tiles, words;
 } dagpu_forward_ws;
@@ -121,13 +175,14 @@ static inline int64_t dagpu_stage1_vectors(const dagpu_params *p)
 /* Dynamic shared memory of the portable stage 1 (plans above the device's
  * limit are refused):
  * queries and scores of its vectors, in group-mean mode their row
- * parameters, and the mask words. */
+ * parameters, and the mask words of the tiles its rows touch. */
 static inline size_t dagpu_stage1_smem(const dagpu_params *p)
 {
     const size_t vectors = (size_t)dagpu_stage1_vectors(p);
     return vectors * (size_t)(p->head_dim + p->num_blocks) * sizeof(float) +
            (p->group_mean ? vectors * sizeof(dagpu_row_param) : 0) +
-           (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
+           (size_t)dagpu_stage1_mask_tiles(p, dagpu_stage1_rows(p, DAGPU_STAGE1_ROWS)) *
+               (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
 }
 
 /* Static shared memory of a thread block's threshold search

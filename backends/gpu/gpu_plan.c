@@ -5,6 +5,7 @@
 #include "gpu_plugin.h"
 #ifdef DAGPU_HAVE_NV
 #include "nv/nv_kernels.h"
+#include "hopper/hopper_kernels.h"
 #endif
 
 #include <stdio.h>
@@ -89,7 +90,7 @@ size_t dagpu_forward_layout(const dagpu_plan *gp, void *base, dagpu_forward_ws *
     dagpu_carver c = {base, 0};
     dagpu_forward_ws w;
     memset(&w, 0, sizeof w);
-    w.tiles = (p->len_q + DAGPU_TILE_ROWS - 1) / DAGPU_TILE_ROWS;
+    w.tiles = dagpu_tile_count(p);
     w.words = (int64_t)(M + 31) / 32;
     w.kbar = dagpu_carve(&c, kv_blocks * sizeof(float));
     if (half) {
@@ -99,7 +100,7 @@ size_t dagpu_forward_layout(const dagpu_plan *gp, void *base, dagpu_forward_ws *
     if (p->prior_table)
         w.prior = dagpu_carve(&c, kv_rows * M * sizeof(float));
     w.rows = dagpu_carve(&c, rows * sizeof(dagpu_row_param));
-    w.masks = dagpu_carve(&c, (size_t)p->batch * (size_t)p->heads_q * (size_t)w.tiles *
+    w.masks = dagpu_carve(&c, (size_t)p->batch * (size_t)dagpu_tile_heads(p) * (size_t)w.tiles *
                                   (size_t)w.words * sizeof(uint32_t));
     w.counts = dagpu_carve(&c, 2 * sizeof(unsigned long long));
     if (ws)
@@ -142,7 +143,8 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
     if (op == DASHATTN_OP_FORWARD)
         bytes = b * hkv * m * d * 8.0 + b * hkv * nq * m * 4.0 +
                 b * hq * nq * (double)sizeof(dagpu_row_param) +
-                b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0;
+                b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) *
+                    4.0; /* masks, packed or not */
     else if (op == DASHATTN_OP_DECODE)
         bytes = b * hq * m * 4.0 + b * hq * (double)sizeof(dagpu_row_param) +
                 b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
@@ -323,6 +325,8 @@ dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, 
     }
 #ifdef DAGPU_HAVE_NV
     gp->stage2_nv = nv_shape_ok(st, p) && dagpu_nv_stage2_smem(p) <= st->info.smem_per_block;
+    gp->stage2_hopper =
+        gp->stage2_nv && st->hopper && dagpu_hopper_stage2_smem(p) <= st->info.smem_per_block;
     /* The tensor-core stage 1 scores 32 query vectors of single heads
      * (shared mode scores the group's mean query in the portable kernel); a
      * group-mean block needs all G heads of at least one row among them. */

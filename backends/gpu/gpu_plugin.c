@@ -46,12 +46,16 @@ static int gpu_probe(const dashattn_host *host, char *reason, size_t reason_size
 }
 
 /* DASHATTN_GPU_KERNELS: unset or "auto" (the fastest kernels a plan and its
- * tensors allow), or "portable" (never the NVIDIA-only ones). -1 if invalid. */
+ * tensors allow), "portable" (never the NVIDIA-only ones: 1) or "sm80" (the
+ * NVIDIA-only ones Ampere runs, never the Hopper-only ones: 2). -1 if
+ * invalid. */
 static int portable_requested(void)
 {
     const char *v = getenv("DASHATTN_GPU_KERNELS");
     if (!v || !v[0] || strcmp(v, "auto") == 0)
         return 0;
+    if (strcmp(v, "sm80") == 0)
+        return 2;
     return strcmp(v, "portable") == 0 ? 1 : -1;
 }
 
@@ -82,8 +86,11 @@ static int dependent_launch_requested(void)
 static const char *kernels_in_use(int portable)
 {
 #ifdef DAGPU_HAVE_NV
-    return portable ? "portable only (DASHATTN_GPU_KERNELS=portable)"
-                    : "portable and NVIDIA tensor-core";
+    if (portable == 1)
+        return "portable only (DASHATTN_GPU_KERNELS=portable)";
+    return portable == 2
+               ? "portable and NVIDIA tensor-core, no Hopper-only (DASHATTN_GPU_KERNELS=sm80)"
+               : "portable and NVIDIA tensor-core (wgmma on sm_90)";
 #else
     (void)portable;
     return "portable";
@@ -141,8 +148,8 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
     }
     const int portable = portable_requested();
     if (portable < 0) {
-        host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_KERNELS must be \"auto\" or "
-                                   "\"portable\"");
+        host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_KERNELS must be \"auto\", "
+                                   "\"portable\" or \"sm80\"");
         return DASHATTN_ERR_INVALID_ARGUMENT;
     }
     const int dependent = dependent_launch_requested();
@@ -171,7 +178,7 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
         return DASHATTN_ERR_OUT_OF_MEMORY;
     }
     st->device = options->device;
-    st->portable = portable;
+    st->portable = portable == 1;
     err = dagpu_rt_device_info(st->device, &st->info);
     if (err == 0)
         err = dagpu_rt_set_device(st->device);
@@ -186,6 +193,7 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
         free(st);
         return s;
     }
+    st->hopper = portable == 0 && strcmp(st->info.arch, "sm_90") == 0;
     if (cap && cap < st->info.smem_per_block)
         st->info.smem_per_block = cap;
     st->info.dependent_launch &= dependent;

@@ -18,6 +18,9 @@ typedef struct dagpu_state {
     /* DASHATTN_GPU_KERNELS=portable: the NVIDIA-only kernels are not used,
      * so the portable ones (what AMD runs) can be tested on NVIDIA. */
     int portable;
+    /* The Hopper-only (sm_90a) kernels may run: an sm_90 device, and
+     * DASHATTN_GPU_KERNELS neither portable nor sm80. */
+    int hopper;
     dagpu_device_error *error; /* device memory, see gpu_synchronize */
     char name[400];
 } dagpu_state;
@@ -27,10 +30,11 @@ typedef struct dagpu_state {
  * them only if its tensors also suit them (strides, alignment). */
 typedef struct dagpu_plan {
     dagpu_params params;
-    int stage1_nv;  /* tensor-core stage 1 (with stage2_nv only) */
-    int stage2_nv;  /* tensor-core stage 2 */
-    int split_keys; /* the forward workspace holds 16-bit split block keys */
-    int decodes;    /* a decode plan: len_q 1, causal */
+    int stage1_nv;     /* tensor-core stage 1 (with stage2_nv only) */
+    int stage2_nv;     /* tensor-core stage 2 */
+    int stage2_hopper; /* its wgmma variant (with stage2_nv only) */
+    int split_keys;    /* the forward workspace holds 16-bit split block keys */
+    int decodes;       /* a decode plan: len_q 1, causal */
     int64_t decode_splits;
     int decode_threshold_threads;
     int decode_weight_lanes;

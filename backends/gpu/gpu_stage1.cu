@@ -27,11 +27,10 @@ __global__ void __launch_bounds__(128)
     dagpu_row_param *params = reinterpret_cast<dagpu_row_param *>(zs + vectors * M);
     /* The rows' blocks and counts are gathered here first: one global atomic
      * per word per thread block instead of one per row. */
-    unsigned *mask = reinterpret_cast<unsigned *>(params + (p.group_mean ? vectors : 0));
+    const da_tile_masks mask = da_tile_masks_init(
+        p, ws, reinterpret_cast<unsigned *>(params + (p.group_mean ? vectors : 0)), row0, rows);
     __shared__ unsigned long long block_counts[2];
     const int tid = threadIdx.x;
-    for (int64_t w = tid; w < ws.words; w += blockDim.x)
-        mask[w] = 0;
     if (tid < 2)
         block_counts[tid] = 0;
 

@@ -11,6 +11,31 @@
 
 static_assert(DA_WARP == 32, "stage-1 mask words hold one ballot of a logical warp");
 
+/* A stage-1 thread block's mask words in shared memory: `words` per stage-2
+ * tile, for the tiles first .. first + count - 1 its rows touch. */
+struct da_tile_masks {
+    unsigned *bits;
+    int64_t first, words;
+    int count;
+};
+
+/* Called by every thread before any row is emitted: the tiles of rows
+ * [row0, row0 + rows), their words zeroed (synchronised by the thread
+ * block's next barrier). */
+static __device__ da_tile_masks da_tile_masks_init(const dagpu_params &p,
+                                                   const dagpu_forward_ws &ws, unsigned *bits,
+                                                   int64_t row0, int rows)
+{
+    da_tile_masks t;
+    t.bits = bits;
+    t.words = ws.words;
+    t.first = dagpu_row_first_tile(&p, row0);
+    t.count = (int)(dagpu_row_last_tile(&p, row0 + rows - 1) - t.first + 1);
+    for (int64_t w = threadIdx.x; w < t.count * t.words; w += blockDim.x)
+        bits[w] = 0;
+    return t;
+}
+
 /* Selection output, mask bits and pair counts of query row i for the heads
  * h0 .. h0 + heads - 1, which all give candidate j the log2 prior l2_of(j)
  * (forced blocks: 1). One warp; mask and block_counts are the thread
@@ -18,8 +43,11 @@ static_assert(DA_WARP == 32, "stage-1 mask words hold one ballot of a logical wa
 template <typename L2>
 static __device__ void emit_row(const dagpu_params &p, const dashattn_selection &sel,
                                 const da_rows &lr, int64_t b, int64_t i, int64_t h0, int heads,
-                                L2 l2_of, unsigned *mask, unsigned long long *block_counts)
+                                L2 l2_of, const da_tile_masks &mask,
+                                unsigned long long *block_counts)
 {
+    const int64_t tile0 = dagpu_row_first_tile(&p, i) - mask.first;
+    const int64_t tile1 = dagpu_row_last_tile(&p, i) - mask.first;
     const int64_t M = p.num_blocks;
     const int lane = da_lane<DA_WARP>();
     int count = 0;
@@ -45,7 +73,8 @@ static __device__ void emit_row(const dagpu_params &p, const dashattn_selection 
             attended += (unsigned long long)(end - j * p.block_size);
         }
         if (lane == 0 && ballot)
-            atomicOr(mask + base / 32, ballot);
+            for (int64_t t = tile0; t <= tile1; t++)
+                atomicOr(mask.bits + t * mask.words + base / 32, ballot);
         for (int g = 0; g < heads; g++) {
             if (keep) {
                 const int64_t slot = ((b * p.heads_q + h0 + g) * p.len_q + i) * sel.max_blocks +
@@ -77,19 +106,27 @@ static __device__ void emit_row(const dagpu_params &p, const dashattn_selection 
 }
 
 /* After every row of the thread block was emitted: its mask words into the
- * tile masks of heads h0 .. h0 + heads - 1, its counts into the totals. */
-static __device__ void flush_block(const dagpu_forward_ws &ws, const dagpu_params &p, int64_t row0,
-                                   int64_t b, int64_t h0, int heads, const unsigned *mask,
+ * tile masks (packed: of KV head h0 / G; otherwise of each head h0 .. h0 +
+ * heads - 1), its counts into the totals. */
+static __device__ void flush_block(const dagpu_forward_ws &ws, const dagpu_params &p, int64_t b,
+                                   int64_t h0, int heads, const da_tile_masks &mask,
                                    const unsigned long long *block_counts)
 {
     __syncthreads();
     const int tid = threadIdx.x;
-    const int64_t tile = row0 / DAGPU_TILE_ROWS;
-    for (int64_t e = tid; e < heads * ws.words; e += blockDim.x) {
-        const int64_t g = e / ws.words, w = e % ws.words;
-        if (mask[w])
-            atomicOr(ws.masks + ((b * p.heads_q + h0 + g) * ws.tiles + tile) * ws.words + w,
-                     mask[w]);
+    const bool packed = dagpu_tiles_packed(&p);
+    const int64_t copies = packed ? 1 : heads, th0 = packed ? h0 / p.group_size : h0;
+    const int64_t per_copy = mask.count * ws.words;
+    for (int64_t e = tid; e < copies * per_copy; e += blockDim.x) {
+        const int64_t g = e / per_copy, lw = e % per_copy;
+        const int64_t t = lw / ws.words, w = lw % ws.words;
+        const unsigned bits = mask.bits[lw];
+        if (bits)
+            atomicOr(ws.masks +
+                         ((b * dagpu_tile_heads(&p) + th0 + g) * ws.tiles + mask.first + t) *
+                             ws.words +
+                         w,
+                     bits);
     }
     if (tid < 2 && ws.counts)
         atomicAdd(ws.counts + tid, block_counts[tid]);
@@ -98,13 +135,13 @@ static __device__ void flush_block(const dagpu_forward_ws &ws, const dagpu_param
 /* Thresholds, block masks, selection output and counts of rows
  * [row0, row0 + rows) from their scores zs[r * zstride + j] (candidates
  * only), per query head hh, or per KV head hh in shared mode (which also
- * writes the priors to ws.prior for stage 2). mask (words
- * entries) and block_counts (2) are shared memory, zeroed before the scores
- * were written; called by every thread of the block. */
+ * writes the priors to ws.prior for stage 2). mask (da_tile_masks_init) and
+ * block_counts (2) are shared memory, zeroed before the scores were
+ * written; called by every thread of the block. */
 static __device__ void stage1_finish(const dagpu_params &p, const dagpu_forward_ws &ws,
                                      const dashattn_selection &sel, const float *zs,
                                      int64_t zstride, int rows, int64_t row0, int64_t b, int64_t hh,
-                                     unsigned *mask, unsigned long long *block_counts)
+                                     const da_tile_masks &mask, unsigned long long *block_counts)
 {
     const int64_t G = p.group_size;
     const int lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
@@ -134,7 +171,7 @@ static __device__ void stage1_finish(const dagpu_params &p, const dagpu_forward_
             if (lane == 0)
                 ws.rows[(b * p.heads_q + h0 + g) * p.len_q + i] = rp;
     }
-    flush_block(ws, p, row0, b, h0, heads_out, mask, block_counts);
+    flush_block(ws, p, b, h0, heads_out, mask, block_counts);
 }
 
 /* The same in group-mean mode, for the G heads of KV head kvh over rows
@@ -147,7 +184,8 @@ static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_fo
                                            const dashattn_selection &sel, float *zs,
                                            int64_t zstride, int R, int rows, int64_t row0,
                                            int64_t b, int64_t kvh, dagpu_row_param *params,
-                                           unsigned *mask, unsigned long long *block_counts)
+                                           const da_tile_masks &mask,
+                                           unsigned long long *block_counts)
 {
     const int G = (int)p.group_size, warps = da_warps<DA_WARP>();
     const int lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
@@ -191,7 +229,7 @@ static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_fo
         emit_row(
             p, sel, lr, b, i, kvh * G, G, [&](int64_t j) { return prior[j]; }, mask, block_counts);
     }
-    flush_block(ws, p, row0, b, kvh * G, G, mask, block_counts);
+    flush_block(ws, p, b, kvh * G, G, mask, block_counts);
 }
 
 #endif

@@ -4,7 +4,7 @@
 # by nvcc (cuda) or hipcc (hip) through libtool, each plugin into its own
 # object directory, with header dependencies tracked by gpu_compile.sh.
 # nv/ holds the NVIDIA-only kernels, which only the cuda plugin builds;
-# hopper/ will hold those for sm_90a alone.
+# hopper/ holds those for sm_90a alone.
 # These rules are GNU make pattern rules.
 gpu_host_sources = \
 	backends/gpu/gpu_kernels.h \
@@ -18,8 +18,8 @@ gpu_host_sources = \
 gpu_portable_units = gpu_runtime gpu_block_keys gpu_stage1 gpu_stage2 gpu_decode_kernels gpu_append
 # Stems of the NVIDIA-only units (backends/gpu/nv/STEM.cu).
 gpu_nv_units = nv_stage1 nv_stage2 nv_decode nv_decode_scores
-# Stems of the Hopper-only units (backends/gpu/hopper/STEM.cu), none yet.
-gpu_hopper_units =
+# Stems of the Hopper-only units (backends/gpu/hopper/STEM.cu).
+gpu_hopper_units = hopper_stage2
 
 gpu_kernel_headers = \
 	backends/gpu/gpu_vendor.cuh \
@@ -31,7 +31,10 @@ gpu_kernel_headers = \
 	backends/gpu/gpu_cache.cuh \
 	backends/gpu/gpu_stage1_finish.cuh \
 	backends/gpu/nv/nv_kernels.h \
-	backends/gpu/nv/nv_mma.cuh
+	backends/gpu/nv/nv_mma.cuh \
+	backends/gpu/nv/nv_stage2_tile.cuh \
+	backends/gpu/hopper/hopper_kernels.h \
+	backends/gpu/hopper/hopper_wgmma.cuh
 
 EXTRA_DIST += \
 	backends/gpu/gpu_compile.sh \

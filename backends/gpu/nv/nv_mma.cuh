@@ -108,9 +108,17 @@ template <int D> static __device__ __forceinline__ uint32_t swz(int row, int col
     return (uint32_t)(row * D * 2 + chunk * 16 + (col & 7) * 2);
 }
 
-/* Loads rows [first, first + 64) of a [.., D] head slice into a tile; rows at
- * or past limit read as zeros. */
-template <int D, typename T>
+/* The tile layout above as a type, for the loaders. */
+template <int D> struct swz_layout {
+    static __device__ __forceinline__ uint32_t at(int row, int col)
+    {
+        return swz<D>(row, col);
+    }
+};
+
+/* Loads rows [first, first + 64) of a [.., D] head slice into a tile of
+ * layout L; rows at or past limit read as zeros. */
+template <int D, typename T, typename L = swz_layout<D>>
 static __device__ __forceinline__ void load_tile(uint32_t tile, const T *base, int64_t row_stride,
                                                  int64_t first, int64_t limit)
 {
@@ -119,7 +127,7 @@ static __device__ __forceinline__ void load_tile(uint32_t tile, const T *base, i
         const int r = e / chunks, c = e % chunks;
         const bool valid = first + r < limit;
         const T *src = base + (valid ? first + r : first) * row_stride + c * 8;
-        cp_async16(tile + swz<D>(r, c * 8), src, valid);
+        cp_async16(tile + L::at(r, c * 8), src, valid);
     }
 }
 
@@ -162,16 +170,15 @@ static __device__ __forceinline__ void tile_scores(float (&s)[NT][4],
 }
 
 /* One online-softmax step over the NT * 8 keys from row key0 of a 64-key
- * tile (tile_scores' s) for the thread's two rows (half 0: row lane / 4,
- * half 1: that row + 8): logits are s * scale2 + prior[half] (log2 units)
- * for the tile's first vis[half] keys, -inf for the rest; m, l and the
- * accumulator o are updated and o += P V with V from a swizzled tile. s is
- * consumed. */
-template <int D, typename T, int NT>
+ * tile (tile_scores' s, or a wgmma accumulator of the same layout) for the
+ * thread's two rows (half 0: row lane / 4, half 1: that row + 8): logits
+ * are s * scale2 + prior[half] (log2 units) for the tile's first vis[half]
+ * keys, -inf for the rest. m and l are updated, the accumulator o (DT
+ * n-tiles of 8 columns) is rescaled, and s becomes the probabilities P. */
+template <int NT, int DT>
 static __device__ __forceinline__ void
-tile_softmax_pv(float (&s)[NT][4], float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
-                const float (&prior)[2], const int (&vis)[2], float scale2, uint32_t vtile,
-                int lane, int key0 = 0)
+tile_softmax(float (&s)[NT][4], float (&o)[DT][4], float (&m)[2], float (&l)[2],
+             const float (&prior)[2], const int (&vis)[2], float scale2, int lane, int key0 = 0)
 {
     const int qd = lane & 3;
     float corr[2];
@@ -204,18 +211,36 @@ tile_softmax_pv(float (&s)[NT][4], float (&o)[D / 8][4], float (&m)[2], float (&
         l[half] = l[half] * corr[half] + ls;
         m[half] = m_new;
     }
-    for (int n = 0; n < D / 8; n++) {
+    for (int n = 0; n < DT; n++) {
         o[n][0] *= corr[0];
         o[n][1] *= corr[0];
         o[n][2] *= corr[1];
         o[n][3] *= corr[1];
     }
+}
+
+/* The A fragment (m16n8k16 / wgmma register A) of keys 16 kk .. 16 kk + 15
+ * of P from tile_softmax's s. */
+template <typename T, int NT>
+static __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[NT][4], int kk)
+{
+    a[0] = mma_type<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+    a[1] = mma_type<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+    a[2] = mma_type<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+/* tile_softmax, then o += P V with V from a swizzled tile. s is consumed. */
+template <int D, typename T, int NT>
+static __device__ __forceinline__ void
+tile_softmax_pv(float (&s)[NT][4], float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
+                const float (&prior)[2], const int (&vis)[2], float scale2, uint32_t vtile,
+                int lane, int key0 = 0)
+{
+    tile_softmax(s, o, m, l, prior, vis, scale2, lane, key0);
     for (int kk = 0; kk < NT / 2; kk++) {
         uint32_t a[4];
-        a[0] = mma_type<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-        a[1] = mma_type<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-        a[2] = mma_type<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        p_fragment<T>(a, s, kk);
         for (int dp = 0; dp < D / 16; dp++) {
             uint32_t bf[4];
             const int r = key0 + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);

@@ -17,8 +17,9 @@ namespace
 #define STAGE1_MMA_THREADS 256
 
 /* Bytes before the block-key tiles in the tensor-core stage 1's shared
- * memory: scores of its 32 query vectors, the mask words and, in group-mean
- * mode, their row parameters; then 128-byte alignment for the tiles. */
+ * memory: scores of its 32 query vectors, the mask words (`words` of each
+ * tile its rows touch) and, in group-mean mode, their row parameters; then
+ * 128-byte alignment for the tiles. */
 static __host__ __device__ size_t stage1_mma_head(int64_t zstride, int64_t words, int group_mean)
 {
     const size_t head = (size_t)STAGE1_MMA_ROWS * (size_t)zstride * sizeof(float) +
@@ -34,7 +35,9 @@ static size_t stage1_mma_smem(const dagpu_params *p, int64_t *zstride)
     const int64_t zs = (p->num_blocks + MMA_KEYS - 1) / MMA_KEYS * MMA_KEYS;
     if (zstride)
         *zstride = zs;
-    return stage1_mma_head(zs, (p->num_blocks + 31) / 32, p->group_mean) +
+    const int64_t words = (p->num_blocks + 31) / 32 *
+                          dagpu_stage1_mask_tiles(p, dagpu_stage1_rows(p, STAGE1_MMA_ROWS));
+    return stage1_mma_head(zs, words, p->group_mean) +
            2 * (size_t)MMA_KEYS * (size_t)p->head_dim * 2;
 }
 
@@ -58,13 +61,13 @@ __global__ void __launch_bounds__(STAGE1_MMA_THREADS)
     const int64_t row0 = (int64_t)blockIdx.x * R;
     const int rows = (int)min((int64_t)R, p.len_q - row0);
     float *zs = reinterpret_cast<float *>(smem_tc);
-    unsigned *mask = reinterpret_cast<unsigned *>(zs + STAGE1_MMA_ROWS * zstride);
-    dagpu_row_param *params = reinterpret_cast<dagpu_row_param *>(mask + ws.words);
-    const uint32_t tiles = smem_addr(smem_tc + stage1_mma_head(zstride, ws.words, p.group_mean));
+    const int64_t mask_words = ws.words * dagpu_stage1_mask_tiles(&p, R);
+    unsigned *mask_bits = reinterpret_cast<unsigned *>(zs + STAGE1_MMA_ROWS * zstride);
+    dagpu_row_param *params = reinterpret_cast<dagpu_row_param *>(mask_bits + mask_words);
+    const uint32_t tiles = smem_addr(smem_tc + stage1_mma_head(zstride, mask_words, p.group_mean));
     const uint32_t hi_tile = tiles, lo_tile = tiles + MMA_KEYS * D * 2;
     __shared__ unsigned long long block_counts[2];
-    for (int64_t w = tid; w < ws.words; w += blockDim.x)
-        mask[w] = 0;
+    const da_tile_masks mask = da_tile_masks_init(p, ws, mask_bits, row0, rows);
     if (tid < 2)
         block_counts[tid] = 0;
 

@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: MIT */
+/* Stage 2 on Hopper's warpgroup products (wgmma, sm_90a): the 64-row tiles
+ * of nv/nv_stage2.cu, each a warpgroup's, with S = Q K^T read by the tensor
+ * cores straight from shared memory (no ldmatrix, no query fragments held
+ * in registers) and O += P V with P from registers. A thread block of two
+ * warpgroups streams the key blocks of either tile's mask through a ring of
+ * cp.async buffers. */
+#include "../nv/nv_stage2_tile.cuh"
+#include "hopper_kernels.h"
+#include "hopper_wgmma.cuh"
+
+namespace
+{
+
+/* Warpgroups of a thread block, each the 64 rows of its own tile: the
+ * thread block streams the union of their tiles' blocks once, and each
+ * warpgroup computes only its tile's, so the L2-to-SM bytes per product
+ * halve while the products stay those of 64-row tiles. */
+#define WGS 2
+static_assert(WGS == 2, "the kernel picks its warpgroup's tile of two");
+/* K/V buffers of the ring: loads run STAGES - 1 blocks ahead. */
+#define STAGES 3
+
+/* Shared memory: WGS query tiles, then STAGES K and STAGES V tiles, each
+ * [64][D] in gmma_layout, after up to 1023 bytes that align the first to
+ * 1024. */
+template <int D> static constexpr size_t hopper_stage2_smem()
+{
+    return (size_t)(WGS * MMA_ROWS + 2 * STAGES * MMA_KEYS) * D * 2 + 1024;
+}
+
+/* The next block after j that either tile reads, -1 for none. */
+static __device__ __forceinline__ int union_next(const s2_tile (&t)[WGS], int j)
+{
+    int n = -1;
+    for (int w = 0; w < WGS; w++) {
+        const int x = s2_next(t[w], j);
+        if (x >= 0 && (n < 0 || x < n))
+            n = x;
+    }
+    return n;
+}
+
+template <int D, typename T>
+__global__ void __launch_bounds__(WGS *MMA_THREADS, 1)
+    hopper_stage2_kernel(dagpu_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
+                         dashattn_tensor out, float *lse, dagpu_forward_ws ws)
+{
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) unsigned char smem[];
+    constexpr int KSTEPS = D / 16, DTILES = D / 8, TILE = MMA_KEYS * D * 2;
+    using L = gmma_layout<D>;
+    const int tid = threadIdx.x, lane = tid & 31, wg = tid / MMA_THREADS;
+    const int warp = (tid % MMA_THREADS) >> 5;
+    s2_tile tiles[WGS];
+    for (int w = 0; w < WGS; w++)
+        tiles[w] = s2_block_tile(p, ws, WGS, w);
+    const s2_tile t = wg == 0 ? tiles[0] : tiles[1];
+    const uint32_t base = (smem_addr(smem) + 1023u) & ~1023u;
+    const uint32_t qtile = base + wg * TILE;
+    const uint32_t kring = base + WGS * TILE, vring = kring + STAGES * TILE;
+    const T *kbase = static_cast<const T *>(k.data) + t.b * k.strides[0] + t.kvh * k.strides[1];
+    const T *vbase = static_cast<const T *>(v.data) + t.b * v.strides[0] + t.kvh * v.strides[1];
+    auto load_block = [&](int slot, int blk) {
+        if (blk >= 0) {
+            load_tile<D, T, L>(kring + slot * TILE, kbase, k.strides[2], (int64_t)blk * MMA_KEYS,
+                               p.len_k);
+            load_tile<D, T, L>(vring + slot * TILE, vbase, v.strides[2], (int64_t)blk * MMA_KEYS,
+                               p.len_k);
+        }
+        cp_async_commit();
+    };
+
+    s2_load_queries<D, T, L>(qtile, p, q, t, tid % MMA_THREADS, MMA_THREADS);
+    cp_async_commit();
+    /* ahead: the blocks whose loads were issued, in order; the first is
+     * the one computed next. */
+    int j = union_next(tiles, -1);
+    int ahead[STAGES - 1];
+    ahead[0] = j;
+    for (int s = 1; s < STAGES - 1; s++)
+        ahead[s] = ahead[s - 1] >= 0 ? union_next(tiles, ahead[s - 1]) : -1;
+    for (int s = 0; s < STAGES - 1; s++)
+        load_block(s, ahead[s]);
+    row_state rs[2];
+    s2_rows(p, ws, t, warp, lane, rs);
+
+    float o[DTILES][4];
+    for (int n = 0; n < DTILES; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-DA_INF_F, -DA_INF_F}, l[2] = {0.0f, 0.0f};
+    const float scale2 = p.scale * DA_LOG2E;
+    int slot = 0;
+    while (j >= 0) {
+        /* The load STAGES - 1 blocks ahead goes into the slot the last
+         * iteration freed; ahead then starts with the block after j. */
+        const int last = ahead[STAGES - 2];
+        const int further = last >= 0 ? union_next(tiles, last) : -1;
+        for (int s = 0; s + 1 < STAGES - 1; s++)
+            ahead[s] = ahead[s + 1];
+        ahead[STAGES - 2] = further;
+        load_block((slot + STAGES - 1) % STAGES, further);
+        const bool mine = s2_reads(t, j);
+        float table_prior[2];
+        s2_table_priors(p, rs, j, table_prior);
+        cp_async_wait<STAGES - 1>();
+        gmma_fence_smem();
+        __syncthreads();
+
+        /* A warpgroup whose tile dropped the block (the thread block reads
+         * the union of its tiles' blocks) leaves the tensor cores to the
+         * other. */
+        if (mine) {
+            const uint32_t ktile = kring + slot * TILE, vtile = vring + slot * TILE;
+            float s[8][4] = {};
+            gmma_fence();
+            for (int kk = 0; kk < KSTEPS; kk++)
+                gmma<T>::ss64(&s[0][0], gmma_desc_k<D>(qtile, kk), gmma_desc_k<D>(ktile, kk),
+                              kk > 0);
+            gmma_commit();
+            gmma_wait<0>();
+            gmma_hold<32>(&s[0][0]);
+
+            float prior[2];
+            int vis[2];
+            for (int half = 0; half < 2; half++) {
+                float score = 0.0f;
+                if (!p.prior_table) {
+                    /* A candidate's score is the mean of its raw logits over
+                     * the block's keys (q . kbar for mean pooling). */
+                    const float real =
+                        (float)min((int64_t)MMA_KEYS, p.len_k - (int64_t)j * MMA_KEYS);
+                    float sum = 0.0f;
+                    for (int n = 0; n < 8; n++)
+                        sum += s[n][2 * half] + s[n][2 * half + 1];
+                    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                    score = p.stage1_scale * sum / real;
+                }
+                block_prior(p, rs[half], j, score, table_prior[half], prior[half], vis[half]);
+            }
+            tile_softmax(s, o, m, l, prior, vis, scale2, lane);
+
+            uint32_t a[4][4];
+            for (int kk = 0; kk < 4; kk++)
+                p_fragment<T>(a[kk], s, kk);
+            gmma_hold<DTILES * 4>(&o[0][0]);
+            gmma_fence();
+            for (int kk = 0; kk < 4; kk++) {
+                if constexpr (D == 128)
+                    gmma<T>::rs128(&o[0][0], a[kk], gmma_desc_mn<D>(vtile, kk), 1);
+                else
+                    gmma<T>::rs64(&o[0][0], a[kk], gmma_desc_mn<D>(vtile, kk), 1);
+            }
+            gmma_commit();
+            gmma_wait<0>();
+            gmma_hold<DTILES * 4>(&o[0][0]);
+        }
+        __syncthreads(); /* the slot is refilled by the next iteration */
+        slot = (slot + 1) % STAGES;
+        j = ahead[0];
+    }
+    s2_store<D, T>(p, out, lse, t, rs, o, m, l, lane);
+#endif
+}
+
+template <int D, typename T>
+dagpu_rt_error launch(const dagpu_params *p, const dashattn_tensor *q, const dashattn_tensor *k,
+                      const dashattn_tensor *v, const dashattn_tensor *out, float *lse,
+                      const dagpu_forward_ws *ws, cudaStream_t stream)
+{
+    const size_t smem = hopper_stage2_smem<D>();
+    dagpu_rt_error e = da_allow_smem(hopper_stage2_kernel<D, T>, smem);
+    if (e != dagpu_rt_success)
+        return e;
+    hopper_stage2_kernel<D, T>
+        <<<s2_grid(p, ws, WGS), WGS * MMA_THREADS, smem, stream>>>(*p, *q, *k, *v, *out, lse, *ws);
+    return dagpuGetLastError();
+}
+
+} // namespace
+
+extern "C" size_t dagpu_hopper_stage2_smem(const dagpu_params *p)
+{
+    return p->head_dim == 64 ? hopper_stage2_smem<64>() : hopper_stage2_smem<128>();
+}
+
+extern "C" dagpu_err dagpu_hopper_launch_stage2(const dagpu_params *p, const dashattn_tensor *q,
+                                                const dashattn_tensor *k, const dashattn_tensor *v,
+                                                const dashattn_tensor *out, float *lse,
+                                                const dagpu_forward_ws *ws, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    const bool bf16 = p->dtype == DASHATTN_BF16;
+    if (p->head_dim == 64)
+        return (dagpu_err)(bf16 ? launch<64, __nv_bfloat16>(p, q, k, v, out, lse, ws, st)
+                                : launch<64, __half>(p, q, k, v, out, lse, ws, st));
+    return (dagpu_err)(bf16 ? launch<128, __nv_bfloat16>(p, q, k, v, out, lse, ws, st)
+                            : launch<128, __half>(p, q, k, v, out, lse, ws, st));
+}
