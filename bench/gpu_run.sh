@@ -5,13 +5,14 @@
 # CUDA parity test under compute-sanitizer (memcheck, racecheck), then the
 # benchmark.
 #
-#   sh bench/gpu_run.sh [test] [portable] [sanitize] [opencl] [released] [decode] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [portable] [sanitize] [opencl] [released] [decode] [prefill] [bench] [BENCH ARGS...]
 #
 # With no phase named, test, portable, sanitize and bench run. `portable`
 # runs the GPU tests again on the portable kernels only (what the hip plugin
 # runs on AMD: DASHATTN_GPU_KERNELS=portable), once more with AMD's 64 KiB
-# of shared memory per block (DASHATTN_GPU_SHARED_MEMORY=65536), and the
-# portable parity test once under compute-sanitizer. `opencl` registers
+# of shared memory per block (DASHATTN_GPU_SHARED_MEMORY=65536), on the
+# mma.sync kernels without the Hopper-only ones (DASHATTN_GPU_KERNELS=sm80),
+# and the portable parity test once under compute-sanitizer. `opencl` registers
 # NVIDIA's OpenCL driver where the machine lacks its ICD file, runs the
 # OpenCL tests on every OpenCL device (PoCL's CPU device and the GPU), then
 # bench/opencl_cache_race.sh on each. `released` compares the
@@ -20,7 +21,10 @@
 # committed, in $DASHATTN_RELEASE (default: .release in the source tree, which
 # .git/info/exclude should ignore). `decode` runs bench/decode_bench.py (our
 # decode against SDPA, and against the released decode where $DASHATTN_RELEASE
-# or .release exists; extra arguments in $DECODE_ARGS). Logs go to $OUT
+# or .release exists; extra arguments in $DECODE_ARGS). `prefill` times the
+# causal prefill (N $PREFILL_LEN, default 32768) of both head shapes and both
+# input families with bench/gpu_bench.py (sparsity calibrated, U, SDPA) and
+# with every block forced (`dashattn bench`'s dense column). Logs go to $OUT
 # (default /tmp/gpu-run).
 # The source tree must already hold ./configure (run ./autogen.sh where
 # autotools and libtool are installed and carry the generated files along).
@@ -33,7 +37,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | portable | sanitize | opencl | bench | profile | released | decode) phases="$phases $1" ;;
+    test | portable | sanitize | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -86,6 +90,15 @@ case $phases in *portable*)
         grep -E '^(PASS|FAIL|SKIP|ERROR)' "$log" | tee -a "$out/summary.txt"
         cp tests/test_parity_cuda.log "$out/parity-portable${cap:+-$cap}.log" 2>/dev/null
     done
+    # The mma.sync kernels Ampere runs, in place of the Hopper-only ones.
+    log=$out/check-sm80.log
+    if DASHATTN_GPU_KERNELS=sm80 make check TESTS="$gpu_tests" NVCC_ARCH_FLAGS="$arch" >"$log" 2>&1; then
+        say "sm80 kernels (no wgmma): passed"
+    else
+        say "sm80 kernels (no wgmma): FAILED"
+        status=1
+    fi
+    cp tests/test_parity_cuda.log "$out/parity-sm80.log" 2>/dev/null
     if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" DASHATTN_GPU_KERNELS=portable \
         compute-sanitizer --tool memcheck --error-exitcode 9 tests/test_backend_parity cuda \
         >"$out/sanitizer-portable.log" 2>&1; then
@@ -142,16 +155,32 @@ case $phases in *sanitize*)
 esac
 
 case $phases in *profile*)
-    # Kernel times of one causal prefill at the benchmark's shape (stage 1
-    # against stage 2), read by Nsight Compute from the CLI's bench.
+    # Kernel times of one causal prefill at the benchmark's shape (block keys,
+    # stage 1, stage 2) for both head shapes and input families, read by
+    # Nsight Compute from the CLI's bench at focus $PROFILE_FOCUS (0.93 gives
+    # about 75% at N 32768 on both families), then warp stalls and pipe use
+    # of the stage kernels (Hkv 2, segment).
     export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
-    ncu --csv --metrics gpu__time_duration.sum -k 'regex:stage|block_keys' --launch-count 4 \
-        ./dashattn bench --backend cuda --dtype bf16 --lengths ${PROFILE_LEN:-32768} \
-        --heads-q 32 --heads-kv 8 --head-dim 128 --repeat 1 --focus ${PROFILE_FOCUS:-1.7} \
-        >"$out/profile.csv" 2>"$out/profile.err"
-    say "kernel times (ns), N=${PROFILE_LEN:-32768}:"
-    grep gpu__time_duration "$out/profile.csv" | awk -F'","' '{print $5, $NF}' | tr -d '"' |
-        tee -a "$out/summary.txt"
+    plen=${PROFILE_LEN:-32768}
+    bench_args="bench --backend cuda --dtype bf16 --lengths $plen --heads-q 32 --head-dim 128 --repeat 1 --focus ${PROFILE_FOCUS:-0.93}"
+    for hkv in 8 2; do
+        for family in segment coherent; do
+            ncu --csv --metrics gpu__time_duration.sum -k 'regex:stage|block_keys' --launch-count 3 \
+                ./dashattn $bench_args --heads-kv $hkv --family $family \
+                >"$out/profile-kv$hkv-$family.csv" 2>"$out/profile.err"
+            say "kernel times (ns), N $plen, Hkv $hkv, $family:" \
+                "$(grep gpu__time_duration "$out/profile-kv$hkv-$family.csv" | awk -F'","' '{print $5, $NF}' |
+                    tr -d '"' | sed 's/(.*)//' | tr '\n' ';')"
+        done
+    done
+    # Where the stage kernels' warps wait, and the tensor pipes' and L2's load.
+    metrics="regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio"
+    metrics="$metrics,regex:sm__pipe_tensor.*cycles_active.avg.pct_of_peak_sustained_active"
+    metrics="$metrics,lts__t_bytes.sum.per_second,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+    metrics="$metrics,sm__warps_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum"
+    ncu --csv --metrics "$metrics" -k 'regex:stage' --launch-count 2 ./dashattn $bench_args \
+        --heads-kv 2 --family segment >"$out/profile-stalls.csv" 2>>"$out/profile.err"
+    python3 "$src/bench/ncu_metrics.py" "$out/profile-stalls.csv" | tee -a "$out/summary.txt"
     ;;
 esac
 
@@ -182,6 +211,30 @@ case $phases in *decode*)
         status=1
     fi
     tail -n 24 "$out/decode.log" | tee -a "$out/summary.txt"
+    ;;
+esac
+
+case $phases in *prefill*)
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    plen=${PREFILL_LEN:-32768}
+    for hkv in 8 2; do
+        for family in segment coherent; do
+            log=$out/prefill-kv$hkv-$family.log
+            if PYTHONUNBUFFERED=1 python3 "$src/bench/gpu_bench.py" --builddir "$build" --cases prefill \
+                --lengths "$plen" --repeat 3 --skip-check --heads-q 32 --heads-kv $hkv --family $family \
+                --json "$out/prefill-kv$hkv-$family.json" >"$log" 2>&1; then
+                say "prefill Hkv $hkv $family: $(grep -E 'ours \[|U \(|(cudnn|flash).*ms' "$log" | tr -s ' ' | tr '\n' ' ')"
+            else
+                say "prefill Hkv $hkv $family: FAILED"
+                tail -5 "$log" | tee -a "$out/summary.txt"
+                status=1
+            fi
+        done
+        # Every block forced: dense causal attention through the same kernels.
+        ./dashattn bench --backend cuda --dtype bf16 --lengths "$plen" --heads-q 32 --heads-kv $hkv \
+            --head-dim 128 --repeat 3 --focus 1.7 >"$out/prefill-forced-kv$hkv.log" 2>&1 || status=1
+        say "dashattn bench Hkv $hkv: $(grep -E "^ +$plen " "$out/prefill-forced-kv$hkv.log")"
+    done
     ;;
 esac
 

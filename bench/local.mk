@@ -12,3 +12,5 @@ EXTRA_DIST += bench/dashattn_ctypes.py
 dist_noinst_SCRIPTS += bench/decode_bench.py bench/released_compare.py
 # Nsight Compute over one decode call's kernels, on a GPU machine.
 dist_noinst_SCRIPTS += bench/decode_profile.sh
+# Reads an Nsight Compute CSV report (gpu_run.sh profile).
+dist_noinst_SCRIPTS += bench/ncu_metrics.py
