@@ -29,6 +29,42 @@ template <int D> static constexpr size_t hopper_stage2_smem()
     return (size_t)(WGS * MMA_ROWS + 2 * STAGES * MMA_KEYS) * D * 2 + 1024;
 }
 
+/* Each thread's cp.async chunks of a block's K and V tiles, their offsets
+ * worked out once: the thread's chunk c of a pass over the tile is ROWS rows
+ * below the one before, in the same column and swizzle phase. */
+template <int D, typename T> struct block_loader {
+    static constexpr int THREADS = WGS * MMA_THREADS, ROWS = THREADS / (D / 8);
+    static constexpr int PASSES = MMA_KEYS / ROWS;
+    static_assert(ROWS % 8 == 0 && MMA_KEYS % ROWS == 0, "passes keep the swizzle phase");
+    uint32_t dst;
+    int row;
+    int64_t koff, voff;
+
+    __device__ __forceinline__ void init(int tid, int64_t kstride, int64_t vstride)
+    {
+        row = tid / (D / 8);
+        const int col = tid % (D / 8) * 8;
+        dst = gmma_layout<D>::at(row, col);
+        koff = row * kstride + col;
+        voff = row * vstride + col;
+    }
+
+    /* Block blk's rows (at or past limit: zeros) into ktile and vtile. */
+    __device__ __forceinline__ void load(uint32_t ktile, uint32_t vtile, const T *kbase,
+                                         const T *vbase, int64_t kstride, int64_t vstride,
+                                         int64_t first, int64_t limit) const
+    {
+        const T *k = kbase + first * kstride + koff, *v = vbase + first * vstride + voff;
+#pragma unroll
+        for (int c = 0; c < PASSES; c++) {
+            const bool valid = first + row + c * ROWS < limit;
+            const uint32_t at = dst + c * ROWS * 128;
+            cp_async16(ktile + at, valid ? k + c * ROWS * kstride : kbase, valid);
+            cp_async16(vtile + at, valid ? v + c * ROWS * vstride : vbase, valid);
+        }
+    }
+};
+
 /* The next block after j that either tile reads, -1 for none. */
 static __device__ __forceinline__ int union_next(const s2_tile (&t)[WGS], int j)
 {
@@ -61,13 +97,12 @@ __global__ void __launch_bounds__(WGS *MMA_THREADS, 1)
     const uint32_t kring = base + WGS * TILE, vring = kring + STAGES * TILE;
     const T *kbase = static_cast<const T *>(k.data) + t.b * k.strides[0] + t.kvh * k.strides[1];
     const T *vbase = static_cast<const T *>(v.data) + t.b * v.strides[0] + t.kvh * v.strides[1];
+    block_loader<D, T> loader;
+    loader.init(tid, k.strides[2], v.strides[2]);
     auto load_block = [&](int slot, int blk) {
-        if (blk >= 0) {
-            load_tile<D, T, L>(kring + slot * TILE, kbase, k.strides[2], (int64_t)blk * MMA_KEYS,
-                               p.len_k);
-            load_tile<D, T, L>(vring + slot * TILE, vbase, v.strides[2], (int64_t)blk * MMA_KEYS,
-                               p.len_k);
-        }
+        if (blk >= 0)
+            loader.load(kring + slot * TILE, vring + slot * TILE, kbase, vbase, k.strides[2],
+                        v.strides[2], (int64_t)blk * MMA_KEYS, p.len_k);
         cp_async_commit();
     };
 

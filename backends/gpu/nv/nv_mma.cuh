@@ -211,12 +211,15 @@ tile_softmax(float (&s)[NT][4], float (&o)[DT][4], float (&m)[2], float (&l)[2],
         l[half] = l[half] * corr[half] + ls;
         m[half] = m_new;
     }
-    for (int n = 0; n < DT; n++) {
-        o[n][0] *= corr[0];
-        o[n][1] *= corr[0];
-        o[n][2] *= corr[1];
-        o[n][3] *= corr[1];
-    }
+    /* Most blocks past the first few leave every row's maximum where it
+     * was: the warp then skips the rescale (multiplying by 1 is exact). */
+    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f))
+        for (int n = 0; n < DT; n++) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+        }
 }
 
 /* The A fragment (m16n8k16 / wgmma register A) of keys 16 kk .. 16 kk + 15
