@@ -393,6 +393,9 @@ static __device__ void attend_tile(const split_smem_layout &L, const float *log2
             sum += w;
         }
         sum = da_warp_sum<DA_WARP>(sum);
+        /* Every lane read m_old before lane 0 overwrites it: the shuffles
+         * order no shared memory (compute-sanitizer's racecheck). */
+        da_warp_sync<DA_WARP>();
         if (lane == 0) {
             const float corr = m_new == -DA_INF_F ? 1.0f : exp2f(m_old - m_new);
             L.ml[g * 3] = m_new;
