@@ -199,25 +199,17 @@ __global__ void __launch_bounds__(WGS *MMA_THREADS, 1)
 #endif
 }
 
-template <int D, typename T>
-dagpu_rt_error launch(const dagpu_params *p, const dashattn_tensor *q, const dashattn_tensor *k,
-                      const dashattn_tensor *v, const dashattn_tensor *out, float *lse,
-                      const dagpu_forward_ws *ws, cudaStream_t stream)
-{
-    const size_t smem = hopper_stage2_smem<D>();
-    dagpu_rt_error e = da_allow_smem(hopper_stage2_kernel<D, T>, smem);
-    if (e != dagpu_rt_success)
-        return e;
-    hopper_stage2_kernel<D, T>
-        <<<s2_grid(p, ws, WGS), WGS * MMA_THREADS, smem, stream>>>(*p, *q, *k, *v, *out, lse, *ws);
-    return dagpuGetLastError();
-}
+template <int D, typename T> struct wgmma_stage2 {
+    static constexpr auto kernel = hopper_stage2_kernel<D, T>;
+    static constexpr size_t smem = hopper_stage2_smem<D>();
+    static constexpr int threads = WGS * MMA_THREADS, per_block = WGS;
+};
 
 } // namespace
 
 extern "C" size_t dagpu_hopper_stage2_smem(const dagpu_params *p)
 {
-    return p->head_dim == 64 ? hopper_stage2_smem<64>() : hopper_stage2_smem<128>();
+    return s2_smem<wgmma_stage2>(p);
 }
 
 extern "C" dagpu_err dagpu_hopper_launch_stage2(const dagpu_params *p, const dashattn_tensor *q,
@@ -225,11 +217,5 @@ extern "C" dagpu_err dagpu_hopper_launch_stage2(const dagpu_params *p, const das
                                                 const dashattn_tensor *out, float *lse,
                                                 const dagpu_forward_ws *ws, void *stream)
 {
-    cudaStream_t st = (cudaStream_t)stream;
-    const bool bf16 = p->dtype == DASHATTN_BF16;
-    if (p->head_dim == 64)
-        return (dagpu_err)(bf16 ? launch<64, __nv_bfloat16>(p, q, k, v, out, lse, ws, st)
-                                : launch<64, __half>(p, q, k, v, out, lse, ws, st));
-    return (dagpu_err)(bf16 ? launch<128, __nv_bfloat16>(p, q, k, v, out, lse, ws, st)
-                            : launch<128, __half>(p, q, k, v, out, lse, ws, st));
+    return s2_launch<wgmma_stage2>(p, q, k, v, out, lse, ws, stream);
 }

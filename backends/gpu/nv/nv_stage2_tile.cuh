@@ -202,6 +202,43 @@ s2_store(const dagpu_params &p, const dashattn_tensor &out, float *lse, const s2
     }
 }
 
+/* Launching a stage-2 kernel: K<D, T> names it (kernel), its dynamic shared
+ * memory (smem), threads and tiles per thread block (threads, per_block),
+ * for head dimension D (64 or 128) and 16-bit type T. */
+template <typename S>
+static dagpu_rt_error s2_launch_one(const dagpu_params *p, const dashattn_tensor *q,
+                                    const dashattn_tensor *k, const dashattn_tensor *v,
+                                    const dashattn_tensor *out, float *lse,
+                                    const dagpu_forward_ws *ws, cudaStream_t stream)
+{
+    dagpu_rt_error e = da_allow_smem(S::kernel, S::smem);
+    if (e != dagpu_rt_success)
+        return e;
+    S::kernel<<<s2_grid(p, ws, S::per_block), S::threads, S::smem, stream>>>(*p, *q, *k, *v, *out,
+                                                                             lse, *ws);
+    return dagpuGetLastError();
+}
+
+template <template <int, typename> class K>
+static dagpu_err s2_launch(const dagpu_params *p, const dashattn_tensor *q,
+                           const dashattn_tensor *k, const dashattn_tensor *v,
+                           const dashattn_tensor *out, float *lse, const dagpu_forward_ws *ws,
+                           void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    const bool bf16 = p->dtype == DASHATTN_BF16;
+    if (p->head_dim == 64)
+        return (dagpu_err)(bf16 ? s2_launch_one<K<64, __nv_bfloat16>>(p, q, k, v, out, lse, ws, st)
+                                : s2_launch_one<K<64, __half>>(p, q, k, v, out, lse, ws, st));
+    return (dagpu_err)(bf16 ? s2_launch_one<K<128, __nv_bfloat16>>(p, q, k, v, out, lse, ws, st)
+                            : s2_launch_one<K<128, __half>>(p, q, k, v, out, lse, ws, st));
+}
+
+template <template <int, typename> class K> static size_t s2_smem(const dagpu_params *p)
+{
+    return p->head_dim == 64 ? K<64, __half>::smem : K<128, __half>::smem;
+}
+
 } // namespace
 
 #endif
