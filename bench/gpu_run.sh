@@ -5,9 +5,11 @@
 # CUDA parity test under compute-sanitizer (memcheck, racecheck), then the
 # benchmark.
 #
-#   sh bench/gpu_run.sh [test] [portable] [sanitize] [opencl] [released] [decode] [prefill] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [bench] [BENCH ARGS...]
 #
-# With no phase named, test, portable, sanitize and bench run. `portable`
+# With no phase named, test, portable, sanitize and bench run. `quick` runs
+# only the CUDA tests (not the CPU suite) and the parity test once under
+# compute-sanitizer memcheck. `portable`
 # runs the GPU tests again on the portable kernels only (what the hip plugin
 # runs on AMD: DASHATTN_GPU_KERNELS=portable), once more with AMD's 64 KiB
 # of shared memory per block (DASHATTN_GPU_SHARED_MEMORY=65536), on the
@@ -37,7 +39,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | portable | sanitize | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
+    test | quick | portable | sanitize | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -61,6 +63,7 @@ if ! make -j16 NVCC_ARCH_FLAGS="$arch" >"$out/build.log" 2>&1; then
 fi
 
 status=0
+cuda_tests="tests/test_parity_cuda.sh tests/test_cli_gpu.sh tests/test_gpu_plugins.sh tests/test_cuda"
 case $phases in *test*)
     if make -j8 check NVCC_ARCH_FLAGS="$arch" >"$out/check.log" 2>&1; then
         say "make check: passed"
@@ -76,8 +79,29 @@ case $phases in *test*)
     ;;
 esac
 
+case $phases in *quick*)
+    log=$out/check-quick.log
+    if make check TESTS="$cuda_tests" NVCC_ARCH_FLAGS="$arch" >"$log" 2>&1; then
+        say "CUDA tests: passed"
+    else
+        say "CUDA tests: FAILED"
+        status=1
+    fi
+    grep -E '^(PASS|FAIL|SKIP|ERROR)' "$log" | tee -a "$out/summary.txt"
+    cp tests/test_parity_cuda.log tests/test_cli_gpu.sh.log "$out/" 2>/dev/null
+    if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" compute-sanitizer --tool memcheck \
+        --error-exitcode 9 tests/test_backend_parity cuda >"$out/sanitizer-quick.log" 2>&1; then
+        say "compute-sanitizer memcheck: clean"
+    else
+        say "compute-sanitizer memcheck: FAILED (rc $?)"
+        status=1
+    fi
+    tail -3 "$out/sanitizer-quick.log" | tee -a "$out/summary.txt"
+    ;;
+esac
+
 case $phases in *portable*)
-    gpu_tests="tests/test_parity_cuda.sh tests/test_cli_gpu.sh tests/test_gpu_plugins.sh tests/test_cuda"
+    gpu_tests=$cuda_tests
     for cap in "" 65536; do
         log=$out/check-portable${cap:+-$cap}.log
         if DASHATTN_GPU_KERNELS=portable DASHATTN_GPU_SHARED_MEMORY=$cap \

@@ -144,6 +144,72 @@ typedef struct dagpu_decode_ws {
     int merge_lane_columns;
 } dagpu_decode_ws;
 
+/* Device arrays of a backward call. The block keys, the row parameters and
+ * the group's prior table are the forward's, computed again by the same
+ * kernels (the split keys are not made). */
+typedef struct dagpu_backward_ws {
+    dagpu_forward_ws fwd;
+    /* [B, Hkv, M, Nq, G]: lambda1 times dL/dz of each (row, head) for its
+     * candidate blocks (the rows kernel first keeps its prior gradients
+     * there); NULL where nothing reaches stage 1 (top-k). */
+    float *dz;
+    float *delta;      /* [B, Hq, Nq]: Dl = dO . o */
+    uint32_t *touch;   /* [B, Hkv, row_tiles, words]: blocks the 64 rows of a tile read or send dz */
+    float *rt;         /* [B, Hkv, Nk]: r_t of each key (learned summaries, for dh) */
+    double *dh_part;   /* [chunks, Hkv, D]: partial sums of dh */
+    int64_t row_tiles; /* ceil(Nq / DAGPU_TILE_ROWS) */
+    int64_t dh_chunks; /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
+} dagpu_backward_ws;
+
+/* Key tokens the backward's rows kernel stages at a time, and (row, head)
+ * pairs its kv kernel stages at a time; keys one dh partial sum covers. */
+#define DAGPU_BWD_CHUNK 32
+#define DAGPU_BWD_PAIRS 8
+#define DAGPU_BWD_DH_CHUNK 256
+
+/* Dynamic shared memory of the backward's rows kernel, in floats from its
+ * start: the G heads' q, dO and dq; the group's mean query (shared mode); a
+ * chunk of keys and values (rows padded by one); per (head, token) dl and
+ * e (dP - Dl); per block the log2 priors (one row where the group shares
+ * them), the group's pre-flat log2 weight, dL/dp of the group's weight and
+ * the read blocks' list; per head lse, Dl, a prior-gradient sum and the row
+ * parameters. */
+typedef struct dagpu_bwd_rows_smem {
+    int64_t q, dout, dq, qbar, k, v, dl, eds, l2pi, lw, dp, list, lse2, delta, gacc, rp, count;
+    int64_t total;
+} dagpu_bwd_rows_smem;
+
+static inline DAGPU_HOST_DEVICE dagpu_bwd_rows_smem dagpu_bwd_rows_layout(const dagpu_params *p)
+{
+    const int64_t G = p->group_size, D = p->head_dim, M = p->num_blocks, C = DAGPU_BWD_CHUNK;
+    dagpu_bwd_rows_smem s;
+    int64_t at = 0;
+    s.q = at, at += G * D;
+    s.dout = at, at += G * D;
+    s.dq = at, at += G * D;
+    s.qbar = at, at += D;
+    s.k = at, at += C * (D + 1);
+    s.v = at, at += C * (D + 1);
+    s.dl = at, at += G * C;
+    s.eds = at, at += G * C;
+    s.l2pi = at, at += (p->prior_table ? 1 : G) * M;
+    s.lw = at, at += M;
+    s.dp = at, at += M;
+    s.list = at, at += M;
+    s.lse2 = at, at += G;
+    s.delta = at, at += G;
+    s.gacc = at, at += G;
+    s.rp = at, at += G * (int64_t)(sizeof(dagpu_row_param) / sizeof(float));
+    s.count = at, at += 1;
+    s.total = at;
+    return s;
+}
+
+static inline size_t dagpu_bwd_rows_smem_bytes(const dagpu_params *p)
+{
+    return (size_t)dagpu_bwd_rows_layout(p).total * sizeof(float);
+}
+
 /* Error a kernel found in device data (seq_lens, block tables), reported by
  * the next synchronize: code is a dashattn_status, 0 if none. */
 typedef struct dagpu_device_error {
@@ -271,6 +337,23 @@ dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dashattn_tensor
                                     int tile, void *stream);
 dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dashattn_tensor *out, float *lse,
                                     const dagpu_decode_ws *ws, void *stream);
+/* Backward: the rows kernel (dq, Dl, dz, the touch masks, which must be
+ * zeroed before), the kv kernel (dk, dv, r_t) and, where dh is asked for,
+ * its sum (zeros without a stage-1 gradient or learned summaries). */
+dagpu_err dagpu_launch_backward_rows(const dagpu_params *p, const dashattn_tensor *q,
+                                     const dashattn_tensor *k, const dashattn_tensor *v,
+                                     const dashattn_tensor *out, const dashattn_tensor *dout,
+                                     const float *lse, const dashattn_tensor *dq,
+                                     const dagpu_backward_ws *ws, void *stream);
+dagpu_err dagpu_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,
+                                   const dashattn_tensor *k, const dashattn_tensor *v,
+                                   const dashattn_tensor *dout, const float *lse,
+                                   const dashattn_tensor *summary, const dashattn_tensor *dk,
+                                   const dashattn_tensor *dv, const dagpu_backward_ws *ws,
+                                   void *stream);
+dagpu_err dagpu_launch_backward_dh(const dagpu_params *p, const dashattn_tensor *k,
+                                   const dashattn_tensor *summary, const dashattn_tensor *dh,
+                                   const dagpu_backward_ws *ws, void *stream);
 dagpu_err dagpu_launch_append(const dagpu_params *p, const dashattn_kv_cache *cache,
                               const dashattn_tensor *k_new, const dashattn_tensor *v_new,
                               const dashattn_tensor *summary, dagpu_device_error *err,

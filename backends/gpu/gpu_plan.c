@@ -79,30 +79,65 @@ int dagpu_tensors_vector_ok(const dashattn_tensor *const *t, int count)
     return 1;
 }
 
-size_t dagpu_forward_layout(const dagpu_plan *gp, void *base, dagpu_forward_ws *ws)
+/* The forward's arrays, carved from c (split keys only if asked). */
+static dagpu_forward_ws forward_arrays(const dagpu_params *p, int split_keys, dagpu_carver *c)
 {
-    const dagpu_params *p = &gp->params;
     const size_t D = (size_t)p->head_dim, M = (size_t)p->num_blocks;
     const size_t kv_blocks = (size_t)p->batch * (size_t)p->heads_kv * M * D;
     const size_t kv_rows = (size_t)p->batch * (size_t)p->heads_kv * (size_t)p->len_q;
     const size_t rows = (size_t)p->batch * (size_t)p->heads_q * (size_t)p->len_q;
-    const size_t half = gp->split_keys ? 2 : 0;
-    dagpu_carver c = {base, 0};
     dagpu_forward_ws w;
     memset(&w, 0, sizeof w);
     w.tiles = dagpu_tile_count(p);
     w.words = (int64_t)(M + 31) / 32;
-    w.kbar = dagpu_carve(&c, kv_blocks * sizeof(float));
-    if (half) {
-        w.kbar_hi = dagpu_carve(&c, kv_blocks * half);
-        w.kbar_lo = dagpu_carve(&c, kv_blocks * half);
+    w.kbar = dagpu_carve(c, kv_blocks * sizeof(float));
+    if (split_keys) {
+        w.kbar_hi = dagpu_carve(c, kv_blocks * 2);
+        w.kbar_lo = dagpu_carve(c, kv_blocks * 2);
     }
     if (p->prior_table)
-        w.prior = dagpu_carve(&c, kv_rows * M * sizeof(float));
-    w.rows = dagpu_carve(&c, rows * sizeof(dagpu_row_param));
-    w.masks = dagpu_carve(&c, (size_t)p->batch * (size_t)dagpu_tile_heads(p) * (size_t)w.tiles *
-                                  (size_t)w.words * sizeof(uint32_t));
-    w.counts = dagpu_carve(&c, 2 * sizeof(unsigned long long));
+        w.prior = dagpu_carve(c, kv_rows * M * sizeof(float));
+    w.rows = dagpu_carve(c, rows * sizeof(dagpu_row_param));
+    w.masks = dagpu_carve(c, (size_t)p->batch * (size_t)dagpu_tile_heads(p) * (size_t)w.tiles *
+                                 (size_t)w.words * sizeof(uint32_t));
+    w.counts = dagpu_carve(c, 2 * sizeof(unsigned long long));
+    return w;
+}
+
+size_t dagpu_forward_layout(const dagpu_plan *gp, void *base, dagpu_forward_ws *ws)
+{
+    dagpu_carver c = {base, 0};
+    const dagpu_forward_ws w = forward_arrays(&gp->params, gp->split_keys, &c);
+    if (ws)
+        *ws = w;
+    return c.used;
+}
+
+int dagpu_backward_stage1_grad(const dagpu_params *p)
+{
+    return p->method != DASHATTN_THRESHOLD_TOPK;
+}
+
+size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws *ws)
+{
+    const dagpu_params *p = &gp->params;
+    const size_t B = (size_t)p->batch, M = (size_t)p->num_blocks, D = (size_t)p->head_dim;
+    const size_t rows = B * (size_t)p->heads_q * (size_t)p->len_q;
+    const size_t keys = B * (size_t)p->heads_kv * (size_t)p->len_k;
+    dagpu_carver c = {base, 0};
+    dagpu_backward_ws w;
+    memset(&w, 0, sizeof w);
+    w.fwd = forward_arrays(p, 0, &c);
+    w.row_tiles = (p->len_q + DAGPU_TILE_ROWS - 1) / DAGPU_TILE_ROWS;
+    w.dh_chunks = (p->len_k + DAGPU_BWD_DH_CHUNK - 1) / DAGPU_BWD_DH_CHUNK;
+    if (dagpu_backward_stage1_grad(p)) {
+        w.dz = dagpu_carve(&c, rows * M * sizeof(float));
+        w.rt = dagpu_carve(&c, keys * sizeof(float));
+        w.dh_part = dagpu_carve(&c, (size_t)w.dh_chunks * (size_t)p->heads_kv * D * sizeof(double));
+    }
+    w.delta = dagpu_carve(&c, rows * sizeof(float));
+    w.touch = dagpu_carve(&c, B * (size_t)p->heads_kv * (size_t)w.row_tiles * (size_t)w.fwd.words *
+                                  sizeof(uint32_t));
     if (ws)
         *ws = w;
     return c.used;
@@ -139,12 +174,20 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
 {
     const double b = (double)p->batch, hq = (double)p->heads_q, hkv = (double)p->heads_kv;
     const double nq = (double)p->len_q, d = (double)p->head_dim, m = (double)p->num_blocks;
+    const double nk = (double)p->len_k;
     double bytes = 0.0;
     if (op == DASHATTN_OP_FORWARD)
         bytes = b * hkv * m * d * 8.0 + b * hkv * nq * m * 4.0 +
                 b * hq * nq * (double)sizeof(dagpu_row_param) +
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) *
                     4.0; /* masks, packed or not */
+    if (op == DASHATTN_OP_BACKWARD)
+        bytes = b * hkv * m * d * 8.0 + b * hkv * nq * m * 4.0 +
+                b * hq * nq * (double)sizeof(dagpu_row_param) +
+                b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0 + /* masks */
+                b * hq * nq * (m + 1.0) * 4.0 + b * hkv * nk * 4.0 +            /* dz, delta, rt */
+                (nk / DAGPU_BWD_DH_CHUNK + 1.0) * hkv * d * 8.0 +
+                b * hkv * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0; /* touch */
     else if (op == DASHATTN_OP_DECODE)
         bytes = b * hq * m * 4.0 + b * hq * (double)sizeof(dagpu_row_param) +
                 b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
@@ -162,8 +205,10 @@ size_t dagpu_workspace_size(void *state, const dashattn_plan_desc *plan, dashatt
         return gp->forward_refusal[0] ? 0 : dagpu_forward_layout(gp, NULL, NULL);
     case DASHATTN_OP_DECODE:
         return gp->decodes ? dagpu_decode_layout(gp, NULL, NULL) : 0;
+    case DASHATTN_OP_BACKWARD:
+        return gp->backward_refusal[0] ? 0 : dagpu_backward_layout(gp, NULL, NULL);
     default:
-        return 0; /* no backward on this backend */
+        return 0;
     }
 }
 
@@ -226,6 +271,29 @@ static void forward_limits(const dagpu_state *st, dagpu_plan *gp)
                  "offers %zu; use a larger block_size",
                  (long long)p->num_blocks, p->group_mean ? " for every query head of a group" : "",
                  smem, limit);
+}
+
+/* Why the backward cannot run on this device ("" if it can): it runs stage
+ * 1 again, and its rows kernel holds a row's heads and blocks in shared
+ * memory. */
+static void backward_limits(const dagpu_state *st, dagpu_plan *gp)
+{
+    const dagpu_params *p = &gp->params;
+    const size_t smem = dagpu_bwd_rows_smem_bytes(p), limit = st->info.smem_per_block;
+    if (gp->forward_refusal[0])
+        memcpy(gp->backward_refusal, gp->forward_refusal, sizeof gp->backward_refusal);
+    else if (p->batch * p->heads_kv > 65535 || p->group_size > 256)
+        snprintf(gp->backward_refusal, sizeof gp->backward_refusal,
+                 "the backward takes at most 65535 (sequence, KV head) pairs and 256 query heads "
+                 "per KV head, the plan has %lld and %lld",
+                 (long long)(p->batch * p->heads_kv), (long long)p->group_size);
+    else if (smem > limit)
+        snprintf(gp->backward_refusal, sizeof gp->backward_refusal,
+                 "the backward of %lld key blocks with %lld query heads per KV head and head "
+                 "dimension %lld needs %zu bytes of shared memory, the device offers %zu; use a "
+                 "larger block_size",
+                 (long long)p->num_blocks, (long long)p->group_size, (long long)p->head_dim, smem,
+                 limit);
 }
 
 /* Decode choices; a refusal's message is set and its status returned. */
@@ -311,6 +379,7 @@ dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, 
     const dagpu_params *p = &gp->params;
     gp->decodes = p->len_q == 1 && p->causal;
     forward_limits(st, gp);
+    backward_limits(st, gp);
     if (gp->forward_refusal[0] && !gp->decodes) {
         dagpu_host->set_error(DAGPU_NAME " backend: %s", gp->forward_refusal);
         free(gp);

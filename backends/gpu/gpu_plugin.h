@@ -46,6 +46,7 @@ typedef struct dagpu_plan {
     /* An operation this plan cannot run on the device (the plan itself is
      * refused when it cannot run its main one): why, or "" if it can. */
     char forward_refusal[256];
+    char backward_refusal[256];
 } dagpu_plan;
 
 extern const dashattn_host *dagpu_host;
@@ -71,6 +72,9 @@ dashattn_status dagpu_check_workspace(const char *op, const void *workspace);
 void dagpu_params_from_plan(const dashattn_plan_desc *plan, dagpu_params *p);
 size_t dagpu_forward_layout(const dagpu_plan *gp, void *base, dagpu_forward_ws *ws);
 size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws);
+size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws *ws);
+/* Nonzero if the plan's backward sends gradients into stage 1 (not top-k). */
+int dagpu_backward_stage1_grad(const dagpu_params *p);
 
 /* Nonzero if the tensors suit the 16-bit tensor-core kernels: unit stride in
  * the head dimension, other strides multiples of 8 elements, 16-byte
@@ -82,6 +86,8 @@ void dagpu_plan_release(void *state, void *plan_state);
 size_t dagpu_workspace_size(void *state, const dashattn_plan_desc *plan, dashattn_operation op);
 dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
                               const dashattn_forward_args *args);
+dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
+                               const dashattn_backward_args *args);
 dashattn_status dagpu_cache_append(void *state, const dashattn_plan_desc *plan,
                                    const dashattn_append_args *args);
 dashattn_status dagpu_decode(void *state, const dashattn_plan_desc *plan,

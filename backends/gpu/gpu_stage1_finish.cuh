@@ -178,7 +178,7 @@ static __device__ void stage1_finish(const dagpu_params &p, const dagpu_forward_
  * [row0, row0 + rows): query vector a = g * R + r is head kvh * G + g at row
  * row0 + r. Each head's entmax gives its p; the group's mean pbar is every
  * head's weight, and its log2 prior goes to ws.prior for stage 2. params
- * holds G * R row parameters in shared memory. Row r's scores (vector r)
+ * holds G * R row parameters in shared memory (and ws.rows each head's). Row r's scores (vector r)
  * are overwritten by the group's log2 priors. */
 static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_forward_ws &ws,
                                            const dashattn_selection &sel, float *zs,
@@ -198,8 +198,11 @@ static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_fo
         dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
         if (n > 0)
             rp = da_row_threshold(da_warp_group{}, zs + a * zstride + lr.cand_begin, n, p);
-        if (lane == 0)
+        if (lane == 0) {
             params[a] = rp;
+            /* Not read by stage 2; the backward takes each head's own p. */
+            ws.rows[(b * p.heads_q + kvh * G + a / R) * p.len_q + row0 + r] = rp;
+        }
     }
     __syncthreads();
     for (int r = warp; r < rows; r += warps) {

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/* Backward calls on the GPU plugins, all on the caller's stream: block keys
+ * and the portable stage 1 again (the forward may have taken the
+ * tensor-core stage 1; the backward recomputes every block score with the
+ * portable one's arithmetic), then gpu_backward.cu's rows kernel, kv kernel
+ * and, where dh is asked for, its sum. */
+#include "gpu_plugin.h"
+
+static dashattn_status check(dagpu_err err, const char *what)
+{
+    return err == 0 ? DASHATTN_OK : dagpu_fail(err, what);
+}
+
+#define TRY(expr)                                                                                  \
+    do {                                                                                           \
+        dashattn_status try_status_ = (expr);                                                      \
+        if (try_status_ != DASHATTN_OK)                                                            \
+            return try_status_;                                                                    \
+    } while (0)
+
+dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
+                               const dashattn_backward_args *a)
+{
+    const dagpu_state *st = state;
+    const dagpu_plan *gp = plan->backend_plan;
+    if (gp->backward_refusal[0]) {
+        dagpu_host->set_error(DAGPU_NAME " backend: %s", gp->backward_refusal);
+        return DASHATTN_ERR_UNSUPPORTED;
+    }
+    TRY(dagpu_enter(st));
+    TRY(dagpu_check_workspace("dashattn_backward", a->workspace));
+    const dagpu_params *p = &gp->params;
+    void *stream = a->stream;
+    dagpu_backward_ws ws;
+    dagpu_backward_layout(gp, a->workspace, &ws);
+    ws.fwd.counts = NULL;
+    if (!a->dh)
+        ws.rt = NULL;
+
+    const size_t mask_bytes = (size_t)p->batch * (size_t)dagpu_tile_heads(p) *
+                              (size_t)ws.fwd.tiles * (size_t)ws.fwd.words * sizeof(uint32_t);
+    const size_t touch_bytes = (size_t)p->batch * (size_t)p->heads_kv * (size_t)ws.row_tiles *
+                               (size_t)ws.fwd.words * sizeof(uint32_t);
+    TRY(check(dagpu_rt_zero_async(ws.fwd.masks, mask_bytes, stream), "clearing stage-1 masks"));
+    TRY(check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
+    TRY(check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, 0, stream),
+              "block keys kernel"));
+    TRY(check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, stream), "stage-1 kernel"));
+    TRY(check(dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse, a->dq, &ws,
+                                         stream),
+              "backward rows kernel"));
+    TRY(check(dagpu_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse, a->block_summary,
+                                       a->dk, a->dv, &ws, stream),
+              "backward kv kernel"));
+    if (a->dh)
+        TRY(check(dagpu_launch_backward_dh(p, a->k, a->block_summary, a->dh, &ws, stream),
+                  "backward dh kernels"));
+    return DASHATTN_OK;
+}
