@@ -13,6 +13,10 @@ cli/synthetic.c) whose focus is calibrated so that the measured sparsity is
                                    backend, and effective bandwidth at least
                                    70% of the measured device-to-device copy
   decode1   B=1,  N=131072 cache   ours at least 2.5x faster than the best dense
+  train     B=1,  N=16384 causal   forward + backward (dashattn_forward with lse,
+                                   then dashattn_backward) at least 2x faster
+                                   than SDPA's forward + backward with cuDNN
+                                   (and 4x faster than flash's: printed)
 
 Before timing, tiny problems check the bindings and the backend against a
 float64 numpy reference (dense and sparse forward, KV-cache append, decode,
@@ -56,9 +60,13 @@ CASES = {
     "prefill": {"kind": "prefill", "batch": 1, "length": 32768, "quick_length": 2048},
     "decode16": {"kind": "decode", "batch": 16, "length": 131072, "quick_length": 2048},
     "decode1": {"kind": "decode", "batch": 1, "length": 131072, "quick_length": 4096},
+    "train": {"kind": "train", "batch": 1, "length": 16384, "quick_length": 1024},
 }
 # (what is compared, the least it must reach); "cudnn" or "best" dense backend.
-SPEED_TARGETS = {"prefill": ("cudnn", 2.0), "decode16": ("best", 3.0), "decode1": ("best", 2.5)}
+SPEED_TARGETS = {"prefill": ("cudnn", 2.0), "decode16": ("best", 3.0), "decode1": ("best", 2.5),
+                 "train": ("cudnn", 2.0)}
+# Backward runs a train case repeats to check that its gradients keep their bits.
+REPEAT_BITS_RUNS = 10
 BANDWIDTH_TARGETS = {"decode16": 0.70}
 TOPICS_PER_QUERY = 2  # as SYNTH_TOPICS_PER_QUERY in cli/synthetic.c
 SEGMENT = 64  # as SYNTH_SEGMENT: query positions that share their topics
@@ -833,10 +841,11 @@ def calibrate(trial, args, label):
 # ---------------------------------------------------------------------------
 
 
-def sdpa_baselines(bench, variants):
+def sdpa_baselines(bench, variants, dout=None):
     """Time SDPA with each dense backend alone. variants: list of
     (name, make_inputs, fallback_only); make_inputs() -> (q, k, v, causal, gqa).
-    A fallback variant runs only when every regular one failed."""
+    A fallback variant runs only when every regular one failed. With dout,
+    each call is a forward and a backward (q, k and v take gradients)."""
     torch = bench.torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -855,12 +864,19 @@ def sdpa_baselines(bench, variants):
             if fallback_only and any("ms" in r for r in entry["variants"].values()):
                 continue
             q, k, v, causal, gqa = make()
+            if dout is not None:
+                q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
 
             # enable_gqa only where asked, so a torch without it can still run the others.
             kw = {"is_causal": causal, **({"enable_gqa": True} if gqa else {})}
 
             def call(q=q, k=k, v=v, kw=kw):
-                return F.scaled_dot_product_attention(q, k, v, **kw)
+                o = F.scaled_dot_product_attention(q, k, v, **kw)
+                if dout is not None:
+                    q.grad = k.grad = v.grad = None
+                    o.backward(dout)
+                    return o.detach()
+                return o
 
             with sdpa_kernel([be]):
                 with warnings.catch_warnings(record=True) as caught:
@@ -935,26 +951,41 @@ def measure_lanes(lanes, measure, res):
             log(f"  ours [{ln['r'].name}]: ERROR: {e}")
 
 
-def prefill_case(bench, case, N, B):
+def prefill_case(bench, case, N, B, train=False):
+    """A causal prefill; train: timed as a forward with lse and a backward."""
     args, lib, sx = bench.args, bench.lib, bench.sx
     Hq, Hkv, D, S = args.heads_q, args.heads_kv, args.head_dim, args.block_size
     dt = args.dtype_id
     es = da.DTYPE_SIZE[dt]
-    res = {"case": case, "kind": "prefill", "batch": B, "len_q": N, "len_k": N, "causal": True,
-           "family": args.family}
+    res = {"case": case, "kind": "train" if train else "prefill", "batch": B, "len_q": N,
+           "len_k": N, "causal": True, "family": args.family}
     qshape, kvshape = (B, Hq, N, D), (B, Hkv, N, D)
     topics = make_topics(sx, B, Hkv, math.ceil(N / S), D, args.seed)
     data = {"v": sx.to_storage(make_values(sx, B, Hkv, 0, N, D, args.seed))}
+    if train:
+        data["dout"] = sx.to_storage(make_values(sx, B, Hq, 0, N, D, args.seed + 7))
     lanes = []
     for r in bench.runners:
-        plan = r.plan(problem_for(lib, args, B, N, N))
+        # --all-forced: every block local, so dense causal attention through our kernels.
+        forced = {"n_local": math.ceil(N / S)} if args.all_forced else {}
+        plan = r.plan(problem_for(lib, args, B, N, N, **forced))
         ln = {"r": r, "plan": plan,
               "q": r.alloc(B * Hq * N * D * es), "k": r.alloc(B * Hkv * N * D * es),
               "v": r.alloc(B * Hkv * N * D * es), "out": r.alloc(B * Hq * N * D * es)}
         ln["ws"], ln["ws_size"] = r.workspace(plan, da.OP_FORWARD)
-        for n, shape in (("q", qshape), ("k", kvshape), ("v", kvshape), ("out", qshape)):
+        grads = ()
+        if train:
+            for n, nbytes in (("lse", B * Hq * N * 4), ("dout", B * Hq * N * D * es),
+                              ("dq", B * Hq * N * D * es), ("dk", B * Hkv * N * D * es),
+                              ("dv", B * Hkv * N * D * es)):
+                ln[n] = r.alloc(nbytes)
+            ln["bws"], ln["bws_size"] = r.workspace(plan, da.OP_BACKWARD)
+            grads = (("dout", qshape), ("dq", qshape), ("dk", kvshape), ("dv", kvshape))
+        for n, shape in (("q", qshape), ("k", kvshape), ("v", kvshape), ("out", qshape)) + grads:
             ln["t" + n] = da.bhsd(ln[n].ptr, dt, shape)
         r.push(sx, data["v"], ln["v"])
+        if train:
+            r.push(sx, data["dout"], ln["dout"])
         lanes.append(ln)
 
     def load(ln):
@@ -983,10 +1014,29 @@ def prefill_case(bench, case, N, B):
         if ln is not lanes[0]:
             load(ln)
         st = ln["stats"]
+        lse = ln["lse"].ptr if train else None
         call = da.bound_call(r.ctx, "dashattn_forward", r.ctx.handle, ln["plan"].handle,
-                             ln["tq"], ln["tk"], ln["tv"], None, ln["tout"], None, None, None,
+                             ln["tq"], ln["tk"], ln["tv"], None, ln["tout"], lse, None, None,
                              ln["ws"].ptr, ln["ws_size"], None)
+        if train:
+            forward = call
+            backward = da.bound_call(r.ctx, "dashattn_backward", r.ctx.handle, ln["plan"].handle,
+                                     ln["tq"], ln["tk"], ln["tv"], None, ln["tout"], lse,
+                                     ln["tdout"], ln["tdq"], ln["tdk"], ln["tdv"], None,
+                                     ln["bws"].ptr, ln["bws_size"], None)
+
+            def call():
+                forward()
+                backward()
         t = bench.lib_timing(r, call)
+        if train:
+            t["forward_ms"] = bench.lib_timing(r, forward)["ms"]
+            t["backward_ms"] = bench.lib_timing(r, backward)["ms"]
+            t["backward_workspace_bytes"] = ln["bws_size"]
+            t.update(train_checks(bench, r, ln, backward, qshape, kvshape))
+            log(f"  ours [{r.name}]: forward {t['forward_ms']:.4f} ms, backward "
+                f"{t['backward_ms']:.4f} ms; gradients: {t['nonfinite_grads']} NaN/inf, "
+                f"{t['repeat_runs']} backward runs {'bit-identical' if t['repeat_same'] else 'DIFFER'}")
         bits = ln["out"].download_into(np.empty(qshape, dtype=storage_dtype_np(dt)))
         t.update(sparsity=st.sparsity, visible_pairs=st.visible_pairs,
                  attended_pairs=st.attended_pairs, nonfinite_out=nonfinite_count(dt, bits),
@@ -998,8 +1048,10 @@ def prefill_case(bench, case, N, B):
                 f"P: {res['tile_union_ratio']}")
         log(f"  ours [{r.name}]: {t['ms']:.4f} ms, sparsity {100 * st.sparsity:.2f}% "
             f"(median of {args.repeat} x {t['calls_per_batch']} calls)")
-        if t["nonfinite_out"]:
-            raise BenchError(f"{case} [{r.name}]: {t['nonfinite_out']} NaN/inf outputs")
+        if t["nonfinite_out"] or t.get("nonfinite_grads"):
+            raise BenchError(f"{case} [{r.name}]: NaN/inf outputs or gradients")
+        if train and not t["repeat_same"]:
+            raise BenchError(f"{case} [{r.name}]: the backward's bits changed between runs")
 
     measure_lanes(lanes, measure, res)
     for r in bench.runners:
@@ -1007,6 +1059,7 @@ def prefill_case(bench, case, N, B):
 
     if bench.torch is not None:
         q_t, k_t, v_t = data["q"], data["k"], data["v"]
+        data_dout = data.get("dout")
         del data
         G = Hq // Hkv
         variants = [
@@ -1014,9 +1067,33 @@ def prefill_case(bench, case, N, B):
             ("repeat_kv", lambda: (q_t, k_t.repeat_interleave(G, 1), v_t.repeat_interleave(G, 1),
                                    True, False), True),
         ]
-        res["dense"] = sdpa_baselines(bench, variants)
+        res["dense"] = sdpa_baselines(bench, variants, dout=data_dout if train else None)
+        if train:  # the dense forward alone, for the backward's share
+            fwd = sdpa_baselines(bench, variants)
+            for name, entry in res["dense"].items():
+                if "ms" in entry and "ms" in fwd.get(name, {}):
+                    entry["forward_ms"] = fwd[name]["ms"]
+                    entry["backward_ms"] = entry["ms"] - fwd[name]["ms"]
         bench.torch.cuda.empty_cache()
     return res
+
+
+def train_checks(bench, r, ln, backward, qshape, kvshape):
+    """NaN/inf count of the gradients, and whether REPEAT_BITS_RUNS backward
+    runs give the same bits (hashes of dq, dk, dv)."""
+    dt = bench.args.dtype_id
+    digests, nonfinite = set(), 0
+    for _ in range(REPEAT_BITS_RUNS):
+        backward()
+        r.ctx.synchronize()
+        h = hashlib.sha256()
+        for n, shape in (("dq", qshape), ("dk", kvshape), ("dv", kvshape)):
+            bits = ln[n].download_into(np.empty(shape, dtype=storage_dtype_np(dt)))
+            h.update(bits.tobytes())
+            nonfinite = max(nonfinite, nonfinite_count(dt, bits))
+        digests.add(h.hexdigest())
+    return {"nonfinite_grads": nonfinite, "repeat_runs": REPEAT_BITS_RUNS,
+            "repeat_same": len(digests) == 1}
 
 
 def decode_case(bench, case, N, B, paged):
@@ -1439,6 +1516,9 @@ def parse_args(argv):
     ap.add_argument("--block-keys-bf16", action="store_true",
                     help="keep cached block keys in the cache dtype instead of f32")
     ap.add_argument("--skip-check", action="store_true", help="skip the numpy checks")
+    ap.add_argument("--all-forced", action="store_true",
+                    help="prefill and train: every block forced (dense attention through our "
+                         "kernels); give --focus, as no sparsity can be calibrated")
     ap.add_argument("--json", default="gpu_bench.json", help="write every result here "
                     "(default gpu_bench.json; '' to skip)")
     ap.add_argument("--heads-q", type=int)
@@ -1659,11 +1739,12 @@ def main(argv=None):
             spec = CASES[case]
             n, b = args.length[case], spec["batch"]
             log("")
-            log(f"{case}: batch {b}, N {n}" + (" causal prefill" if spec["kind"] == "prefill"
-                                                else " decode (cache capacity N, one query)"))
+            log(f"{case}: batch {b}, N {n}" + {"prefill": " causal prefill",
+                                                "train": " causal forward + backward"}.get(
+                spec["kind"], " decode (cache capacity N, one query)"))
             try:
-                if spec["kind"] == "prefill":
-                    res = prefill_case(bench, case, n, b)
+                if spec["kind"] in ("prefill", "train"):
+                    res = prefill_case(bench, case, n, b, train=spec["kind"] == "train")
                 else:
                     res = decode_case(bench, case, n, b, args.paged and case == "decode16")
             except RuntimeError as e:  # library, benchmark or torch (out of memory, ...)

@@ -5,7 +5,7 @@
 # CUDA parity test under compute-sanitizer (memcheck, racecheck), then the
 # benchmark.
 #
-#   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [train] [racecheck] [bench] [BENCH ARGS...]
 #
 # With no phase named, test, portable, sanitize and bench run. `quick` runs
 # only the CUDA tests (not the CPU suite) and the parity test once under
@@ -26,7 +26,10 @@
 # or .release exists; extra arguments in $DECODE_ARGS). `prefill` times the
 # causal prefill (N $PREFILL_LEN, default 32768) of both head shapes and both
 # input families with bench/gpu_bench.py (sparsity calibrated, U, SDPA) and
-# with every block forced (`dashattn bench`'s dense column). Logs go to $OUT
+# with every block forced (`dashattn bench`'s dense column). `train` times
+# forward + backward (N $TRAIN_LEN, default 16384) the same way against SDPA's
+# forward + backward, and once with every block forced. `racecheck` runs the
+# CUDA parity test under compute-sanitizer racecheck alone. Logs go to $OUT
 # (default /tmp/gpu-run).
 # The source tree must already hold ./configure (run ./autogen.sh where
 # autotools and libtool are installed and carry the generated files along).
@@ -39,7 +42,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | quick | portable | sanitize | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
+    test | quick | portable | sanitize | train | racecheck | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -259,6 +262,47 @@ case $phases in *prefill*)
             --head-dim 128 --repeat 3 --focus 1.7 >"$out/prefill-forced-kv$hkv.log" 2>&1 || status=1
         say "dashattn bench Hkv $hkv: $(grep -E "^ +$plen " "$out/prefill-forced-kv$hkv.log")"
     done
+    ;;
+esac
+
+case $phases in *train*)
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    tlen=${TRAIN_LEN:-16384}
+    train_args="--builddir $build --cases train --lengths $tlen --repeat 3 --min-batch-ms 20 --skip-check --no-tile-stats --heads-q 32"
+    for hkv in 8 2; do
+        for family in coherent segment; do
+            log=$out/train-kv$hkv-$family.log
+            if PYTHONUNBUFFERED=1 python3 "$src/bench/gpu_bench.py" $train_args --heads-kv $hkv \
+                --family $family --json "$out/train-kv$hkv-$family.json" >"$log" 2>&1; then
+                say "train Hkv $hkv $family: $(grep -E 'ours \[|(cudnn|flash).*ms' "$log" | tr -s ' ' | tr '\n' ' ')"
+            else
+                say "train Hkv $hkv $family: FAILED"
+                tail -5 "$log" | tee -a "$out/summary.txt"
+                status=1
+            fi
+        done
+    done
+    log=$out/train-forced.log
+    if PYTHONUNBUFFERED=1 python3 "$src/bench/gpu_bench.py" $train_args --heads-kv 8 --all-forced \
+        --focus 1 --family coherent --json "$out/train-forced.json" >"$log" 2>&1; then
+        say "train, every block forced, Hkv 8: $(grep -E 'ours \[|(cudnn|flash).*ms' "$log" | tr -s ' ' | tr '\n' ' ')"
+    else
+        say "train, every block forced: FAILED"
+        tail -5 "$log" | tee -a "$out/summary.txt"
+        status=1
+    fi
+    ;;
+esac
+
+case $phases in *racecheck*)
+    if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" compute-sanitizer --tool racecheck \
+        --error-exitcode 9 tests/test_backend_parity cuda >"$out/sanitizer-racecheck.log" 2>&1; then
+        say "compute-sanitizer racecheck: clean"
+    else
+        say "compute-sanitizer racecheck: FAILED (rc $?)"
+        status=1
+    fi
+    tail -3 "$out/sanitizer-racecheck.log" | tee -a "$out/summary.txt"
     ;;
 esac
 

@@ -597,6 +597,22 @@ static const fwd_case bwd_cases[] = {
 };
 // clang-format on
 
+/* Backward cases added after the others, run last for the reason of
+ * dec_late_cases: the released models' group of 16 over several 64-row
+ * tiles, blocks of 128 keys (two thread blocks of the GPU's kv kernel share
+ * one block's pooling weights), and softmax selection, whose support is
+ * every candidate. */
+// clang-format off
+static const fwd_case bwd_late_cases[] = {
+    {"causal gqa16:1 mean summary D128 S64 ragged", 1, 16, 1, 300, 300, 128, 1, 64, 0, 1, 1.5, 0, 2,
+     0, 1.0, DT_F32 | DT_BF16, 0, 0, 1.5, 0, 0, 0},
+    {"causal gqa4:2 per_head summary D128 S128 a2 ragged", 1, 4, 2, 600, 600, 128, 1, 128, 1, 1,
+     2.0, 0, 0, 0, 0.5, DT_F32, 0, 0, 1.5, 0, 0, 0},
+    {"noncausal gqa4:2 shared softmax flat2 D64 S32", 1, 4, 2, 100, 150, 64, 0, 32, 1, 1, 1.0, 0, 1,
+     0, 3.0, DT_F32, 2.0, 0, 0, 0, 0, 0},
+};
+// clang-format on
+
 /* Forward cases added after the others, run last for the reason of
  * dec_late_cases. */
 // clang-format off
@@ -1283,6 +1299,22 @@ static void bwd_compare_ref(const fwd_case *c, const dashattn_problem *pr, const
         free(want[i]);
 }
 
+/* The backend's backward again on the same inputs: every backend here
+ * promises the same bits (no atomics in the sums, fixed orders). */
+static void bwd_check_repeat(const dashattn_plan *plan, const fwd_case *c, const fwd_data *x,
+                             const fwd_result *fwd, int explicit_ws, float *const first[4],
+                             const size_t n[4])
+{
+    float *again[4];
+    const call_result res = bwd_run(DUT, plan, c, x, fwd, explicit_ws, again);
+    if (CHECK(res.status == DASHATTN_OK, "second backward: %s", res.why))
+        for (int i = 0; i < (x->h ? 4 : 3); i++)
+            CHECK(memcmp(again[i], first[i], n[i] * sizeof(float)) == 0,
+                  "a second backward gave other bits in gradient %d", i);
+    for (int i = 0; i < 4; i++)
+        free(again[i]);
+}
+
 static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, int explicit_ws)
 {
     case_begin("backward %s [%s]", c->name, dashattn_dtype_name(dt));
@@ -1313,6 +1345,7 @@ static void bwd_case_run(const fwd_case *c, dashattn_dtype dt, uint64_t seed, in
                 if (x.h)
                     check_dh_exercised(c, g[REF][3], n[3]);
                 bwd_compare_ref(c, &pr, &x, &fwd, g);
+                bwd_check_repeat(plan[DUT], c, &x, &fwd, explicit_ws, g[DUT], n);
             }
             for (int s = 0; s < 2; s++)
                 for (int i = 0; i < 4; i++)
@@ -2271,6 +2304,10 @@ int main(int argc, char **argv)
         for (size_t t = 0; t < 3; t++)
             if (fwd_late_cases[i].dtypes & (1u << all_dtypes[t]))
                 fwd_case_run(&fwd_late_cases[i], all_dtypes[t], seed += 101, n++ % 2);
+    for (size_t i = 0; i < sizeof bwd_late_cases / sizeof bwd_late_cases[0]; i++)
+        for (size_t t = 0; t < 3; t++)
+            if (bwd_late_cases[i].dtypes & (1u << all_dtypes[t]))
+                bwd_case_run(&bwd_late_cases[i], all_dtypes[t], seed += 101, n++ % 2);
     printf("%s against cpu: %ld cases passed, %ld failed, %ld skipped\n", side_name[DUT],
            cases_passed, cases_failed, cases_skipped);
     printf("against float64 (both sides): %ld forward rows compared, %ld left out on the support "
