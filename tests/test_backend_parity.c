@@ -610,6 +610,14 @@ static const fwd_case bwd_late_cases[] = {
      2.0, 0, 0, 0, 0.5, DT_F32, 0, 0, 1.5, 0, 0, 0},
     {"noncausal gqa4:2 shared softmax flat2 D64 S32", 1, 4, 2, 100, 150, 64, 0, 32, 1, 1, 1.0, 0, 1,
      0, 3.0, DT_F32, 2.0, 0, 0, 0, 0, 0},
+    /* Shapes of the tensor-core kv kernel (16-bit, D 64 or 128, S 64,
+     * priors from stage 1's table). */
+    {"causal b2 gqa6:2 shared flat0.5 D64 S64 ragged", 2, 6, 2, 200, 200, 64, 1, 64, 1, 1, 1.5, 0,
+     1, 0, 1.0, DT_BF16 | DT_F16, 0.5, 0, 0, 0, 0, 0},
+    {"noncausal gqa8:2 mean summary D128 S64 Nq<Nk", 1, 8, 2, 70, 260, 128, 0, 64, 0, 1, 1.5, 0, 2,
+     0, 1.0, DT_F16, 0, 0, 1.5, 0, 0, 0},
+    {"chunked gqa4:1 mean halley3 D128 S64", 1, 4, 1, 90, 330, 128, 1, 64, 1, 1, 1.5, 0, 2, 0, 1.0,
+     DT_BF16, 0, 3, 0, 0, 0, 0},
 };
 // clang-format on
 

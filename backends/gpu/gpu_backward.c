@@ -5,6 +5,9 @@
  * portable one's arithmetic), then gpu_backward.cu's rows kernel, kv kernel
  * and, where dh is asked for, its sum. */
 #include "gpu_plugin.h"
+#ifdef DAGPU_HAVE_NV
+#include "nv/nv_kernels.h"
+#endif
 
 static dashattn_status check(dagpu_err err, const char *what)
 {
@@ -39,7 +42,7 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
 
     const size_t mask_bytes = (size_t)p->batch * (size_t)dagpu_tile_heads(p) *
                               (size_t)ws.fwd.tiles * (size_t)ws.fwd.words * sizeof(uint32_t);
-    const size_t touch_bytes = (size_t)p->batch * (size_t)p->heads_kv * (size_t)ws.row_tiles *
+    const size_t touch_bytes = (size_t)p->batch * (size_t)p->heads_kv * (size_t)ws.pair_tiles *
                                (size_t)ws.fwd.words * sizeof(uint32_t);
     TRY(check(dagpu_rt_zero_async(ws.fwd.masks, mask_bytes, stream), "clearing stage-1 masks"));
     TRY(check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
@@ -49,9 +52,17 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
     TRY(check(dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse, a->dq, &ws,
                                          stream),
               "backward rows kernel"));
-    TRY(check(dagpu_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse, a->block_summary,
-                                       a->dk, a->dv, &ws, stream),
-              "backward kv kernel"));
+#ifdef DAGPU_HAVE_NV
+    const dashattn_tensor *tensors[6] = {a->q, a->k, a->v, a->dout, a->dk, a->dv};
+    if (gp->backward_kv_nv && dagpu_tensors_vector_ok(tensors, 6))
+        TRY(check(dagpu_nv_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
+                                              a->block_summary, a->dk, a->dv, &ws, stream),
+                  "backward tensor-core kv kernel"));
+    else
+#endif
+        TRY(check(dagpu_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
+                                           a->block_summary, a->dk, a->dv, &ws, stream),
+                  "backward kv kernel"));
     if (a->dh)
         TRY(check(dagpu_launch_backward_dh(p, a->k, a->block_summary, a->dh, &ws, stream),
                   "backward dh kernels"));

@@ -7,8 +7,9 @@
  *                gradient, group mode, entmax backward) into ws.dz, dq's
  *                stage-1 part, and the touch masks;
  *   kv kernel    a thread block per 64 keys of a block: dk and dv summed
- *                over the (row, head) pairs of the tiles that touch the
- *                block, in row order, so no atomics and reproducible sums;
+ *                over the (row, head) pairs of the tiles (64 pairs of a KV
+ *                head, as stage 2's packed tiles) that touch the block, in
+ *                row order, so no atomics and reproducible sums;
  *                the block key's gradient sum dz q reaches dk through the
  *                pooling weights (and r_t for dh);
  *   dh kernels   r_t k_t summed in fixed-size chunks, then the chunks in
@@ -31,11 +32,14 @@ static __device__ __forceinline__ float *dz_slot(const dagpu_params &p,
     return ws.dz + ((bh * p.num_blocks + j) * p.len_q + i) * p.group_size + g;
 }
 
-static __device__ __forceinline__ void touch(const dagpu_backward_ws &ws, int64_t bh, int64_t i,
-                                             int64_t j)
+/* Block j is touched by the tiles of row i's G (row, head) pairs. */
+static __device__ __forceinline__ void touch(const dagpu_params &p, const dagpu_backward_ws &ws,
+                                             int64_t bh, int64_t i, int64_t j)
 {
-    atomicOr(ws.touch + (bh * ws.row_tiles + i / DAGPU_TILE_ROWS) * ws.fwd.words + j / 32,
-             1u << (unsigned)(j % 32));
+    const int64_t G = p.group_size;
+    for (int64_t t = i * G / DAGPU_TILE_ROWS; t <= (i * G + G - 1) / DAGPU_TILE_ROWS; t++)
+        atomicOr(ws.touch + (bh * ws.pair_tiles + t) * ws.fwd.words + j / 32,
+                 1u << (unsigned)(j % 32));
 }
 
 /* u = p^(2 - alpha) of the entmax backward, on the support. */
@@ -146,7 +150,7 @@ __global__ void __launch_bounds__(kRowThreads)
             const unsigned ballot = da_ballot<DA_WARP>(keep);
             if (keep) {
                 list[n + __popc(ballot & ((1u << lane) - 1u))] = (int)j;
-                touch(ws, bh, i, j);
+                touch(p, ws, bh, i, j);
             }
             n += __popc(ballot);
         }
@@ -292,7 +296,7 @@ __global__ void __launch_bounds__(kRowThreads)
                 for (int64_t g = p.shared_group ? 0 : e; g < (p.shared_group ? G : e + 1); g++)
                     *dz_slot(p, ws, bh, j, i, g) = dz;
                 if (dz != 0.0f)
-                    touch(ws, bh, i, j);
+                    touch(p, ws, bh, i, j);
             }
         }
         __syncthreads();
@@ -362,25 +366,26 @@ __global__ void __launch_bounds__(kKvThreads)
 
     const float scale2 = p.scale * DA_LOG2E;
     /* Causal rows before the block's first key cannot see it. */
-    const int64_t i_start = p.causal ? min(max(first - p.query_offset, (int64_t)0), p.len_q) : 0;
-    for (int64_t rt = i_start / DAGPU_TILE_ROWS; rt < ws.row_tiles; rt++) {
-        const uint32_t word = ws.touch[(bh * ws.row_tiles + rt) * ws.fwd.words + j / 32];
+    const int64_t x_start =
+        (p.causal ? min(max(first - p.query_offset, (int64_t)0), p.len_q) : 0) * G;
+    for (int64_t pt = x_start / DAGPU_TILE_ROWS; pt < ws.pair_tiles; pt++) {
+        const uint32_t word = ws.touch[(bh * ws.pair_tiles + pt) * ws.fwd.words + j / 32];
         if (!((word >> (unsigned)(j % 32)) & 1u))
             continue;
-        const int64_t r0 = max(rt * DAGPU_TILE_ROWS, i_start);
-        const int64_t pairs = (min(rt * DAGPU_TILE_ROWS + DAGPU_TILE_ROWS, p.len_q) - r0) * G;
+        const int64_t x0 = max(pt * DAGPU_TILE_ROWS, x_start);
+        const int64_t pairs = min(pt * DAGPU_TILE_ROWS + DAGPU_TILE_ROWS, p.len_q * G) - x0;
         for (int64_t pb = 0; pb < pairs; pb += NB) {
             const int np = (int)min((int64_t)NB, pairs - pb);
             __syncthreads(); /* the batch before is done with the staged pairs */
             for (int64_t e = tid; e < np * D; e += kKvThreads) {
-                const int64_t x = pb + e / D, d = e % D;
-                const int64_t i = r0 + x / G, h = kvh * G + x % G;
+                const int64_t x = x0 + pb + e / D, d = e % D;
+                const int64_t i = x / G, h = kvh * G + x % G;
                 qs[e] = da_load(q.data, q.dtype, da_offset(q, b, h, i, d));
                 ds[e] = da_load(dout.data, dout.dtype, da_offset(dout, b, h, i, d));
             }
             __syncthreads();
             if (tid < np) {
-                const int64_t x = pb + tid, i = r0 + x / G, g = x % G, h = kvh * G + g;
+                const int64_t x = x0 + pb + tid, i = x / G, g = x % G, h = kvh * G + g;
                 const int64_t row = (b * p.heads_q + h) * p.len_q + i;
                 const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
                 const bool cand = j >= lr.cand_begin && j < lr.cand_end;

@@ -154,10 +154,12 @@ typedef struct dagpu_backward_ws {
      * there); NULL where nothing reaches stage 1 (top-k). */
     float *dz;
     float *delta;      /* [B, Hq, Nq]: Dl = dO . o */
-    uint32_t *touch;   /* [B, Hkv, row_tiles, words]: blocks the 64 rows of a tile read or send dz */
+    /* [B, Hkv, pair_tiles, words]: the blocks a tile of 64 (row, head)
+     * pairs of a KV head (pair x: row x / G, head x % G) reads or sends dz. */
+    uint32_t *touch;
     float *rt;         /* [B, Hkv, Nk]: r_t of each key (learned summaries, for dh) */
     double *dh_part;   /* [chunks, Hkv, D]: partial sums of dh */
-    int64_t row_tiles; /* ceil(Nq / DAGPU_TILE_ROWS) */
+    int64_t pair_tiles; /* ceil(Nq G / DAGPU_TILE_ROWS) */
     int64_t dh_chunks; /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
 } dagpu_backward_ws;
 

@@ -128,7 +128,7 @@ size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws
     dagpu_backward_ws w;
     memset(&w, 0, sizeof w);
     w.fwd = forward_arrays(p, 0, &c);
-    w.row_tiles = (p->len_q + DAGPU_TILE_ROWS - 1) / DAGPU_TILE_ROWS;
+    w.pair_tiles = (p->len_q * p->group_size + DAGPU_TILE_ROWS - 1) / DAGPU_TILE_ROWS;
     w.dh_chunks = (p->len_k + DAGPU_BWD_DH_CHUNK - 1) / DAGPU_BWD_DH_CHUNK;
     if (dagpu_backward_stage1_grad(p)) {
         w.dz = dagpu_carve(&c, rows * M * sizeof(float));
@@ -136,7 +136,7 @@ size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws
         w.dh_part = dagpu_carve(&c, (size_t)w.dh_chunks * (size_t)p->heads_kv * D * sizeof(double));
     }
     w.delta = dagpu_carve(&c, rows * sizeof(float));
-    w.touch = dagpu_carve(&c, B * (size_t)p->heads_kv * (size_t)w.row_tiles * (size_t)w.fwd.words *
+    w.touch = dagpu_carve(&c, B * (size_t)p->heads_kv * (size_t)w.pair_tiles * (size_t)w.fwd.words *
                                   sizeof(uint32_t));
     if (ws)
         *ws = w;
@@ -187,7 +187,7 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0 + /* masks */
                 b * hq * nq * (m + 1.0) * 4.0 + b * hkv * nk * 4.0 +            /* dz, delta, rt */
                 (nk / DAGPU_BWD_DH_CHUNK + 1.0) * hkv * d * 8.0 +
-                b * hkv * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0; /* touch */
+                b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0; /* touch */
     else if (op == DASHATTN_OP_DECODE)
         bytes = b * hq * m * 4.0 + b * hq * (double)sizeof(dagpu_row_param) +
                 b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
@@ -402,6 +402,7 @@ dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, 
     gp->stage1_nv = gp->stage2_nv && !p->shared_group &&
                     dagpu_nv_stage1_smem(p) <= st->info.smem_per_block &&
                     (!p->group_mean || p->group_size <= 32);
+    gp->backward_kv_nv = !st->portable && dagpu_nv_backward_kv_ok(p);
 #endif
     gp->split_keys = gp->stage1_nv;
     *plan_state = gp;

@@ -43,6 +43,7 @@ typedef struct dagpu_plan {
     int decode_tile;      /* tokens per tile of the portable decode split */
     int decode_split_nv;  /* tensor-core decode split */
     int decode_scores_nv; /* tensor-core decode scores */
+    int backward_kv_nv;   /* tensor-core kv kernel of the backward */
     /* An operation this plan cannot run on the device (the plan itself is
      * refused when it cannot run its main one): why, or "" if it can. */
     char forward_refusal[256];

@@ -44,6 +44,18 @@ dagpu_err dagpu_nv_launch_decode_scores(const dagpu_params *p, const dashattn_te
                                         const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
                                         void *stream);
 
+/* The backward's kv kernel on the tensor cores, in place of
+ * dagpu_launch_backward_kv: whether a plan allows it (16-bit data, head
+ * dimension 64 or 128, block size 64, priors from stage 1's table), and the
+ * launch (q, k, v, dout, dk, dv with contiguous, 16-byte aligned rows). */
+int dagpu_nv_backward_kv_ok(const dagpu_params *p);
+dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,
+                                      const dashattn_tensor *k, const dashattn_tensor *v,
+                                      const dashattn_tensor *dout, const float *lse,
+                                      const dashattn_tensor *summary, const dashattn_tensor *dk,
+                                      const dashattn_tensor *dv, const dagpu_backward_ws *ws,
+                                      void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,297 @@
+/* SPDX-License-Identifier: MIT */
+/* The backward's kv kernel on the tensor cores (mma.sync m16n8k16, bf16 or
+ * f16 in, f32 accumulation), in place of gpu_backward.cu's portable one for
+ * block size 64, head dimension 64 or 128 and priors from stage 1's table
+ * (shared and group-mean modes): a thread block owns one key block, four
+ * warps 16 keys each with their dK and dV in registers, and walks the tiles
+ * of 64 (row, head) pairs that touch the block (the rows kernel's masks),
+ * in order, so the sums repeat bit for bit. Per tile, transposed as in
+ * FlashAttention-2's dK/dV loop: S^T = K Q^T, dP^T = V dO^T, P^T and dS^T
+ * elementwise, dV += P^T dO, dK += dS^T Q; the block key's gradient
+ * sum dz q on the CUDA cores. */
+#include "nv_kernels.h"
+#include "nv_mma.cuh"
+
+namespace
+{
+
+constexpr int kThreads = 128;
+constexpr int kPairs = DAGPU_TILE_ROWS; /* (row, head) pairs of a tile */
+
+/* s = A B^T for a warp's 16 rows of swizzled tile `a` (from row a0) against
+ * the 64 rows of swizzled tile `b`, A's fragments read as needed. */
+template <int D, typename T>
+static __device__ __forceinline__ void tile_products(float (&s)[8][4], uint32_t a, int a0,
+                                                     uint32_t b, int lane)
+{
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t af[4];
+        ldmatrix_x4(af, a + swz<D>(a0 + (lane & 15), kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t bf[4];
+            const int r = np * 16 + (lane >> 4) * 8 + (lane & 7);
+            const int c = kk * 16 + ((lane >> 3) & 1) * 8;
+            ldmatrix_x4(bf, b + swz<D>(r, c));
+            mma_type<T>::mma(s[2 * np], af, bf[0], bf[1]);
+            mma_type<T>::mma(s[2 * np + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+/* acc += X^T Y over the tile's 64 pairs: X^T the warp's 16 x 64 products
+ * in the accumulator layout (x), Y the pairs' rows of swizzled tile y. */
+template <int D, typename T>
+static __device__ __forceinline__ void accumulate(float (&acc)[D / 8][4], const float (&x)[8][4],
+                                                  uint32_t y, int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        uint32_t a[4];
+        p_fragment<T>(a, x, kk);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            uint32_t bf[4];
+            const int r = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+            const int c = dp * 16 + (lane >> 4) * 8;
+            ldmatrix_x4_trans(bf, y + swz<D>(r, c));
+            mma_type<T>::mma(acc[2 * dp], a, bf[0], bf[1]);
+            mma_type<T>::mma(acc[2 * dp + 1], a, bf[2], bf[3]);
+        }
+    }
+}
+
+template <typename T> static __device__ __forceinline__ float smem_value(uint32_t addr)
+{
+    unsigned short bits;
+    asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(bits) : "r"(addr));
+    T x;
+    *reinterpret_cast<unsigned short *>(&x) = bits;
+    return (float)x;
+}
+
+template <int D, typename T>
+__global__ void __launch_bounds__(kThreads)
+    bwd_kv_mma_kernel(dagpu_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
+                      dashattn_tensor dout, const float *lse, dashattn_tensor summary,
+                      dashattn_tensor dk, dashattn_tensor dv, dagpu_backward_ws ws)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ float rl2[kPairs], rlse2[kPairs], rdelta[kPairs], rdz[kPairs], dkb[D];
+    __shared__ float logit[MMA_KEYS];
+    __shared__ int rvis[kPairs];
+    const uint32_t ktile = smem_addr(smem), vtile = ktile + MMA_KEYS * D * 2;
+    const uint32_t qtile = vtile + MMA_KEYS * D * 2, otile = qtile + kPairs * D * 2;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, qd = lane & 3;
+    const int64_t G = p.group_size, M = p.num_blocks;
+    const int64_t j = blockIdx.x, bh = blockIdx.y, b = bh / p.heads_kv, kvh = bh % p.heads_kv;
+    const int64_t first = j * MMA_KEYS, size = min((int64_t)MMA_KEYS, p.len_k - first);
+    const T *kbase = static_cast<const T *>(k.data) + b * k.strides[0] + kvh * k.strides[1];
+    const T *vbase = static_cast<const T *>(v.data) + b * v.strides[0] + kvh * v.strides[1];
+    load_tile<D>(ktile, kbase, k.strides[2], first, p.len_k);
+    load_tile<D>(vtile, vbase, v.strides[2], first, p.len_k);
+    cp_async_commit();
+    for (int d = tid; d < D; d += kThreads)
+        dkb[d] = 0.0f;
+
+    float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            dka[n][e] = dva[n][e] = 0.0f;
+    const float scale2 = p.scale * DA_LOG2E;
+    const int64_t total = p.len_q * G;
+    /* Causal rows before the block's first key cannot see it. */
+    const int64_t x_start =
+        (p.causal ? min(max(first - p.query_offset, (int64_t)0), p.len_q) : 0) * G;
+    for (int64_t pt = x_start / kPairs; pt < ws.pair_tiles; pt++) {
+        const uint32_t word = ws.touch[(bh * ws.pair_tiles + pt) * ws.fwd.words + j / 32];
+        if (!((word >> (unsigned)(j % 32)) & 1u))
+            continue;
+        __syncthreads(); /* the tile before is done with the staged pairs */
+        constexpr int chunks = D / 8;
+        for (int e = tid; e < kPairs * chunks; e += kThreads) {
+            const int r = e / chunks, c = e % chunks;
+            const int64_t x = pt * kPairs + r;
+            const bool valid = x < total;
+            const int64_t i = valid ? x / G : 0, h = kvh * G + (valid ? x % G : 0);
+            cp_async16(qtile + swz<D>(r, c * 8),
+                       static_cast<const T *>(q.data) + b * q.strides[0] + h * q.strides[1] +
+                           i * q.strides[2] + c * 8,
+                       valid);
+            cp_async16(otile + swz<D>(r, c * 8),
+                       static_cast<const T *>(dout.data) + b * dout.strides[0] +
+                           h * dout.strides[1] + i * dout.strides[2] + c * 8,
+                       valid);
+        }
+        cp_async_commit();
+        if (tid < kPairs) {
+            const int64_t x = pt * kPairs + tid;
+            float l2 = -DA_INF_F, lse2 = 0.0f, delta = 0.0f, dz = 0.0f;
+            int vis = 0;
+            if (x < total) {
+                const int64_t i = x / G, g = x % G, row = (b * p.heads_q + kvh * G + g) * p.len_q + i;
+                const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
+                const bool cand = j >= lr.cand_begin && j < lr.cand_end;
+                if (first < lr.visible_end) {
+                    if (da_forced(lr, j))
+                        l2 = 0.0f;
+                    else if (cand)
+                        l2 = ws.fwd.prior[(bh * p.len_q + i) * M + j];
+                }
+                lse2 = lse[row] * DA_LOG2E;
+                delta = ws.delta[row];
+                dz = ws.dz && cand ? ws.dz[(bh * M + j) * total + x] : 0.0f;
+                vis = l2 == -DA_INF_F ? 0 : (int)min(lr.visible_end - first, (int64_t)MMA_KEYS);
+            }
+            rl2[tid] = l2;
+            rlse2[tid] = lse2;
+            rdelta[tid] = delta;
+            rdz[tid] = dz;
+            rvis[tid] = vis;
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+        float s[8][4], dp[8][4];
+        tile_products<D, T>(s, ktile, warp * 16, qtile, lane);
+        tile_products<D, T>(dp, vtile, warp * 16, otile, lane);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = warp * 16 + (lane >> 2) + (e >> 1) * 8;
+                const int c = n * 8 + qd * 2 + (e & 1);
+                const float a =
+                    key < rvis[c] ? exp2f(s[n][e] * scale2 + rl2[c] - rlse2[c]) : 0.0f;
+                s[n][e] = a;
+                dp[n][e] = p.scale * a * (dp[n][e] - rdelta[c]);
+            }
+        accumulate<D, T>(dva, s, otile, lane);
+        accumulate<D, T>(dka, dp, qtile, lane);
+        for (int d = tid; d < D; d += kThreads) {
+            float acc = dkb[d];
+            for (int c = 0; c < kPairs; c++)
+                if (rdz[c] != 0.0f)
+                    acc = fmaf(rdz[c], smem_value<T>(qtile + swz<D>(c, d)), acc);
+            dkb[d] = acc;
+        }
+    }
+    __syncthreads();
+
+    /* The block key's gradient into each key through its pooling weight:
+     * softmax over the block of h . k / sqrt(D), or 1 / size. */
+    const bool learned = summary.data != nullptr && ws.dz != nullptr;
+    const float inv_sqrt_d = 1.0f / sqrtf((float)D);
+    const float *hv = learned ? static_cast<const float *>(summary.data) + kvh * summary.strides[1]
+                              : nullptr;
+    if (learned && tid < size) {
+        float acc = 0.0f;
+        for (int d = 0; d < D; d++)
+            acc = fmaf(hv[d * summary.strides[3]], smem_value<T>(ktile + swz<D>(tid, d)), acc);
+        logit[tid] = acc * inv_sqrt_d;
+    }
+    __syncthreads();
+    float top = -DA_INF_F, sum = 0.0f;
+    if (learned) {
+        for (int t = 0; t < size; t++)
+            top = fmaxf(top, logit[t]);
+        for (int t = 0; t < size; t++)
+            sum += expf(logit[t] - top);
+    }
+    const float *kbar = ws.fwd.kbar + (bh * M + j) * D;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int key = warp * 16 + (lane >> 2) + half * 8;
+        const bool valid = key < size;
+        const float wt = learned ? (valid ? expf(logit[key] - top) / sum : 0.0f) : 1.0f / (float)size;
+        double dot = 0.0;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = n * 8 + qd * 2 + e;
+                if (learned)
+                    dot += ((double)smem_value<T>(ktile + swz<D>(key, d)) - (double)kbar[d]) *
+                       (double)dkb[d];
+            }
+        dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+        const float rt = learned ? (float)(dot * (double)wt * (double)inv_sqrt_d) : 0.0f;
+        if (!valid)
+            continue;
+        const int64_t tok = first + key;
+        T *dkrow = static_cast<T *>(dk.data) + b * dk.strides[0] + kvh * dk.strides[1] +
+                   tok * dk.strides[2];
+        T *dvrow = static_cast<T *>(dv.data) + b * dv.strides[0] + kvh * dv.strides[1] +
+                   tok * dv.strides[2];
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            float g[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = n * 8 + qd * 2 + e;
+                g[e] = dka[n][2 * half + e];
+                if (ws.dz)
+                    g[e] = fmaf(wt, dkb[d], g[e]);
+                if (learned)
+                    g[e] = fmaf(rt, hv[d * summary.strides[3]], g[e]);
+            }
+            *reinterpret_cast<uint32_t *>(dkrow + n * 8 + qd * 2) = mma_type<T>::pack(g[0], g[1]);
+            *reinterpret_cast<uint32_t *>(dvrow + n * 8 + qd * 2) =
+                mma_type<T>::pack(dva[n][2 * half], dva[n][2 * half + 1]);
+        }
+        if (ws.rt && qd == 0)
+            ws.rt[bh * p.len_k + tok] = rt;
+    }
+}
+
+template <int D, typename T>
+static dagpu_err launch(const dagpu_params *p, const dashattn_tensor *q, const dashattn_tensor *k,
+                        const dashattn_tensor *v, const dashattn_tensor *dout, const float *lse,
+                        const dashattn_tensor &summary, const dashattn_tensor *dk,
+                        const dashattn_tensor *dv, const dagpu_backward_ws *ws, void *stream)
+{
+    const size_t smem = (size_t)(2 * MMA_KEYS + 2 * kPairs) * D * 2;
+    const dagpu_rt_error e = da_allow_smem(bwd_kv_mma_kernel<D, T>, smem);
+    if (e != dagpu_rt_success)
+        return (dagpu_err)e;
+    const dim3 grid((unsigned)p->num_blocks, (unsigned)(p->batch * p->heads_kv));
+    bwd_kv_mma_kernel<D, T><<<grid, kThreads, smem, (cudaStream_t)stream>>>(
+        *p, *q, *k, *v, *dout, lse, summary, *dk, *dv, *ws);
+    return (dagpu_err)dagpuGetLastError();
+}
+
+} // namespace
+
+extern "C" int dagpu_nv_backward_kv_ok(const dagpu_params *p)
+{
+    return p->prior_table && p->block_size == MMA_KEYS && p->dtype != DASHATTN_F32 &&
+           (p->head_dim == 64 || p->head_dim == 128);
+}
+
+extern "C" dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,
+                                                 const dashattn_tensor *k,
+                                                 const dashattn_tensor *v,
+                                                 const dashattn_tensor *dout, const float *lse,
+                                                 const dashattn_tensor *summary,
+                                                 const dashattn_tensor *dk,
+                                                 const dashattn_tensor *dv,
+                                                 const dagpu_backward_ws *ws, void *stream)
+{
+    dashattn_tensor h;
+    if (summary)
+        h = *summary;
+    else
+        h.data = nullptr;
+    const bool bf16 = p->dtype == DASHATTN_BF16;
+    if (p->head_dim == 64)
+        return bf16 ? launch<64, __nv_bfloat16>(p, q, k, v, dout, lse, h, dk, dv, ws, stream)
+                    : launch<64, __half>(p, q, k, v, dout, lse, h, dk, dv, ws, stream);
+    return bf16 ? launch<128, __nv_bfloat16>(p, q, k, v, dout, lse, h, dk, dv, ws, stream)
+                : launch<128, __half>(p, q, k, v, dout, lse, h, dk, dv, ws, stream);
+}
