@@ -2,8 +2,9 @@
 /* Backward calls on the GPU plugins, all on the caller's stream: block keys
  * and the portable stage 1 again (the forward may have taken the
  * tensor-core stage 1; the backward recomputes every block score with the
- * portable one's arithmetic), then gpu_backward.cu's rows kernel, kv kernel
- * and, where dh is asked for, its sum. */
+ * portable one's arithmetic), then gpu_backward.cu's rows kernel (after
+ * nv/nv_backward_dq.cu's stage-2 part where the plan allows), kv kernel (or
+ * nv/nv_backward.cu's) and, where dh is asked for, its sum. */
 #include "gpu_plugin.h"
 #ifdef DAGPU_HAVE_NV
 #include "nv/nv_kernels.h"
@@ -49,6 +50,25 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
     TRY(check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, 0, stream),
               "block keys kernel"));
     TRY(check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, stream), "stage-1 kernel"));
+#ifdef DAGPU_HAVE_NV
+    const dashattn_tensor *rows_in[5] = {a->q, a->k, a->v, a->out, a->dout};
+    if (gp->backward_dq_nv && dagpu_tensors_vector_ok(rows_in, 5)) {
+        if (ws.dz)
+            TRY(check(dagpu_rt_zero_async(ws.dz,
+                                          (size_t)p->batch * (size_t)p->heads_q *
+                                              (size_t)p->len_q * (size_t)p->num_blocks *
+                                              sizeof(float),
+                                          stream),
+                      "clearing the prior gradients"));
+        TRY(check(dagpu_nv_launch_backward_dq(p, a->q, a->k, a->v, a->out, a->dout, a->lse, &ws,
+                                              stream),
+                  "backward tensor-core dq kernel"));
+    } else {
+        ws.dq_s2 = NULL;
+    }
+#else
+    ws.dq_s2 = NULL;
+#endif
     TRY(check(dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse, a->dq, &ws,
                                          stream),
               "backward rows kernel"));

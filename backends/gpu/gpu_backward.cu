@@ -74,12 +74,17 @@ __global__ void __launch_bounds__(kRowThreads)
     const float *kbar = ws.fwd.kbar + bh * M * D;
     const int64_t l2_stride = p.prior_table ? 0 : M;
     const bool grads = ws.dz != nullptr && ce > cb;
+    /* With ws.dq_s2 the tensor-core kernel did stage 2's part (dq, Dl and
+     * the prior gradients in ws.dz, zeroed before it); this kernel adds
+     * stage 1's. */
+    const bool s2 = ws.dq_s2 == nullptr;
 
     for (int64_t x = tid; x < G * D; x += nt) {
         const int64_t h = kvh * G + x / D, d = x % D;
         qs[x] = da_load(q.data, q.dtype, da_offset(q, b, h, i, d));
-        dos[x] = da_load(dout.data, dout.dtype, da_offset(dout, b, h, i, d));
-        dqs[x] = 0.0f;
+        if (s2)
+            dos[x] = da_load(dout.data, dout.dtype, da_offset(dout, b, h, i, d));
+        dqs[x] = s2 ? 0.0f : ws.dq_s2[((b * p.heads_q + h) * p.len_q + i) * D + d];
     }
     if (p.shared_group)
         for (int64_t d = tid; d < D; d += nt) {
@@ -94,7 +99,7 @@ __global__ void __launch_bounds__(kRowThreads)
         lse2[tid] = lse[row] * DA_LOG2E;
         gacc[tid] = 0.0f;
     }
-    for (int64_t g = warp; g < G; g += warps) {
+    for (int64_t g = warp; g < G && s2; g += warps) {
         const int64_t h = kvh * G + g;
         float acc = 0.0f;
         for (int64_t d = lane; d < D; d += DA_WARP)
@@ -122,7 +127,7 @@ __global__ void __launch_bounds__(kRowThreads)
             l2 = da_candidate_log2(
                 p, rps[g], da_block_score(qs + g * D, kbar + j * D, D, p.stage1_scale));
         l2pi[g * M + j] = l2;
-        if (grads && j >= cb && j < ce)
+        if (s2 && grads && j >= cb && j < ce)
             for (int64_t gg = p.prior_table ? 0 : g; gg < (p.prior_table ? G : g + 1); gg++)
                 *dz_slot(p, ws, bh, j, i, gg) = 0.0f;
     }
@@ -160,7 +165,7 @@ __global__ void __launch_bounds__(kRowThreads)
     __syncthreads();
 
     /* Stage 2 again over the read blocks, a chunk of keys at a time. */
-    const int kept = *count;
+    const int kept = s2 ? *count : 0;
     const float scale2 = p.scale * DA_LOG2E;
     for (int x = 0; x < kept; x++) {
         const int64_t j = list[x], first = j * S;

@@ -159,6 +159,10 @@ typedef struct dagpu_backward_ws {
     uint32_t *touch;
     float *rt;         /* [B, Hkv, Nk]: r_t of each key (learned summaries, for dh) */
     double *dh_part;   /* [chunks, Hkv, D]: partial sums of dh */
+    /* [B, Hq, Nq, D]: the stage-2 part of dq from the tensor-core kernel,
+     * which also wrote Dl and the prior gradients; NULL where the rows
+     * kernel computes them itself. */
+    float *dq_s2;
     int64_t pair_tiles; /* ceil(Nq G / DAGPU_TILE_ROWS) */
     int64_t dh_chunks; /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
 } dagpu_backward_ws;

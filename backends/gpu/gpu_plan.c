@@ -136,6 +136,8 @@ size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws
         w.dh_part = dagpu_carve(&c, (size_t)w.dh_chunks * (size_t)p->heads_kv * D * sizeof(double));
     }
     w.delta = dagpu_carve(&c, rows * sizeof(float));
+    if (gp->backward_dq_nv)
+        w.dq_s2 = dagpu_carve(&c, rows * D * sizeof(float));
     w.touch = dagpu_carve(&c, B * (size_t)p->heads_kv * (size_t)w.pair_tiles * (size_t)w.fwd.words *
                                   sizeof(uint32_t));
     if (ws)
@@ -185,7 +187,7 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
         bytes = b * hkv * m * d * 8.0 + b * hkv * nq * m * 4.0 +
                 b * hq * nq * (double)sizeof(dagpu_row_param) +
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0 + /* masks */
-                b * hq * nq * (m + 1.0) * 4.0 + b * hkv * nk * 4.0 +            /* dz, delta, rt */
+                b * hq * nq * (m + d + 1.0) * 4.0 + b * hkv * nk * 4.0 + /* dz, dq, delta, rt */
                 (nk / DAGPU_BWD_DH_CHUNK + 1.0) * hkv * d * 8.0 +
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0; /* touch */
     else if (op == DASHATTN_OP_DECODE)
@@ -403,6 +405,7 @@ dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, 
                     dagpu_nv_stage1_smem(p) <= st->info.smem_per_block &&
                     (!p->group_mean || p->group_size <= 32);
     gp->backward_kv_nv = !st->portable && dagpu_nv_backward_kv_ok(p);
+    gp->backward_dq_nv = gp->backward_kv_nv && dagpu_nv_backward_dq_ok(p, st->info.smem_per_block);
 #endif
     gp->split_keys = gp->stage1_nv;
     *plan_state = gp;

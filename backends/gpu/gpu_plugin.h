@@ -44,6 +44,7 @@ typedef struct dagpu_plan {
     int decode_split_nv;  /* tensor-core decode split */
     int decode_scores_nv; /* tensor-core decode scores */
     int backward_kv_nv;   /* tensor-core kv kernel of the backward */
+    int backward_dq_nv;   /* tensor-core stage-2 part of the backward's dq */
     /* An operation this plan cannot run on the device (the plan itself is
      * refused when it cannot run its main one): why, or "" if it can. */
     char forward_refusal[256];

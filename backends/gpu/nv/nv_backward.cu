@@ -43,37 +43,6 @@ static __device__ __forceinline__ void tile_products(float (&s)[8][4], uint32_t 
     }
 }
 
-/* acc += X^T Y over the tile's 64 pairs: X^T the warp's 16 x 64 products
- * in the accumulator layout (x), Y the pairs' rows of swizzled tile y. */
-template <int D, typename T>
-static __device__ __forceinline__ void accumulate(float (&acc)[D / 8][4], const float (&x)[8][4],
-                                                  uint32_t y, int lane)
-{
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        uint32_t a[4];
-        p_fragment<T>(a, x, kk);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; dp++) {
-            uint32_t bf[4];
-            const int r = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-            const int c = dp * 16 + (lane >> 4) * 8;
-            ldmatrix_x4_trans(bf, y + swz<D>(r, c));
-            mma_type<T>::mma(acc[2 * dp], a, bf[0], bf[1]);
-            mma_type<T>::mma(acc[2 * dp + 1], a, bf[2], bf[3]);
-        }
-    }
-}
-
-template <typename T> static __device__ __forceinline__ float smem_value(uint32_t addr)
-{
-    unsigned short bits;
-    asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(bits) : "r"(addr));
-    T x;
-    *reinterpret_cast<unsigned short *>(&x) = bits;
-    return (float)x;
-}
-
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
     bwd_kv_mma_kernel(dagpu_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
@@ -171,13 +140,13 @@ __global__ void __launch_bounds__(kThreads)
                 s[n][e] = a;
                 dp[n][e] = p.scale * a * (dp[n][e] - rdelta[c]);
             }
-        accumulate<D, T>(dva, s, otile, lane);
-        accumulate<D, T>(dka, dp, qtile, lane);
+        tile_pv<D, T, 8>(dva, s, otile, lane);
+        tile_pv<D, T, 8>(dka, dp, qtile, lane);
         for (int d = tid; d < D; d += kThreads) {
             float acc = dkb[d];
             for (int c = 0; c < kPairs; c++)
                 if (rdz[c] != 0.0f)
-                    acc = fmaf(rdz[c], smem_value<T>(qtile + swz<D>(c, d)), acc);
+                    acc = fmaf(rdz[c], tile_value<D, T>(qtile, c, d), acc);
             dkb[d] = acc;
         }
     }
@@ -192,7 +161,7 @@ __global__ void __launch_bounds__(kThreads)
     if (learned && tid < size) {
         float acc = 0.0f;
         for (int d = 0; d < D; d++)
-            acc = fmaf(hv[d * summary.strides[3]], smem_value<T>(ktile + swz<D>(tid, d)), acc);
+            acc = fmaf(hv[d * summary.strides[3]], tile_value<D, T>(ktile, tid, d), acc);
         logit[tid] = acc * inv_sqrt_d;
     }
     __syncthreads();
@@ -216,7 +185,7 @@ __global__ void __launch_bounds__(kThreads)
             for (int e = 0; e < 2; e++) {
                 const int d = n * 8 + qd * 2 + e;
                 if (learned)
-                    dot += ((double)smem_value<T>(ktile + swz<D>(key, d)) - (double)kbar[d]) *
+                    dot += ((double)tile_value<D, T>(ktile, key, d) - (double)kbar[d]) *
                        (double)dkb[d];
             }
         dot += __shfl_xor_sync(0xffffffffu, dot, 1);

@@ -56,6 +56,16 @@ dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tens
                                       const dashattn_tensor *dv, const dagpu_backward_ws *ws,
                                       void *stream);
 
+/* The backward's stage-2 part of dq (and Dl, and the prior gradients) on
+ * the tensor cores: whether a plan allows it (dagpu_nv_backward_kv_ok's
+ * shapes, packed tiles, its shared memory within smem_limit), and the launch
+ * (q, k, v, out, dout with contiguous, 16-byte aligned rows). */
+int dagpu_nv_backward_dq_ok(const dagpu_params *p, size_t smem_limit);
+dagpu_err dagpu_nv_launch_backward_dq(const dagpu_params *p, const dashattn_tensor *q,
+                                      const dashattn_tensor *k, const dashattn_tensor *v,
+                                      const dashattn_tensor *out, const dashattn_tensor *dout,
+                                      const float *lse, const dagpu_backward_ws *ws, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -233,6 +233,30 @@ static __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float 
     a[3] = mma_type<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
+/* o += X Y for a warp's 16 x (NT * 8) products X in the accumulator layout
+ * (converted to 16-bit A fragments) and Y the rows key0 .. key0 + NT * 8 - 1
+ * of a swizzled [64][D] tile: P V in the forward, dS K, P^T dO and dS^T Q
+ * in the backward. */
+template <int D, typename T, int NT>
+static __device__ __forceinline__ void tile_pv(float (&o)[D / 8][4], const float (&x)[NT][4],
+                                               uint32_t ytile, int lane, int key0 = 0)
+{
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        uint32_t a[4];
+        p_fragment<T>(a, x, kk);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            uint32_t bf[4];
+            const int r = key0 + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+            const int c = dp * 16 + (lane >> 4) * 8;
+            ldmatrix_x4_trans(bf, ytile + swz<D>(r, c));
+            mma_type<T>::mma(o[2 * dp], a, bf[0], bf[1]);
+            mma_type<T>::mma(o[2 * dp + 1], a, bf[2], bf[3]);
+        }
+    }
+}
+
 /* tile_softmax, then o += P V with V from a swizzled tile. s is consumed. */
 template <int D, typename T, int NT>
 static __device__ __forceinline__ void
@@ -241,18 +265,18 @@ tile_softmax_pv(float (&s)[NT][4], float (&o)[D / 8][4], float (&m)[2], float (&
                 int lane, int key0 = 0)
 {
     tile_softmax(s, o, m, l, prior, vis, scale2, lane, key0);
-    for (int kk = 0; kk < NT / 2; kk++) {
-        uint32_t a[4];
-        p_fragment<T>(a, s, kk);
-        for (int dp = 0; dp < D / 16; dp++) {
-            uint32_t bf[4];
-            const int r = key0 + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-            const int c = dp * 16 + (lane >> 4) * 8;
-            ldmatrix_x4_trans(bf, vtile + swz<D>(r, c));
-            mma_type<T>::mma(o[2 * dp], a, bf[0], bf[1]);
-            mma_type<T>::mma(o[2 * dp + 1], a, bf[2], bf[3]);
-        }
-    }
+    tile_pv<D, T, NT>(o, s, vtile, lane, key0);
+}
+
+/* Element (row, col) of a swizzled [rows][D] 16-bit tile, as f32. */
+template <int D, typename T>
+static __device__ __forceinline__ float tile_value(uint32_t tile, int row, int col)
+{
+    unsigned short bits;
+    asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(bits) : "r"(tile + swz<D>(row, col)));
+    T x;
+    *reinterpret_cast<unsigned short *>(&x) = bits;
+    return (float)x;
 }
 
 } // namespace
