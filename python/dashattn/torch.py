@@ -5,9 +5,6 @@ CPU tensors run on the cpu backend, CUDA tensors on the cuda backend on the
 tensor's device and its current stream. Tensors are handed to the library
 with their strides, so BHSD and BSHD inputs are read in place.
 
-The cuda backend has no backward yet: the backward of CUDA tensors raises
-DashattnError (DASHATTN_ERR_UNSUPPORTED) rather than copying to the host
-behind the caller's back; move the tensors to the CPU to train there.
 Gradients do not flow through lse (it is returned non-differentiable).
 """
 
@@ -211,10 +208,6 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse, _dcounts, _dst):
     q, k, v, block_summary, out, lse = ctx.saved_tensors
-    if q.device.type == "cuda":
-        raise C.DashattnError(
-            "dash_attention backward", C.ERR_UNSUPPORTED,
-            "the cuda backend has no backward yet; run the training step on CPU tensors")
     dq, dk, dv, dh = _backward_op(q, k, v, block_summary, out, lse, dout, *ctx.options)
     return (dq, dk, dv, dh if ctx.has_summary else None) + (None,) * (len(_OPTION_NAMES) + 1)
 
