@@ -10,18 +10,6 @@
 #include "nv/nv_kernels.h"
 #endif
 
-static dashattn_status check(dagpu_err err, const char *what)
-{
-    return err == 0 ? DASHATTN_OK : dagpu_fail(err, what);
-}
-
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        dashattn_status try_status_ = (expr);                                                      \
-        if (try_status_ != DASHATTN_OK)                                                            \
-            return try_status_;                                                                    \
-    } while (0)
-
 dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
                                const dashattn_backward_args *a)
 {
@@ -31,8 +19,8 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
         dagpu_host->set_error(DAGPU_NAME " backend: %s", gp->backward_refusal);
         return DASHATTN_ERR_UNSUPPORTED;
     }
-    TRY(dagpu_enter(st));
-    TRY(dagpu_check_workspace("dashattn_backward", a->workspace));
+    DAGPU_TRY(dagpu_enter(st));
+    DAGPU_TRY(dagpu_check_workspace("dashattn_backward", a->workspace));
     const dagpu_params *p = &gp->params;
     void *stream = a->stream;
     dagpu_backward_ws ws;
@@ -45,46 +33,50 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
                               (size_t)ws.fwd.tiles * (size_t)ws.fwd.words * sizeof(uint32_t);
     const size_t touch_bytes = (size_t)p->batch * (size_t)p->heads_kv * (size_t)ws.pair_tiles *
                                (size_t)ws.fwd.words * sizeof(uint32_t);
-    TRY(check(dagpu_rt_zero_async(ws.fwd.masks, mask_bytes, stream), "clearing stage-1 masks"));
-    TRY(check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
-    TRY(check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, 0, stream),
-              "block keys kernel"));
-    TRY(check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, stream), "stage-1 kernel"));
+    DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.fwd.masks, mask_bytes, stream),
+                          "clearing stage-1 masks"));
+    DAGPU_TRY(
+        dagpu_check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
+    DAGPU_TRY(dagpu_check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, 0, stream),
+                          "block keys kernel"));
+    DAGPU_TRY(dagpu_check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, stream), "stage-1 kernel"));
 #ifdef DAGPU_HAVE_NV
     const dashattn_tensor *rows_in[5] = {a->q, a->k, a->v, a->out, a->dout};
     if (gp->backward_dq_nv && dagpu_tensors_vector_ok(rows_in, 5)) {
         if (ws.dz)
-            TRY(check(dagpu_rt_zero_async(ws.dz,
-                                          (size_t)p->batch * (size_t)p->heads_q *
-                                              (size_t)p->len_q * (size_t)p->num_blocks *
-                                              sizeof(float),
-                                          stream),
-                      "clearing the prior gradients"));
-        TRY(check(dagpu_nv_launch_backward_dq(p, a->q, a->k, a->v, a->out, a->dout, a->lse, &ws,
-                                              stream),
-                  "backward tensor-core dq kernel"));
+            DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.dz,
+                                                      (size_t)p->batch * (size_t)p->heads_q *
+                                                          (size_t)p->len_q * (size_t)p->num_blocks *
+                                                          sizeof(float),
+                                                      stream),
+                                  "clearing the prior gradients"));
+        DAGPU_TRY(dagpu_check(
+            dagpu_nv_launch_backward_dq(p, a->q, a->k, a->v, a->out, a->dout, a->lse, &ws, stream),
+            "backward tensor-core dq kernel"));
     } else {
         ws.dq_s2 = NULL;
     }
 #else
     ws.dq_s2 = NULL;
 #endif
-    TRY(check(dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse, a->dq, &ws,
-                                         stream),
-              "backward rows kernel"));
+    DAGPU_TRY(dagpu_check(dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse,
+                                                     a->dq, &ws, stream),
+                          "backward rows kernel"));
 #ifdef DAGPU_HAVE_NV
     const dashattn_tensor *tensors[6] = {a->q, a->k, a->v, a->dout, a->dk, a->dv};
     if (gp->backward_kv_nv && dagpu_tensors_vector_ok(tensors, 6))
-        TRY(check(dagpu_nv_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
-                                              a->block_summary, a->dk, a->dv, &ws, stream),
-                  "backward tensor-core kv kernel"));
+        DAGPU_TRY(
+            dagpu_check(dagpu_nv_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
+                                                    a->block_summary, a->dk, a->dv, &ws, stream),
+                        "backward tensor-core kv kernel"));
     else
 #endif
-        TRY(check(dagpu_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
-                                           a->block_summary, a->dk, a->dv, &ws, stream),
-                  "backward kv kernel"));
+        DAGPU_TRY(dagpu_check(dagpu_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
+                                                       a->block_summary, a->dk, a->dv, &ws, stream),
+                              "backward kv kernel"));
     if (a->dh)
-        TRY(check(dagpu_launch_backward_dh(p, a->k, a->block_summary, a->dh, &ws, stream),
-                  "backward dh kernels"));
+        DAGPU_TRY(
+            dagpu_check(dagpu_launch_backward_dh(p, a->k, a->block_summary, a->dh, &ws, stream),
+                        "backward dh kernels"));
     return DASHATTN_OK;
 }

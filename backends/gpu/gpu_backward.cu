@@ -14,7 +14,7 @@
  *                pooling weights (and r_t for dh);
  *   dh kernels   r_t k_t summed in fixed-size chunks, then the chunks in
  *                order. */
-#include "gpu_device.cuh"
+#include "gpu_backward.cuh"
 
 namespace
 {
@@ -23,24 +23,6 @@ constexpr int kRowThreads = 256;
 constexpr int kKvTokens = 64; /* keys of one kv thread block */
 constexpr int kKvLanes = 4;   /* threads that share one key */
 constexpr int kKvThreads = kKvTokens * kKvLanes;
-
-/* lambda1 dL/dz (first the prior gradient) of row i, head g, block j. */
-static __device__ __forceinline__ float *dz_slot(const dagpu_params &p,
-                                                 const dagpu_backward_ws &ws, int64_t bh,
-                                                 int64_t j, int64_t i, int64_t g)
-{
-    return ws.dz + ((bh * p.num_blocks + j) * p.len_q + i) * p.group_size + g;
-}
-
-/* Block j is touched by the tiles of row i's G (row, head) pairs. */
-static __device__ __forceinline__ void touch(const dagpu_params &p, const dagpu_backward_ws &ws,
-                                             int64_t bh, int64_t i, int64_t j)
-{
-    const int64_t G = p.group_size;
-    for (int64_t t = i * G / DAGPU_TILE_ROWS; t <= (i * G + G - 1) / DAGPU_TILE_ROWS; t++)
-        atomicOr(ws.touch + (bh * ws.pair_tiles + t) * ws.fwd.words + j / 32,
-                 1u << (unsigned)(j % 32));
-}
 
 /* u = p^(2 - alpha) of the entmax backward, on the support. */
 static __device__ __forceinline__ double entmax_u(float prob, float alpha)
@@ -124,8 +106,8 @@ __global__ void __launch_bounds__(kRowThreads)
         else if (p.prior_table)
             l2 = ws.fwd.prior[(bh * p.len_q + i) * M + j];
         else
-            l2 = da_candidate_log2(
-                p, rps[g], da_block_score(qs + g * D, kbar + j * D, D, p.stage1_scale));
+            l2 = da_candidate_log2(p, rps[g],
+                                   da_block_score(qs + g * D, kbar + j * D, D, p.stage1_scale));
         l2pi[g * M + j] = l2;
         if (s2 && grads && j >= cb && j < ce)
             for (int64_t gg = p.prior_table ? 0 : g; gg < (p.prior_table ? G : g + 1); gg++)
@@ -370,12 +352,9 @@ __global__ void __launch_bounds__(kKvThreads)
         dkb[d] = 0.0f;
 
     const float scale2 = p.scale * DA_LOG2E;
-    /* Causal rows before the block's first key cannot see it. */
-    const int64_t x_start =
-        (p.causal ? min(max(first - p.query_offset, (int64_t)0), p.len_q) : 0) * G;
+    const int64_t x_start = first_pair(p, first);
     for (int64_t pt = x_start / DAGPU_TILE_ROWS; pt < ws.pair_tiles; pt++) {
-        const uint32_t word = ws.touch[(bh * ws.pair_tiles + pt) * ws.fwd.words + j / 32];
-        if (!((word >> (unsigned)(j % 32)) & 1u))
+        if (!touched(ws, bh, pt, j))
             continue;
         const int64_t x0 = max(pt * DAGPU_TILE_ROWS, x_start);
         const int64_t pairs = min(pt * DAGPU_TILE_ROWS + DAGPU_TILE_ROWS, p.len_q * G) - x0;
@@ -453,8 +432,8 @@ __global__ void __launch_bounds__(kKvThreads)
      * softmax over the block of h . k / sqrt(D), or 1 / size. */
     const bool learned = summary.data != nullptr && ws.dz != nullptr;
     const float inv_sqrt_d = 1.0f / sqrtf((float)D);
-    const float *hv = learned ? static_cast<const float *>(summary.data) + kvh * summary.strides[1]
-                              : nullptr;
+    const float *hv =
+        learned ? static_cast<const float *>(summary.data) + kvh * summary.strides[1] : nullptr;
     float wt = 1.0f / (float)size, rt = 0.0f;
     if (learned) {
         auto logit = [&](int64_t tt) {
@@ -583,11 +562,7 @@ extern "C" dagpu_err dagpu_launch_backward_kv(const dagpu_params *p, const dasha
                                               const dashattn_tensor *dk, const dashattn_tensor *dv,
                                               const dagpu_backward_ws *ws, void *stream)
 {
-    dashattn_tensor h;
-    if (summary)
-        h = *summary;
-    else
-        h.data = nullptr;
+    const dashattn_tensor h = summary_by_value(summary);
     if (p->head_dim <= 16 * kKvLanes)
         return launch_kv<16>(p, q, k, v, dout, lse, h, dk, dv, ws, stream);
     if (p->head_dim <= 32 * kKvLanes)
@@ -609,6 +584,6 @@ extern "C" dagpu_err dagpu_launch_backward_dh(const dagpu_params *p, const dasha
             return (dagpu_err)e;
     }
     bwd_dh_sum_kernel<<<(unsigned)p->heads_kv, 256, 0, (dagpu_rt_stream)stream>>>(*p, *dh, *ws,
-                                                                                   parts);
+                                                                                  parts);
     return (dagpu_err)dagpuGetLastError();
 }

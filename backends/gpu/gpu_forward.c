@@ -8,18 +8,6 @@
 #include "nv/nv_kernels.h"
 #endif
 
-static dashattn_status check(dagpu_err err, const char *what)
-{
-    return err == 0 ? DASHATTN_OK : dagpu_fail(err, what);
-}
-
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        dashattn_status try_status_ = (expr);                                                      \
-        if (try_status_ != DASHATTN_OK)                                                            \
-            return try_status_;                                                                    \
-    } while (0)
-
 dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
                               const dashattn_forward_args *a)
 {
@@ -29,11 +17,11 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
         dagpu_host->set_error(DAGPU_NAME " backend: %s", gp->forward_refusal);
         return DASHATTN_ERR_UNSUPPORTED;
     }
-    TRY(dagpu_enter(st));
+    DAGPU_TRY(dagpu_enter(st));
     const dagpu_params *p = &gp->params;
     void *stream = a->stream;
     dagpu_forward_ws ws;
-    TRY(dagpu_check_workspace("dashattn_forward", a->workspace));
+    DAGPU_TRY(dagpu_check_workspace("dashattn_forward", a->workspace));
     dagpu_forward_layout(gp, a->workspace, &ws);
     if (!a->stats)
         ws.counts = NULL;
@@ -50,37 +38,42 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
 
     const size_t mask_bytes = (size_t)p->batch * (size_t)dagpu_tile_heads(p) * (size_t)ws.tiles *
                               (size_t)ws.words * sizeof(uint32_t);
-    TRY(check(dagpu_rt_zero_async(ws.masks, mask_bytes, stream), "clearing stage-1 masks"));
+    DAGPU_TRY(
+        dagpu_check(dagpu_rt_zero_async(ws.masks, mask_bytes, stream), "clearing stage-1 masks"));
     if (ws.counts)
-        TRY(check(dagpu_rt_zero_async(ws.counts, 2 * sizeof(unsigned long long), stream),
-                  "clearing counters"));
-    TRY(check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws, nv1, stream),
-              "block keys kernel"));
+        DAGPU_TRY(
+            dagpu_check(dagpu_rt_zero_async(ws.counts, 2 * sizeof(unsigned long long), stream),
+                        "clearing counters"));
+    DAGPU_TRY(dagpu_check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws, nv1, stream),
+                          "block keys kernel"));
 #ifdef DAGPU_HAVE_NV
     if (nv1)
-        TRY(check(dagpu_nv_launch_stage1(p, a->q, &ws, a->selection, stream),
-                  "stage-1 tensor-core kernel"));
+        DAGPU_TRY(dagpu_check(dagpu_nv_launch_stage1(p, a->q, &ws, a->selection, stream),
+                              "stage-1 tensor-core kernel"));
     else
 #endif
-        TRY(check(dagpu_launch_stage1(p, a->q, &ws, a->selection, stream), "stage-1 kernel"));
+        DAGPU_TRY(
+            dagpu_check(dagpu_launch_stage1(p, a->q, &ws, a->selection, stream), "stage-1 kernel"));
 #ifdef DAGPU_HAVE_NV
     if (nv2 && gp->stage2_hopper)
-        TRY(check(dagpu_hopper_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
-                  "stage-2 wgmma kernel"));
+        DAGPU_TRY(dagpu_check(
+            dagpu_hopper_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
+            "stage-2 wgmma kernel"));
     else if (nv2)
-        TRY(check(dagpu_nv_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
-                  "stage-2 tensor-core kernel"));
+        DAGPU_TRY(
+            dagpu_check(dagpu_nv_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
+                        "stage-2 tensor-core kernel"));
     else
 #else
     (void)nv2;
 #endif
-        TRY(check(dagpu_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
-                  "stage-2 kernel"));
+        DAGPU_TRY(dagpu_check(dagpu_launch_stage2(p, a->q, a->k, a->v, a->out, a->lse, &ws, stream),
+                              "stage-2 kernel"));
     if (a->stats) {
         unsigned long long counts[2];
-        TRY(check(dagpu_rt_to_host_async(counts, ws.counts, sizeof counts, stream),
-                  "reading the sparsity counters"));
-        TRY(check(dagpu_rt_stream_sync(stream), "waiting for the stream"));
+        DAGPU_TRY(dagpu_check(dagpu_rt_to_host_async(counts, ws.counts, sizeof counts, stream),
+                              "reading the sparsity counters"));
+        DAGPU_TRY(dagpu_check(dagpu_rt_stream_sync(stream), "waiting for the stream"));
         a->stats->visible_pairs = (int64_t)counts[0];
         a->stats->attended_pairs = (int64_t)counts[1];
         a->stats->sparsity = counts[0] ? 1.0 - (double)counts[1] / (double)counts[0] : 0.0;

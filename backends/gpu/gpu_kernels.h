@@ -153,18 +153,18 @@ typedef struct dagpu_backward_ws {
      * candidate blocks (the rows kernel first keeps its prior gradients
      * there); NULL where nothing reaches stage 1 (top-k). */
     float *dz;
-    float *delta;      /* [B, Hq, Nq]: Dl = dO . o */
+    float *delta; /* [B, Hq, Nq]: Dl = dO . o */
     /* [B, Hkv, pair_tiles, words]: the blocks a tile of 64 (row, head)
      * pairs of a KV head (pair x: row x / G, head x % G) reads or sends dz. */
     uint32_t *touch;
-    float *rt;         /* [B, Hkv, Nk]: r_t of each key (learned summaries, for dh) */
-    double *dh_part;   /* [chunks, Hkv, D]: partial sums of dh */
+    float *rt;       /* [B, Hkv, Nk]: r_t of each key (learned summaries, for dh) */
+    double *dh_part; /* [chunks, Hkv, D]: partial sums of dh */
     /* [B, Hq, Nq, D]: the stage-2 part of dq from the tensor-core kernel,
      * which also wrote Dl and the prior gradients; NULL where the rows
      * kernel computes them itself. */
     float *dq_s2;
     int64_t pair_tiles; /* ceil(Nq G / DAGPU_TILE_ROWS) */
-    int64_t dh_chunks; /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
+    int64_t dh_chunks;  /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
 } dagpu_backward_ws;
 
 /* Key tokens the backward's rows kernel stages at a time, and (row, head)

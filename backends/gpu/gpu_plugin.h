@@ -55,6 +55,20 @@ extern const dashattn_host *dagpu_host;
 
 /* Sets the error message for a runtime failure and returns its status. */
 dashattn_status dagpu_fail(dagpu_err err, const char *what);
+/* DASHATTN_OK for a runtime call's success, else dagpu_fail's status. */
+static inline dashattn_status dagpu_check(dagpu_err err, const char *what)
+{
+    return err == 0 ? DASHATTN_OK : dagpu_fail(err, what);
+}
+
+/* Returns from the calling function with expr's status unless it is OK. */
+#define DAGPU_TRY(expr)                                                                            \
+    do {                                                                                           \
+        const dashattn_status dagpu_try_ = (expr);                                                 \
+        if (dagpu_try_ != DASHATTN_OK)                                                             \
+            return dagpu_try_;                                                                     \
+    } while (0)
+
 /* Makes the context's device current for the calling thread. */
 dashattn_status dagpu_enter(const dagpu_state *st);
 

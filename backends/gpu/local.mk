@@ -31,6 +31,7 @@ gpu_kernel_headers = \
 	backends/gpu/gpu_summary.cuh \
 	backends/gpu/gpu_cache.cuh \
 	backends/gpu/gpu_stage1_finish.cuh \
+	backends/gpu/gpu_backward.cuh \
 	backends/gpu/nv/nv_kernels.h \
 	backends/gpu/nv/nv_mma.cuh \
 	backends/gpu/nv/nv_stage2_tile.cuh \

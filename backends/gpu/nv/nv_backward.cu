@@ -11,6 +11,7 @@
  * sum dz q on the CUDA cores. */
 #include "nv_kernels.h"
 #include "nv_mma.cuh"
+#include "../gpu_backward.cuh"
 
 namespace
 {
@@ -75,12 +76,8 @@ __global__ void __launch_bounds__(kThreads)
             dka[n][e] = dva[n][e] = 0.0f;
     const float scale2 = p.scale * DA_LOG2E;
     const int64_t total = p.len_q * G;
-    /* Causal rows before the block's first key cannot see it. */
-    const int64_t x_start =
-        (p.causal ? min(max(first - p.query_offset, (int64_t)0), p.len_q) : 0) * G;
-    for (int64_t pt = x_start / kPairs; pt < ws.pair_tiles; pt++) {
-        const uint32_t word = ws.touch[(bh * ws.pair_tiles + pt) * ws.fwd.words + j / 32];
-        if (!((word >> (unsigned)(j % 32)) & 1u))
+    for (int64_t pt = first_pair(p, first) / kPairs; pt < ws.pair_tiles; pt++) {
+        if (!touched(ws, bh, pt, j))
             continue;
         __syncthreads(); /* the tile before is done with the staged pairs */
         constexpr int chunks = D / 8;
@@ -104,7 +101,8 @@ __global__ void __launch_bounds__(kThreads)
             float l2 = -DA_INF_F, lse2 = 0.0f, delta = 0.0f, dz = 0.0f;
             int vis = 0;
             if (x < total) {
-                const int64_t i = x / G, g = x % G, row = (b * p.heads_q + kvh * G + g) * p.len_q + i;
+                const int64_t i = x / G, g = x % G,
+                              row = (b * p.heads_q + kvh * G + g) * p.len_q + i;
                 const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
                 const bool cand = j >= lr.cand_begin && j < lr.cand_end;
                 if (first < lr.visible_end) {
@@ -115,7 +113,7 @@ __global__ void __launch_bounds__(kThreads)
                 }
                 lse2 = lse[row] * DA_LOG2E;
                 delta = ws.delta[row];
-                dz = ws.dz && cand ? ws.dz[(bh * M + j) * total + x] : 0.0f;
+                dz = ws.dz && cand ? *dz_slot(p, ws, bh, j, i, g) : 0.0f;
                 vis = l2 == -DA_INF_F ? 0 : (int)min(lr.visible_end - first, (int64_t)MMA_KEYS);
             }
             rl2[tid] = l2;
@@ -135,8 +133,7 @@ __global__ void __launch_bounds__(kThreads)
             for (int e = 0; e < 4; e++) {
                 const int key = warp * 16 + (lane >> 2) + (e >> 1) * 8;
                 const int c = n * 8 + qd * 2 + (e & 1);
-                const float a =
-                    key < rvis[c] ? exp2f(s[n][e] * scale2 + rl2[c] - rlse2[c]) : 0.0f;
+                const float a = key < rvis[c] ? exp2f(s[n][e] * scale2 + rl2[c] - rlse2[c]) : 0.0f;
                 s[n][e] = a;
                 dp[n][e] = p.scale * a * (dp[n][e] - rdelta[c]);
             }
@@ -156,8 +153,8 @@ __global__ void __launch_bounds__(kThreads)
      * softmax over the block of h . k / sqrt(D), or 1 / size. */
     const bool learned = summary.data != nullptr && ws.dz != nullptr;
     const float inv_sqrt_d = 1.0f / sqrtf((float)D);
-    const float *hv = learned ? static_cast<const float *>(summary.data) + kvh * summary.strides[1]
-                              : nullptr;
+    const float *hv =
+        learned ? static_cast<const float *>(summary.data) + kvh * summary.strides[1] : nullptr;
     if (learned && tid < size) {
         float acc = 0.0f;
         for (int d = 0; d < D; d++)
@@ -177,7 +174,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int half = 0; half < 2; half++) {
         const int key = warp * 16 + (lane >> 2) + half * 8;
         const bool valid = key < size;
-        const float wt = learned ? (valid ? expf(logit[key] - top) / sum : 0.0f) : 1.0f / (float)size;
+        const float wt =
+            learned ? (valid ? expf(logit[key] - top) / sum : 0.0f) : 1.0f / (float)size;
         double dot = 0.0;
 #pragma unroll
         for (int n = 0; n < D / 8; n++)
@@ -186,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
                 const int d = n * 8 + qd * 2 + e;
                 if (learned)
                     dot += ((double)tile_value<D, T>(ktile, key, d) - (double)kbar[d]) *
-                       (double)dkb[d];
+                           (double)dkb[d];
             }
         dot += __shfl_xor_sync(0xffffffffu, dot, 1);
         dot += __shfl_xor_sync(0xffffffffu, dot, 2);
@@ -244,19 +242,14 @@ extern "C" int dagpu_nv_backward_kv_ok(const dagpu_params *p)
 }
 
 extern "C" dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,
-                                                 const dashattn_tensor *k,
-                                                 const dashattn_tensor *v,
+                                                 const dashattn_tensor *k, const dashattn_tensor *v,
                                                  const dashattn_tensor *dout, const float *lse,
                                                  const dashattn_tensor *summary,
                                                  const dashattn_tensor *dk,
                                                  const dashattn_tensor *dv,
                                                  const dagpu_backward_ws *ws, void *stream)
 {
-    dashattn_tensor h;
-    if (summary)
-        h = *summary;
-    else
-        h.data = nullptr;
+    const dashattn_tensor h = summary_by_value(summary);
     const bool bf16 = p->dtype == DASHATTN_BF16;
     if (p->head_dim == 64)
         return bf16 ? launch<64, __nv_bfloat16>(p, q, k, v, dout, lse, h, dk, dv, ws, stream)

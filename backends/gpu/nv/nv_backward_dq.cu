@@ -35,12 +35,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     s2_load_queries<D, T, swz_layout<D>>(qtile, p, q, t, tid, MMA_THREADS);
     s2_load_queries<D, T, swz_layout<D>>(otile, p, dout, t, tid, MMA_THREADS);
     cp_async_commit();
-    int j = s2_next(t, -1);
-    if (j >= 0) {
-        load_tile<D>(ktile[0], kbase, k.strides[2], (int64_t)j * MMA_KEYS, p.len_k);
-        load_tile<D>(vtile[0], vbase, v.strides[2], (int64_t)j * MMA_KEYS, p.len_k);
-    }
-    cp_async_commit();
+    int j = s2_prefetch<D>(t, -1, ktile[0], vtile[0], kbase, vbase, k, v, p.len_k);
     row_state rs[2];
     s2_rows(p, ws.fwd, t, warp, lane, rs);
     float lse2[2], delta[2];
@@ -80,14 +75,10 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const float scale2 = p.scale * DA_LOG2E;
     int buf = 0;
     while (j >= 0) {
-        const int jn = s2_next(t, j);
         float table_prior[2];
         s2_table_priors(p, rs, j, table_prior);
-        if (jn >= 0) {
-            load_tile<D>(ktile[buf ^ 1], kbase, k.strides[2], (int64_t)jn * MMA_KEYS, p.len_k);
-            load_tile<D>(vtile[buf ^ 1], vbase, v.strides[2], (int64_t)jn * MMA_KEYS, p.len_k);
-        }
-        cp_async_commit();
+        const int jn =
+            s2_prefetch<D>(t, j, ktile[buf ^ 1], vtile[buf ^ 1], kbase, vbase, k, v, p.len_k);
         float prior[2];
         int vis[2];
         for (int half = 0; half < 2; half++)
@@ -120,10 +111,9 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 g[half] += __shfl_xor_sync(0xffffffffu, g[half], 1);
                 g[half] += __shfl_xor_sync(0xffffffffu, g[half], 2);
                 const row_state &r = rs[half];
-                if (ws.dz && qd == 0 && vis[half] > 0 && j >= r.lr.cand_begin &&
-                    j < r.lr.cand_end)
-                    ws.dz[(bh * M + j) * p.len_q * p.group_size + t.row0 + warp * 16 +
-                          (lane >> 2) + half * 8] = g[half];
+                if (ws.dz && qd == 0 && vis[half] > 0 && j >= r.lr.cand_begin && j < r.lr.cand_end)
+                    ws.dz[(bh * M + j) * p.len_q * p.group_size + t.row0 + warp * 16 + (lane >> 2) +
+                          half * 8] = g[half];
             }
         }
         __syncthreads(); /* the buffer is refilled by the next iteration */
@@ -156,8 +146,9 @@ static dagpu_err launch(const dagpu_params *p, const dashattn_tensor *q, const d
     const dagpu_rt_error e = da_allow_smem(bwd_dq_mma_kernel<D, T>, dq_smem<D>());
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
-    bwd_dq_mma_kernel<D, T><<<s2_grid(p, &ws->fwd, 1), MMA_THREADS, dq_smem<D>(),
-                              (cudaStream_t)stream>>>(*p, *q, *k, *v, *out, *dout, lse, *ws);
+    bwd_dq_mma_kernel<D, T>
+        <<<s2_grid(p, &ws->fwd, 1), MMA_THREADS, dq_smem<D>(), (cudaStream_t)stream>>>(
+            *p, *q, *k, *v, *out, *dout, lse, *ws);
     return (dagpu_err)dagpuGetLastError();
 }
 
@@ -170,8 +161,7 @@ extern "C" int dagpu_nv_backward_dq_ok(const dagpu_params *p, size_t smem_limit)
 }
 
 extern "C" dagpu_err dagpu_nv_launch_backward_dq(const dagpu_params *p, const dashattn_tensor *q,
-                                                 const dashattn_tensor *k,
-                                                 const dashattn_tensor *v,
+                                                 const dashattn_tensor *k, const dashattn_tensor *v,
                                                  const dashattn_tensor *out,
                                                  const dashattn_tensor *dout, const float *lse,
                                                  const dagpu_backward_ws *ws, void *stream)

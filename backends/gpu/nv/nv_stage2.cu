@@ -31,12 +31,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
 
     s2_load_queries<D, T, swz_layout<D>>(qtile, p, q, t, tid, MMA_THREADS);
     cp_async_commit();
-    int j = s2_next(t, -1);
-    if (j >= 0) {
-        load_tile<D>(ktile[0], kbase, k.strides[2], (int64_t)j * MMA_KEYS, p.len_k);
-        load_tile<D>(vtile[0], vbase, v.strides[2], (int64_t)j * MMA_KEYS, p.len_k);
-    }
-    cp_async_commit();
+    int j = s2_prefetch<D>(t, -1, ktile[0], vtile[0], kbase, vbase, k, v, p.len_k);
     row_state rs[2];
     s2_rows(p, ws, t, warp, lane, rs);
 
@@ -55,14 +50,10 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const float scale2 = p.scale * DA_LOG2E;
     int buf = 0;
     while (j >= 0) {
-        const int jn = s2_next(t, j);
         float table_prior[2];
         s2_table_priors(p, rs, j, table_prior);
-        if (jn >= 0) {
-            load_tile<D>(ktile[buf ^ 1], kbase, k.strides[2], (int64_t)jn * MMA_KEYS, p.len_k);
-            load_tile<D>(vtile[buf ^ 1], vbase, v.strides[2], (int64_t)jn * MMA_KEYS, p.len_k);
-        }
-        cp_async_commit();
+        const int jn =
+            s2_prefetch<D>(t, j, ktile[buf ^ 1], vtile[buf ^ 1], kbase, vbase, k, v, p.len_k);
 
         /* With stage 1's priors a warp knows before any product whether its
          * rows read the block; one whose rows all dropped it (the tile reads

@@ -59,6 +59,23 @@ static __device__ __forceinline__ bool s2_reads(const s2_tile &t, int j)
     return t.mask && (t.mask[j >> 5] >> (j & 31) & 1u);
 }
 
+/* The block after j the tile reads (-1 for none), its keys and values
+ * started into the tiles ktile and vtile: one cp.async group, committed
+ * either way. */
+template <int D, typename T>
+static __device__ __forceinline__ int
+s2_prefetch(const s2_tile &t, int j, uint32_t ktile, uint32_t vtile, const T *kbase, const T *vbase,
+            const dashattn_tensor &k, const dashattn_tensor &v, int64_t len_k)
+{
+    const int jn = s2_next(t, j);
+    if (jn >= 0) {
+        load_tile<D>(ktile, kbase, k.strides[2], (int64_t)jn * MMA_KEYS, len_k);
+        load_tile<D>(vtile, vbase, v.strides[2], (int64_t)jn * MMA_KEYS, len_k);
+    }
+    cp_async_commit();
+    return jn;
+}
+
 /* Grid of thread blocks that own `per_block` consecutive tiles each: every
  * such group of every tile head, then batch. */
 static inline dim3 s2_grid(const dagpu_params *p, const dagpu_forward_ws *ws, int per_block)
