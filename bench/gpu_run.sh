@@ -66,6 +66,7 @@ if ! make -j16 NVCC_ARCH_FLAGS="$arch" >"$out/build.log" 2>&1; then
 fi
 
 status=0
+backward_mma_ok=0
 cuda_tests="tests/test_parity_cuda.sh tests/test_cli_gpu.sh tests/test_gpu_plugins.sh tests/test_cuda"
 case $phases in *test*)
     if make -j8 check NVCC_ARCH_FLAGS="$arch" >"$out/check.log" 2>&1; then
@@ -100,6 +101,16 @@ case $phases in *quick*)
         status=1
     fi
     tail -3 "$out/sanitizer-quick.log" | tee -a "$out/summary.txt"
+    # The backward's tensor-core kernels, which DASHATTN_GPU_BACKWARD=mma asks for.
+    if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" DASHATTN_GPU_BACKWARD=mma \
+        tests/test_backend_parity cuda >"$out/parity-backward-mma.log" 2>&1; then
+        say "parity with DASHATTN_GPU_BACKWARD=mma: passed"
+        backward_mma_ok=1
+    else
+        say "parity with DASHATTN_GPU_BACKWARD=mma: FAILED"
+        grep -E 'FAIL' "$out/parity-backward-mma.log" | head -12 | tee -a "$out/summary.txt"
+        status=1
+    fi
     ;;
 esac
 
@@ -267,6 +278,11 @@ esac
 
 case $phases in *train*)
     export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    # The tensor-core backward where the quick phase found it right (or
+    # TRAIN_BACKWARD names one), else the portable one.
+    DASHATTN_GPU_BACKWARD=${TRAIN_BACKWARD:-$([ "$backward_mma_ok" = 1 ] && echo mma || echo portable)}
+    export DASHATTN_GPU_BACKWARD
+    say "train: DASHATTN_GPU_BACKWARD=$DASHATTN_GPU_BACKWARD"
     tlen=${TRAIN_LEN:-16384}
     train_args="--builddir $build --cases train --lengths $tlen --repeat 3 --min-batch-ms 20 --skip-check --no-tile-stats --heads-q 32"
     for hkv in 8 2; do

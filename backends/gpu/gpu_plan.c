@@ -404,7 +404,7 @@ dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, 
     gp->stage1_nv = gp->stage2_nv && !p->shared_group &&
                     dagpu_nv_stage1_smem(p) <= st->info.smem_per_block &&
                     (!p->group_mean || p->group_size <= 32);
-    gp->backward_kv_nv = !st->portable && dagpu_nv_backward_kv_ok(p);
+    gp->backward_kv_nv = !st->portable && st->backward_mma && dagpu_nv_backward_kv_ok(p);
     gp->backward_dq_nv = gp->backward_kv_nv && dagpu_nv_backward_dq_ok(p, st->info.smem_per_block);
 #endif
     gp->split_keys = gp->stage1_nv;

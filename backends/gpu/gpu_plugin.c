@@ -83,6 +83,22 @@ static int dependent_launch_requested(void)
     return strcmp(v, "0") == 0 ? 0 : -1;
 }
 
+/* DASHATTN_GPU_BACKWARD: "mma" (the backward's tensor-core kernels where a
+ * plan and its tensors allow) or "portable" (its portable kernels only);
+ * unset: DAGPU_BACKWARD_MMA_DEFAULT. -1 if invalid. The tensor-core
+ * backward has passed the parity harness on no GPU yet, so it is asked for,
+ * not taken by default (BENCHMARKS.md, issue #14). */
+#define DAGPU_BACKWARD_MMA_DEFAULT 0
+static int backward_mma_requested(void)
+{
+    const char *v = getenv("DASHATTN_GPU_BACKWARD");
+    if (!v || !v[0])
+        return DAGPU_BACKWARD_MMA_DEFAULT;
+    if (strcmp(v, "mma") == 0)
+        return 1;
+    return strcmp(v, "portable") == 0 ? 0 : -1;
+}
+
 static const char *kernels_in_use(int portable)
 {
 #ifdef DAGPU_HAVE_NV
@@ -157,6 +173,12 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
         host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_DEPENDENT_LAUNCH must be 0 or 1");
         return DASHATTN_ERR_INVALID_ARGUMENT;
     }
+    const int backward_mma = backward_mma_requested();
+    if (backward_mma < 0) {
+        host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_BACKWARD must be \"mma\" or "
+                                   "\"portable\"");
+        return DASHATTN_ERR_INVALID_ARGUMENT;
+    }
     const size_t cap = shared_memory_cap();
     if (cap == SIZE_MAX) {
         host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_SHARED_MEMORY must be a number of "
@@ -179,6 +201,7 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
     }
     st->device = options->device;
     st->portable = portable == 1;
+    st->backward_mma = backward_mma;
     err = dagpu_rt_device_info(st->device, &st->info);
     if (err == 0)
         err = dagpu_rt_set_device(st->device);

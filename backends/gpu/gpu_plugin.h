@@ -21,6 +21,8 @@ typedef struct dagpu_state {
     /* The Hopper-only (sm_90a) kernels may run: an sm_90 device, and
      * DASHATTN_GPU_KERNELS neither portable nor sm80. */
     int hopper;
+    /* The backward may take its tensor-core kernels (DASHATTN_GPU_BACKWARD). */
+    int backward_mma;
     dagpu_device_error *error; /* device memory, see gpu_synchronize */
     char name[400];
 } dagpu_state;
