@@ -183,7 +183,7 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
                 b * hq * nq * (double)sizeof(dagpu_row_param) +
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) *
                     4.0; /* masks, packed or not */
-    if (op == DASHATTN_OP_BACKWARD)
+    else if (op == DASHATTN_OP_BACKWARD)
         bytes = b * hkv * m * d * 8.0 + b * hkv * nq * m * 4.0 +
                 b * hq * nq * (double)sizeof(dagpu_row_param) +
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0 + /* masks */
@@ -404,7 +404,8 @@ dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, 
     gp->stage1_nv = gp->stage2_nv && !p->shared_group &&
                     dagpu_nv_stage1_smem(p) <= st->info.smem_per_block &&
                     (!p->group_mean || p->group_size <= 32);
-    gp->backward_kv_nv = !st->portable && st->backward_mma && dagpu_nv_backward_kv_ok(p);
+    gp->backward_kv_nv =
+        !st->portable && st->backward_mma && dagpu_nv_backward_kv_ok(p, st->info.smem_per_block);
     gp->backward_dq_nv = gp->backward_kv_nv && dagpu_nv_backward_dq_ok(p, st->info.smem_per_block);
 #endif
     gp->split_keys = gp->stage1_nv;

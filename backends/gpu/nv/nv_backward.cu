@@ -217,13 +217,19 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+/* Dynamic shared memory: the block's keys and values, a tile's q and dO. */
+static size_t kv_smem(int D)
+{
+    return (size_t)(2 * MMA_KEYS + 2 * kPairs) * (size_t)D * 2;
+}
+
 template <int D, typename T>
 static dagpu_err launch(const dagpu_params *p, const dashattn_tensor *q, const dashattn_tensor *k,
                         const dashattn_tensor *v, const dashattn_tensor *dout, const float *lse,
                         const dashattn_tensor &summary, const dashattn_tensor *dk,
                         const dashattn_tensor *dv, const dagpu_backward_ws *ws, void *stream)
 {
-    const size_t smem = (size_t)(2 * MMA_KEYS + 2 * kPairs) * D * 2;
+    const size_t smem = kv_smem(D);
     const dagpu_rt_error e = da_allow_smem(bwd_kv_mma_kernel<D, T>, smem);
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
@@ -235,10 +241,11 @@ static dagpu_err launch(const dagpu_params *p, const dashattn_tensor *q, const d
 
 } // namespace
 
-extern "C" int dagpu_nv_backward_kv_ok(const dagpu_params *p)
+extern "C" int dagpu_nv_backward_kv_ok(const dagpu_params *p, size_t smem_limit)
 {
     return p->prior_table && p->block_size == MMA_KEYS && p->dtype != DASHATTN_F32 &&
-           (p->head_dim == 64 || p->head_dim == 128);
+           (p->head_dim == 64 || p->head_dim == 128) &&
+           kv_smem((int)p->head_dim) + 4096 <= smem_limit; /* + its static arrays */
 }
 
 extern "C" dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,

@@ -46,9 +46,10 @@ dagpu_err dagpu_nv_launch_decode_scores(const dagpu_params *p, const dashattn_te
 
 /* The backward's kv kernel on the tensor cores, in place of
  * dagpu_launch_backward_kv: whether a plan allows it (16-bit data, head
- * dimension 64 or 128, block size 64, priors from stage 1's table), and the
+ * dimension 64 or 128, block size 64, priors from stage 1's table, its shared
+ * memory within smem_limit), and the
  * launch (q, k, v, dout, dk, dv with contiguous, 16-byte aligned rows). */
-int dagpu_nv_backward_kv_ok(const dagpu_params *p);
+int dagpu_nv_backward_kv_ok(const dagpu_params *p, size_t smem_limit);
 dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,
                                       const dashattn_tensor *k, const dashattn_tensor *v,
                                       const dashattn_tensor *dout, const float *lse,
