@@ -86,9 +86,8 @@ static int dependent_launch_requested(void)
 /* DASHATTN_GPU_BACKWARD: "mma" (the backward's tensor-core kernels where a
  * plan and its tensors allow) or "portable" (its portable kernels only);
  * unset: DAGPU_BACKWARD_MMA_DEFAULT. -1 if invalid. The tensor-core
- * backward has passed the parity harness on no GPU yet, so it is asked for,
- * not taken by default (BENCHMARKS.md, issue #14). */
-#define DAGPU_BACKWARD_MMA_DEFAULT 0
+ * backward passed the parity harness on an H200 (BENCHMARKS.md, issue #14). */
+#define DAGPU_BACKWARD_MMA_DEFAULT 1
 static int backward_mma_requested(void)
 {
     const char *v = getenv("DASHATTN_GPU_BACKWARD");
