@@ -618,6 +618,12 @@ static const fwd_case bwd_late_cases[] = {
      0, 1.0, DT_F16, 0, 0, 1.5, 0, 0, 0},
     {"chunked gqa4:1 mean halley3 D128 S64", 1, 4, 1, 90, 330, 128, 1, 64, 1, 1, 1.5, 0, 2, 0, 1.0,
      DT_BF16, 0, 3, 0, 0, 0, 0},
+    /* Groups of more than 64 heads: the GPU's stage-1 backward then takes
+     * one row per thread block and its dq in several tiles of 64 pairs. */
+    {"causal gqa72:1 mean flat0.5 D16 S16 ragged", 1, 72, 1, 50, 50, 16, 1, 16, 0, 1, 1.5, 0, 2, 0,
+     2.0, DT_F32, 0.5, 0, 0, 0, 0, 0},
+    {"causal gqa80:1 shared summary D8 S16", 1, 80, 1, 112, 112, 8, 1, 16, 0, 1, 1.5, 0, 1, 0, 2.0,
+     DT_F32, 0, 0, 1.5, 0, 0, 0},
 };
 // clang-format on
 

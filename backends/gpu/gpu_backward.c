@@ -2,9 +2,11 @@
 /* Backward calls on the GPU plugins, all on the caller's stream: block keys
  * and the portable stage 1 again (the forward may have taken the
  * tensor-core stage 1; the backward recomputes every block score with the
- * portable one's arithmetic), then gpu_backward.cu's rows kernel (after
- * nv/nv_backward_dq.cu's stage-2 part where the plan allows), kv kernel (or
- * nv/nv_backward.cu's) and, where dh is asked for, its sum. */
+ * portable one's arithmetic), then stage 2's part of dq and the prior
+ * gradients (nv/nv_backward_dq.cu where the plan allows, else
+ * gpu_backward.cu's rows kernel), stage 1's part (gpu_backward_stage1.cu),
+ * the kv kernel (nv/nv_backward.cu's or gpu_backward.cu's) and, where dh is
+ * asked for, its sum. */
 #include "gpu_plugin.h"
 #ifdef DAGPU_HAVE_NV
 #include "nv/nv_kernels.h"
@@ -40,9 +42,11 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
     DAGPU_TRY(dagpu_check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, 0, stream),
                           "block keys kernel"));
     DAGPU_TRY(dagpu_check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, stream), "stage-1 kernel"));
+    int dq_nv = 0;
 #ifdef DAGPU_HAVE_NV
     const dashattn_tensor *rows_in[5] = {a->q, a->k, a->v, a->out, a->dout};
-    if (gp->backward_dq_nv && dagpu_tensors_vector_ok(rows_in, 5)) {
+    dq_nv = gp->backward_dq_nv && dagpu_tensors_vector_ok(rows_in, 5);
+    if (dq_nv) {
         if (ws.dz)
             DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.dz,
                                                       (size_t)p->batch * (size_t)p->heads_q *
@@ -53,15 +57,15 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
         DAGPU_TRY(dagpu_check(
             dagpu_nv_launch_backward_dq(p, a->q, a->k, a->v, a->out, a->dout, a->lse, &ws, stream),
             "backward tensor-core dq kernel"));
-    } else {
-        ws.dq_s2 = NULL;
     }
-#else
-    ws.dq_s2 = NULL;
 #endif
-    DAGPU_TRY(dagpu_check(dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse,
-                                                     a->dq, &ws, stream),
-                          "backward rows kernel"));
+    if (!dq_nv)
+        DAGPU_TRY(dagpu_check(
+            dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse, &ws, stream),
+            "backward rows kernel"));
+    DAGPU_TRY(dagpu_check(
+        dagpu_launch_backward_stage1(p, a->q, a->dq, &ws, gp->backward_stage1_rows, stream),
+        "backward stage-1 kernel"));
 #ifdef DAGPU_HAVE_NV
     const dashattn_tensor *tensors[6] = {a->q, a->k, a->v, a->dout, a->dk, a->dv};
     if (gp->backward_kv_nv && dagpu_tensors_vector_ok(tensors, 6))

@@ -2,10 +2,11 @@
 /* Backward of a call (SPEC.md, "Backward"), portable kernels, once the block
  * keys and stage 1 ran again into the workspace:
  *   rows kernel  a thread block per (query row, KV head) with the group's G
- *                heads: Dl, the stage-2 part of dq with the prior gradients
- *                of the read candidates, then the stage-1 backward (weight
- *                gradient, group mode, entmax backward) into ws.dz, dq's
- *                stage-1 part, and the touch masks;
+ *                heads: Dl, the stage-2 part of dq into ws.dq_s2 and the
+ *                prior gradients of the read candidates into ws.dz (the
+ *                tensor-core nv/nv_backward_dq.cu does the same);
+ *   then gpu_backward_stage1.cu's kernel: stage 1's backward, dq, and the
+ *                touch masks;
  *   kv kernel    a thread block per 64 keys of a block: dk and dv summed
  *                over the (row, head) pairs of the tiles (64 pairs of a KV
  *                head, as stage 2's packed tiles) that touch the block, in
@@ -24,16 +25,9 @@ constexpr int kKvTokens = 64; /* keys of one kv thread block */
 constexpr int kKvLanes = 4;   /* threads that share one key */
 constexpr int kKvThreads = kKvTokens * kKvLanes;
 
-/* u = p^(2 - alpha) of the entmax backward, on the support. */
-static __device__ __forceinline__ double entmax_u(float prob, float alpha)
-{
-    return alpha == 2.0f ? 1.0 : alpha == 1.0f ? (double)prob : pow((double)prob, 2.0 - alpha);
-}
-
 __global__ void __launch_bounds__(kRowThreads)
     bwd_rows_kernel(dagpu_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
-                    dashattn_tensor o, dashattn_tensor dout, const float *lse, dashattn_tensor dq,
-                    dagpu_backward_ws ws)
+                    dashattn_tensor o, dashattn_tensor dout, const float *lse, dagpu_backward_ws ws)
 {
     extern __shared__ float smem[];
     const dagpu_bwd_rows_smem L = dagpu_bwd_rows_layout(&p);
@@ -41,9 +35,9 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t C = DAGPU_BWD_CHUNK, Dp = D + 1;
     const int64_t i = p.len_q - 1 - (int64_t)blockIdx.x; /* the longest rows first */
     const int64_t bh = blockIdx.y, b = bh / p.heads_kv, kvh = bh % p.heads_kv;
-    float *qs = smem + L.q, *dos = smem + L.dout, *dqs = smem + L.dq, *qbar = smem + L.qbar;
+    float *qs = smem + L.q, *dos = smem + L.dout, *dqs = smem + L.dq;
     float *kt = smem + L.k, *vt = smem + L.v, *dls = smem + L.dl, *edss = smem + L.eds;
-    float *l2pi = smem + L.l2pi, *lw = smem + L.lw, *dpm = smem + L.dp;
+    float *l2pi = smem + L.l2pi;
     float *lse2 = smem + L.lse2, *delta = smem + L.delta, *gacc = smem + L.gacc;
     int *list = reinterpret_cast<int *>(smem + L.list);
     int *count = reinterpret_cast<int *>(smem + L.count);
@@ -56,32 +50,20 @@ __global__ void __launch_bounds__(kRowThreads)
     const float *kbar = ws.fwd.kbar + bh * M * D;
     const int64_t l2_stride = p.prior_table ? 0 : M;
     const bool grads = ws.dz != nullptr && ce > cb;
-    /* With ws.dq_s2 the tensor-core kernel did stage 2's part (dq, Dl and
-     * the prior gradients in ws.dz, zeroed before it); this kernel adds
-     * stage 1's. */
-    const bool s2 = ws.dq_s2 == nullptr;
 
     for (int64_t x = tid; x < G * D; x += nt) {
         const int64_t h = kvh * G + x / D, d = x % D;
         qs[x] = da_load(q.data, q.dtype, da_offset(q, b, h, i, d));
-        if (s2)
-            dos[x] = da_load(dout.data, dout.dtype, da_offset(dout, b, h, i, d));
-        dqs[x] = s2 ? 0.0f : ws.dq_s2[((b * p.heads_q + h) * p.len_q + i) * D + d];
+        dos[x] = da_load(dout.data, dout.dtype, da_offset(dout, b, h, i, d));
+        dqs[x] = 0.0f;
     }
-    if (p.shared_group)
-        for (int64_t d = tid; d < D; d += nt) {
-            float acc = 0.0f; /* the mean query exactly as stage 1 forms it */
-            for (int64_t g = 0; g < G; g++)
-                acc += da_load(q.data, q.dtype, da_offset(q, b, kvh * G + g, i, d));
-            qbar[d] = acc / (float)G;
-        }
     if (tid < G) {
         const int64_t row = (b * p.heads_q + kvh * G + tid) * p.len_q + i;
         rps[tid] = ws.fwd.rows[row];
         lse2[tid] = lse[row] * DA_LOG2E;
         gacc[tid] = 0.0f;
     }
-    for (int64_t g = warp; g < G && s2; g += warps) {
+    for (int64_t g = warp; g < G; g += warps) {
         const int64_t h = kvh * G + g;
         float acc = 0.0f;
         for (int64_t d = lane; d < D; d += DA_WARP)
@@ -109,23 +91,10 @@ __global__ void __launch_bounds__(kRowThreads)
             l2 = da_candidate_log2(p, rps[g],
                                    da_block_score(qs + g * D, kbar + j * D, D, p.stage1_scale));
         l2pi[g * M + j] = l2;
-        if (s2 && grads && j >= cb && j < ce)
+        if (grads && j >= cb && j < ce)
             for (int64_t gg = p.prior_table ? 0 : g; gg < (p.prior_table ? G : g + 1); gg++)
                 *dz_slot(p, ws, bh, j, i, gg) = 0.0f;
     }
-    /* The flat prior's J in group-mean mode: the group's weight before
-     * flattening, the mean of its heads' p as stage 1 formed it. */
-    if (grads && p.group_mean && p.prior_flat)
-        for (int64_t j = cb + tid; j < ce; j += nt) {
-            float top = -DA_INF_F, sum = 0.0f;
-            for (int64_t g = 0; g < G; g++)
-                da_log2_mean_add(
-                    top, sum,
-                    da_prior_log2(rps[g],
-                                  da_block_score(qs + g * D, kbar + j * D, D, p.stage1_scale),
-                                  p.alpha));
-            lw[j] = da_log2_mean(top, sum, G);
-        }
     __syncthreads();
     if (warp == 0) {
         int n = 0;
@@ -135,10 +104,8 @@ __global__ void __launch_bounds__(kRowThreads)
             for (int64_t g = 0; g < H1 && j < nvis; g++)
                 keep = keep || !(l2pi[g * M + j] == -DA_INF_F);
             const unsigned ballot = da_ballot<DA_WARP>(keep);
-            if (keep) {
+            if (keep)
                 list[n + __popc(ballot & ((1u << lane) - 1u))] = (int)j;
-                touch(p, ws, bh, i, j);
-            }
             n += __popc(ballot);
         }
         if (lane == 0)
@@ -147,7 +114,7 @@ __global__ void __launch_bounds__(kRowThreads)
     __syncthreads();
 
     /* Stage 2 again over the read blocks, a chunk of keys at a time. */
-    const int kept = s2 ? *count : 0;
+    const int kept = *count;
     const float scale2 = p.scale * DA_LOG2E;
     for (int x = 0; x < kept; x++) {
         const int64_t j = list[x], first = j * S;
@@ -205,99 +172,8 @@ __global__ void __launch_bounds__(kRowThreads)
     }
     __syncthreads();
 
-    if (grads) {
-        /* The log2 weight of head g's candidate j before the flat prior. */
-        auto pre_log2 = [&](int64_t j, int64_t g) -> float {
-            if (p.group_mean)
-                return lw[j];
-            const float *qv = p.shared_group ? qbar : qs + g * D;
-            return da_prior_log2(rps[g], da_block_score(qv, kbar + j * D, D, p.stage1_scale),
-                                 p.alpha);
-        };
-        /* Flat prior: dL/dw = (gamma - mean_J gamma) / (sigma w), gamma =
-         * pi dL/dpi, over the candidates J the prior keeps; in place. */
-        if (p.prior_flat) {
-            for (int64_t g = warp; g < G; g += warps) {
-                const float *l2 = l2pi + g * l2_stride;
-                double acc[2] = {0.0, 0.0};
-                for (int64_t j = cb + lane; j < ce; j += DA_WARP)
-                    if (pre_log2(j, g) > DA_LOG2_FLAT_FLOOR) {
-                        acc[0] += (double)exp2f(l2[j]) * *dz_slot(p, ws, bh, j, i, g);
-                        acc[1] += 1.0;
-                    }
-                acc[0] = da_warp_sum<DA_WARP>(acc[0]);
-                acc[1] = da_warp_sum<DA_WARP>(acc[1]);
-                const double mean = acc[1] > 0.0 ? acc[0] / acc[1] : 0.0;
-                for (int64_t j = cb + lane; j < ce; j += DA_WARP) {
-                    const float pre = pre_log2(j, g);
-                    float *slot = dz_slot(p, ws, bh, j, i, g);
-                    *slot = pre > DA_LOG2_FLAT_FLOOR
-                                ? (float)(((double)exp2f(l2[j]) * *slot - mean) *
-                                          (double)p.inv_sigma / exp2((double)pre))
-                                : 0.0f;
-                }
-            }
-            __syncthreads();
-        }
-        /* One weight for the group: dL/dp is the heads' sum (shared) or
-         * their mean (each head's p in group-mean mode). */
-        if (p.shared_group || p.group_mean) {
-            for (int64_t j = cb + tid; j < ce; j += nt) {
-                double s = 0.0;
-                for (int64_t g = 0; g < G; g++)
-                    s += *dz_slot(p, ws, bh, j, i, g);
-                dpm[j] = (float)(p.group_mean ? s / (double)G : s);
-            }
-            __syncthreads();
-        }
-        /* Entmax backward, a warp per probability row (one in shared mode,
-         * whose score gradient each head gets 1/G of). */
-        const int64_t E = p.shared_group ? 1 : G;
-        const double factor = (double)p.stage1_scale / (p.shared_group ? (double)G : 1.0);
-        for (int64_t e = warp; e < E; e += warps) {
-            const float *qv = p.shared_group ? qbar : qs + e * D;
-            auto prob_of = [&](int64_t j) {
-                return exp2f(da_prior_log2(
-                    rps[e], da_block_score(qv, kbar + j * D, D, p.stage1_scale), p.alpha));
-            };
-            auto dp_of = [&](int64_t j) -> double {
-                return p.shared_group || p.group_mean ? (double)dpm[j]
-                                                      : (double)*dz_slot(p, ws, bh, j, i, e);
-            };
-            double acc[2] = {0.0, 0.0};
-            for (int64_t j = cb + lane; j < ce; j += DA_WARP) {
-                const float pr = prob_of(j);
-                if (pr > 0.0f) {
-                    const double u = entmax_u(pr, p.alpha);
-                    acc[0] += u;
-                    acc[1] += u * dp_of(j);
-                }
-            }
-            acc[0] = da_warp_sum<DA_WARP>(acc[0]);
-            acc[1] = da_warp_sum<DA_WARP>(acc[1]);
-            const double mean = acc[0] > 0.0 ? acc[1] / acc[0] : 0.0;
-            for (int64_t j = cb + lane; j < ce; j += DA_WARP) {
-                const float pr = prob_of(j);
-                const float dz =
-                    pr > 0.0f ? (float)(factor * entmax_u(pr, p.alpha) * (dp_of(j) - mean)) : 0.0f;
-                for (int64_t g = p.shared_group ? 0 : e; g < (p.shared_group ? G : e + 1); g++)
-                    *dz_slot(p, ws, bh, j, i, g) = dz;
-                if (dz != 0.0f)
-                    touch(p, ws, bh, i, j);
-            }
-        }
-        __syncthreads();
-        for (int64_t g = warp; g < G; g += warps)
-            for (int64_t j = cb; j < ce; j++) {
-                const float dz = *dz_slot(p, ws, bh, j, i, g);
-                if (dz != 0.0f)
-                    for (int64_t d = lane; d < D; d += DA_WARP)
-                        dqs[g * D + d] = fmaf(dz, kbar[j * D + d], dqs[g * D + d]);
-            }
-        __syncthreads();
-    }
     for (int64_t x = tid; x < G * D; x += nt)
-        da_store(dq.data, dq.dtype, da_offset(dq, b, kvh * G + x / D, i, x % D), dqs[x]);
+        ws.dq_s2[((b * p.heads_q + kvh * G + x / D) * p.len_q + i) * D + x % D] = dqs[x];
 }
 
 /* Sum and maximum over a thread block; every thread gets the result. */
@@ -527,7 +403,6 @@ extern "C" dagpu_err dagpu_launch_backward_rows(const dagpu_params *p, const das
                                                 const dashattn_tensor *k, const dashattn_tensor *v,
                                                 const dashattn_tensor *out,
                                                 const dashattn_tensor *dout, const float *lse,
-                                                const dashattn_tensor *dq,
                                                 const dagpu_backward_ws *ws, void *stream)
 {
     const size_t smem = dagpu_bwd_rows_smem_bytes(p);
@@ -536,7 +411,7 @@ extern "C" dagpu_err dagpu_launch_backward_rows(const dagpu_params *p, const das
         return (dagpu_err)e;
     const dim3 grid((unsigned)p->len_q, (unsigned)(p->batch * p->heads_kv));
     bwd_rows_kernel<<<grid, kRowThreads, smem, (dagpu_rt_stream)stream>>>(*p, *q, *k, *v, *out,
-                                                                          *dout, lse, *dq, *ws);
+                                                                          *dout, lse, *ws);
     return (dagpu_err)dagpuGetLastError();
 }
 

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* What the backward's kernels share (gpu_backward.cu and the tensor-core
- * nv/nv_backward.cu): where a (row, head, block) score gradient lives, and
- * the touch masks of tiles of 64 (row, head) pairs of a KV head. */
+/* What the backward's kernels share (gpu_backward.cu,
+ * gpu_backward_stage1.cu and the tensor-core nv/nv_backward*.cu): where a
+ * (row, head, block) score gradient lives, and the touch masks of tiles of
+ * 64 (row, head) pairs of a KV head. */
 #ifndef DASHATTN_GPU_BACKWARD_CUH
 #define DASHATTN_GPU_BACKWARD_CUH
 
@@ -12,16 +13,6 @@ static __device__ __forceinline__ float *dz_slot(const dagpu_params &p, const da
                                                  int64_t bh, int64_t j, int64_t i, int64_t g)
 {
     return ws.dz + ((bh * p.num_blocks + j) * p.len_q + i) * p.group_size + g;
-}
-
-/* Block j is touched by the tiles of row i's G (row, head) pairs. */
-static __device__ __forceinline__ void touch(const dagpu_params &p, const dagpu_backward_ws &ws,
-                                             int64_t bh, int64_t i, int64_t j)
-{
-    const int64_t G = p.group_size;
-    for (int64_t t = i * G / DAGPU_TILE_ROWS; t <= (i * G + G - 1) / DAGPU_TILE_ROWS; t++)
-        atomicOr(ws.touch + (bh * ws.pair_tiles + t) * ws.fwd.words + j / 32,
-                 1u << (unsigned)(j % 32));
 }
 
 /* The first pair that can see the key block starting at key `first`:

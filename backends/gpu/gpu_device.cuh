@@ -78,6 +78,103 @@ static __device__ __forceinline__ float da_block_score(const float *q, const flo
     return stage1_scale * acc;
 }
 
+/* Block scores in shared memory, a chunk of DAGPU_SCORE_COLS blocks at a
+ * time, for the kernels that score many vectors against the same blocks:
+ * da_load_key_chunk stages blocks j0 .. j0 + 31 of kbar ([M, D]) as rows of
+ * vs floats (zero padded; vs a multiple of 4 with vs / 4 odd, so float4
+ * reads down a column are free of bank conflicts), and da_score_chunk
+ * scores vectors qs[e * vs + d] (zero padded alike) against them, each
+ * score a serial fma chain over ascending d as da_block_score forms it, so
+ * the two agree to the bit. Thread t takes column t % 32 and vectors
+ * t / 32 + (threads / 32) m; store(e, c, z) gets every score of the chunk.
+ * Called by every thread; the caller synchronises around the staging. */
+static __device__ __forceinline__ void da_load_key_chunk(float *kb, const float *kbar, int64_t j0,
+                                                         int64_t blocks, int64_t dim, int64_t vs)
+{
+    for (int64_t idx = threadIdx.x; idx < DAGPU_SCORE_COLS * vs; idx += blockDim.x) {
+        const int64_t c = idx / vs, d = idx % vs, j = j0 + c;
+        kb[idx] = j < blocks && d < dim ? kbar[j * dim + d] : 0.0f;
+    }
+}
+
+/* da_score_chunk with kPer vectors per thread and pass; the rows past the
+ * last vector are read again in their place (no branch in the loop) and
+ * their scores dropped. */
+template <int kPer, typename Store>
+static __device__ __forceinline__ void da_score_chunk_by(const float *qs, const float *kb,
+                                                         int64_t vs, int64_t vectors, int64_t dim,
+                                                         float stage1_scale, Store store)
+{
+    const int c = (int)(threadIdx.x % DAGPU_SCORE_COLS);
+    const int groups = (int)(blockDim.x / DAGPU_SCORE_COLS), v4 = (int)(vs / 4);
+    const int d4s = (int)((dim + 3) / 4);
+    const float4 *kv = reinterpret_cast<const float4 *>(kb) + c * v4;
+    const float4 *q4s = reinterpret_cast<const float4 *>(qs);
+    for (int e0 = (int)(threadIdx.x / DAGPU_SCORE_COLS); e0 < vectors; e0 += groups * kPer) {
+        float acc[kPer];
+        int row[kPer];
+#pragma unroll
+        for (int m = 0; m < kPer; m++) {
+            acc[m] = 0.0f;
+            row[m] = min(e0 + groups * m, (int)vectors - 1) * v4;
+        }
+        for (int d4 = 0; d4 < d4s; d4++) {
+            const float4 k4 = kv[d4];
+#pragma unroll
+            for (int m = 0; m < kPer; m++) {
+                const float4 q4 = q4s[row[m] + d4];
+                acc[m] = fmaf(q4.x, k4.x, acc[m]);
+                acc[m] = fmaf(q4.y, k4.y, acc[m]);
+                acc[m] = fmaf(q4.z, k4.z, acc[m]);
+                acc[m] = fmaf(q4.w, k4.w, acc[m]);
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < kPer; m++) {
+            const int e = e0 + groups * m;
+            if (e < vectors)
+                store((int64_t)e, c, stage1_scale * acc[m]);
+        }
+    }
+}
+
+template <typename Store>
+static __device__ __forceinline__ void da_score_chunk(const float *qs, const float *kb, int64_t vs,
+                                                      int64_t vectors, int64_t dim,
+                                                      float stage1_scale, Store store)
+{
+    const int64_t groups = blockDim.x / DAGPU_SCORE_COLS, per = (vectors + groups - 1) / groups;
+    if (per <= 1)
+        da_score_chunk_by<1>(qs, kb, vs, vectors, dim, stage1_scale, store);
+    else if (per <= 2)
+        da_score_chunk_by<2>(qs, kb, vs, vectors, dim, stage1_scale, store);
+    else if (per <= 4)
+        da_score_chunk_by<4>(qs, kb, vs, vectors, dim, stage1_scale, store);
+    else
+        da_score_chunk_by<8>(qs, kb, vs, vectors, dim, stage1_scale, store);
+}
+
+/* Every score of vectors qs (da_score_chunk's layout) over blocks
+ * [cb, ce), chunk by chunk through kb: store(e, j, z) for each. Called by
+ * every thread once qs is written; ends with a barrier. */
+template <typename Store>
+static __device__ void da_score_range(const float *qs, float *kb, const float *kbar, int64_t vs,
+                                      int64_t vectors, int64_t blocks, int64_t dim,
+                                      float stage1_scale, int64_t cb, int64_t ce, Store store)
+{
+    for (int64_t j0 = cb / DAGPU_SCORE_COLS * DAGPU_SCORE_COLS; j0 < ce; j0 += DAGPU_SCORE_COLS) {
+        __syncthreads(); /* the vectors are in place, the chunk before is scored */
+        da_load_key_chunk(kb, kbar, j0, blocks, dim, vs);
+        __syncthreads();
+        da_score_chunk(qs, kb, vs, vectors, dim, stage1_scale, [&](int64_t e, int c, float z) {
+            const int64_t j = j0 + c;
+            if (j >= cb && j < ce)
+                store(e, j, z);
+        });
+    }
+    __syncthreads();
+}
+
 /* log2 of a candidate block's weight from its score z: -inf when the block is
  * not selected, NaN when the row's scores were unusable. */
 static __device__ __forceinline__ float da_prior_log2(const dagpu_row_param &rp, float z,

@@ -22,6 +22,10 @@ extern "C" {
 /* Query vectors one generic stage-1 thread block scores: rows of one head,
  * or in group-mean mode the G heads of 16 / G rows (one row if G > 16). */
 #define DAGPU_STAGE1_ROWS 16
+/* Blocks the kernels that score in shared memory take at a time (one mask
+ * word), and the row stride of their staged vectors and block keys. */
+#define DAGPU_SCORE_COLS 32
+#define DAGPU_SCORE_STRIDE(dim) (((dim) + 7) / 8 * 8 + 4)
 /* Query heads per KV head that decode takes (plans with more are refused). */
 #define DAGPU_DECODE_MAX_GROUP 32
 
@@ -150,8 +154,8 @@ typedef struct dagpu_decode_ws {
 typedef struct dagpu_backward_ws {
     dagpu_forward_ws fwd;
     /* [B, Hkv, M, Nq, G]: lambda1 times dL/dz of each (row, head) for its
-     * candidate blocks (the rows kernel first keeps its prior gradients
-     * there); NULL where nothing reaches stage 1 (top-k). */
+     * candidate blocks (stage 2's part of the backward first leaves its
+     * prior gradients there); NULL where nothing reaches stage 1 (top-k). */
     float *dz;
     float *delta; /* [B, Hq, Nq]: Dl = dO . o */
     /* [B, Hkv, pair_tiles, words]: the blocks a tile of 64 (row, head)
@@ -159,9 +163,8 @@ typedef struct dagpu_backward_ws {
     uint32_t *touch;
     float *rt;       /* [B, Hkv, Nk]: r_t of each key (learned summaries, for dh) */
     double *dh_part; /* [chunks, Hkv, D]: partial sums of dh */
-    /* [B, Hq, Nq, D]: the stage-2 part of dq from the tensor-core kernel,
-     * which also wrote Dl and the prior gradients; NULL where the rows
-     * kernel computes them itself. */
+    /* [B, Hq, Nq, D]: the stage-2 part of dq, which the stage-1 kernel
+     * completes into the caller's dq. */
     float *dq_s2;
     int64_t pair_tiles; /* ceil(Nq G / DAGPU_TILE_ROWS) */
     int64_t dh_chunks;  /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
@@ -174,14 +177,12 @@ typedef struct dagpu_backward_ws {
 #define DAGPU_BWD_DH_CHUNK 256
 
 /* Dynamic shared memory of the backward's rows kernel, in floats from its
- * start: the G heads' q, dO and dq; the group's mean query (shared mode); a
- * chunk of keys and values (rows padded by one); per (head, token) dl and
- * e (dP - Dl); per block the log2 priors (one row where the group shares
- * them), the group's pre-flat log2 weight, dL/dp of the group's weight and
- * the read blocks' list; per head lse, Dl, a prior-gradient sum and the row
- * parameters. */
+ * start: the G heads' q, dO and dq; a chunk of keys and values (rows padded
+ * by one); per (head, token) dl and e (dP - Dl); per block the log2 priors
+ * (one row where the group shares them) and the read blocks' list; per
+ * head lse, Dl, a prior-gradient sum and the row parameters. */
 typedef struct dagpu_bwd_rows_smem {
-    int64_t q, dout, dq, qbar, k, v, dl, eds, l2pi, lw, dp, list, lse2, delta, gacc, rp, count;
+    int64_t q, dout, dq, k, v, dl, eds, l2pi, list, lse2, delta, gacc, rp, count;
     int64_t total;
 } dagpu_bwd_rows_smem;
 
@@ -193,14 +194,11 @@ static inline DAGPU_HOST_DEVICE dagpu_bwd_rows_smem dagpu_bwd_rows_layout(const 
     s.q = at, at += G * D;
     s.dout = at, at += G * D;
     s.dq = at, at += G * D;
-    s.qbar = at, at += D;
     s.k = at, at += C * (D + 1);
     s.v = at, at += C * (D + 1);
     s.dl = at, at += G * C;
     s.eds = at, at += G * C;
     s.l2pi = at, at += (p->prior_table ? 1 : G) * M;
-    s.lw = at, at += M;
-    s.dp = at, at += M;
     s.list = at, at += M;
     s.lse2 = at, at += G;
     s.delta = at, at += G;
@@ -214,6 +212,62 @@ static inline DAGPU_HOST_DEVICE dagpu_bwd_rows_smem dagpu_bwd_rows_layout(const 
 static inline size_t dagpu_bwd_rows_smem_bytes(const dagpu_params *p)
 {
     return (size_t)dagpu_bwd_rows_layout(p).total * sizeof(float);
+}
+
+/* The backward's stage-1 kernel (gpu_backward_stage1.cu): a thread block
+ * per R query rows of one KV head with all G heads, P = R G (row, head)
+ * pairs and E score vectors (the rows' mean queries in shared mode, else
+ * the pairs). Its candidate blocks go in chunks of DAGPU_BWD_S1_COLS. */
+#define DAGPU_BWD_S1_COLS DAGPU_SCORE_COLS
+#define DAGPU_BWD_S1_THREADS 256
+
+/* Its dynamic shared memory in 4-byte words from the start, doubles first:
+ * two partial sums per thread and pair (or vector) it takes; per pair the
+ * flat prior's mean, per vector the entmax backward's; the vectors (rows
+ * of 64 DC + 4 words, DC = ceil(D / 64), zero padded), a column chunk of
+ * block keys (the same rows) and the vectors' scores over all M blocks
+ * (rows of M + 1); in group-mean mode with the flat prior the group's log2
+ * weight per (row, block); per (pair, column) a transformed prior gradient
+ * and then dz (rows of COLS + 1, at least 64 pairs), per (row, column)
+ * dL/dp of the group; each vector's row parameters; each row's candidate
+ * range; the touch bits of the pair tiles the rows span. */
+typedef struct dagpu_bwd_s1_smem {
+    int64_t part, fmean, emean, qs, zs, kb, lw, sp, dpr, rp, range, bits;
+    int64_t vec_stride, z_stride, tiles, total;
+} dagpu_bwd_s1_smem;
+
+static inline DAGPU_HOST_DEVICE dagpu_bwd_s1_smem dagpu_bwd_s1_layout(const dagpu_params *p,
+                                                                      int64_t rows)
+{
+    const int64_t G = p->group_size, M = p->num_blocks, C = DAGPU_BWD_S1_COLS;
+    const int64_t P = rows * G, E = p->shared_group ? rows : P;
+    const int64_t PE = P > E ? P : E, P64 = P > 64 ? P : 64;
+    dagpu_bwd_s1_smem s;
+    s.vec_stride = 64 * ((p->head_dim + 63) / 64) + 4;
+    s.z_stride = M + 1;
+    /* Pair tiles a run of P pairs can span, wherever it starts. */
+    s.tiles = (P + DAGPU_TILE_ROWS - 2) / DAGPU_TILE_ROWS + 1;
+    int64_t at = 0;
+    s.part = at, at += 2 * 2 * (4 * PE > 256 ? 4 * PE : 256);
+    s.fmean = at, at += 2 * P;
+    s.emean = at, at += 2 * E;
+    at = (at + 3) / 4 * 4; /* read as float4 */
+    s.qs = at, at += E * s.vec_stride;
+    s.kb = at, at += C * s.vec_stride;
+    s.zs = at, at += E * s.z_stride;
+    s.lw = at, at += p->group_mean && p->prior_flat ? rows * s.z_stride : 0;
+    s.sp = at, at += P64 * (C + 1);
+    s.dpr = at, at += rows * (C + 1);
+    s.rp = at, at += E * (int64_t)(sizeof(dagpu_row_param) / sizeof(float));
+    s.range = at, at += 2 * rows;
+    s.bits = at, at += s.tiles * ((M + 31) / 32);
+    s.total = at;
+    return s;
+}
+
+static inline size_t dagpu_bwd_s1_smem_bytes(const dagpu_params *p, int64_t rows)
+{
+    return (size_t)dagpu_bwd_s1_layout(p, rows).total * 4;
 }
 
 /* Error a kernel found in device data (seq_lens, block tables), reported by
@@ -246,12 +300,15 @@ static inline int64_t dagpu_stage1_vectors(const dagpu_params *p)
 
 /* Dynamic shared memory of the portable stage 1 (plans above the device's
  * limit are refused):
- * queries and scores of its vectors, in group-mean mode their row
- * parameters, and the mask words of the tiles its rows touch. */
+ * its vectors, a chunk of block keys, the vectors' scores, in group-mean
+ * mode their row parameters, and the mask words of the tiles its rows
+ * touch. */
 static inline size_t dagpu_stage1_smem(const dagpu_params *p)
 {
     const size_t vectors = (size_t)dagpu_stage1_vectors(p);
-    return vectors * (size_t)(p->head_dim + p->num_blocks) * sizeof(float) +
+    return (vectors * (size_t)(DAGPU_SCORE_STRIDE(p->head_dim) + p->num_blocks) +
+            (size_t)DAGPU_SCORE_COLS * (size_t)DAGPU_SCORE_STRIDE(p->head_dim)) *
+               sizeof(float) +
            (p->group_mean ? vectors * sizeof(dagpu_row_param) : 0) +
            (size_t)dagpu_stage1_mask_tiles(p, dagpu_stage1_rows(p, DAGPU_STAGE1_ROWS)) *
                (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
@@ -343,14 +400,18 @@ dagpu_err dagpu_launch_decode_split(const dagpu_params *p, const dashattn_tensor
                                     int tile, void *stream);
 dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dashattn_tensor *out, float *lse,
                                     const dagpu_decode_ws *ws, void *stream);
-/* Backward: the rows kernel (dq, Dl, dz, the touch masks, which must be
- * zeroed before), the kv kernel (dk, dv, r_t) and, where dh is asked for,
- * its sum (zeros without a stage-1 gradient or learned summaries). */
+/* Backward: the rows kernel (stage 2's part: ws.dq_s2, Dl and the prior
+ * gradients in ws.dz), the stage-1 kernel over `rows` rows per thread block
+ * (dz, the caller's dq, and the touch masks, which must be zeroed before),
+ * the kv kernel (dk, dv, r_t) and, where dh is asked for, its sum (zeros
+ * without a stage-1 gradient or learned summaries). */
 dagpu_err dagpu_launch_backward_rows(const dagpu_params *p, const dashattn_tensor *q,
                                      const dashattn_tensor *k, const dashattn_tensor *v,
                                      const dashattn_tensor *out, const dashattn_tensor *dout,
-                                     const float *lse, const dashattn_tensor *dq,
-                                     const dagpu_backward_ws *ws, void *stream);
+                                     const float *lse, const dagpu_backward_ws *ws, void *stream);
+dagpu_err dagpu_launch_backward_stage1(const dagpu_params *p, const dashattn_tensor *q,
+                                       const dashattn_tensor *dq, const dagpu_backward_ws *ws,
+                                       int64_t rows, void *stream);
 dagpu_err dagpu_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,
                                    const dashattn_tensor *k, const dashattn_tensor *v,
                                    const dashattn_tensor *dout, const float *lse,

@@ -136,8 +136,7 @@ size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws
         w.dh_part = dagpu_carve(&c, (size_t)w.dh_chunks * (size_t)p->heads_kv * D * sizeof(double));
     }
     w.delta = dagpu_carve(&c, rows * sizeof(float));
-    if (gp->backward_dq_nv)
-        w.dq_s2 = dagpu_carve(&c, rows * D * sizeof(float));
+    w.dq_s2 = dagpu_carve(&c, rows * D * sizeof(float));
     w.touch = dagpu_carve(&c, B * (size_t)p->heads_kv * (size_t)w.pair_tiles * (size_t)w.fwd.words *
                                   sizeof(uint32_t));
     if (ws)
@@ -275,13 +274,36 @@ static void forward_limits(const dagpu_state *st, dagpu_plan *gp)
                  smem, limit);
 }
 
+/* Query rows per thread block of the backward's stage-1 kernel: up to 64
+ * (row, head) pairs, as many as let two thread blocks share a
+ * multiprocessor (its registers are bounded for two; one alone waits on
+ * its own latencies), else as many as fit one. */
+static int64_t backward_stage1_rows(const dagpu_params *p, size_t limit)
+{
+    const int64_t most = 64 / p->group_size > 1 ? 64 / p->group_size : 1;
+    const size_t half = limit / 2 > 1024 ? limit / 2 - 1024 : 0;
+    int64_t rows = most;
+    while (rows > 1 && dagpu_bwd_s1_smem_bytes(p, rows) > half)
+        rows--;
+    if (dagpu_bwd_s1_smem_bytes(p, rows) <= half)
+        return rows;
+    rows = most;
+    while (rows > 1 && dagpu_bwd_s1_smem_bytes(p, rows) > limit)
+        rows--;
+    return rows;
+}
+
 /* Why the backward cannot run on this device ("" if it can): it runs stage
- * 1 again, and its rows kernel holds a row's heads and blocks in shared
- * memory. */
+ * 1 again, its rows kernel holds a row's heads and blocks in shared memory,
+ * and its stage-1 kernel the scores of at least one row's heads over all
+ * blocks. */
 static void backward_limits(const dagpu_state *st, dagpu_plan *gp)
 {
     const dagpu_params *p = &gp->params;
     const size_t smem = dagpu_bwd_rows_smem_bytes(p), limit = st->info.smem_per_block;
+    const int64_t rows = backward_stage1_rows(p, limit);
+    gp->backward_stage1_rows = rows;
+    const size_t s1_smem = dagpu_bwd_s1_smem_bytes(p, rows);
     if (gp->forward_refusal[0])
         memcpy(gp->backward_refusal, gp->forward_refusal, sizeof gp->backward_refusal);
     else if (p->batch * p->heads_kv > 65535 || p->group_size > 256)
@@ -289,13 +311,13 @@ static void backward_limits(const dagpu_state *st, dagpu_plan *gp)
                  "the backward takes at most 65535 (sequence, KV head) pairs and 256 query heads "
                  "per KV head, the plan has %lld and %lld",
                  (long long)(p->batch * p->heads_kv), (long long)p->group_size);
-    else if (smem > limit)
+    else if (smem > limit || s1_smem > limit)
         snprintf(gp->backward_refusal, sizeof gp->backward_refusal,
                  "the backward of %lld key blocks with %lld query heads per KV head and head "
                  "dimension %lld needs %zu bytes of shared memory, the device offers %zu; use a "
                  "larger block_size",
-                 (long long)p->num_blocks, (long long)p->group_size, (long long)p->head_dim, smem,
-                 limit);
+                 (long long)p->num_blocks, (long long)p->group_size, (long long)p->head_dim,
+                 smem > s1_smem ? smem : s1_smem, limit);
 }
 
 /* Decode choices; a refusal's message is set and its status returned. */

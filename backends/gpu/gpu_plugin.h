@@ -41,12 +41,13 @@ typedef struct dagpu_plan {
     int decode_threshold_threads;
     int decode_weight_lanes;
     int decode_merge_lane_columns;
-    int decode_chained;   /* dependent launches between the decode kernels */
-    int decode_tile;      /* tokens per tile of the portable decode split */
-    int decode_split_nv;  /* tensor-core decode split */
-    int decode_scores_nv; /* tensor-core decode scores */
-    int backward_kv_nv;   /* tensor-core kv kernel of the backward */
-    int backward_dq_nv;   /* tensor-core stage-2 part of the backward's dq */
+    int decode_chained;           /* dependent launches between the decode kernels */
+    int decode_tile;              /* tokens per tile of the portable decode split */
+    int decode_split_nv;          /* tensor-core decode split */
+    int decode_scores_nv;         /* tensor-core decode scores */
+    int backward_kv_nv;           /* tensor-core kv kernel of the backward */
+    int backward_dq_nv;           /* tensor-core stage-2 part of the backward's dq */
+    int64_t backward_stage1_rows; /* query rows per thread block of its stage-1 kernel */
     /* An operation this plan cannot run on the device (the plan itself is
      * refused when it cannot run its main one): why, or "" if it can. */
     char forward_refusal[256];

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Stage 1 of a forward call, portable kernel: block scores of 16 query
- * vectors per thread block in f32, then gpu_stage1_finish.cuh. The NVIDIA
- * tensor-core variant is nv/nv_stage1.cu. */
+ * vectors per thread block in f32 (da_score_chunk), then
+ * gpu_stage1_finish.cuh. The NVIDIA tensor-core variant is
+ * nv/nv_stage1.cu. */
 #include "gpu_stage1_finish.cuh"
 
 namespace
@@ -11,19 +12,21 @@ namespace
  * shared mode (on the group-mean query), or in group-mean mode the G heads
  * of one KV head for R rows (query vector a = g * R + r). R is
  * DAGPU_STAGE1_ROWS except in group-mean mode (dagpu_stage1_rows). */
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, 4) /* 128 registers: four per multiprocessor */
     stage1_kernel(dagpu_params p, dashattn_tensor q, dagpu_forward_ws ws, dashattn_selection sel,
                   int R)
 {
     extern __shared__ float smem[];
     const int64_t D = p.head_dim, M = p.num_blocks, G = p.group_size;
+    const int64_t VS = DAGPU_SCORE_STRIDE(D);
     const int64_t b = blockIdx.z, hh = blockIdx.y;
     const int64_t kvh = p.shared_group || p.group_mean ? hh : hh / G;
     const int64_t row0 = (int64_t)blockIdx.x * R;
     const int rows = (int)min((int64_t)R, p.len_q - row0);
     const int64_t vectors = p.group_mean ? G * R : R;
     float *qs = smem;
-    float *zs = smem + vectors * D;
+    float *kb = qs + vectors * VS;
+    float *zs = kb + DAGPU_SCORE_COLS * VS;
     dagpu_row_param *params = reinterpret_cast<dagpu_row_param *>(zs + vectors * M);
     /* The rows' blocks and counts are gathered here first: one global atomic
      * per word per thread block instead of one per row. */
@@ -34,34 +37,31 @@ __global__ void __launch_bounds__(128)
     if (tid < 2)
         block_counts[tid] = 0;
 
-    for (int64_t idx = tid; idx < vectors * D; idx += blockDim.x) {
-        const int64_t a = idx / D, d = idx % D, r = a % R;
-        if (r >= rows)
-            continue;
-        float x;
-        if (p.shared_group) {
-            float acc = 0.0f;
-            for (int64_t g = 0; g < G; g++)
-                acc += da_load(q.data, q.dtype, da_offset(q, b, hh * G + g, row0 + r, d));
-            x = acc / (float)G;
-        } else {
-            const int64_t h = p.group_mean ? hh * G + a / R : hh;
-            x = da_load(q.data, q.dtype, da_offset(q, b, h, row0 + r, d));
+    for (int64_t idx = tid; idx < vectors * VS; idx += blockDim.x) {
+        const int64_t a = idx / VS, d = idx % VS, r = a % R;
+        float x = 0.0f;
+        if (r < rows && d < D) {
+            if (p.shared_group) {
+                float acc = 0.0f;
+                for (int64_t g = 0; g < G; g++)
+                    acc += da_load(q.data, q.dtype, da_offset(q, b, hh * G + g, row0 + r, d));
+                x = acc / (float)G;
+            } else {
+                const int64_t h = p.group_mean ? hh * G + a / R : hh;
+                x = da_load(q.data, q.dtype, da_offset(q, b, h, row0 + r, d));
+            }
         }
-        qs[a * D + d] = x;
+        qs[idx] = x;
     }
-    __syncthreads();
 
+    /* The rows' candidates, a chunk of block keys at a time. */
+    const da_rows first = da_row_layout(p, row0 + p.query_offset, p.len_k);
+    const da_rows last = da_row_layout(p, row0 + rows - 1 + p.query_offset, p.len_k);
+    const int64_t cb = min(first.cand_begin, last.cand_begin);
+    const int64_t ce = max(first.cand_end, last.cand_end);
     const float *kbar = ws.kbar + (b * p.heads_kv + kvh) * M * D;
-    for (int64_t idx = tid; idx < vectors * M; idx += blockDim.x) {
-        const int64_t a = idx / M, j = idx % M, r = a % R;
-        if (r >= rows)
-            continue;
-        const da_rows lr = da_row_layout(p, row0 + r + p.query_offset, p.len_k);
-        if (j >= lr.cand_begin && j < lr.cand_end)
-            zs[a * M + j] = da_block_score(qs + a * D, kbar + j * D, D, p.stage1_scale);
-    }
-    __syncthreads();
+    da_score_range(qs, kb, kbar, VS, vectors, M, D, p.stage1_scale, cb, ce,
+                   [&](int64_t a, int64_t j, float z) { zs[a * M + j] = z; });
 
     if (p.group_mean)
         stage1_finish_group(p, ws, sel, zs, M, R, rows, row0, b, hh, params, mask, block_counts);

@@ -16,7 +16,7 @@ gpu_host_sources = \
 	backends/gpu/gpu_decode.c
 
 # Stems of the portable kernel units (backends/gpu/STEM.cu).
-gpu_portable_units = gpu_runtime gpu_block_keys gpu_stage1 gpu_stage2 gpu_backward gpu_decode_kernels gpu_append
+gpu_portable_units = gpu_runtime gpu_block_keys gpu_stage1 gpu_stage2 gpu_backward gpu_backward_stage1 gpu_decode_kernels gpu_append
 # Stems of the NVIDIA-only units (backends/gpu/nv/STEM.cu).
 gpu_nv_units = nv_stage1 nv_stage2 nv_decode nv_decode_scores nv_backward nv_backward_dq
 # Stems of the Hopper-only units (backends/gpu/hopper/STEM.cu).

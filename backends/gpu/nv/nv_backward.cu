@@ -4,7 +4,7 @@
  * block size 64, head dimension 64 or 128 and priors from stage 1's table
  * (shared and group-mean modes): a thread block owns one key block, four
  * warps 16 keys each with their dK and dV in registers, and walks the tiles
- * of 64 (row, head) pairs that touch the block (the rows kernel's masks),
+ * of 64 (row, head) pairs that touch the block (the stage-1 kernel's masks),
  * in order, so the sums repeat bit for bit. Per tile, transposed as in
  * FlashAttention-2's dK/dV loop: S^T = K Q^T, dP^T = V dO^T, P^T and dS^T
  * elementwise, dV += P^T dO, dK += dS^T Q; the block key's gradient

@@ -6,8 +6,8 @@
  * as the forward's stage 2 does, and per block S = Q K^T, dP = dO V^T,
  * dS = P (dP - Dl), dQ += dS K, with the prior gradients sum_t e (dP - Dl)
  * of the read candidates into ws.dz. Dl = dO . o comes first. dQ goes to
- * the f32 ws.dq_s2, which gpu_backward.cu's rows kernel completes with the
- * stage-1 part. */
+ * the f32 ws.dq_s2, which gpu_backward_stage1.cu's kernel completes with
+ * the stage-1 part. */
 #include "nv_kernels.h"
 #include "nv_stage2_tile.cuh"
 
