@@ -8,8 +8,9 @@
 #   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [train] [racecheck] [bench] [BENCH ARGS...]
 #
 # With no phase named, test, portable, sanitize and bench run. `quick` runs
-# only the CUDA tests (not the CPU suite) and the parity test once under
-# compute-sanitizer memcheck. `portable`
+# only the CUDA tests (not the CPU suite), the parity test once under
+# compute-sanitizer memcheck and once with the portable backward
+# (DASHATTN_GPU_BACKWARD=portable). `portable`
 # runs the GPU tests again on the portable kernels only (what the hip plugin
 # runs on AMD: DASHATTN_GPU_KERNELS=portable), once more with AMD's 64 KiB
 # of shared memory per block (DASHATTN_GPU_SHARED_MEMORY=65536), on the
@@ -29,7 +30,9 @@
 # with every block forced (`dashattn bench`'s dense column). `train` times
 # forward + backward (N $TRAIN_LEN, default 16384) the same way against SDPA's
 # forward + backward, and once with every block forced. `racecheck` runs the
-# CUDA parity test under compute-sanitizer racecheck alone. Logs go to $OUT
+# CUDA parity test under compute-sanitizer racecheck alone. `trainprof` reads
+# the kernel times of one forward + backward with Nsight Compute (and one
+# kernel's launch in detail where $TRAINPROF_KERNEL names it). Logs go to $OUT
 # (default /tmp/gpu-run).
 # The source tree must already hold ./configure (run ./autogen.sh where
 # autotools and libtool are installed and carry the generated files along).
@@ -42,7 +45,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | quick | portable | sanitize | train | racecheck | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
+    test | quick | portable | sanitize | train | trainprof | racecheck | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -101,14 +104,15 @@ case $phases in *quick*)
         status=1
     fi
     tail -3 "$out/sanitizer-quick.log" | tee -a "$out/summary.txt"
-    # The backward's tensor-core kernels, which DASHATTN_GPU_BACKWARD=mma asks for.
-    if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" DASHATTN_GPU_BACKWARD=mma \
-        tests/test_backend_parity cuda >"$out/parity-backward-mma.log" 2>&1; then
-        say "parity with DASHATTN_GPU_BACKWARD=mma: passed"
-        backward_mma_ok=1
+    # The tensor-core backward is the default: the CUDA tests above ran it.
+    grep -q '^PASS: tests/test_parity_cuda' "$log" && backward_mma_ok=1
+    # The portable backward (what the hip plugin runs), DASHATTN_GPU_BACKWARD=portable.
+    if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" DASHATTN_GPU_BACKWARD=portable \
+        tests/test_backend_parity cuda >"$out/parity-backward-portable.log" 2>&1; then
+        say "parity with DASHATTN_GPU_BACKWARD=portable: passed"
     else
-        say "parity with DASHATTN_GPU_BACKWARD=mma: FAILED"
-        grep -E 'FAIL' "$out/parity-backward-mma.log" | head -12 | tee -a "$out/summary.txt"
+        say "parity with DASHATTN_GPU_BACKWARD=portable: FAILED"
+        grep -E 'FAIL' "$out/parity-backward-portable.log" | head -12 | tee -a "$out/summary.txt"
         status=1
     fi
     ;;
@@ -276,7 +280,7 @@ case $phases in *prefill*)
     ;;
 esac
 
-case $phases in *train*)
+case "$phases " in *" train "*) # not trainprof
     export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
     # The tensor-core backward where the quick phase found it right (or
     # TRAIN_BACKWARD names one), else the portable one.
@@ -306,6 +310,38 @@ case $phases in *train*)
         say "train, every block forced: FAILED"
         tail -5 "$log" | tee -a "$out/summary.txt"
         status=1
+    fi
+    ;;
+esac
+
+case $phases in *trainprof*)
+    # Kernel times of one forward + backward at the train phase's shape
+    # (N $TRAIN_LEN, focus $PROFILE_FOCUS), both head shapes, coherent inputs,
+    # read by Nsight Compute: the forward's kernels, then the backward's.
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    tlen=${TRAIN_LEN:-16384}
+    for hkv in 8 2; do
+        ncu --csv --metrics gpu__time_duration.sum -k 'regex:bwd_|stage1|stage2|block_keys' \
+            --launch-count 14 python3 "$src/bench/gpu_bench.py" --builddir "$build" --cases train \
+            --lengths "$tlen" --repeat 1 --min-batch-ms 1 --skip-check --no-tile-stats --heads-q 32 \
+            --heads-kv $hkv --family coherent --focus "${PROFILE_FOCUS:-0.93}" \
+            >"$out/trainprof-kv$hkv.csv" 2>"$out/trainprof-kv$hkv.err"
+        say "kernel times (ns), train N $tlen, Hkv $hkv, coherent, focus ${PROFILE_FOCUS:-0.93}:" \
+            "$(grep gpu__time_duration "$out/trainprof-kv$hkv.csv" | awk -F'","' '{print $5, $NF}' |
+                tr -d '"' | sed 's/(.*)//' | tr '\n' ';')"
+        grep -E 'sparsity' "$out/trainprof-kv$hkv.csv" | head -2 | tee -a "$out/summary.txt"
+    done
+    # TRAINPROF_KERNEL (a kernel name regex): its first launch at Hkv 8 in
+    # detail (occupancy, warp stalls, memory), the report in trainprof-detail.txt.
+    if [ -n "${TRAINPROF_KERNEL:-}" ]; then
+        ncu --section LaunchStats --section Occupancy --section WarpStateStats \
+            --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+            -k "regex:$TRAINPROF_KERNEL" --launch-count 1 python3 "$src/bench/gpu_bench.py" \
+            --builddir "$build" --cases train --lengths "$tlen" --repeat 1 --min-batch-ms 1 \
+            --skip-check --no-tile-stats --heads-q 32 --heads-kv 8 --family coherent \
+            --focus "${PROFILE_FOCUS:-0.93}" >"$out/trainprof-detail.txt" 2>&1
+        grep -E 'Registers Per|Shared Memory Config|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Memory Throughput|L1/TEX Hit|L2 Hit|Duration|Executed Ipc|Stall' \
+            "$out/trainprof-detail.txt" | head -40 | tee -a "$out/summary.txt"
     fi
     ;;
 esac
