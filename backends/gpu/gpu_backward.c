@@ -41,7 +41,8 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
         dagpu_check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
     DAGPU_TRY(dagpu_check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, 0, stream),
                           "block keys kernel"));
-    DAGPU_TRY(dagpu_check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, stream), "stage-1 kernel"));
+    DAGPU_TRY(dagpu_check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, gp->stage1_slots, stream),
+                          "stage-1 kernel"));
     int dq_nv = 0;
 #ifdef DAGPU_HAVE_NV
     const dashattn_tensor *rows_in[5] = {a->q, a->k, a->v, a->out, a->dout};

@@ -53,7 +53,8 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
     else
 #endif
         DAGPU_TRY(
-            dagpu_check(dagpu_launch_stage1(p, a->q, &ws, a->selection, stream), "stage-1 kernel"));
+            dagpu_check(dagpu_launch_stage1(p, a->q, &ws, a->selection, gp->stage1_slots, stream),
+                        "stage-1 kernel"));
 #ifdef DAGPU_HAVE_NV
     if (nv2 && gp->stage2_hopper)
         DAGPU_TRY(dagpu_check(

@@ -19,8 +19,10 @@ extern "C" {
 
 /* Rows of one stage-2 tile: the unit whose blocks stage 1 unites. */
 #define DAGPU_TILE_ROWS 64
-/* Query vectors one generic stage-1 thread block scores: rows of one head,
- * or in group-mean mode the G heads of 16 / G rows (one row if G > 16). */
+/* Query vectors one generic stage-1 thread block scores at most: rows of
+ * one head, or in group-mean mode the G heads of 16 / G rows (one row if
+ * G > 16); fewer where many key blocks would not fit shared memory
+ * (dagpu_plan.stage1_slots). */
 #define DAGPU_STAGE1_ROWS 16
 /* Blocks the kernels that score in shared memory take at a time (one mask
  * word), and the row stride of their staged vectors and block keys. */
@@ -291,26 +293,26 @@ static inline int dagpu_stage1_rows(const dagpu_params *p, int slots)
     return rows;
 }
 
-/* Query vectors (heads x rows) one generic stage-1 thread block scores. */
-static inline int64_t dagpu_stage1_vectors(const dagpu_params *p)
+/* Query vectors (heads x rows) one generic stage-1 thread block with
+ * `slots` scores. */
+static inline int64_t dagpu_stage1_vectors(const dagpu_params *p, int slots)
 {
-    const int64_t rows = dagpu_stage1_rows(p, DAGPU_STAGE1_ROWS);
+    const int64_t rows = dagpu_stage1_rows(p, slots);
     return p->group_mean ? rows * p->group_size : rows;
 }
 
-/* Dynamic shared memory of the portable stage 1 (plans above the device's
- * limit are refused):
- * its vectors, a chunk of block keys, the vectors' scores, in group-mean
- * mode their row parameters, and the mask words of the tiles its rows
- * touch. */
-static inline size_t dagpu_stage1_smem(const dagpu_params *p)
+/* Dynamic shared memory of the portable stage 1 with `slots` (plans above
+ * the device's limit at one slot are refused): its vectors, a chunk of
+ * block keys, the vectors' scores, in group-mean mode their row parameters,
+ * and the mask words of the tiles its rows touch. */
+static inline size_t dagpu_stage1_smem(const dagpu_params *p, int slots)
 {
-    const size_t vectors = (size_t)dagpu_stage1_vectors(p);
+    const size_t vectors = (size_t)dagpu_stage1_vectors(p, slots);
     return (vectors * (size_t)(DAGPU_SCORE_STRIDE(p->head_dim) + p->num_blocks) +
             (size_t)DAGPU_SCORE_COLS * (size_t)DAGPU_SCORE_STRIDE(p->head_dim)) *
                sizeof(float) +
            (p->group_mean ? vectors * sizeof(dagpu_row_param) : 0) +
-           (size_t)dagpu_stage1_mask_tiles(p, dagpu_stage1_rows(p, DAGPU_STAGE1_ROWS)) *
+           (size_t)dagpu_stage1_mask_tiles(p, dagpu_stage1_rows(p, slots)) *
                (size_t)((p->num_blocks + 31) / 32) * sizeof(uint32_t);
 }
 
@@ -379,7 +381,7 @@ dagpu_err dagpu_launch_block_keys(const dagpu_params *p, const dashattn_tensor *
                                   const dashattn_tensor *summary, const dagpu_forward_ws *ws,
                                   int split16, void *stream);
 dagpu_err dagpu_launch_stage1(const dagpu_params *p, const dashattn_tensor *q,
-                              const dagpu_forward_ws *ws, const dashattn_selection *sel,
+                              const dagpu_forward_ws *ws, const dashattn_selection *sel, int slots,
                               void *stream);
 dagpu_err dagpu_launch_stage2(const dagpu_params *p, const dashattn_tensor *q,
                               const dashattn_tensor *k, const dashattn_tensor *v,

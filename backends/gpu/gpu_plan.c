@@ -261,11 +261,18 @@ static int nv_shape_ok(const dagpu_state *st, const dagpu_params *p)
 }
 #endif
 
-/* Why the forward cannot run on this device ("" if it can). */
+/* Why the forward cannot run on this device ("" if it can), and the
+ * portable stage 1's vectors per thread block: DAGPU_STAGE1_ROWS, halved
+ * while its scores of every key block do not fit. */
 static void forward_limits(const dagpu_state *st, dagpu_plan *gp)
 {
     const dagpu_params *p = &gp->params;
-    const size_t smem = dagpu_stage1_smem(p), limit = st->info.smem_per_block;
+    const size_t limit = st->info.smem_per_block;
+    int slots = DAGPU_STAGE1_ROWS;
+    while (slots > 1 && dagpu_stage1_smem(p, slots) > limit)
+        slots /= 2;
+    gp->stage1_slots = slots;
+    const size_t smem = dagpu_stage1_smem(p, slots);
     if (smem > limit)
         snprintf(gp->forward_refusal, sizeof gp->forward_refusal,
                  "%lld key blocks%s need %zu bytes of shared memory in stage 1, the device "

@@ -36,6 +36,7 @@ typedef struct dagpu_plan {
     int stage2_nv;     /* tensor-core stage 2 */
     int stage2_hopper; /* its wgmma variant (with stage2_nv only) */
     int split_keys;    /* the forward workspace holds 16-bit split block keys */
+    int stage1_slots;  /* query vectors per thread block of the portable stage 1 */
     int decodes;       /* a decode plan: len_q 1, causal */
     int64_t decode_splits;
     int decode_threshold_threads;

@@ -10,8 +10,8 @@ namespace
 
 /* One thread block scores R rows of one query head, of one KV head in
  * shared mode (on the group-mean query), or in group-mean mode the G heads
- * of one KV head for R rows (query vector a = g * R + r). R is
- * DAGPU_STAGE1_ROWS except in group-mean mode (dagpu_stage1_rows). */
+ * of one KV head for R rows (query vector a = g * R + r): R is
+ * dagpu_stage1_rows of the plan's stage1_slots. */
 __global__ void __launch_bounds__(128, 4) /* 128 registers: four per multiprocessor */
     stage1_kernel(dagpu_params p, dashattn_tensor q, dagpu_forward_ws ws, dashattn_selection sel,
                   int R)
@@ -73,16 +73,16 @@ __global__ void __launch_bounds__(128, 4) /* 128 registers: four per multiproces
 
 extern "C" dagpu_err dagpu_launch_stage1(const dagpu_params *p, const dashattn_tensor *q,
                                          const dagpu_forward_ws *ws, const dashattn_selection *sel,
-                                         void *stream)
+                                         int slots, void *stream)
 {
     dashattn_selection s = {0, 0, 0, 0};
     if (sel)
         s = *sel;
-    const size_t smem = dagpu_stage1_smem(p);
+    const size_t smem = dagpu_stage1_smem(p, slots);
     dagpu_rt_error e = da_allow_smem(stage1_kernel, smem);
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
-    const int R = dagpu_stage1_rows(p, DAGPU_STAGE1_ROWS);
+    const int R = dagpu_stage1_rows(p, slots);
     const dim3 grid((unsigned)((p->len_q + R - 1) / R),
                     (unsigned)(p->shared_group || p->group_mean ? p->heads_kv : p->heads_q),
                     (unsigned)p->batch);
