@@ -332,10 +332,12 @@ case $phases in *trainprof*)
         grep -E 'sparsity' "$out/trainprof-kv$hkv.csv" | head -2 | tee -a "$out/summary.txt"
     done
     # TRAINPROF_KERNEL (a kernel name regex): its first launch at Hkv 8 in
-    # detail (occupancy, warp stalls, memory), the report in trainprof-detail.txt.
+    # detail (occupancy, warp stalls, memory, instruction mix and the SASS
+    # lines that stall most), the report in trainprof-detail.txt.
     if [ -n "${TRAINPROF_KERNEL:-}" ]; then
         ncu --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+            --section SourceCounters --section InstructionStats \
             -k "regex:$TRAINPROF_KERNEL" --launch-count 1 python3 "$src/bench/gpu_bench.py" \
             --builddir "$build" --cases train --lengths "$tlen" --repeat 1 --min-batch-ms 1 \
             --skip-check --no-tile-stats --heads-q 32 --heads-kv 8 --family coherent \
