@@ -103,26 +103,13 @@ __global__ void __launch_bounds__(kThreads, 2)
         range[2 * r] = cb;
         range[2 * r + 1] = ce;
     }
-    for (int e = tid / VS, d = tid % VS; e < E;) {
-        const int r = shared ? e : e / G;
+    for (int idx = tid; idx < E * VS; idx += kThreads) {
+        const int e = idx / VS, d = idx % VS, r = shared ? e : e / G;
         float x = 0.0f;
-        if (d < D && r < rows) {
-            const int64_t i = row0 + r;
-            if (shared) {
-                float acc = 0.0f; /* the mean query exactly as stage 1 forms it */
-                for (int g = 0; g < G; g++)
-                    acc += da_load(q.data, q.dtype, da_offset(q, b, kvh * G + g, i, d));
-                x = acc / (float)G;
-            } else {
-                x = da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e % G, i, d));
-            }
-        }
-        qs[e * VS + d] = x;
-        d += kThreads;
-        while (d >= VS) {
-            d -= VS;
-            e++;
-        }
+        if (d < D && r < rows)
+            x = shared ? da_mean_query(q, b, kvh * G, G, row0 + r, d)
+                       : da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e % G, row0 + r, d));
+        qs[idx] = x;
     }
     for (int e = tid; e < E; e += kThreads) {
         const int r = shared ? e : e / G, g = shared ? 0 : e % G;

@@ -67,6 +67,18 @@ static __device__ __forceinline__ bool da_forced(const da_rows &r, int64_t j)
     return j < r.sink_end || (j >= r.local_begin && j < r.local_end);
 }
 
+/* Dimension d of row i's mean query over heads h0 .. h0 + G - 1 (shared
+ * mode's stage-1 query): every kernel that scores it forms it here, so
+ * their scores agree to the bit. */
+static __device__ __forceinline__ float da_mean_query(const dashattn_tensor &q, int64_t b,
+                                                      int64_t h0, int64_t G, int64_t i, int64_t d)
+{
+    float acc = 0.0f;
+    for (int64_t g = 0; g < G; g++)
+        acc += da_load(q.data, q.dtype, da_offset(q, b, h0 + g, i, d));
+    return acc / (float)G;
+}
+
 /* The stage-1 score of a block for one row: every kernel that needs it calls
  * this, so stage 1 and the generic stage 2 agree to the bit. */
 static __device__ __forceinline__ float da_block_score(const float *q, const float *kbar,

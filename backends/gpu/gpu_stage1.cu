@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Stage 1 of a forward call, portable kernel: block scores of 16 query
- * vectors per thread block in f32 (da_score_chunk), then
+/* Stage 1 of a forward call, portable kernel: block scores of up to 16
+ * query vectors per thread block in f32 (da_score_chunk), then
  * gpu_stage1_finish.cuh. The NVIDIA tensor-core variant is
  * nv/nv_stage1.cu. */
 #include "gpu_stage1_finish.cuh"
@@ -42,10 +42,7 @@ __global__ void __launch_bounds__(128, 4) /* 128 registers: four per multiproces
         float x = 0.0f;
         if (r < rows && d < D) {
             if (p.shared_group) {
-                float acc = 0.0f;
-                for (int64_t g = 0; g < G; g++)
-                    acc += da_load(q.data, q.dtype, da_offset(q, b, hh * G + g, row0 + r, d));
-                x = acc / (float)G;
+                x = da_mean_query(q, b, hh * G, G, row0 + r, d);
             } else {
                 const int64_t h = p.group_mean ? hh * G + a / R : hh;
                 x = da_load(q.data, q.dtype, da_offset(q, b, h, row0 + r, d));
