@@ -5,7 +5,7 @@
 # CUDA parity test under compute-sanitizer (memcheck, racecheck), then the
 # benchmark.
 #
-#   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [train] [racecheck] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [train] [trainprof] [racecheck] [bench] [BENCH ARGS...]
 #
 # With no phase named, test, portable, sanitize and bench run. `quick` runs
 # only the CUDA tests (not the CPU suite), the parity test once under
@@ -320,11 +320,12 @@ case $phases in *trainprof*)
     # read by Nsight Compute: the forward's kernels, then the backward's.
     export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
     tlen=${TRAIN_LEN:-16384}
+    one_call="$src/bench/gpu_bench.py --builddir $build --cases train --lengths $tlen --repeat 1
+        --min-batch-ms 1 --skip-check --no-tile-stats --heads-q 32 --family coherent
+        --focus ${PROFILE_FOCUS:-0.93}"
     for hkv in 8 2; do
         ncu --csv --metrics gpu__time_duration.sum -k 'regex:bwd_|stage1|stage2|block_keys' \
-            --launch-count 14 python3 "$src/bench/gpu_bench.py" --builddir "$build" --cases train \
-            --lengths "$tlen" --repeat 1 --min-batch-ms 1 --skip-check --no-tile-stats --heads-q 32 \
-            --heads-kv $hkv --family coherent --focus "${PROFILE_FOCUS:-0.93}" \
+            --launch-count 14 python3 $one_call --heads-kv $hkv \
             >"$out/trainprof-kv$hkv.csv" 2>"$out/trainprof-kv$hkv.err"
         say "kernel times (ns), train N $tlen, Hkv $hkv, coherent, focus ${PROFILE_FOCUS:-0.93}:" \
             "$(grep gpu__time_duration "$out/trainprof-kv$hkv.csv" | awk -F'","' '{print $5, $NF}' |
@@ -338,10 +339,8 @@ case $phases in *trainprof*)
         ncu --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
             --section SourceCounters --section InstructionStats \
-            -k "regex:$TRAINPROF_KERNEL" --launch-count 1 python3 "$src/bench/gpu_bench.py" \
-            --builddir "$build" --cases train --lengths "$tlen" --repeat 1 --min-batch-ms 1 \
-            --skip-check --no-tile-stats --heads-q 32 --heads-kv 8 --family coherent \
-            --focus "${PROFILE_FOCUS:-0.93}" >"$out/trainprof-detail.txt" 2>&1
+            -k "regex:$TRAINPROF_KERNEL" --launch-count 1 python3 $one_call --heads-kv 8 \
+            >"$out/trainprof-detail.txt" 2>&1
         grep -E 'Registers Per|Shared Memory Config|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Memory Throughput|L1/TEX Hit|L2 Hit|Duration|Executed Ipc|Stall' \
             "$out/trainprof-detail.txt" | head -40 | tee -a "$out/summary.txt"
     fi
