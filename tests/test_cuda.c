@@ -239,20 +239,26 @@ static void check_plan_limits(void)
         dashattn_context_destroy(full);
         return;
     }
-    /* 1024 key blocks of a 128-dim head: stage 1 needs about 72 KiB. */
+    /* 1024 key blocks of a 128-dim head: the portable stage 1 takes one
+     * row's 4 heads per thread block (about 18 KiB) where 16 vectors would
+     * need 72 KiB. 4096 blocks need 65 KiB even so, and are refused. */
     dashattn_plan *plan;
     st = plan_of(small, HQ, HKV, 4096, 65536, &plan);
+    TU_CHECK(st == DASHATTN_OK, "a prefill over 1024 blocks within 64 KiB: %s",
+             dashattn_last_error());
+    dashattn_plan_destroy(plan);
+    st = plan_of(small, HQ, HKV, 4096, 4096 * S, &plan);
     TU_CHECK(st == DASHATTN_ERR_UNSUPPORTED && strstr(dashattn_last_error(), "shared memory"),
-             "a prefill over 1024 blocks within 64 KiB is refused at plan time: %s (%s)",
+             "a prefill over 4096 blocks within 64 KiB is refused at plan time: %s (%s)",
              dashattn_status_string(st), dashattn_last_error());
     dashattn_plan_destroy(plan);
-    st = plan_of(full, HQ, HKV, 4096, 65536, &plan);
+    st = plan_of(full, HQ, HKV, 4096, 4096 * S, &plan);
     TU_CHECK(st == DASHATTN_OK, "the same plan on the whole device: %s", dashattn_last_error());
     dashattn_plan_destroy(plan);
-    /* Decode over those blocks fits (one row's scores: 4 KiB); its plan's
+    /* Decode over those blocks fits (one row's scores: 16 KiB); its plan's
      * forward is the one part left out. */
-    st = plan_of(small, HQ, HKV, 1, 65536, &plan);
-    TU_CHECK(st == DASHATTN_OK, "a decode plan over 1024 blocks: %s", dashattn_last_error());
+    st = plan_of(small, HQ, HKV, 1, 4096 * S, &plan);
+    TU_CHECK(st == DASHATTN_OK, "a decode plan over 4096 blocks: %s", dashattn_last_error());
     if (st == DASHATTN_OK)
         TU_CHECK(dashattn_plan_operation_workspace_size(plan, DASHATTN_OP_DECODE) > 0 &&
                      dashattn_plan_operation_workspace_size(plan, DASHATTN_OP_FORWARD) == 0,

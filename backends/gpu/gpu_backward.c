@@ -61,9 +61,10 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
     }
 #endif
     if (!dq_nv)
-        DAGPU_TRY(dagpu_check(
-            dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse, &ws, stream),
-            "backward rows kernel"));
+        DAGPU_TRY(
+            dagpu_check(dagpu_launch_backward_rows(p, a->q, a->k, a->v, a->out, a->dout, a->lse,
+                                                   &ws, gp->backward_rows_chunk, stream),
+                        "backward rows kernel"));
     DAGPU_TRY(dagpu_check(
         dagpu_launch_backward_stage1(p, a->q, a->dq, &ws, gp->backward_stage1_rows, stream),
         "backward stage-1 kernel"));

@@ -27,12 +27,13 @@ constexpr int kKvThreads = kKvTokens * kKvLanes;
 
 __global__ void __launch_bounds__(kRowThreads)
     bwd_rows_kernel(dagpu_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
-                    dashattn_tensor o, dashattn_tensor dout, const float *lse, dagpu_backward_ws ws)
+                    dashattn_tensor o, dashattn_tensor dout, const float *lse, dagpu_backward_ws ws,
+                    int64_t C)
 {
     extern __shared__ float smem[];
-    const dagpu_bwd_rows_smem L = dagpu_bwd_rows_layout(&p);
+    const dagpu_bwd_rows_smem L = dagpu_bwd_rows_layout(&p, C);
     const int64_t D = p.head_dim, M = p.num_blocks, G = p.group_size, S = p.block_size;
-    const int64_t C = DAGPU_BWD_CHUNK, Dp = D + 1;
+    const int64_t Dp = D + 1;
     const int64_t i = p.len_q - 1 - (int64_t)blockIdx.x; /* the longest rows first */
     const int64_t bh = blockIdx.y, b = bh / p.heads_kv, kvh = bh % p.heads_kv;
     float *qs = smem + L.q, *dos = smem + L.dout, *dqs = smem + L.dq;
@@ -403,15 +404,16 @@ extern "C" dagpu_err dagpu_launch_backward_rows(const dagpu_params *p, const das
                                                 const dashattn_tensor *k, const dashattn_tensor *v,
                                                 const dashattn_tensor *out,
                                                 const dashattn_tensor *dout, const float *lse,
-                                                const dagpu_backward_ws *ws, void *stream)
+                                                const dagpu_backward_ws *ws, int64_t chunk,
+                                                void *stream)
 {
-    const size_t smem = dagpu_bwd_rows_smem_bytes(p);
+    const size_t smem = dagpu_bwd_rows_smem_bytes(p, chunk);
     const dagpu_rt_error e = da_allow_smem(bwd_rows_kernel, smem);
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
     const dim3 grid((unsigned)p->len_q, (unsigned)(p->batch * p->heads_kv));
     bwd_rows_kernel<<<grid, kRowThreads, smem, (dagpu_rt_stream)stream>>>(*p, *q, *k, *v, *out,
-                                                                          *dout, lse, *ws);
+                                                                          *dout, lse, *ws, chunk);
     return (dagpu_err)dagpuGetLastError();
 }
 

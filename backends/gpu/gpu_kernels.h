@@ -172,9 +172,12 @@ typedef struct dagpu_backward_ws {
     int64_t dh_chunks;  /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
 } dagpu_backward_ws;
 
-/* Key tokens the backward's rows kernel stages at a time, and (row, head)
- * pairs its kv kernel stages at a time; keys one dh partial sum covers. */
+/* Key tokens the backward's rows kernel stages at a time (fewer where the
+ * chunk would not fit the device's shared memory, down to
+ * DAGPU_BWD_CHUNK_MIN), and (row, head) pairs its kv kernel stages at a
+ * time; keys one dh partial sum covers. */
 #define DAGPU_BWD_CHUNK 32
+#define DAGPU_BWD_CHUNK_MIN 4
 #define DAGPU_BWD_PAIRS 8
 #define DAGPU_BWD_DH_CHUNK 256
 
@@ -188,9 +191,10 @@ typedef struct dagpu_bwd_rows_smem {
     int64_t total;
 } dagpu_bwd_rows_smem;
 
-static inline DAGPU_HOST_DEVICE dagpu_bwd_rows_smem dagpu_bwd_rows_layout(const dagpu_params *p)
+static inline DAGPU_HOST_DEVICE dagpu_bwd_rows_smem dagpu_bwd_rows_layout(const dagpu_params *p,
+                                                                          int64_t chunk)
 {
-    const int64_t G = p->group_size, D = p->head_dim, M = p->num_blocks, C = DAGPU_BWD_CHUNK;
+    const int64_t G = p->group_size, D = p->head_dim, M = p->num_blocks, C = chunk;
     dagpu_bwd_rows_smem s;
     int64_t at = 0;
     s.q = at, at += G * D;
@@ -211,9 +215,9 @@ static inline DAGPU_HOST_DEVICE dagpu_bwd_rows_smem dagpu_bwd_rows_layout(const 
     return s;
 }
 
-static inline size_t dagpu_bwd_rows_smem_bytes(const dagpu_params *p)
+static inline size_t dagpu_bwd_rows_smem_bytes(const dagpu_params *p, int64_t chunk)
 {
-    return (size_t)dagpu_bwd_rows_layout(p).total * sizeof(float);
+    return (size_t)dagpu_bwd_rows_layout(p, chunk).total * sizeof(float);
 }
 
 /* The backward's stage-1 kernel (gpu_backward_stage1.cu): a thread block
@@ -410,7 +414,8 @@ dagpu_err dagpu_launch_decode_merge(const dagpu_params *p, const dashattn_tensor
 dagpu_err dagpu_launch_backward_rows(const dagpu_params *p, const dashattn_tensor *q,
                                      const dashattn_tensor *k, const dashattn_tensor *v,
                                      const dashattn_tensor *out, const dashattn_tensor *dout,
-                                     const float *lse, const dagpu_backward_ws *ws, void *stream);
+                                     const float *lse, const dagpu_backward_ws *ws, int64_t chunk,
+                                     void *stream);
 dagpu_err dagpu_launch_backward_stage1(const dagpu_params *p, const dashattn_tensor *q,
                                        const dashattn_tensor *dq, const dagpu_backward_ws *ws,
                                        int64_t rows, void *stream);

@@ -301,13 +301,18 @@ static int64_t backward_stage1_rows(const dagpu_params *p, size_t limit)
 }
 
 /* Why the backward cannot run on this device ("" if it can): it runs stage
- * 1 again, its rows kernel holds a row's heads and blocks in shared memory,
- * and its stage-1 kernel the scores of at least one row's heads over all
- * blocks. */
+ * 1 again, its rows kernel holds a row's heads and blocks and a chunk of
+ * keys in shared memory, and its stage-1 kernel the scores of at least one
+ * row's heads over all blocks. */
 static void backward_limits(const dagpu_state *st, dagpu_plan *gp)
 {
     const dagpu_params *p = &gp->params;
-    const size_t smem = dagpu_bwd_rows_smem_bytes(p), limit = st->info.smem_per_block;
+    const size_t limit = st->info.smem_per_block;
+    int64_t chunk = DAGPU_BWD_CHUNK;
+    while (chunk > DAGPU_BWD_CHUNK_MIN && dagpu_bwd_rows_smem_bytes(p, chunk) > limit)
+        chunk /= 2;
+    gp->backward_rows_chunk = chunk;
+    const size_t smem = dagpu_bwd_rows_smem_bytes(p, chunk);
     const int64_t rows = backward_stage1_rows(p, limit);
     gp->backward_stage1_rows = rows;
     const size_t s1_smem = dagpu_bwd_s1_smem_bytes(p, rows);

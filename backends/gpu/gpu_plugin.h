@@ -49,6 +49,7 @@ typedef struct dagpu_plan {
     int backward_kv_nv;           /* tensor-core kv kernel of the backward */
     int backward_dq_nv;           /* tensor-core stage-2 part of the backward's dq */
     int64_t backward_stage1_rows; /* query rows per thread block of its stage-1 kernel */
+    int64_t backward_rows_chunk;  /* keys its rows kernel stages at a time */
     /* An operation this plan cannot run on the device (the plan itself is
      * refused when it cannot run its main one): why, or "" if it can. */
     char forward_refusal[256];
