@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Backward calls on the GPU plugins, all on the caller's stream: block keys
- * and the portable stage 1 again (the forward may have taken the
- * tensor-core stage 1; the backward recomputes every block score with the
- * portable one's arithmetic), then stage 2's part of dq and the prior
+ * and stage 1 again (the kernel the forward took where stage 1 writes a
+ * prior table, so that the backward sees the forward's selection; else the
+ * portable one, whose scores per-head plans' kernels recompute to the
+ * bit), then stage 2's part of dq and the prior
  * gradients (nv/nv_backward_dq.cu where the plan allows, else
  * gpu_backward.cu's rows kernel), stage 1's part (gpu_backward_stage1.cu),
  * the kv kernel (nv/nv_backward.cu's or gpu_backward.cu's) and, where dh is
@@ -39,10 +40,19 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
                           "clearing stage-1 masks"));
     DAGPU_TRY(
         dagpu_check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
-    DAGPU_TRY(dagpu_check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, 0, stream),
+    int nv1 = 0;
+    if (p->prior_table)
+        (void)dagpu_forward_nv_stages(gp, a->q, a->k, a->v, a->out, a->block_summary, &nv1);
+    DAGPU_TRY(dagpu_check(dagpu_launch_block_keys(p, a->k, a->block_summary, &ws.fwd, nv1, stream),
                           "block keys kernel"));
-    DAGPU_TRY(dagpu_check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, gp->stage1_slots, stream),
-                          "stage-1 kernel"));
+#ifdef DAGPU_HAVE_NV
+    if (nv1)
+        DAGPU_TRY(dagpu_check(dagpu_nv_launch_stage1(p, a->q, &ws.fwd, NULL, stream),
+                              "stage-1 tensor-core kernel"));
+    else
+#endif
+        DAGPU_TRY(dagpu_check(dagpu_launch_stage1(p, a->q, &ws.fwd, NULL, gp->stage1_slots, stream),
+                              "stage-1 kernel"));
     int dq_nv = 0;
 #ifdef DAGPU_HAVE_NV
     const dashattn_tensor *rows_in[5] = {a->q, a->k, a->v, a->out, a->dout};

@@ -6,8 +6,11 @@
  * R rows of one KV head with all G heads of the group (dagpu_bwd_s1_layout)
  * and goes over the rows' candidates a chunk of DAGPU_BWD_S1_COLS blocks at
  * a time:
- *   scores   every vector's block scores (da_score_chunk, stage 1's to
- *            the bit), kept for the whole call;
+ *   scores   every vector's block scores (da_score_chunk: the portable
+ *            stage 1's to the bit, within rounding of the tensor-core
+ *            one's, whose thresholds the prior-table plans then hold; a
+ *            block at the support's edge has p and u near 0 either way),
+ *            kept for the whole call;
  *   flat     each pair's mean of pi dL/dpi over the candidates the flat
  *            prior keeps (flat prior only);
  *   entmax   per vector the sums of u and u dL/dp over its support, then

@@ -8,6 +8,23 @@
 #include "nv/nv_kernels.h"
 #endif
 
+int dagpu_forward_nv_stages(const dagpu_plan *gp, const dashattn_tensor *q,
+                            const dashattn_tensor *k, const dashattn_tensor *v,
+                            const dashattn_tensor *out, const dashattn_tensor *summary, int *stage1)
+{
+    /* The tensor-core stage 2 recomputes a per-head prior from the mean of
+     * the block's logits, which is q . kbar only for mean pooling; with
+     * learned summaries per-head plans take the portable stage 2, which
+     * scores kbar itself. With the portable stage 2 stage 1 is portable too:
+     * the former recomputes the latter's scores to the bit. Plans without
+     * the nv/ kernels allow neither (gpu_plan.c). */
+    const dashattn_tensor *tensors[4] = {q, k, v, out};
+    const int nv2 = gp->stage2_nv && dagpu_tensors_vector_ok(tensors, 4) &&
+                    (gp->params.prior_table || !summary);
+    *stage1 = nv2 && gp->stage1_nv;
+    return nv2;
+}
+
 dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
                               const dashattn_forward_args *a)
 {
@@ -25,16 +42,8 @@ dashattn_status dagpu_forward(void *state, const dashattn_plan_desc *plan,
     dagpu_forward_layout(gp, a->workspace, &ws);
     if (!a->stats)
         ws.counts = NULL;
-    /* The tensor-core stage 2 recomputes a per-head prior from the mean of
-     * the block's logits, which is q . kbar only for mean pooling; with
-     * learned summaries per-head plans take the portable stage 2, which
-     * scores kbar itself. With the portable stage 2 stage 1 is portable too:
-     * the former recomputes the latter's scores to the bit. Plans without
-     * the nv/ kernels allow neither (gpu_plan.c). */
-    const dashattn_tensor *tensors[4] = {a->q, a->k, a->v, a->out};
-    const int nv2 = gp->stage2_nv && dagpu_tensors_vector_ok(tensors, 4) &&
-                    (p->prior_table || !a->block_summary);
-    const int nv1 = nv2 && gp->stage1_nv;
+    int nv1;
+    const int nv2 = dagpu_forward_nv_stages(gp, a->q, a->k, a->v, a->out, a->block_summary, &nv1);
 
     const size_t mask_bytes = (size_t)p->batch * (size_t)dagpu_tile_heads(p) * (size_t)ws.tiles *
                               (size_t)ws.words * sizeof(uint32_t);

@@ -152,7 +152,7 @@ typedef struct dagpu_decode_ws {
 
 /* Device arrays of a backward call. The block keys, the row parameters and
  * the group's prior table are the forward's, computed again by the same
- * kernels (the split keys are not made). */
+ * kernels (the split keys only where the tensor-core stage 1 runs again). */
 typedef struct dagpu_backward_ws {
     dagpu_forward_ws fwd;
     /* [B, Hkv, M, Nq, G]: lambda1 times dL/dz of each (row, head) for its

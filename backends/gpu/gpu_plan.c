@@ -127,7 +127,7 @@ size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws
     dagpu_carver c = {base, 0};
     dagpu_backward_ws w;
     memset(&w, 0, sizeof w);
-    w.fwd = forward_arrays(p, 0, &c);
+    w.fwd = forward_arrays(p, gp->split_keys && p->prior_table, &c);
     w.pair_tiles = (p->len_q * p->group_size + DAGPU_TILE_ROWS - 1) / DAGPU_TILE_ROWS;
     w.dh_chunks = (p->len_k + DAGPU_BWD_DH_CHUNK - 1) / DAGPU_BWD_DH_CHUNK;
     if (dagpu_backward_stage1_grad(p)) {

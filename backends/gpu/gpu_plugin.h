@@ -101,6 +101,12 @@ int dagpu_backward_stage1_grad(const dagpu_params *p);
  * the head dimension, other strides multiples of 8 elements, 16-byte
  * aligned data. */
 int dagpu_tensors_vector_ok(const dashattn_tensor *const *t, int count);
+/* Nonzero if a forward call over these tensors takes the tensor-core stage
+ * 2; *stage1 nonzero if it takes the tensor-core stage 1 as well. */
+int dagpu_forward_nv_stages(const dagpu_plan *gp, const dashattn_tensor *q,
+                            const dashattn_tensor *k, const dashattn_tensor *v,
+                            const dashattn_tensor *out, const dashattn_tensor *summary,
+                            int *stage1);
 
 dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, void **plan_state);
 void dagpu_plan_release(void *state, void *plan_state);
