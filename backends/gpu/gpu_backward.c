@@ -80,12 +80,18 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
         "backward stage-1 kernel"));
 #ifdef DAGPU_HAVE_NV
     const dashattn_tensor *tensors[6] = {a->q, a->k, a->v, a->dout, a->dk, a->dv};
-    if (gp->backward_kv_nv && dagpu_tensors_vector_ok(tensors, 6))
+    if (gp->backward_kv_nv && dagpu_tensors_vector_ok(tensors, 6)) {
+        if (ws.kv_splits > 1)
+            DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.kv_arrived,
+                                                      (size_t)p->batch * (size_t)p->heads_kv *
+                                                          (size_t)p->num_blocks * sizeof(uint32_t),
+                                                      stream),
+                                  "clearing the kv kernel's counters"));
         DAGPU_TRY(
             dagpu_check(dagpu_nv_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
                                                     a->block_summary, a->dk, a->dv, &ws, stream),
                         "backward tensor-core kv kernel"));
-    else
+    } else
 #endif
         DAGPU_TRY(dagpu_check(dagpu_launch_backward_kv(p, a->q, a->k, a->v, a->dout, a->lse,
                                                        a->block_summary, a->dk, a->dv, &ws, stream),

@@ -168,6 +168,14 @@ typedef struct dagpu_backward_ws {
     /* [B, Hq, Nq, D]: the stage-2 part of dq, which the stage-1 kernel
      * completes into the caller's dq. */
     float *dq_s2;
+    /* The tensor-core kv kernel's splits of each key block's pair tiles
+     * (dagpu_plan.backward_kv_splits): where there are several, each
+     * split's partial dK, dV and block-key gradient [B, Hkv, M, splits,
+     * dagpu_nv_backward_kv_part_floats], and per key block the splits that
+     * have written theirs (zeroed by each call). */
+    float *kv_part;
+    uint32_t *kv_arrived;
+    int64_t kv_splits;
     int64_t pair_tiles; /* ceil(Nq G / DAGPU_TILE_ROWS) */
     int64_t dh_chunks;  /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
 } dagpu_backward_ws;

@@ -47,6 +47,7 @@ typedef struct dagpu_plan {
     int decode_split_nv;          /* tensor-core decode split */
     int decode_scores_nv;         /* tensor-core decode scores */
     int backward_kv_nv;           /* tensor-core kv kernel of the backward */
+    int64_t backward_kv_splits;   /* its splits of each key block's pair tiles */
     int backward_dq_nv;           /* tensor-core stage-2 part of the backward's dq */
     int64_t backward_stage1_rows; /* query rows per thread block of its stage-1 kernel */
     int64_t backward_rows_chunk;  /* keys its rows kernel stages at a time */

@@ -5,7 +5,12 @@
  * (shared and group-mean modes): a thread block owns one key block, four
  * warps 16 keys each with their dK and dV in registers, and walks the tiles
  * of 64 (row, head) pairs that touch the block (the stage-1 kernel's masks),
- * in order, so the sums repeat bit for bit. Per tile, transposed as in
+ * in order, so the sums repeat bit for bit. Where key blocks are too few to
+ * fill the device (few KV heads: a causal block 0 then holds the whole
+ * call's longest run of tiles), the tiles of a block are split in
+ * ws.kv_splits equal runs, each split's thread block writes its partial
+ * sums, and the last to finish adds them in split order and finishes the
+ * block, so the sums still repeat bit for bit. Per tile, transposed as in
  * FlashAttention-2's dK/dV loop: S^T = K Q^T, dP^T = V dO^T, P^T and dS^T
  * elementwise, dV += P^T dO, dK += dS^T Q; the block key's gradient
  * sum dz q on the CUDA cores. */
@@ -44,6 +49,65 @@ static __device__ __forceinline__ void tile_products(float (&s)[8][4], uint32_t 
     }
 }
 
+/* One split's partial sums in the workspace: each thread's dK and dV
+ * fragments (element e of thread t at e kThreads + t), then the block
+ * key's gradient sum. */
+template <int D> __host__ __device__ constexpr size_t part_floats()
+{
+    return (size_t)D * kThreads + D;
+}
+
+/* A split's end: its partial sums go to the workspace; the last split of
+ * key block `unit` to arrive gets the sums of all of them, added in split
+ * order, and returns true, the others false. */
+template <int D>
+static __device__ bool gather_splits(float (&dka)[D / 8][4], float (&dva)[D / 8][4], float *dkb,
+                                     const dagpu_backward_ws &ws, int64_t unit)
+{
+    __shared__ int last;
+    const int tid = threadIdx.x;
+    const int64_t splits = ws.kv_splits;
+    float *mine = ws.kv_part + (unit * splits + blockIdx.z) * part_floats<D>();
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            mine[(n * 4 + e) * kThreads + tid] = dka[n][e];
+            mine[(D / 2 + n * 4 + e) * kThreads + tid] = dva[n][e];
+        }
+    for (int d = tid; d < D; d += kThreads)
+        mine[(size_t)D * kThreads + d] = dkb[d];
+    __threadfence(); /* the sums are visible before the arrival counts */
+    __syncthreads();
+    if (tid == 0)
+        last = atomicAdd(&ws.kv_arrived[unit], 1u) == (unsigned)splits - 1u;
+    __syncthreads();
+    if (!last)
+        return false;
+    __threadfence();
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            dka[n][e] = dva[n][e] = 0.0f;
+    for (int d = tid; d < D; d += kThreads)
+        dkb[d] = 0.0f;
+    for (int64_t s = 0; s < splits; s++) {
+        const float *src = ws.kv_part + (unit * splits + s) * part_floats<D>();
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                dka[n][e] += __ldcg(src + (n * 4 + e) * kThreads + tid);
+                dva[n][e] += __ldcg(src + (D / 2 + n * 4 + e) * kThreads + tid);
+            }
+        for (int d = tid; d < D; d += kThreads)
+            dkb[d] += __ldcg(src + (size_t)D * kThreads + d);
+    }
+    __syncthreads();
+    return true;
+}
+
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
     bwd_kv_mma_kernel(dagpu_params p, dashattn_tensor q, dashattn_tensor k, dashattn_tensor v,
@@ -76,7 +140,11 @@ __global__ void __launch_bounds__(kThreads)
             dka[n][e] = dva[n][e] = 0.0f;
     const float scale2 = p.scale * DA_LOG2E;
     const int64_t total = p.len_q * G;
-    for (int64_t pt = first_pair(p, first) / kPairs; pt < ws.pair_tiles; pt++) {
+    const int64_t pt0 = first_pair(p, first) / kPairs, splits = ws.kv_splits;
+    const int64_t run = (ws.pair_tiles - pt0 + splits - 1) / splits;
+    const int64_t pt_begin = pt0 + (int64_t)blockIdx.z * run;
+    const int64_t pt_end = min(pt_begin + run, ws.pair_tiles);
+    for (int64_t pt = pt_begin; pt < pt_end; pt++) {
         if (!touched(ws, bh, pt, j))
             continue;
         __syncthreads(); /* the tile before is done with the staged pairs */
@@ -148,6 +216,8 @@ __global__ void __launch_bounds__(kThreads)
         }
     }
     __syncthreads();
+    if (splits > 1 && !gather_splits<D>(dka, dva, dkb, ws, bh * M + j))
+        return;
 
     /* The block key's gradient into each key through its pooling weight:
      * softmax over the block of h . k / sqrt(D), or 1 / size. */
@@ -233,7 +303,8 @@ static dagpu_err launch(const dagpu_params *p, const dashattn_tensor *q, const d
     const dagpu_rt_error e = da_allow_smem(bwd_kv_mma_kernel<D, T>, smem);
     if (e != dagpu_rt_success)
         return (dagpu_err)e;
-    const dim3 grid((unsigned)p->num_blocks, (unsigned)(p->batch * p->heads_kv));
+    const dim3 grid((unsigned)p->num_blocks, (unsigned)(p->batch * p->heads_kv),
+                    (unsigned)ws->kv_splits);
     bwd_kv_mma_kernel<D, T><<<grid, kThreads, smem, (cudaStream_t)stream>>>(
         *p, *q, *k, *v, *dout, lse, summary, *dk, *dv, *ws);
     return (dagpu_err)dagpuGetLastError();
@@ -246,6 +317,22 @@ extern "C" int dagpu_nv_backward_kv_ok(const dagpu_params *p, size_t smem_limit)
     return p->prior_table && p->block_size == MMA_KEYS && p->dtype != DASHATTN_F32 &&
            (p->head_dim == 64 || p->head_dim == 128) &&
            kv_smem((int)p->head_dim) + 4096 <= smem_limit; /* + its static arrays */
+}
+
+extern "C" int64_t dagpu_nv_backward_kv_splits(const dagpu_params *p, int sm_count)
+{
+    /* Eight thread blocks per multiprocessor's worth: a causal block 0 then
+     * holds at most about twice a slot's share of the tiles. */
+    const int64_t units = p->batch * p->heads_kv * p->num_blocks;
+    int64_t splits = 1;
+    while (splits < 8 && units * splits < 8 * (int64_t)(sm_count > 0 ? sm_count : 1))
+        splits *= 2;
+    return splits;
+}
+
+extern "C" size_t dagpu_nv_backward_kv_part_floats(const dagpu_params *p)
+{
+    return p->head_dim == 64 ? part_floats<64>() : part_floats<128>();
 }
 
 extern "C" dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,

@@ -50,6 +50,11 @@ dagpu_err dagpu_nv_launch_decode_scores(const dagpu_params *p, const dashattn_te
  * memory within smem_limit), and the
  * launch (q, k, v, dout, dk, dv with contiguous, 16-byte aligned rows). */
 int dagpu_nv_backward_kv_ok(const dagpu_params *p, size_t smem_limit);
+/* Splits of each key block's pair tiles, so that enough thread blocks
+ * share the device (1 where the key blocks alone fill it), and the floats
+ * of one split's partial sums in the workspace. */
+int64_t dagpu_nv_backward_kv_splits(const dagpu_params *p, int sm_count);
+size_t dagpu_nv_backward_kv_part_floats(const dagpu_params *p);
 dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tensor *q,
                                       const dashattn_tensor *k, const dashattn_tensor *v,
                                       const dashattn_tensor *dout, const float *lse,
