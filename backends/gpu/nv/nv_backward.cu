@@ -4,8 +4,9 @@
  * block size 64, head dimension 64 or 128 and priors from stage 1's table
  * (shared and group-mean modes): a thread block owns one key block, four
  * warps 16 keys each with their dK and dV in registers, and walks the tiles
- * of 64 (row, head) pairs that touch the block (the stage-1 kernel's masks),
- * in order, so the sums repeat bit for bit. Where key blocks are too few to
+ * of 64 (row, head) pairs that touch the block (the stage-1 kernel's masks,
+ * 32 tiles' bits at a time) in order, so the sums repeat bit for bit, the
+ * next tile's q and dO in flight while this one's products run. Where key blocks are too few to
  * fill the device (few KV heads: a causal block 0 then holds the whole
  * call's longest run of tiles), the tiles of a block are split in
  * ws.kv_splits equal runs, each split's thread block writes its partial
@@ -13,7 +14,7 @@
  * block, so the sums still repeat bit for bit. Per tile, transposed as in
  * FlashAttention-2's dK/dV loop: S^T = K Q^T, dP^T = V dO^T, P^T and dS^T
  * elementwise, dV += P^T dO, dK += dS^T Q; the block key's gradient
- * sum dz q on the CUDA cores. */
+ * sum dz q on the CUDA cores, two dimensions per thread. */
 #include "nv_kernels.h"
 #include "nv_mma.cuh"
 #include "../gpu_backward.cuh"
@@ -47,6 +48,22 @@ static __device__ __forceinline__ void tile_products(float (&s)[8][4], uint32_t 
             mma_type<T>::mma(s[2 * np + 1], af, bf[2], bf[3]);
         }
     }
+}
+
+/* Thread groups that share the block key's gradient sum of a tile's pairs. */
+template <int D> __host__ __device__ constexpr int kDkbGroups()
+{
+    return kThreads / (D / 2);
+}
+
+/* Bit r of the result: whether pair tile window + r (< end) of KV head bh
+ * touches block j; lane r of each warp reads it. */
+static __device__ __forceinline__ uint32_t touched_window(const dagpu_backward_ws &ws, int64_t bh,
+                                                          int64_t j, int64_t window, int64_t end,
+                                                          int lane)
+{
+    const int64_t pt = window + lane;
+    return __ballot_sync(0xffffffffu, pt < end && touched(ws, bh, pt, j));
 }
 
 /* One split's partial sums in the workspace: each thread's dK and dV
@@ -116,10 +133,12 @@ __global__ void __launch_bounds__(kThreads)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     __shared__ float rl2[kPairs], rlse2[kPairs], rdelta[kPairs], rdz[kPairs], dkb[D];
+    __shared__ float dkb_part[kDkbGroups<D>()][D];
     __shared__ float logit[MMA_KEYS];
     __shared__ int rvis[kPairs];
+    constexpr uint32_t kTileBytes = kPairs * D * 2;
     const uint32_t ktile = smem_addr(smem), vtile = ktile + MMA_KEYS * D * 2;
-    const uint32_t qtile = vtile + MMA_KEYS * D * 2, otile = qtile + kPairs * D * 2;
+    const uint32_t qtiles = vtile + MMA_KEYS * D * 2, otiles = qtiles + 2 * kTileBytes;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, qd = lane & 3;
     const int64_t G = p.group_size, M = p.num_blocks;
     const int64_t j = blockIdx.x, bh = blockIdx.y, b = bh / p.heads_kv, kvh = bh % p.heads_kv;
@@ -129,8 +148,6 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<D>(ktile, kbase, k.strides[2], first, p.len_k);
     load_tile<D>(vtile, vbase, v.strides[2], first, p.len_k);
     cp_async_commit();
-    for (int d = tid; d < D; d += kThreads)
-        dkb[d] = 0.0f;
 
     float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
@@ -138,82 +155,132 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int e = 0; e < 4; e++)
             dka[n][e] = dva[n][e] = 0.0f;
+    /* The block key's gradient sum: thread t takes dimensions 2 (t % (D /
+     * 2)) and the next, over every kDkbGroups-th pair from t / (D / 2). */
+    const int dk_col = 2 * (tid % (D / 2)), dk_group = tid / (D / 2);
+    dkb_part[dk_group][dk_col] = dkb_part[dk_group][dk_col + 1] = 0.0f;
     const float scale2 = p.scale * DA_LOG2E;
     const int64_t total = p.len_q * G;
     const int64_t pt0 = first_pair(p, first) / kPairs, splits = ws.kv_splits;
     const int64_t run = (ws.pair_tiles - pt0 + splits - 1) / splits;
     const int64_t pt_begin = pt0 + (int64_t)blockIdx.z * run;
     const int64_t pt_end = min(pt_begin + run, ws.pair_tiles);
-    for (int64_t pt = pt_begin; pt < pt_end; pt++) {
-        if (!touched(ws, bh, pt, j))
-            continue;
-        __syncthreads(); /* the tile before is done with the staged pairs */
+
+    /* The touched tiles come from a window of 32 tiles' mask bits that
+     * every warp reads at once (one load per lane), not one dependent load
+     * per tile. */
+    int64_t window = pt_begin;
+    uint32_t bits = touched_window(ws, bh, j, window, pt_end, lane);
+    auto next_tile = [&]() -> int64_t {
+        while (bits == 0) {
+            window += 32;
+            if (window >= pt_end)
+                return pt_end;
+            bits = touched_window(ws, bh, j, window, pt_end, lane);
+        }
+        const int at = __ffs(bits) - 1;
+        bits &= bits - 1;
+        return window + at;
+    };
+    auto stage = [&](int64_t pt, int buf) {
         constexpr int chunks = D / 8;
         for (int e = tid; e < kPairs * chunks; e += kThreads) {
             const int r = e / chunks, c = e % chunks;
             const int64_t x = pt * kPairs + r;
             const bool valid = x < total;
             const int64_t i = valid ? x / G : 0, h = kvh * G + (valid ? x % G : 0);
-            cp_async16(qtile + swz<D>(r, c * 8),
+            cp_async16(qtiles + buf * kTileBytes + swz<D>(r, c * 8),
                        static_cast<const T *>(q.data) + b * q.strides[0] + h * q.strides[1] +
                            i * q.strides[2] + c * 8,
                        valid);
-            cp_async16(otile + swz<D>(r, c * 8),
+            cp_async16(otiles + buf * kTileBytes + swz<D>(r, c * 8),
                        static_cast<const T *>(dout.data) + b * dout.strides[0] +
                            h * dout.strides[1] + i * dout.strides[2] + c * 8,
                        valid);
         }
+    };
+
+    /* Two buffers of staged pairs: the next touched tile's copies fly while
+     * this one's products run. */
+    int buf = 1;
+    int64_t pt = pt_end, pt_next = next_tile(); /* the first pass only stages */
+    for (;;) {
+        if (pt_next < pt_end)
+            stage(pt_next, buf ^ 1);
         cp_async_commit();
-        if (tid < kPairs) {
-            const int64_t x = pt * kPairs + tid;
-            float l2 = -DA_INF_F, lse2 = 0.0f, delta = 0.0f, dz = 0.0f;
-            int vis = 0;
-            if (x < total) {
-                const int64_t i = x / G, g = x % G,
-                              row = (b * p.heads_q + kvh * G + g) * p.len_q + i;
-                const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
-                const bool cand = j >= lr.cand_begin && j < lr.cand_end;
-                if (first < lr.visible_end) {
-                    if (da_forced(lr, j))
-                        l2 = 0.0f;
-                    else if (cand)
-                        l2 = ws.fwd.prior[(bh * p.len_q + i) * M + j];
+        if (pt < pt_end) {
+            if (tid < kPairs) {
+                const int64_t x = pt * kPairs + tid;
+                float l2 = -DA_INF_F, lse2 = 0.0f, delta = 0.0f, dz = 0.0f;
+                int vis = 0;
+                if (x < total) {
+                    const int64_t i = x / G, g = x % G,
+                                  row = (b * p.heads_q + kvh * G + g) * p.len_q + i;
+                    const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
+                    const bool cand = j >= lr.cand_begin && j < lr.cand_end;
+                    if (first < lr.visible_end) {
+                        if (da_forced(lr, j))
+                            l2 = 0.0f;
+                        else if (cand)
+                            l2 = ws.fwd.prior[(bh * p.len_q + i) * M + j];
+                    }
+                    lse2 = lse[row] * DA_LOG2E;
+                    delta = ws.delta[row];
+                    dz = ws.dz && cand ? *dz_slot(p, ws, bh, j, i, g) : 0.0f;
+                    vis = l2 == -DA_INF_F ? 0 : (int)min(lr.visible_end - first, (int64_t)MMA_KEYS);
                 }
-                lse2 = lse[row] * DA_LOG2E;
-                delta = ws.delta[row];
-                dz = ws.dz && cand ? *dz_slot(p, ws, bh, j, i, g) : 0.0f;
-                vis = l2 == -DA_INF_F ? 0 : (int)min(lr.visible_end - first, (int64_t)MMA_KEYS);
+                rl2[tid] = l2;
+                rlse2[tid] = lse2;
+                rdelta[tid] = delta;
+                rdz[tid] = dz;
+                rvis[tid] = vis;
             }
-            rl2[tid] = l2;
-            rlse2[tid] = lse2;
-            rdelta[tid] = delta;
-            rdz[tid] = dz;
-            rvis[tid] = vis;
-        }
-        cp_async_wait<0>();
-        __syncthreads();
-        float s[8][4], dp[8][4];
-        tile_products<D, T>(s, ktile, warp * 16, qtile, lane);
-        tile_products<D, T>(dp, vtile, warp * 16, otile, lane);
+            cp_async_wait<1>();
+            __syncthreads();
+            const uint32_t qtile = qtiles + buf * kTileBytes, otile = otiles + buf * kTileBytes;
+            float s[8][4], dp[8][4];
+            tile_products<D, T>(s, ktile, warp * 16, qtile, lane);
+            tile_products<D, T>(dp, vtile, warp * 16, otile, lane);
 #pragma unroll
-        for (int n = 0; n < 8; n++)
+            for (int n = 0; n < 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = warp * 16 + (lane >> 2) + (e >> 1) * 8;
-                const int c = n * 8 + qd * 2 + (e & 1);
-                const float a = key < rvis[c] ? exp2f(s[n][e] * scale2 + rl2[c] - rlse2[c]) : 0.0f;
-                s[n][e] = a;
-                dp[n][e] = p.scale * a * (dp[n][e] - rdelta[c]);
+                for (int e = 0; e < 4; e++) {
+                    const int key = warp * 16 + (lane >> 2) + (e >> 1) * 8;
+                    const int c = n * 8 + qd * 2 + (e & 1);
+                    const float a =
+                        key < rvis[c] ? exp2f(s[n][e] * scale2 + rl2[c] - rlse2[c]) : 0.0f;
+                    s[n][e] = a;
+                    dp[n][e] = p.scale * a * (dp[n][e] - rdelta[c]);
+                }
+            tile_pv<D, T, 8>(dva, s, otile, lane);
+            tile_pv<D, T, 8>(dka, dp, qtile, lane);
+            float dkb0 = dkb_part[dk_group][dk_col], dkb1 = dkb_part[dk_group][dk_col + 1];
+            for (int c = dk_group; c < kPairs; c += kDkbGroups<D>()) {
+                const float z = rdz[c];
+                if (z != 0.0f) {
+                    const float2 qv = tile_pair<D, T>(qtile, c, dk_col);
+                    dkb0 = fmaf(z, qv.x, dkb0);
+                    dkb1 = fmaf(z, qv.y, dkb1);
+                }
             }
-        tile_pv<D, T, 8>(dva, s, otile, lane);
-        tile_pv<D, T, 8>(dka, dp, qtile, lane);
-        for (int d = tid; d < D; d += kThreads) {
-            float acc = dkb[d];
-            for (int c = 0; c < kPairs; c++)
-                if (rdz[c] != 0.0f)
-                    acc = fmaf(rdz[c], tile_value<D, T>(qtile, c, d), acc);
-            dkb[d] = acc;
+            dkb_part[dk_group][dk_col] = dkb0;
+            dkb_part[dk_group][dk_col + 1] = dkb1;
+            __syncthreads(); /* the buffer is refilled and the pairs restaged next */
         }
+        if (pt_next >= pt_end)
+            break;
+        buf ^= 1;
+        pt = pt_next;
+        pt_next = next_tile();
+    }
+    cp_async_wait<0>(); /* a block no tile touched has not waited for its keys */
+    __syncthreads();
+    for (int d = tid; d < D; d += kThreads) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int g = 0; g < kDkbGroups<D>(); g++)
+            acc += dkb_part[g][d];
+        dkb[d] = acc;
     }
     __syncthreads();
     if (splits > 1 && !gather_splits<D>(dka, dva, dkb, ws, bh * M + j))
@@ -287,10 +354,11 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-/* Dynamic shared memory: the block's keys and values, a tile's q and dO. */
+/* Dynamic shared memory: the block's keys and values, two tiles' q and
+ * dO. */
 static size_t kv_smem(int D)
 {
-    return (size_t)(2 * MMA_KEYS + 2 * kPairs) * (size_t)D * 2;
+    return (size_t)(2 * MMA_KEYS + 4 * kPairs) * (size_t)D * 2;
 }
 
 template <int D, typename T>

@@ -279,6 +279,18 @@ static __device__ __forceinline__ float tile_value(uint32_t tile, int row, int c
     return (float)x;
 }
 
+/* Elements col and col + 1 (col even: one 4-byte word) of a row of a
+ * swizzled 16-bit tile. */
+template <int D, typename T>
+static __device__ __forceinline__ float2 tile_pair(uint32_t tile, int row, int col)
+{
+    uint32_t bits;
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(bits) : "r"(tile + swz<D>(row, col)));
+    T x[2];
+    memcpy(x, &bits, sizeof bits);
+    return make_float2((float)x[0], (float)x[1]);
+}
+
 } // namespace
 
 #endif
