@@ -32,7 +32,8 @@
 # forward + backward, and once with every block forced. `racecheck` runs the
 # CUDA parity test under compute-sanitizer racecheck alone. `trainprof` reads
 # the kernel times of one forward + backward with Nsight Compute (and one
-# kernel's launch in detail where $TRAINPROF_KERNEL names it). Logs go to $OUT
+# kernel's launch in detail where $TRAINPROF_KERNEL names it, and its most
+# stalled SASS lines where TRAINPROF_SOURCE=1 as well). Logs go to $OUT
 # (default /tmp/gpu-run).
 # The source tree must already hold ./configure (run ./autogen.sh where
 # autotools and libtool are installed and carry the generated files along).
@@ -343,6 +344,14 @@ case $phases in *trainprof*)
             >"$out/trainprof-detail.txt" 2>&1
         grep -E 'Registers Per|Shared Memory Config|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Memory Throughput|L1/TEX Hit|L2 Hit|Duration|Executed Ipc|Stall' \
             "$out/trainprof-detail.txt" | head -40 | tee -a "$out/summary.txt"
+        # The SASS lines where its warps wait most (TRAINPROF_SOURCE=1).
+        if [ "${TRAINPROF_SOURCE:-0}" = 1 ]; then
+            ncu --section SourceCounters --section WarpStateStats --page source --csv \
+                --print-source sass -k "regex:$TRAINPROF_KERNEL" --launch-count 1 \
+                python3 $one_call --heads-kv 8 >"$out/trainprof-source.csv" 2>&1
+            python3 "$src/bench/ncu_source_top.py" "$out/trainprof-source.csv" 40 |
+                tee "$out/trainprof-source-top.txt" | head -42 | tee -a "$out/summary.txt"
+        fi
     fi
     ;;
 esac

@@ -12,5 +12,7 @@ EXTRA_DIST += bench/dashattn_ctypes.py
 dist_noinst_SCRIPTS += bench/decode_bench.py bench/released_compare.py
 # Nsight Compute over one decode call's kernels, on a GPU machine.
 dist_noinst_SCRIPTS += bench/decode_profile.sh
-# Reads an Nsight Compute CSV report (gpu_run.sh profile).
+# Read Nsight Compute CSV reports: metrics (gpu_run.sh profile) and the
+# source page of one kernel (gpu_run.sh trainprof, TRAINPROF_SOURCE=1).
 dist_noinst_SCRIPTS += bench/ncu_metrics.py
+dist_noinst_SCRIPTS += bench/ncu_source_top.py
