@@ -40,6 +40,13 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
                           "clearing stage-1 masks"));
     DAGPU_TRY(
         dagpu_check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
+    if (ws.row_touch)
+        DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.row_touch,
+                                                  (size_t)p->batch * (size_t)p->heads_kv *
+                                                      (size_t)p->num_blocks * (size_t)ws.row_words *
+                                                      sizeof(uint32_t),
+                                                  stream),
+                              "clearing the rows' touch masks"));
     int nv1 = 0;
     if (p->prior_table)
         (void)dagpu_forward_nv_stages(gp, a->q, a->k, a->v, a->out, a->block_summary, &nv1);

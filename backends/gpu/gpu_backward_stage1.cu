@@ -20,7 +20,8 @@
  *   dq       ws.dq_s2 + sum_j dz_j kbar_j in ascending j into the caller's
  *            dq, register tiles of 4 pairs by 4 DC dimensions per thread;
  *   touches  the blocks each tile of 64 pairs reads in stage 2 or sends dz
- *            to, for the kv kernels.
+ *            to, for the kv kernels, and the same per row where the
+ *            tensor-core kv kernel takes them (ws.row_touch).
  * Partial sums are combined in a fixed order, so the results do not depend
  * on scheduling. */
 #include "gpu_backward.cuh"
@@ -42,6 +43,18 @@ static_assert(kCols == 32, "a column chunk is one mask word");
 static __device__ __forceinline__ float entmax_u(float prob, float l2p, float alpha)
 {
     return alpha == 2.0f ? 1.0f : alpha == 1.0f ? prob : exp2f((2.0f - alpha) * l2p);
+}
+
+/* ORs the rows of mask (bit r: row row0 + r) into a block's row words. */
+static __device__ void flush_rows(uint32_t *words, int64_t row0, unsigned long long mask)
+{
+    const unsigned shift = (unsigned)(row0 % 32);
+    uint32_t *at = words + row0 / 32;
+    const uint32_t part[3] = {(uint32_t)(mask << shift), (uint32_t)(mask >> (32u - shift)),
+                              shift ? (uint32_t)(mask >> (64u - shift)) : 0u};
+    for (int w = 0; w < 3; w++)
+        if (part[w])
+            atomicOr(at + w, part[w]);
 }
 
 /* Threads side by side over n items (at most kLanes), each with a quarter
@@ -79,6 +92,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     double *part = reinterpret_cast<double *>(smem + L.part);
     double *fmean = reinterpret_cast<double *>(smem + L.fmean);
     double *emean = reinterpret_cast<double *>(smem + L.emean);
+    unsigned long long *rmask = reinterpret_cast<unsigned long long *>(smem + L.rmask);
     float *qs = smem + L.qs, *kb = smem + L.kb, *zs = smem + L.zs, *lw = smem + L.lw;
     float *sp = smem + L.sp, *dpr = smem + L.dpr;
     dagpu_row_param *rps = reinterpret_cast<dagpu_row_param *>(smem + L.rp);
@@ -94,6 +108,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     for (int w = tid; w < (int)L.tiles * words; w += kThreads)
         bits[w] = 0u;
+    for (int c = tid; c < kCols; c += kThreads)
+        rmask[c] = 0ull;
     for (int w = tid; w < (int)(L.dpr - L.sp); w += kThreads)
         sp[w] = 0.0f; /* the dq tile reads rows beyond the pairs */
     for (int r = tid; r < R; r += kThreads) {
@@ -133,6 +149,14 @@ __global__ void __launch_bounds__(kThreads, 2)
                 atomicOr(bits + t * words + j / 32, 1u << (unsigned)(j % 32));
             for (int64_t j = lr.local_begin; j < lr.local_end; j++)
                 atomicOr(bits + t * words + j / 32, 1u << (unsigned)(j % 32));
+        }
+        if (ws.row_touch) {
+            const int64_t i = row0 + r;
+            const uint32_t bit = 1u << (unsigned)(i % 32);
+            for (int64_t j = 0; j < lr.sink_end; j++)
+                atomicOr(ws.row_touch + (bh * M + j) * ws.row_words + i / 32, bit);
+            for (int64_t j = lr.local_begin; j < lr.local_end; j++)
+                atomicOr(ws.row_touch + (bh * M + j) * ws.row_words + i / 32, bit);
         }
     }
 
@@ -393,12 +417,24 @@ __global__ void __launch_bounds__(kThreads, 2)
                     if (dz != 0.0f || !(l2_of(x, r, j) == -DA_INF_F))
                         word |= 1u << (unsigned)c;
                 }
-                if (word)
+                if (word) {
                     atomicOr(bits + (x_off + x) / DAGPU_TILE_ROWS * words + j0 / 32, word);
+                    if (ws.row_touch)
+                        for (unsigned w = word; w; w &= w - 1u)
+                            atomicOr(rmask + __ffs(w) - 1, 1ull << (unsigned)r);
+                }
             }
         if (fused)
             gemm();
         __syncthreads();
+        if (ws.row_touch) {
+            for (int c = tid; c < kCols; c += kThreads) {
+                if (rmask[c])
+                    flush_rows(ws.row_touch + (bh * M + j0 + c) * ws.row_words, row0, rmask[c]);
+                rmask[c] = 0ull;
+            }
+            __syncthreads();
+        }
     }
     if (fused) {
         acc_store(0);

@@ -176,6 +176,12 @@ typedef struct dagpu_backward_ws {
     float *kv_part;
     uint32_t *kv_arrived;
     int64_t kv_splits;
+    /* [B, Hkv, M, row_words]: bit i % 32 of word i / 32 for block j: query
+     * row i reads block j in stage 2 or sends it dz from one of its heads
+     * (the tensor-core kv kernel's list of rows; NULL where that kernel
+     * cannot run). */
+    uint32_t *row_touch;
+    int64_t row_words;  /* ceil(Nq / 32) */
     int64_t pair_tiles; /* ceil(Nq G / DAGPU_TILE_ROWS) */
     int64_t dh_chunks;  /* ceil(Nk / DAGPU_BWD_DH_CHUNK) */
 } dagpu_backward_ws;
@@ -237,7 +243,8 @@ static inline size_t dagpu_bwd_rows_smem_bytes(const dagpu_params *p, int64_t ch
 
 /* Its dynamic shared memory in 4-byte words from the start, doubles first:
  * two partial sums per thread and pair (or vector) it takes; per pair the
- * flat prior's mean, per vector the entmax backward's; the vectors (rows
+ * flat prior's mean, per vector the entmax backward's; per column of a
+ * chunk a 64-bit mask of the rows that touch it (R <= 64); the vectors (rows
  * of 64 DC + 4 words, DC = ceil(D / 64), zero padded), a column chunk of
  * block keys (the same rows) and the vectors' scores over all M blocks
  * (rows of M + 1); in group-mean mode with the flat prior the group's log2
@@ -246,7 +253,7 @@ static inline size_t dagpu_bwd_rows_smem_bytes(const dagpu_params *p, int64_t ch
  * dL/dp of the group; each vector's row parameters; each row's candidate
  * range; the touch bits of the pair tiles the rows span. */
 typedef struct dagpu_bwd_s1_smem {
-    int64_t part, fmean, emean, qs, zs, kb, lw, sp, dpr, rp, range, bits;
+    int64_t part, fmean, emean, rmask, qs, zs, kb, lw, sp, dpr, rp, range, bits;
     int64_t vec_stride, z_stride, tiles, total;
 } dagpu_bwd_s1_smem;
 
@@ -265,6 +272,7 @@ static inline DAGPU_HOST_DEVICE dagpu_bwd_s1_smem dagpu_bwd_s1_layout(const dagp
     s.part = at, at += 2 * 2 * (4 * PE > 256 ? 4 * PE : 256);
     s.fmean = at, at += 2 * P;
     s.emean = at, at += 2 * E;
+    s.rmask = at, at += 2 * C;
     at = (at + 3) / 4 * 4; /* read as float4 */
     s.qs = at, at += E * s.vec_stride;
     s.kb = at, at += C * s.vec_stride;

@@ -140,7 +140,11 @@ size_t dagpu_backward_layout(const dagpu_plan *gp, void *base, dagpu_backward_ws
     w.touch = dagpu_carve(&c, B * (size_t)p->heads_kv * (size_t)w.pair_tiles * (size_t)w.fwd.words *
                                   sizeof(uint32_t));
     w.kv_splits = gp->backward_kv_splits > 1 ? gp->backward_kv_splits : 1;
+    w.row_words = (p->len_q + 31) / 32;
 #ifdef DAGPU_HAVE_NV
+    if (gp->backward_kv_nv)
+        w.row_touch =
+            dagpu_carve(&c, B * (size_t)p->heads_kv * M * (size_t)w.row_words * sizeof(uint32_t));
     if (w.kv_splits > 1) {
         const size_t units = B * (size_t)p->heads_kv * M;
         w.kv_part = dagpu_carve(&c, units * (size_t)w.kv_splits *
@@ -449,7 +453,8 @@ dashattn_status dagpu_plan_prepare(void *state, const dashattn_plan_desc *plan, 
                     (!p->group_mean || p->group_size <= 32);
     gp->backward_kv_nv =
         !st->portable && st->backward_mma && dagpu_nv_backward_kv_ok(p, st->info.smem_per_block);
-    gp->backward_dq_nv = gp->backward_kv_nv && dagpu_nv_backward_dq_ok(p, st->info.smem_per_block);
+    gp->backward_dq_nv =
+        !st->portable && st->backward_mma && dagpu_nv_backward_dq_ok(p, st->info.smem_per_block);
     gp->backward_kv_splits =
         gp->backward_kv_nv ? dagpu_nv_backward_kv_splits(p, st->info.sm_count) : 1;
 #endif

@@ -3,12 +3,14 @@
  * f16 in, f32 accumulation), in place of gpu_backward.cu's portable one for
  * block size 64, head dimension 64 or 128 and priors from stage 1's table
  * (shared and group-mean modes): a thread block owns one key block, four
- * warps 16 keys each with their dK and dV in registers, and walks the tiles
- * of 64 (row, head) pairs that touch the block (the stage-1 kernel's masks,
- * 32 tiles' bits at a time) in order, so the sums repeat bit for bit, the
- * next tile's q and dO in flight while this one's products run. Where key blocks are too few to
+ * warps 16 keys each with their dK and dV in registers, and walks the query
+ * rows that touch the block (ws.row_touch, from the stage-1 kernel) in
+ * ascending order, 64 / G of them with all G heads to a tile of (row,
+ * head) pairs, so that a tile holds only pairs that read the block or send
+ * it dz and the sums repeat bit for bit; the next tile's q and dO are in
+ * flight while this one's products run. Where key blocks are too few to
  * fill the device (few KV heads: a causal block 0 then holds the whole
- * call's longest run of tiles), the tiles of a block are split in
+ * call's longest run of rows), the rows of a block are split in
  * ws.kv_splits equal runs, each split's thread block writes its partial
  * sums, and the last to finish adds them in split order and finishes the
  * block, so the sums still repeat bit for bit. Per tile, transposed as in
@@ -56,15 +58,64 @@ template <int D> __host__ __device__ constexpr int kDkbGroups()
     return kThreads / (D / 2);
 }
 
-/* Bit r of the result: whether pair tile window + r (< end) of KV head bh
- * touches block j; lane r of each warp reads it. */
-static __device__ __forceinline__ uint32_t touched_window(const dagpu_backward_ws &ws, int64_t bh,
-                                                          int64_t j, int64_t window, int64_t end,
-                                                          int lane)
-{
-    const int64_t pt = window + lane;
-    return __ballot_sync(0xffffffffu, pt < end && touched(ws, bh, pt, j));
-}
+/* The rows that touch one key block, in ascending order, from its words of
+ * ws.row_touch (rows [begin, end) of them): each warp holds 32 words at a
+ * time, one per lane, so a word costs no round trip of its own. Every
+ * thread of the block runs the same steps. */
+struct row_stream {
+    const uint32_t *words;
+    int64_t begin, end, batch; /* batch: the first word the lanes hold */
+    uint32_t held, cur;        /* the lane's word; the current word's rows left */
+    int at;                    /* the current word's place in the batch */
+    bool done;
+
+    __device__ uint32_t load(int lane) const
+    {
+        const int64_t w = batch + lane, lo = w * 32;
+        if (lo >= end || lo + 32 <= begin)
+            return 0u;
+        uint32_t x = words[w];
+        if (lo < begin)
+            x &= ~0u << (unsigned)(begin - lo);
+        if (lo + 32 > end)
+            x &= ~0u >> (unsigned)(lo + 32 - end);
+        return x;
+    }
+    __device__ row_stream(const uint32_t *w, int64_t b, int64_t e, int lane)
+        : words(w), begin(b), end(e), batch(b / 32), at(0), done(b >= e)
+    {
+        held = load(lane);
+        cur = __shfl_sync(0xffffffffu, held, 0);
+    }
+    /* The next `want` rows into rows[0..), their count returned (fewer at
+     * the end); thread t < want writes rows[t]. */
+    __device__ int take(int64_t *rows, int want, int tid, int lane)
+    {
+        int n = 0;
+        while (n < want && !done) {
+            while (cur == 0u) {
+                if (++at == 32) {
+                    batch += 32;
+                    if (batch * 32 >= end) {
+                        done = true;
+                        return n;
+                    }
+                    held = load(lane);
+                    at = 0;
+                }
+                cur = __shfl_sync(0xffffffffu, held, at);
+            }
+            const int avail = __popc(cur), k = min(avail, want - n);
+            const int64_t base = (batch + at) * 32;
+            if (tid >= n && tid < n + k)
+                rows[tid] = base + (int64_t)__fns(cur, 0u, tid - n + 1);
+            const unsigned last = __fns(cur, 0u, k); /* the k-th row taken */
+            cur = last == 31u ? 0u : cur & (~0u << (last + 1u));
+            n += k;
+        }
+        return n;
+    }
+};
 
 /* One split's partial sums in the workspace: each thread's dK and dV
  * fragments (element e of thread t at e kThreads + t), then the block
@@ -136,6 +187,7 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ float dkb_part[kDkbGroups<D>()][D];
     __shared__ float logit[MMA_KEYS];
     __shared__ int rvis[kPairs];
+    __shared__ int64_t tile_rows[2][kPairs];
     constexpr uint32_t kTileBytes = kPairs * D * 2;
     const uint32_t ktile = smem_addr(smem), vtile = ktile + MMA_KEYS * D * 2;
     const uint32_t qtiles = vtile + MMA_KEYS * D * 2, otiles = qtiles + 2 * kTileBytes;
@@ -160,35 +212,20 @@ __global__ void __launch_bounds__(kThreads)
     const int dk_col = 2 * (tid % (D / 2)), dk_group = tid / (D / 2);
     dkb_part[dk_group][dk_col] = dkb_part[dk_group][dk_col + 1] = 0.0f;
     const float scale2 = p.scale * DA_LOG2E;
-    const int64_t total = p.len_q * G;
-    const int64_t pt0 = first_pair(p, first) / kPairs, splits = ws.kv_splits;
-    const int64_t run = (ws.pair_tiles - pt0 + splits - 1) / splits;
-    const int64_t pt_begin = pt0 + (int64_t)blockIdx.z * run;
-    const int64_t pt_end = min(pt_begin + run, ws.pair_tiles);
-
-    /* The touched tiles come from a window of 32 tiles' mask bits that
-     * every warp reads at once (one load per lane), not one dependent load
-     * per tile. */
-    int64_t window = pt_begin;
-    uint32_t bits = touched_window(ws, bh, j, window, pt_end, lane);
-    auto next_tile = [&]() -> int64_t {
-        while (bits == 0) {
-            window += 32;
-            if (window >= pt_end)
-                return pt_end;
-            bits = touched_window(ws, bh, j, window, pt_end, lane);
-        }
-        const int at = __ffs(bits) - 1;
-        bits &= bits - 1;
-        return window + at;
-    };
-    auto stage = [&](int64_t pt, int buf) {
+    /* The rows that can see the block, split in ws.kv_splits equal runs;
+     * a tile holds up to 64 / G of those that touch it, all their heads. */
+    const int64_t row_first = first_pair(p, first) / G, splits = ws.kv_splits;
+    const int64_t run = (p.len_q - row_first + splits - 1) / splits;
+    const int64_t row_begin = row_first + (int64_t)blockIdx.z * run;
+    const int64_t row_end = min(row_begin + run, p.len_q);
+    const int per_tile = kPairs / (int)G;
+    row_stream stream(ws.row_touch + (bh * M + j) * ws.row_words, row_begin, row_end, lane);
+    auto stage = [&](int buf, int n) {
         constexpr int chunks = D / 8;
         for (int e = tid; e < kPairs * chunks; e += kThreads) {
             const int r = e / chunks, c = e % chunks;
-            const int64_t x = pt * kPairs + r;
-            const bool valid = x < total;
-            const int64_t i = valid ? x / G : 0, h = kvh * G + (valid ? x % G : 0);
+            const bool valid = r < n * (int)G;
+            const int64_t i = valid ? tile_rows[buf][r / G] : 0, h = kvh * G + r % G;
             cp_async16(qtiles + buf * kTileBytes + swz<D>(r, c * 8),
                        static_cast<const T *>(q.data) + b * q.strides[0] + h * q.strides[1] +
                            i * q.strides[2] + c * 8,
@@ -200,80 +237,81 @@ __global__ void __launch_bounds__(kThreads)
         }
     };
 
-    /* Two buffers of staged pairs: the next touched tile's copies fly while
-     * this one's products run. */
-    int buf = 1;
-    int64_t pt = pt_end, pt_next = next_tile(); /* the first pass only stages */
-    for (;;) {
-        if (pt_next < pt_end)
-            stage(pt_next, buf ^ 1);
+    /* Two buffers of staged pairs: the next tile's copies fly while this
+     * one's products run. Tile t's rows are listed two tiles ahead, into
+     * the buffer tile t - 2 has left. */
+    int buf = 0;
+    int count = stream.take(tile_rows[0], per_tile, tid, lane);
+    int count_next = stream.take(tile_rows[1], per_tile, tid, lane);
+    __syncthreads();
+    if (count > 0)
+        stage(0, count);
+    cp_async_commit();
+    while (count > 0) {
+        if (count_next > 0)
+            stage(buf ^ 1, count_next);
         cp_async_commit();
-        if (pt < pt_end) {
-            if (tid < kPairs) {
-                const int64_t x = pt * kPairs + tid;
-                float l2 = -DA_INF_F, lse2 = 0.0f, delta = 0.0f, dz = 0.0f;
-                int vis = 0;
-                if (x < total) {
-                    const int64_t i = x / G, g = x % G,
-                                  row = (b * p.heads_q + kvh * G + g) * p.len_q + i;
-                    const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
-                    const bool cand = j >= lr.cand_begin && j < lr.cand_end;
-                    if (first < lr.visible_end) {
-                        if (da_forced(lr, j))
-                            l2 = 0.0f;
-                        else if (cand)
-                            l2 = ws.fwd.prior[(bh * p.len_q + i) * M + j];
-                    }
-                    lse2 = lse[row] * DA_LOG2E;
-                    delta = ws.delta[row];
-                    dz = ws.dz && cand ? *dz_slot(p, ws, bh, j, i, g) : 0.0f;
-                    vis = l2 == -DA_INF_F ? 0 : (int)min(lr.visible_end - first, (int64_t)MMA_KEYS);
+        if (tid < kPairs) {
+            float l2 = -DA_INF_F, lse2 = 0.0f, delta = 0.0f, dz = 0.0f;
+            int vis = 0;
+            if (tid < count * (int)G) {
+                const int64_t i = tile_rows[buf][tid / G], g = tid % G,
+                              row = (b * p.heads_q + kvh * G + g) * p.len_q + i;
+                const da_rows lr = da_row_layout(p, i + p.query_offset, p.len_k);
+                const bool cand = j >= lr.cand_begin && j < lr.cand_end;
+                if (first < lr.visible_end) {
+                    if (da_forced(lr, j))
+                        l2 = 0.0f;
+                    else if (cand)
+                        l2 = ws.fwd.prior[(bh * p.len_q + i) * M + j];
                 }
-                rl2[tid] = l2;
-                rlse2[tid] = lse2;
-                rdelta[tid] = delta;
-                rdz[tid] = dz;
-                rvis[tid] = vis;
+                lse2 = lse[row] * DA_LOG2E;
+                delta = ws.delta[row];
+                dz = ws.dz && cand ? *dz_slot(p, ws, bh, j, i, g) : 0.0f;
+                vis = l2 == -DA_INF_F ? 0 : (int)min(lr.visible_end - first, (int64_t)MMA_KEYS);
             }
-            cp_async_wait<1>();
-            __syncthreads();
-            const uint32_t qtile = qtiles + buf * kTileBytes, otile = otiles + buf * kTileBytes;
-            float s[8][4], dp[8][4];
-            tile_products<D, T>(s, ktile, warp * 16, qtile, lane);
-            tile_products<D, T>(dp, vtile, warp * 16, otile, lane);
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = warp * 16 + (lane >> 2) + (e >> 1) * 8;
-                    const int c = n * 8 + qd * 2 + (e & 1);
-                    const float a =
-                        key < rvis[c] ? exp2f(s[n][e] * scale2 + rl2[c] - rlse2[c]) : 0.0f;
-                    s[n][e] = a;
-                    dp[n][e] = p.scale * a * (dp[n][e] - rdelta[c]);
-                }
-            tile_pv<D, T, 8>(dva, s, otile, lane);
-            tile_pv<D, T, 8>(dka, dp, qtile, lane);
-            float dkb0 = dkb_part[dk_group][dk_col], dkb1 = dkb_part[dk_group][dk_col + 1];
-            for (int c = dk_group; c < kPairs; c += kDkbGroups<D>()) {
-                const float z = rdz[c];
-                if (z != 0.0f) {
-                    const float2 qv = tile_pair<D, T>(qtile, c, dk_col);
-                    dkb0 = fmaf(z, qv.x, dkb0);
-                    dkb1 = fmaf(z, qv.y, dkb1);
-                }
-            }
-            dkb_part[dk_group][dk_col] = dkb0;
-            dkb_part[dk_group][dk_col + 1] = dkb1;
-            __syncthreads(); /* the buffer is refilled and the pairs restaged next */
+            rl2[tid] = l2;
+            rlse2[tid] = lse2;
+            rdelta[tid] = delta;
+            rdz[tid] = dz;
+            rvis[tid] = vis;
         }
-        if (pt_next >= pt_end)
-            break;
+        cp_async_wait<1>();
+        __syncthreads();
+        const uint32_t qtile = qtiles + buf * kTileBytes, otile = otiles + buf * kTileBytes;
+        float s[8][4], dp[8][4];
+        tile_products<D, T>(s, ktile, warp * 16, qtile, lane);
+        tile_products<D, T>(dp, vtile, warp * 16, otile, lane);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = warp * 16 + (lane >> 2) + (e >> 1) * 8;
+                const int c = n * 8 + qd * 2 + (e & 1);
+                const float a = key < rvis[c] ? exp2f(s[n][e] * scale2 + rl2[c] - rlse2[c]) : 0.0f;
+                s[n][e] = a;
+                dp[n][e] = p.scale * a * (dp[n][e] - rdelta[c]);
+            }
+        tile_pv<D, T, 8>(dva, s, otile, lane);
+        tile_pv<D, T, 8>(dka, dp, qtile, lane);
+        float dkb0 = dkb_part[dk_group][dk_col], dkb1 = dkb_part[dk_group][dk_col + 1];
+        for (int c = dk_group; c < kPairs; c += kDkbGroups<D>()) {
+            const float z = rdz[c];
+            if (z != 0.0f) {
+                const float2 qv = tile_pair<D, T>(qtile, c, dk_col);
+                dkb0 = fmaf(z, qv.x, dkb0);
+                dkb1 = fmaf(z, qv.y, dkb1);
+            }
+        }
+        dkb_part[dk_group][dk_col] = dkb0;
+        dkb_part[dk_group][dk_col + 1] = dkb1;
+        const int count_after = stream.take(tile_rows[buf], per_tile, tid, lane);
+        __syncthreads(); /* the buffer is refilled and the pairs restaged next */
         buf ^= 1;
-        pt = pt_next;
-        pt_next = next_tile();
+        count = count_next;
+        count_next = count_after;
     }
-    cp_async_wait<0>(); /* a block no tile touched has not waited for its keys */
+    cp_async_wait<0>(); /* a block no row touched has not waited for its keys */
     __syncthreads();
     for (int d = tid; d < D; d += kThreads) {
         float acc = 0.0f;
@@ -382,9 +420,9 @@ static dagpu_err launch(const dagpu_params *p, const dashattn_tensor *q, const d
 
 extern "C" int dagpu_nv_backward_kv_ok(const dagpu_params *p, size_t smem_limit)
 {
-    return p->prior_table && p->block_size == MMA_KEYS && p->dtype != DASHATTN_F32 &&
-           (p->head_dim == 64 || p->head_dim == 128) &&
-           kv_smem((int)p->head_dim) + 4096 <= smem_limit; /* + its static arrays */
+    /* A tile holds whole rows: at most 64 heads per KV head. */
+    return dagpu_nv_backward_shape_ok(p) && p->group_size <= kPairs &&
+           kv_smem((int)p->head_dim) + 8192 <= smem_limit; /* + its static arrays */
 }
 
 extern "C" int64_t dagpu_nv_backward_kv_splits(const dagpu_params *p, int sm_count)

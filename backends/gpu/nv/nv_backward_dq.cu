@@ -156,7 +156,7 @@ static dagpu_err launch(const dagpu_params *p, const dashattn_tensor *q, const d
 
 extern "C" int dagpu_nv_backward_dq_ok(const dagpu_params *p, size_t smem_limit)
 {
-    return dagpu_nv_backward_kv_ok(p, smem_limit) && dagpu_tiles_packed(p) &&
+    return dagpu_nv_backward_shape_ok(p) && dagpu_tiles_packed(p) &&
            (p->head_dim == 64 ? dq_smem<64>() : dq_smem<128>()) <= smem_limit;
 }
 

@@ -44,11 +44,19 @@ dagpu_err dagpu_nv_launch_decode_scores(const dagpu_params *p, const dashattn_te
                                         const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
                                         void *stream);
 
+/* The shapes both tensor-core backward kernels take: 16-bit data, head
+ * dimension 64 or 128, block size 64, priors from stage 1's table. */
+static inline int dagpu_nv_backward_shape_ok(const dagpu_params *p)
+{
+    return p->prior_table && p->block_size == 64 && p->dtype != DASHATTN_F32 &&
+           (p->head_dim == 64 || p->head_dim == 128);
+}
+
 /* The backward's kv kernel on the tensor cores, in place of
- * dagpu_launch_backward_kv: whether a plan allows it (16-bit data, head
- * dimension 64 or 128, block size 64, priors from stage 1's table, its shared
- * memory within smem_limit), and the
- * launch (q, k, v, dout, dk, dv with contiguous, 16-byte aligned rows). */
+ * dagpu_launch_backward_kv: whether a plan allows it (those shapes, at most
+ * 64 query heads per KV head, its shared memory within smem_limit), and the
+ * launch (q, k, v, dout, dk, dv with contiguous, 16-byte aligned rows; the
+ * workspace's row_touch filled by the stage-1 kernel). */
 int dagpu_nv_backward_kv_ok(const dagpu_params *p, size_t smem_limit);
 /* Splits of each key block's pair tiles, so that enough thread blocks
  * share the device (1 where the key blocks alone fill it), and the floats
@@ -63,8 +71,8 @@ dagpu_err dagpu_nv_launch_backward_kv(const dagpu_params *p, const dashattn_tens
                                       void *stream);
 
 /* The backward's stage-2 part of dq (and Dl, and the prior gradients) on
- * the tensor cores: whether a plan allows it (dagpu_nv_backward_kv_ok's
- * shapes, packed tiles, its shared memory within smem_limit), and the launch
+ * the tensor cores: whether a plan allows it (dagpu_nv_backward_shape_ok,
+ * packed tiles, its shared memory within smem_limit), and the launch
  * (q, k, v, out, dout with contiguous, 16-byte aligned rows). */
 int dagpu_nv_backward_dq_ok(const dagpu_params *p, size_t smem_limit);
 dagpu_err dagpu_nv_launch_backward_dq(const dagpu_params *p, const dashattn_tensor *q,
