@@ -5,7 +5,7 @@
 # CUDA parity test under compute-sanitizer (memcheck, racecheck), then the
 # benchmark.
 #
-#   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [train] [trainprof] [racecheck] [bench] [BENCH ARGS...]
+#   sh bench/gpu_run.sh [test] [quick] [portable] [sanitize] [opencl] [released] [decode] [prefill] [train] [trainprof] [racecheck] [proof] [bench] [BENCH ARGS...]
 #
 # With no phase named, test, portable, sanitize and bench run. `quick` runs
 # only the CUDA tests (not the CPU suite), the parity test once under
@@ -30,7 +30,9 @@
 # with every block forced (`dashattn bench`'s dense column). `train` times
 # forward + backward (N $TRAIN_LEN, default 16384) the same way against SDPA's
 # forward + backward, and once with every block forced. `racecheck` runs the
-# CUDA parity test under compute-sanitizer racecheck alone. `trainprof` reads
+# CUDA parity test under compute-sanitizer racecheck alone. `proof` trains
+# the two language models of bench/train_proof.py (extra arguments in
+# $PROOF_ARGS). `trainprof` reads
 # the kernel times of one forward + backward with Nsight Compute (and one
 # kernel's launch in detail where $TRAINPROF_KERNEL names it, and its most
 # stalled SASS lines where TRAINPROF_SOURCE=1 as well). Logs go to $OUT
@@ -46,7 +48,7 @@ mkdir -p "$out" "$build"
 phases=
 while [ $# -gt 0 ]; do
     case $1 in
-    test | quick | portable | sanitize | train | trainprof | racecheck | opencl | bench | profile | released | decode | prefill) phases="$phases $1" ;;
+    test | quick | portable | sanitize | train | trainprof | racecheck | opencl | bench | profile | released | decode | prefill | proof) phases="$phases $1" ;;
     *) break ;;
     esac
     shift
@@ -353,6 +355,20 @@ case $phases in *trainprof*)
                 tee "$out/trainprof-source-top.txt" | head -42 | tee -a "$out/summary.txt"
         fi
     fi
+    ;;
+esac
+
+case $phases in *proof*)
+    export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
+    if DASHATTN_LIBRARY="$build/.libs/libdashattn.so" PYTHONUNBUFFERED=1 python3 \
+        "$src/bench/train_proof.py" --device cuda --json "$out/proof.json" ${PROOF_ARGS:-} \
+        >"$out/proof.log" 2>&1; then
+        say "proof: trained"
+    else
+        say "proof: FAILED (rc $?)"
+        status=1
+    fi
+    tail -n 12 "$out/proof.log" | tee -a "$out/summary.txt"
     ;;
 esac
 
