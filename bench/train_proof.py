@@ -368,6 +368,8 @@ def main():
         model, res = train(kind, args, train_data, val_data, device, dtype)
         model.eval()
         res["val_bpb"] = validation_bpb(model, val_data, args, device)
+        res["recall_accuracy_context"] = recall_accuracy(model, val_data, args, device,
+                                                         args.context)
         res["recall_accuracy"] = recall_accuracy(model, val_data, args, device,
                                                  args.long_context)
         if kind == "dash":
@@ -385,6 +387,8 @@ def main():
     rows = [("validation bits per byte", f"{s['val_bpb']:.4f}", f"{d['val_bpb']:.4f}",
              f"within 2%: {'yes' if gap <= 0.02 else 'NO'} ({100 * gap:+.2f}%)"),
             ("step ms", f"{s['step_ms']:.1f}", f"{d['step_ms']:.1f}", ""),
+            (f"recall accuracy at {args.context}", f"{s['recall_accuracy_context']:.3f}",
+             f"{d['recall_accuracy_context']:.3f}", ""),
             (f"recall accuracy at {args.long_context}", f"{s['recall_accuracy']:.3f}",
              f"{d['recall_accuracy']:.3f}",
              "not below dense: " + ("yes" if d["recall_accuracy"] >= s["recall_accuracy"]
