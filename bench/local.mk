@@ -16,5 +16,7 @@ dist_noinst_SCRIPTS += bench/decode_profile.sh
 # source page of one kernel (gpu_run.sh trainprof, TRAINPROF_SOURCE=1).
 dist_noinst_SCRIPTS += bench/ncu_metrics.py
 dist_noinst_SCRIPTS += bench/ncu_source_top.py
+# gpu_run.sh in one device call: a time limit, the logs packed in one file.
+dist_noinst_SCRIPTS += bench/gpu_call.sh
 # Issue #15's proof: SDPA and DashAttention language models trained alike.
 dist_noinst_SCRIPTS += bench/train_proof.py
