@@ -21,15 +21,16 @@ def number(text):
 def main(path, count):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    header = next((r for r in rows if any("Source" == c or "Source" in c for c in r) and
-                   any("Sampling" in c for c in r)), None)
+    header = next((r for r in rows if "Source" in r and
+                   "Warp Stall Sampling (All Samples)" in r), None)
     if header is None:
         print(f"{path}: no source page with stall samples (is it ncu --page source --csv?)")
         return 1
-    source = next(i for i, c in enumerate(header) if c.startswith("Source"))
-    samples = next(i for i, c in enumerate(header) if "Sampling (All" in c or "Sampling" in c)
-    executed = next((i for i, c in enumerate(header) if c.startswith("Instructions Executed")), None)
-    reasons = [i for i, c in enumerate(header) if c.startswith("stall_") or "Stall" in c and i != samples]
+    source = header.index("Source")
+    samples = header.index("Warp Stall Sampling (All Samples)")
+    executed = header.index("Instructions Executed") if "Instructions Executed" in header else None
+    # Each reason's samples; its "(Not Issued)" twin counts a subset of them.
+    reasons = [i for i, c in enumerate(header) if c.startswith("stall_") and "(Not Issued)" not in c]
     body = [r for r in rows[rows.index(header) + 1:] if len(r) == len(header)]
     total = sum(number(r[samples]) for r in body) or 1.0
     total_exec = sum(number(r[executed]) for r in body) if executed is not None else 0.0

@@ -38,7 +38,7 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_here, os.pardir, "python"))
 sys.path.insert(0, _here)
 import dashattn  # noqa: E402
-from dashattn.torch import DashAttention  # noqa: E402
+from dashattn.torch import DashAttention, dash_attention  # noqa: E402
 from gpu_bench import tile_union_ratios  # noqa: E402
 
 SEPARATOR = b"\n\n# ----\n\n"
@@ -154,7 +154,6 @@ class Attention(torch.nn.Module):
             self.last_qkv = (q.detach(), k.detach(), v.detach())
         if self.dash is not None:
             if stats is not None:
-                from dashattn.torch import dash_attention
                 y, st = dash_attention(q, k, v, block_summary=self.dash.block_summary,
                                        return_stats=True, **self.dash.options)
                 stats.append(st["sparsity"])
@@ -377,7 +376,7 @@ def main():
             res["at_long_context"] = selection_stats(model, val_data, args, device,
                                                      args.long_context, args.long_union)
         results[kind] = res
-        log(f"  {kind}: " + json.dumps({k: v for k, v in res.items()}, default=str))
+        log(f"  {kind}: " + json.dumps(res, default=str))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
