@@ -133,14 +133,15 @@ def rope(x, base=10000.0):
 
 
 class Attention(torch.nn.Module):
-    def __init__(self, width, heads_q, heads_kv, kind, block_size, dtype):
+    def __init__(self, width, heads_q, heads_kv, kind, block_size, dtype, stage1_factor):
         super().__init__()
         self.hq, self.hkv, self.d = heads_q, heads_kv, width // heads_q
         self.kind, self.dtype = kind, dtype
         self.qkv = torch.nn.Linear(width, (heads_q + 2 * heads_kv) * self.d, bias=False)
         self.out = torch.nn.Linear(heads_q * self.d, width, bias=False)
         self.dash = (DashAttention(heads_kv, self.d, learned_summary=True, causal=True,
-                                   block_size=block_size, group_select="mean", layout="bshd")
+                                   block_size=block_size, group_select="mean", layout="bshd",
+                                   stage1_scale=stage1_factor / math.sqrt(self.d))
                      if kind == "dash" else None)
         self.last_qkv = None  # set by forward when keep_qkv is on
 
@@ -167,10 +168,10 @@ class Attention(torch.nn.Module):
 
 
 class Block(torch.nn.Module):
-    def __init__(self, width, heads_q, heads_kv, kind, block_size, dtype):
+    def __init__(self, width, heads_q, heads_kv, kind, block_size, dtype, stage1_factor):
         super().__init__()
         self.n1, self.n2 = torch.nn.RMSNorm(width), torch.nn.RMSNorm(width)
-        self.attn = Attention(width, heads_q, heads_kv, kind, block_size, dtype)
+        self.attn = Attention(width, heads_q, heads_kv, kind, block_size, dtype, stage1_factor)
         self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 4 * width, bias=False),
                                        torch.nn.GELU(), torch.nn.Linear(4 * width, width,
                                                                         bias=False))
@@ -181,11 +182,13 @@ class Block(torch.nn.Module):
 
 
 class ByteLM(torch.nn.Module):
-    def __init__(self, layers, width, heads_q, heads_kv, kind, block_size, dtype):
+    def __init__(self, layers, width, heads_q, heads_kv, kind, block_size, dtype,
+                 stage1_factor=1.0):
         super().__init__()
         self.embed = torch.nn.Embedding(256, width)
         self.blocks = torch.nn.ModuleList(
-            Block(width, heads_q, heads_kv, kind, block_size, dtype) for _ in range(layers))
+            Block(width, heads_q, heads_kv, kind, block_size, dtype, stage1_factor)
+            for _ in range(layers))
         self.norm = torch.nn.RMSNorm(width)
         # Small embeddings, so that the tied output layer starts near uniform.
         torch.nn.init.normal_(self.embed.weight, std=0.02)
@@ -217,11 +220,11 @@ def recall_batch(rng, args, filler, batch, length):
     return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
-def train(kind, args, train_data, val_data, device, dtype):
+def train(kind, factor, args, train_data, val_data, device, dtype):
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = ByteLM(args.layers, args.width, args.heads_q, args.heads_kv, kind, args.block_size,
-                   dtype).to(device)
+                   dtype, factor).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
                             weight_decay=0.1)
     warm = max(1, args.steps // 20)
@@ -337,6 +340,11 @@ def main():
     ap.add_argument("--recall-probes", type=int, default=8)
     ap.add_argument("--long-union", action="store_true",
                     help="also U at --long-context (a large selection on the CPU backend)")
+    ap.add_argument("--stage1-factors", default="1",
+                    help="comma-separated s: one DashAttention model per stage-1 scale s/sqrt(D) "
+                    "(the release's scaling_factor, its knob for sparsity)")
+    ap.add_argument("--time-budget", type=float, default=0.0,
+                    help="seconds after which models not yet started are skipped (0: none)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tiny", action="store_true", help="a small configuration for a smoke run")
     ap.add_argument("--json")
@@ -362,10 +370,18 @@ def main():
         f"{args.batch}, {args.steps} steps, {dtype}")
 
     results = {"args": vars(args), "files": {"train": nfiles[0], "validation": nfiles[1]}}
-    for kind in ("sdpa", "dash"):
-        log(f"training {kind}")
-        model, res = train(kind, args, train_data, val_data, device, dtype)
+    factors = [float(f) for f in args.stage1_factors.split(",")]
+    models = [("sdpa", "sdpa", 1.0)] + [
+        ("dash" if f == 1.0 else f"dash-s{f:g}", "dash", f) for f in factors]
+    began = time.perf_counter()
+    for name, kind, factor in models:
+        if args.time_budget and time.perf_counter() - began > args.time_budget:
+            log(f"skipping {name}: past the time budget of {args.time_budget} s")
+            continue
+        log(f"training {name}" + (f" (stage-1 scale {factor:g}/sqrt(D))" if kind == "dash" else ""))
+        model, res = train(kind, factor, args, train_data, val_data, device, dtype)
         model.eval()
+        res["stage1_factor"] = factor if kind == "dash" else None
         res["val_bpb"] = validation_bpb(model, val_data, args, device)
         res["recall_accuracy_context"] = recall_accuracy(model, val_data, args, device,
                                                          args.context)
@@ -375,38 +391,52 @@ def main():
             res["at_context"] = selection_stats(model, val_data, args, device, args.context, True)
             res["at_long_context"] = selection_stats(model, val_data, args, device,
                                                      args.long_context, args.long_union)
-        results[kind] = res
-        log(f"  {kind}: " + json.dumps(res, default=str))
+        results[name] = res
+        log(f"  {name}: " + json.dumps(res, default=str))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1, default=str)
 
-    d, s = results["dash"], results["sdpa"]
-    gap = d["val_bpb"] / s["val_bpb"] - 1
-    rows = [("validation bits per byte", f"{s['val_bpb']:.4f}", f"{d['val_bpb']:.4f}",
-             f"within 2%: {'yes' if gap <= 0.02 else 'NO'} ({100 * gap:+.2f}%)"),
-            ("step ms", f"{s['step_ms']:.1f}", f"{d['step_ms']:.1f}", ""),
-            (f"recall accuracy at {args.context}", f"{s['recall_accuracy_context']:.3f}",
-             f"{d['recall_accuracy_context']:.3f}", ""),
-            (f"recall accuracy at {args.long_context}", f"{s['recall_accuracy']:.3f}",
-             f"{d['recall_accuracy']:.3f}",
-             "not below dense: " + ("yes" if d["recall_accuracy"] >= s["recall_accuracy"]
-                                    else "NO")),
-            (f"sparsity at {args.context}", "", f"{100 * d['at_context']['sparsity']:.1f}%", ""),
-            (f"sparsity at {args.long_context}", "",
-             f"{100 * d['at_long_context']['sparsity']:.1f}%",
-             "at least 75%: " + ("yes" if d["at_long_context"]["sparsity"] >= 0.75 else "NO")),
-            (f"U, tiles of 64 rows, at {args.context}", "",
-             f"{d['at_context']['tile_union_64']:.2f}", "")]
-    if d["at_long_context"]["tile_union_64"] is not None:
-        rows.append((f"U, tiles of 64 rows, at {args.long_context}", "",
-                     f"{d['at_long_context']['tile_union_64']:.2f}", ""))
-    log("\n| measure | SDPA | DashAttention | target |\n| --- | ---: | ---: | --- |")
-    for r in rows:
-        log("| " + " | ".join(r) + " |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
+    s = results["sdpa"]
+    dash = [n for n, k, _ in models if k == "dash" and n in results]
+    if not dash:
+        return
+    cols = ["SDPA"] + [f"{n} (scale {results[n]['stage1_factor']:g}/sqrt(D))" for n in dash]
+
+    def row(label, sdpa, fmt, target=None):
+        cells = [sdpa] + [fmt(results[n]) for n in dash]
+        verdict = "; ".join(f"{n}: {target(results[n])}" for n in dash) if target else ""
+        return "| " + " | ".join([label] + cells + [verdict]) + " |"
+
+    def gap(d):
+        g = d["val_bpb"] / s["val_bpb"] - 1
+        return f"within 2%: {'yes' if g <= 0.02 else 'NO'} ({100 * g:+.2f}%)"
+
+    L = args.long_context
+    lines = [
+        row("validation bits per byte", f"{s['val_bpb']:.4f}", lambda d: f"{d['val_bpb']:.4f}", gap),
+        row("step ms", f"{s['step_ms']:.1f}", lambda d: f"{d['step_ms']:.1f}"),
+        row(f"recall accuracy at {args.context}", f"{s['recall_accuracy_context']:.3f}",
+            lambda d: f"{d['recall_accuracy_context']:.3f}"),
+        row(f"recall accuracy at {L}", f"{s['recall_accuracy']:.3f}",
+            lambda d: f"{d['recall_accuracy']:.3f}",
+            lambda d: "not below dense: " + ("yes" if d["recall_accuracy"] >= s["recall_accuracy"]
+                                             else "NO")),
+        row(f"sparsity at {args.context}", "", lambda d: f"{100 * d['at_context']['sparsity']:.1f}%"),
+        row(f"sparsity at {L}", "", lambda d: f"{100 * d['at_long_context']['sparsity']:.1f}%",
+            lambda d: "at least 75%: " + ("yes" if d["at_long_context"]["sparsity"] >= 0.75
+                                          else "NO")),
+        row(f"U, tiles of 64 rows, at {args.context}", "",
+            lambda d: f"{d['at_context']['tile_union_64']:.2f}")]
+    if args.long_union:
+        lines.append(row(f"U, tiles of 64 rows, at {L}", "",
+                         lambda d: f"{d['at_long_context']['tile_union_64']:.2f}"))
+    log("\n| measure | " + " | ".join(cols) + " | target |\n|" + " --- |" * (len(cols) + 2))
+    for line in lines:
+        log(line)
 
 
 if __name__ == "__main__":
