@@ -30,7 +30,8 @@
 # with every block forced (`dashattn bench`'s dense column). `train` times
 # forward + backward (N $TRAIN_LEN, default 16384) the same way against SDPA's
 # forward + backward, and once with every block forced. `racecheck` runs the
-# CUDA parity test under compute-sanitizer racecheck alone. `proof` trains
+# CUDA parity test under compute-sanitizer racecheck alone (only its
+# forward, decode or backward cases where $RACECHECK_ONLY names them). `proof` trains
 # the two language models of bench/train_proof.py (extra arguments in
 # $PROOF_ARGS). `trainprof` reads
 # the kernel times of one forward + backward with Nsight Compute (and one
@@ -373,7 +374,8 @@ case $phases in *proof*)
 esac
 
 case $phases in *racecheck*)
-    if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" compute-sanitizer --tool racecheck \
+    if env ${RACECHECK_ONLY:+DASHATTN_PARITY_ONLY=$RACECHECK_ONLY} \
+        DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" compute-sanitizer --tool racecheck \
         --error-exitcode 9 tests/test_backend_parity cuda >"$out/sanitizer-racecheck.log" 2>&1; then
         say "compute-sanitizer racecheck: clean"
     else

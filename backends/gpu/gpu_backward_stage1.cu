@@ -35,6 +35,7 @@ constexpr int kSpStride = kCols + 1;
 constexpr int kLanes = 64;      /* pairs or vectors side by side in a pass */
 constexpr int kSlab = 64;       /* pairs of one dq register tile: 16 x 4 */
 constexpr int kDimThreads = 16; /* threads along d of the dq tile */
+constexpr int kStageLoads = 4;  /* prior gradients a thread loads at once */
 static_assert(kSlab / 4 * kDimThreads == kThreads, "the dq tile covers the thread block");
 static_assert(kCols == 32, "a column chunk is one mask word");
 
@@ -122,14 +123,10 @@ __global__ void __launch_bounds__(kThreads, 2)
         range[2 * r] = cb;
         range[2 * r + 1] = ce;
     }
-    for (int idx = tid; idx < E * VS; idx += kThreads) {
-        const int e = idx / VS, d = idx % VS, r = shared ? e : e / G;
-        float x = 0.0f;
-        if (d < D && r < rows)
-            x = shared ? da_mean_query(q, b, kvh * G, G, row0 + r, d)
-                       : da_load(q.data, q.dtype, da_offset(q, b, kvh * G + e % G, row0 + r, d));
-        qs[idx] = x;
-    }
+    da_stage_vectors(qs, E, VS, D, [&](int64_t e) {
+        const int64_t r = shared ? e : e / G;
+        return da_query_vector(q, b, kvh * G + (shared ? 0 : e % G), G, row0 + r, r < rows, shared);
+    });
     for (int e = tid; e < E; e += kThreads) {
         const int r = shared ? e : e / G, g = shared ? 0 : e % G;
         dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -248,21 +245,31 @@ __global__ void __launch_bounds__(kThreads, 2)
         if (lp.active())
             for (int x = lp.lane; x < P; x += lp.width) {
                 const int r = x / G;
-                for (int c = lp.quarter; c < kCols; c += lp.quarters) {
-                    const int j = j0 + c;
-                    float v = 0.0f;
-                    if (r < rows && cand(r, j)) {
-                        v = *slot(x, j);
-                        if (p.prior_flat) {
-                            const float pre = pre_of(x, r, j);
-                            v = pre > DA_LOG2_FLAT_FLOOR
-                                    ? (float)(((double)exp2f(l2_of(x, r, j)) * (double)v -
-                                               fmean[x]) *
-                                              (double)p.inv_sigma / exp2((double)pre))
-                                    : 0.0f;
-                        }
+                const int cb = r < rows ? range[2 * r] : 0, ce = r < rows ? range[2 * r + 1] : 0;
+                /* kStageLoads loads in flight before any is used: one at a
+                 * time, each waited for, was a large share of the kernel. */
+                for (int c0 = lp.quarter; c0 < kCols; c0 += kStageLoads * lp.quarters) {
+                    float v[kStageLoads];
+#pragma unroll
+                    for (int u = 0; u < kStageLoads; u++) {
+                        const int c = c0 + u * lp.quarters, j = j0 + c;
+                        v[u] = c < kCols && j >= cb && j < ce ? *slot(x, j) : 0.0f;
                     }
-                    sp[x * kSpStride + c] = v;
+#pragma unroll
+                    for (int u = 0; u < kStageLoads; u++) {
+                        const int c = c0 + u * lp.quarters, j = j0 + c;
+                        if (c >= kCols)
+                            break;
+                        if (p.prior_flat && j >= cb && j < ce) {
+                            const float pre = pre_of(x, r, j);
+                            v[u] = pre > DA_LOG2_FLAT_FLOOR
+                                       ? (float)(((double)exp2f(l2_of(x, r, j)) * (double)v[u] -
+                                                  fmean[x]) *
+                                                 (double)p.inv_sigma / exp2((double)pre))
+                                       : 0.0f;
+                        }
+                        sp[x * kSpStride + c] = v[u];
+                    }
                 }
             }
         if (shared || p.group_mean) {
@@ -294,12 +301,15 @@ __global__ void __launch_bounds__(kThreads, 2)
             if (le.active())
                 for (int e = le.lane; e < E; e += le.width) {
                     const int r = row_of(e);
+                    const dagpu_row_param rp = rps[e];
+                    const int cb = r < rows ? range[2 * r] : 0,
+                              ce = r < rows ? range[2 * r + 1] : 0;
                     double a0 = 0.0, a1 = 0.0;
-                    for (int c = le.quarter; c < kCols && r < rows; c += le.quarters) {
+                    for (int c = le.quarter; c < kCols; c += le.quarters) {
                         const int j = j0 + c;
-                        if (!cand(r, j))
+                        if (j < cb || j >= ce)
                             continue;
-                        const float l2p = da_prior_log2(rps[e], zs[e * ZS + j], p.alpha);
+                        const float l2p = da_prior_log2(rp, zs[e * ZS + j], p.alpha);
                         const float pr = exp2f(l2p);
                         if (pr > 0.0f) {
                             const double u = (double)entmax_u(pr, l2p, p.alpha);
@@ -387,11 +397,14 @@ __global__ void __launch_bounds__(kThreads, 2)
             if (le.active())
                 for (int e = le.lane; e < E; e += le.width) {
                     const int r = row_of(e);
+                    const dagpu_row_param rp = rps[e];
+                    const int cb = r < rows ? range[2 * r] : 0,
+                              ce = r < rows ? range[2 * r + 1] : 0;
                     for (int c = le.quarter; c < kCols; c += le.quarters) {
                         const int j = j0 + c;
                         float dz = 0.0f;
-                        if (r < rows && cand(r, j)) {
-                            const float l2p = da_prior_log2(rps[e], zs[e * ZS + j], p.alpha);
+                        if (j >= cb && j < ce) {
+                            const float l2p = da_prior_log2(rp, zs[e * ZS + j], p.alpha);
                             const float pr = exp2f(l2p);
                             if (pr > 0.0f)
                                 dz = (float)(factor * (double)entmax_u(pr, l2p, p.alpha) *

@@ -67,16 +67,47 @@ static __device__ __forceinline__ bool da_forced(const da_rows &r, int64_t j)
     return j < r.sink_end || (j >= r.local_begin && j < r.local_end);
 }
 
-/* Dimension d of row i's mean query over heads h0 .. h0 + G - 1 (shared
- * mode's stage-1 query): every kernel that scores it forms it here, so
- * their scores agree to the bit. */
-static __device__ __forceinline__ float da_mean_query(const dashattn_tensor &q, int64_t b,
-                                                      int64_t h0, int64_t G, int64_t i, int64_t d)
+/* One query vector as stage 1 scores it: head h at position i, or with
+ * mean set the mean of heads h .. h + G - 1 there (shared mode's stage-1
+ * query: every kernel that scores it forms it here, so their scores agree to
+ * the bit); zero when not live. The offset is formed once per vector, not
+ * per element. */
+struct da_query_vector {
+    const dashattn_tensor *q;
+    int64_t off, G;
+    bool live, mean;
+    __device__ da_query_vector(const dashattn_tensor &t, int64_t b, int64_t h, int64_t G_,
+                               int64_t i, bool live_, bool mean_)
+        : q(&t), off(live_ ? da_offset(t, b, h, i, 0) : 0), G(G_), live(live_), mean(mean_)
+    {
+    }
+    __device__ float operator()(int64_t d) const
+    {
+        if (!live)
+            return 0.0f;
+        const int64_t at = off + d * q->strides[3];
+        if (!mean)
+            return da_load(q->data, q->dtype, at);
+        float acc = 0.0f;
+        for (int64_t g = 0; g < G; g++)
+            acc += da_load(q->data, q->dtype, at + g * q->strides[1]);
+        return acc / (float)G;
+    }
+};
+
+/* rows[a * vs + d] = vector_of(a)(d) for a < count and d < dim, 0 in the
+ * padding up to vs: 32 threads per vector along d, so no element costs a
+ * division. Called by every thread; the caller synchronises after. */
+template <typename VectorOf>
+static __device__ void da_stage_vectors(float *rows, int64_t count, int64_t vs, int64_t dim,
+                                        VectorOf vector_of)
 {
-    float acc = 0.0f;
-    for (int64_t g = 0; g < G; g++)
-        acc += da_load(q.data, q.dtype, da_offset(q, b, h0 + g, i, d));
-    return acc / (float)G;
+    const int lane = (int)(threadIdx.x % 32u), step = (int)(blockDim.x / 32u);
+    for (int64_t a = threadIdx.x / 32u; a < count; a += step) {
+        const da_query_vector at = vector_of(a);
+        for (int64_t d = lane; d < vs; d += 32)
+            rows[a * vs + d] = d < dim ? at(d) : 0.0f;
+    }
 }
 
 /* The stage-1 score of a block for one row: every kernel that needs it calls
@@ -103,9 +134,31 @@ static __device__ __forceinline__ float da_block_score(const float *q, const flo
 static __device__ __forceinline__ void da_load_key_chunk(float *kb, const float *kbar, int64_t j0,
                                                          int64_t blocks, int64_t dim, int64_t vs)
 {
-    for (int64_t idx = threadIdx.x; idx < DAGPU_SCORE_COLS * vs; idx += blockDim.x) {
-        const int64_t c = idx / vs, d = idx % vs, j = j0 + c;
-        kb[idx] = j < blocks && d < dim ? kbar[j * dim + d] : 0.0f;
+    /* A thread's (row, column) pair advances by a fixed step, so no element
+     * costs a division (a 64-bit one took most of a backward stage-1's
+     * instructions); rows go four floats at a time where kbar allows it. */
+    const int threads = (int)blockDim.x;
+    const bool by4 = dim % 4 == 0 && (reinterpret_cast<uintptr_t>(kbar) & 15u) == 0;
+    const int width = by4 ? (int)(vs / 4) : (int)vs, cols = by4 ? (int)(dim / 4) : (int)dim;
+    const int rows = (int)min((int64_t)DAGPU_SCORE_COLS, blocks - j0);
+    const int dc = threads / width, dd = threads % width;
+    int c = (int)threadIdx.x / width, d = (int)threadIdx.x % width;
+    while (c < DAGPU_SCORE_COLS) {
+        const bool live = c < rows && d < cols;
+        const float *src = kbar + (j0 + c) * dim;
+        if (by4) {
+            const float4 x =
+                live ? reinterpret_cast<const float4 *>(src)[d] : make_float4(0.f, 0.f, 0.f, 0.f);
+            reinterpret_cast<float4 *>(kb + c * vs)[d] = x;
+        } else {
+            kb[c * vs + d] = live ? src[d] : 0.0f;
+        }
+        c += dc;
+        d += dd;
+        if (d >= width) {
+            d -= width;
+            c++;
+        }
     }
 }
 

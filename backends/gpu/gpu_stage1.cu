@@ -37,19 +37,11 @@ __global__ void __launch_bounds__(128, 4) /* 128 registers: four per multiproces
     if (tid < 2)
         block_counts[tid] = 0;
 
-    for (int64_t idx = tid; idx < vectors * VS; idx += blockDim.x) {
-        const int64_t a = idx / VS, d = idx % VS, r = a % R;
-        float x = 0.0f;
-        if (r < rows && d < D) {
-            if (p.shared_group) {
-                x = da_mean_query(q, b, hh * G, G, row0 + r, d);
-            } else {
-                const int64_t h = p.group_mean ? hh * G + a / R : hh;
-                x = da_load(q.data, q.dtype, da_offset(q, b, h, row0 + r, d));
-            }
-        }
-        qs[idx] = x;
-    }
+    da_stage_vectors(qs, vectors, VS, D, [&](int64_t a) {
+        const int64_t r = a % R;
+        const int64_t h = p.shared_group ? hh * G : p.group_mean ? hh * G + a / R : hh;
+        return da_query_vector(q, b, h, G, row0 + r, r < rows, p.shared_group != 0);
+    });
 
     /* The rows' candidates, a chunk of block keys at a time. */
     const da_rows first = da_row_layout(p, row0 + p.query_offset, p.len_k);
