@@ -32,14 +32,28 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
     if (!a->dh)
         ws.rt = NULL;
 
+    /* The kv kernel is chosen first: each reads its own touch masks (the
+     * portable one per pair tile, the tensor-core one per row), and only
+     * that one is cleared and written. */
+    int kv_nv = 0;
+#ifdef DAGPU_HAVE_NV
+    const dashattn_tensor *kv_in[6] = {a->q, a->k, a->v, a->dout, a->dk, a->dv};
+    kv_nv = gp->backward_kv_nv && dagpu_tensors_vector_ok(kv_in, 6);
+#endif
+    if (kv_nv)
+        ws.touch = NULL;
+    else
+        ws.row_touch = NULL;
+
     const size_t mask_bytes = (size_t)p->batch * (size_t)dagpu_tile_heads(p) *
                               (size_t)ws.fwd.tiles * (size_t)ws.fwd.words * sizeof(uint32_t);
     const size_t touch_bytes = (size_t)p->batch * (size_t)p->heads_kv * (size_t)ws.pair_tiles *
                                (size_t)ws.fwd.words * sizeof(uint32_t);
     DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.fwd.masks, mask_bytes, stream),
                           "clearing stage-1 masks"));
-    DAGPU_TRY(
-        dagpu_check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream), "clearing backward masks"));
+    if (ws.touch)
+        DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.touch, touch_bytes, stream),
+                              "clearing backward masks"));
     if (ws.row_touch)
         DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.row_touch,
                                                   (size_t)p->batch * (size_t)p->heads_kv *
@@ -86,8 +100,7 @@ dashattn_status dagpu_backward(void *state, const dashattn_plan_desc *plan,
         dagpu_launch_backward_stage1(p, a->q, a->dq, &ws, gp->backward_stage1_rows, stream),
         "backward stage-1 kernel"));
 #ifdef DAGPU_HAVE_NV
-    const dashattn_tensor *tensors[6] = {a->q, a->k, a->v, a->dout, a->dk, a->dv};
-    if (gp->backward_kv_nv && dagpu_tensors_vector_ok(tensors, 6)) {
+    if (kv_nv) {
         if (ws.kv_splits > 1)
             DAGPU_TRY(dagpu_check(dagpu_rt_zero_async(ws.kv_arrived,
                                                       (size_t)p->batch * (size_t)p->heads_kv *

@@ -20,8 +20,9 @@
  *   dq       ws.dq_s2 + sum_j dz_j kbar_j in ascending j into the caller's
  *            dq, register tiles of 4 pairs by 4 DC dimensions per thread;
  *   touches  the blocks each tile of 64 pairs reads in stage 2 or sends dz
- *            to, for the kv kernels, and the same per row where the
- *            tensor-core kv kernel takes them (ws.row_touch).
+ *            to, for the portable kv kernel (ws.touch), or the same per row
+ *            for the tensor-core one (ws.row_touch): whichever the call
+ *            runs is not NULL.
  * Partial sums are combined in a fixed order, so the results do not depend
  * on scheduling. */
 #include "gpu_backward.cuh"
@@ -107,7 +108,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     float *dz_base = grads ? ws.dz + bh * M * p.len_q * G + row0 * G : nullptr;
     const int64_t dz_stride = p.len_q * G; /* from one block's slots to the next */
 
-    for (int w = tid; w < (int)L.tiles * words; w += kThreads)
+    const bool pair_touch = ws.touch != nullptr;
+    for (int w = tid; pair_touch && w < (int)L.tiles * words; w += kThreads)
         bits[w] = 0u;
     for (int c = tid; c < kCols; c += kThreads)
         rmask[c] = 0ull;
@@ -141,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         const da_rows lr = da_row_layout(p, row0 + r + p.query_offset, p.len_k);
         const int t_lo = (x_off + r * G) / DAGPU_TILE_ROWS;
         const int t_hi = (x_off + r * G + G - 1) / DAGPU_TILE_ROWS;
-        for (int t = t_lo; t <= t_hi; t++) {
+        for (int t = t_lo; pair_touch && t <= t_hi; t++) {
             for (int64_t j = 0; j < lr.sink_end; j++)
                 atomicOr(bits + t * words + j / 32, 1u << (unsigned)(j % 32));
             for (int64_t j = lr.local_begin; j < lr.local_end; j++)
@@ -431,7 +433,8 @@ __global__ void __launch_bounds__(kThreads, 2)
                         word |= 1u << (unsigned)c;
                 }
                 if (word) {
-                    atomicOr(bits + (x_off + x) / DAGPU_TILE_ROWS * words + j0 / 32, word);
+                    if (pair_touch)
+                        atomicOr(bits + (x_off + x) / DAGPU_TILE_ROWS * words + j0 / 32, word);
                     if (ws.row_touch)
                         for (unsigned w = word; w; w &= w - 1u)
                             atomicOr(rmask + __ffs(w) - 1, 1ull << (unsigned)r);
@@ -470,7 +473,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
 
     __syncthreads();
-    for (int w = tid; w < (int)L.tiles * words; w += kThreads) {
+    for (int w = tid; pair_touch && w < (int)L.tiles * words; w += kThreads) {
         const int64_t t = tile0 + w / words;
         if (bits[w] && t < ws.pair_tiles)
             atomicOr(ws.touch + (bh * ws.pair_tiles + t) * words + w % words, bits[w]);

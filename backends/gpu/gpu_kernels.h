@@ -161,7 +161,8 @@ typedef struct dagpu_backward_ws {
     float *dz;
     float *delta; /* [B, Hq, Nq]: Dl = dO . o */
     /* [B, Hkv, pair_tiles, words]: the blocks a tile of 64 (row, head)
-     * pairs of a KV head (pair x: row x / G, head x % G) reads or sends dz. */
+     * pairs of a KV head (pair x: row x / G, head x % G) reads or sends dz
+     * (the portable kv kernel's; NULL in a call the tensor-core one takes). */
     uint32_t *touch;
     float *rt;       /* [B, Hkv, Nk]: r_t of each key (learned summaries, for dh) */
     double *dh_part; /* [chunks, Hkv, D]: partial sums of dh */
@@ -178,8 +179,8 @@ typedef struct dagpu_backward_ws {
     int64_t kv_splits;
     /* [B, Hkv, M, row_words]: bit i % 32 of word i / 32 for block j: query
      * row i reads block j in stage 2 or sends it dz from one of its heads
-     * (the tensor-core kv kernel's list of rows; NULL where that kernel
-     * cannot run). */
+     * (the tensor-core kv kernel's list of rows; NULL in a call the
+     * portable one takes). */
     uint32_t *row_touch;
     int64_t row_words;  /* ceil(Nq / 32) */
     int64_t pair_tiles; /* ceil(Nq G / DAGPU_TILE_ROWS) */
