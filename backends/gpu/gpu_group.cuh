@@ -41,6 +41,61 @@ struct da_warp_group {
     }
 };
 
+/* W lanes of a logical warp (W a power of two below DA_WARP), the warp
+ * holding DA_WARP / W such groups side by side: a row's threshold search
+ * costs a warp the same element work whatever W is, but its reductions,
+ * log2 W shuffles per value, and its scalar steps serve DA_WARP / W rows at
+ * once (stage 1 of the forward: four rows per warp at W = 8 made the search
+ * about half as long per row, which a whole warp spent mostly reducing).
+ * The groups of a warp may leave a search after different numbers of steps,
+ * so on NVIDIA each shuffles under the mask of its own lanes. */
+template <int W> struct da_lanes_group {
+    static_assert(W >= 2 && W < DA_WARP && (W & (W - 1)) == 0, "W: a power of two below a warp");
+
+    __device__ __forceinline__ int rank() const
+    {
+        return (int)(threadIdx.x & (W - 1));
+    }
+    __device__ __forceinline__ int size() const
+    {
+        return W;
+    }
+    template <typename T> __device__ __forceinline__ T xor_of(T x, int o) const
+    {
+#if defined(DAGPU_AMD)
+        return __shfl_xor(x, o, W);
+#else
+        const unsigned mask = ((1u << W) - 1u) << (threadIdx.x & 31u & ~(unsigned)(W - 1));
+        return __shfl_xor_sync(mask, x, o, W);
+#endif
+    }
+    template <typename T> __device__ __forceinline__ T sum(T x) const
+    {
+        for (int o = W / 2; o > 0; o >>= 1)
+            x += xor_of(x, o);
+        return x;
+    }
+    __device__ __forceinline__ float max(float x) const
+    {
+        for (int o = W / 2; o > 0; o >>= 1)
+            x = fmaxf(x, xor_of(x, o));
+        return x;
+    }
+    __device__ __forceinline__ double min(double x) const
+    {
+        for (int o = W / 2; o > 0; o >>= 1)
+            x = fmin(x, xor_of(x, o));
+        return x;
+    }
+    template <typename T, int N> __device__ __forceinline__ void sums(T (&v)[N], T *lo) const
+    {
+        for (int i = 0; i < N; i++)
+            v[i] = sum(v[i]);
+        if (lo)
+            *lo = (T)min((double)*lo);
+    }
+};
+
 /* Values one block reduction carries at most (sums plus a minimum). */
 #define DA_GROUP_VALUES 9
 /* Logical warps a reducing block may have. */

@@ -11,6 +11,9 @@
 
 static_assert(DA_WARP == 32, "stage-1 mask words hold one ballot of a logical warp");
 
+/* Lanes of one vector's threshold search in group-mean mode. */
+#define DA_STAGE1_LANES 8
+
 /* A stage-1 thread block's mask words in shared memory: `words` per stage-2
  * tile, for the tiles first .. first + count - 1 its rows touch. */
 struct da_tile_masks {
@@ -189,7 +192,10 @@ static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_fo
 {
     const int G = (int)p.group_size, warps = da_warps<DA_WARP>();
     const int lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
-    for (int a = warp; a < G * R; a += warps) {
+    /* Each vector's threshold by a group of DA_STAGE1_LANES lanes. */
+    const da_lanes_group<DA_STAGE1_LANES> grp;
+    constexpr int subs = DA_WARP / DA_STAGE1_LANES;
+    for (int a = warp * subs + lane / DA_STAGE1_LANES; a < G * R; a += warps * subs) {
         const int r = a % R;
         if (r >= rows)
             continue;
@@ -197,8 +203,8 @@ static __device__ void stage1_finish_group(const dagpu_params &p, const dagpu_fo
         const int n = (int)(lr.cand_end - lr.cand_begin);
         dagpu_row_param rp = {DAGPU_PRIOR_NONE, 0.0f, 0.0f, 0.0f, 0.0f};
         if (n > 0)
-            rp = da_row_threshold(da_warp_group{}, zs + a * zstride + lr.cand_begin, n, p);
-        if (lane == 0) {
+            rp = da_row_threshold(grp, zs + a * zstride + lr.cand_begin, n, p);
+        if (grp.rank() == 0) {
             params[a] = rp;
             /* Not read by stage 2; the backward takes each head's own p. */
             ws.rows[(b * p.heads_q + kvh * G + a / R) * p.len_q + row0 + r] = rp;
