@@ -45,10 +45,10 @@ struct da_warp_group {
  * holding DA_WARP / W such groups side by side: a row's threshold search
  * costs a warp the same element work whatever W is, but its reductions,
  * log2 W shuffles per value, and its scalar steps serve DA_WARP / W rows at
- * once (stage 1 of the forward: four rows per warp at W = 8 made the search
- * about half as long per row, which a whole warp spent mostly reducing).
- * The groups of a warp may leave a search after different numbers of steps,
- * so on NVIDIA each shuffles under the mask of its own lanes. */
+ * once, where a whole warp per row of a few hundred candidates spent most
+ * of each step reducing. The groups of a warp may leave a search after
+ * different numbers of steps, so on NVIDIA each shuffles under the mask of
+ * its own lanes. */
 template <int W> struct da_lanes_group {
     static_assert(W >= 2 && W < DA_WARP && (W & (W - 1)) == 0, "W: a power of two below a warp");
 
