@@ -320,18 +320,28 @@ esac
 
 case $phases in *trainprof*)
     # Kernel times of one forward + backward at the train phase's shape
-    # (N $TRAIN_LEN, focus $PROFILE_FOCUS), both head shapes, coherent inputs,
-    # read by Nsight Compute: the forward's kernels, then the backward's.
+    # (N $TRAIN_LEN), both head shapes, coherent inputs, read by Nsight
+    # Compute: the forward's kernels, then the backward's. The focus is
+    # $PROFILE_FOCUS where set, else the one the train phase of this run
+    # calibrated for the shape (its target sparsity), else 0.93.
     export DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs"
     tlen=${TRAIN_LEN:-16384}
     one_call="$src/bench/gpu_bench.py --builddir $build --cases train --lengths $tlen --repeat 1
-        --min-batch-ms 1 --skip-check --no-tile-stats --heads-q 32 --family coherent
-        --focus ${PROFILE_FOCUS:-0.93}"
+        --min-batch-ms 1 --skip-check --no-tile-stats --heads-q 32 --family coherent"
+    focus_of() { # the focus for Hkv $1
+        if [ -n "${PROFILE_FOCUS:-}" ]; then
+            echo "$PROFILE_FOCUS"
+            return
+        fi
+        python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["cases"][0]["focus"])' \
+            "$out/train-kv$1-coherent.json" 2>/dev/null || echo 0.93
+    }
     for hkv in 8 2; do
+        focus=$(focus_of $hkv)
         ncu --csv --metrics gpu__time_duration.sum -k 'regex:bwd_|stage1|stage2|block_keys' \
-            --launch-count 14 python3 $one_call --heads-kv $hkv \
+            --launch-count 14 python3 $one_call --focus "$focus" --heads-kv $hkv \
             >"$out/trainprof-kv$hkv.csv" 2>"$out/trainprof-kv$hkv.err"
-        say "kernel times (ns), train N $tlen, Hkv $hkv, coherent, focus ${PROFILE_FOCUS:-0.93}:" \
+        say "kernel times (ns), train N $tlen, Hkv $hkv, coherent, focus $focus:" \
             "$(grep gpu__time_duration "$out/trainprof-kv$hkv.csv" | awk -F'","' '{print $5, $NF}' |
                 tr -d '"' | sed 's/(.*)//' | tr '\n' ';')"
         grep -E 'sparsity' "$out/trainprof-kv$hkv.csv" | head -2 | tee -a "$out/summary.txt"
@@ -343,15 +353,15 @@ case $phases in *trainprof*)
         ncu --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
             --section SourceCounters --section InstructionStats \
-            -k "regex:$TRAINPROF_KERNEL" --launch-count 1 python3 $one_call --heads-kv 8 \
-            >"$out/trainprof-detail.txt" 2>&1
+            -k "regex:$TRAINPROF_KERNEL" --launch-count 1 python3 $one_call --focus "$(focus_of 8)" \
+            --heads-kv 8 >"$out/trainprof-detail.txt" 2>&1
         grep -E 'Registers Per|Shared Memory Config|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Memory Throughput|L1/TEX Hit|L2 Hit|Duration|Executed Ipc|Stall' \
             "$out/trainprof-detail.txt" | head -40 | tee -a "$out/summary.txt"
         # The SASS lines where its warps wait most (TRAINPROF_SOURCE=1).
         if [ "${TRAINPROF_SOURCE:-0}" = 1 ]; then
             ncu --section SourceCounters --section WarpStateStats --page source --csv \
                 --print-source sass -k "regex:$TRAINPROF_KERNEL" --launch-count 1 \
-                python3 $one_call --heads-kv 8 >"$out/trainprof-source.csv" 2>&1
+                python3 $one_call --focus "$(focus_of 8)" --heads-kv 8 >"$out/trainprof-source.csv" 2>&1
             python3 "$src/bench/ncu_source_top.py" "$out/trainprof-source.csv" 40 |
                 tee "$out/trainprof-source-top.txt" | head -42 | tee -a "$out/summary.txt"
         fi
