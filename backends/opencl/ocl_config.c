@@ -29,6 +29,19 @@ int daocl_direct_loads(const daocl_state *st)
     return (st->lim.type & CL_DEVICE_TYPE_CPU) != 0;
 }
 
+/* Decode's select (stage1.cl): a work-group per row on GPUs, where a
+ * work-item per row left the device idle; a work-item per row on CPU
+ * devices, where the work-group's barriers cost more than they spread
+ * (PoCL, 2 cores: 0.43 against 0.09 ms). DASHATTN_OPENCL_WIDE_SELECT=0 or 1
+ * overrides, so that both kernels can be tested on one device. */
+int daocl_wide_select(const daocl_state *st)
+{
+    const char *env = getenv("DASHATTN_OPENCL_WIDE_SELECT");
+    if (env && (env[0] == '0' || env[0] == '1') && env[1] == '\0')
+        return env[0] == '1';
+    return (st->lim.type & CL_DEVICE_TYPE_CPU) == 0;
+}
+
 /* Local memory of da_decode_attend (decode.cl): key tile (rows padded by
  * one), value tile, the pass's queries and scores, four floats per head. */
 static size_t decode_local_bytes(const daocl_config *c)

@@ -101,6 +101,40 @@ dashattn_status daocl_stage1(const daocl_state *st, cl_program prog, const dasha
     return daocl_select(st, prog, plan, cfg, &rows, NULL, sel, ws, queue);
 }
 
+/* Work-items of stage1.cl's da_select_wide (its DA_SEL_WG). */
+#define SELECT_WIDE_ITEMS 64
+
+/* Decode's select with the exact thresholds: a work-group per row (or
+ * group) in place of a work-item, which at one row per sequence and KV head
+ * left a GPU nearly idle (24 of 44 ms at batch 16 on the H200). */
+static dashattn_status select_wide(const daocl_state *st, cl_program prog,
+                                   const dashattn_plan_desc *plan, const daocl_config *cfg,
+                                   int64_t units, const void *seq_lens, cl_mem ws,
+                                   cl_command_queue queue)
+{
+    const dashattn_problem *p = &plan->problem;
+    daocl_call c;
+    CHECK(daocl_call_begin(&c, st, prog, "da_select_wide"));
+    daocl_arg_mem(&c, ws);
+    daocl_arg_long(&c, (int64_t)cfg->w);
+    daocl_arg_long(&c, cfg->rows);
+    daocl_arg_long(&c, (int64_t)cfg->att);
+    daocl_arg_int(&c, p->heads_kv);
+    daocl_arg_int(&c, plan->group_size);
+    daocl_arg_long(&c, plan->num_blocks);
+    daocl_arg_layout(&c, plan);
+    daocl_arg_int(&c, plan->threshold_method);
+    daocl_arg_int(&c, p->group_mode);
+    daocl_arg_real(&c, p->alpha);
+    daocl_arg_real(&c, p->stage1_scale);
+    daocl_arg_int(&c, p->prior == DASHATTN_PRIOR_FLAT);
+    daocl_arg_real(&c, p->prior_sigma);
+    daocl_arg_mem(&c, seq_lens);
+    const size_t global[1] = {(size_t)units * SELECT_WIDE_ITEMS};
+    const size_t local[1] = {SELECT_WIDE_ITEMS};
+    return daocl_launch(&c, queue, 1, global, local);
+}
+
 dashattn_status daocl_select(const daocl_state *st, cl_program prog, const dashattn_plan_desc *plan,
                              const daocl_config *cfg, const daocl_select_rows *rows,
                              const void *seq_lens, const dashattn_selection *sel, cl_mem ws,
@@ -112,6 +146,11 @@ dashattn_status daocl_select(const daocl_state *st, cl_program prog, const dasha
      * decides together (da_group_shared and da_group_mean in stage1.cl). */
     const int per_group =
         p->group_mode == DASHATTN_GROUP_SHARED || p->group_mode == DASHATTN_GROUP_MEAN;
+    const int exact = plan->threshold_method == DASHATTN_THRESHOLD_SORT_15 ||
+                      plan->threshold_method == DASHATTN_THRESHOLD_SORT_2;
+    if (seq_lens && !sel && exact && rows->count == 1 && rows->chunk == 1 && cfg->ph < 0 &&
+        cfg->wpre < 0 && daocl_wide_select(st))
+        return select_wide(st, prog, plan, cfg, heads * (per_group ? 1 : g), seq_lens, ws, queue);
     daocl_call c;
     CHECK(daocl_call_begin(&c, st, prog, "da_select"));
     daocl_arg_mem(&c, ws);

@@ -70,6 +70,7 @@ typedef struct daocl_config {
 } daocl_config;
 
 int daocl_direct_loads(const daocl_state *st);
+int daocl_wide_select(const daocl_state *st);
 
 daocl_config daocl_plan_config(const daocl_state *st, const dashattn_plan_desc *plan,
                                dashattn_operation op);

@@ -17,6 +17,9 @@
  *                                  exercise the build-failure path
  *   DASHATTN_OPENCL_DIRECT=0|1     stage 2 with local-memory tiles (0, GPUs)
  *                                  or in-place loads (1, CPU devices)
+ *   DASHATTN_OPENCL_WIDE_SELECT=0|1
+ *                                  decode's select by a work-group per row
+ *                                  (1, GPUs) or a work-item (0, CPU devices)
  *   DASHATTN_OPENCL_PROFILE=1      waits for every kernel and prints its
  *                                  time on stderr (ocl_launch.c) */
 #include "ocl_internal.h"

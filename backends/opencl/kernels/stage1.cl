@@ -462,3 +462,183 @@ __kernel void da_select(__global float *ws, long w_off, long rows_total, long at
         att[r] = (int)attended;
     }
 }
+
+/* ---- da_select for decode: a work-group per row (or group) ---- */
+
+/* Work-items of one da_select_wide work-group. */
+#define DA_SEL_WG 64
+
+/* Sums of v[0..3) and the minimum of v[3] over the work-group, in red (4 x
+ * DA_SEL_WG); every work-item gets them. Starts and ends with a barrier, so
+ * calls may follow one another on the same red. */
+inline void da_wg_reduce(__local real *red, real v[4])
+{
+    const int lid = (int)get_local_id(0);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int k = 0; k < 4; k++)
+        red[k * DA_SEL_WG + lid] = v[k];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = DA_SEL_WG / 2; s > 0; s >>= 1) {
+        if (lid < s) {
+            for (int k = 0; k < 3; k++)
+                red[k * DA_SEL_WG + lid] += red[k * DA_SEL_WG + lid + s];
+            red[3 * DA_SEL_WG + lid] = min(red[3 * DA_SEL_WG + lid], red[3 * DA_SEL_WG + lid + s]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int k = 0; k < 4; k++)
+        v[k] = red[k * DA_SEL_WG];
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+
+/* da_entmax_row for the exact methods (1.5-entmax, sparsemax) by the whole
+ * work-group: each pass of da_tau_support is one reduction, so a row of
+ * thousands of candidates takes microseconds where one work-item took
+ * milliseconds. Falls back to da_tau_sorted on work-item 0 where the
+ * support iteration does not settle. */
+inline void da_entmax_row_wide(const da_entmax_args *a, __local real *red)
+{
+    const int lid = (int)get_local_id(0);
+    real v[4] = {0, 0, 0, INFINITY};
+    for (long c = lid; c < a->n; c += DA_SEL_WG) {
+        const real z = da_z(a->w, a->rows_total, a->r0, a->ng, a->cb + c, a->scale1);
+        v[0] += isnan(z) ? 1 : 0;
+        v[3] = min(v[3], -z); /* the maximum, as the minimum of the negation */
+    }
+    da_wg_reduce(red, v);
+    const real zmax = -v[3];
+    if (v[0] > 0 || !isfinite(zmax)) {
+        for (long c = lid; c < a->n; c += DA_SEL_WG)
+            da_put(a, c, NAN);
+        return;
+    }
+    const int r = a->method == 2 ? 1 : 2;
+    real tau = -1, found = -1;
+    int settled = 0;
+    for (int step = 0; step < 64 && !settled; step++) {
+        real s[4] = {0, 0, 0, INFINITY};
+        for (long c = lid; c < a->n; c += DA_SEL_WG) {
+            const real x = DA_X(a, c, zmax);
+            if (x > tau) {
+                s[0] += 1;
+                s[1] += x;
+                s[2] += x * x;
+                s[3] = min(s[3], x);
+            }
+        }
+        da_wg_reduce(red, s);
+        const real k = s[0], s1 = s[1], s2 = s[2], lowest = s[3];
+        if (k == 0)
+            break;
+        real closed, next;
+        if (r == 1) {
+            closed = next = (s1 - 1) / k;
+        } else {
+            const real mean = s1 / k, delta = (1 - (s2 - s1 * mean)) / k;
+            closed = mean - sqrt(delta > 0 ? delta : (real)0);
+            next = tau + (s2 - 2 * tau * s1 + k * tau * tau - 1) / (2 * (s1 - k * tau));
+        }
+        if (lowest >= closed) {
+            found = closed;
+            settled = 1;
+        } else if (!(next > tau)) {
+            break;
+        } else {
+            tau = next;
+        }
+    }
+    if (!settled) {
+        if (lid == 0)
+            red[0] = da_tau_sorted(a, zmax, r);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        found = red[0];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (long c = lid; c < a->n; c += DA_SEL_WG) {
+        const real t = DA_X(a, c, zmax) - found;
+        da_put(a, c, t > 0 ? (float)(r == 1 ? t : t * t) : 0.0f);
+    }
+}
+
+/* da_select at decode (seq_lens given, chunk 1, no selection output) for the
+ * exact methods: the same weights and counts, each unit (a row, or the
+ * group's rows) taken by a work-group of DA_SEL_WG. With one unit per
+ * sequence and KV head there are too few for a work-item each. */
+__kernel __attribute__((reqd_work_group_size(DA_SEL_WG, 1, 1))) void
+da_select_wide(__global float *ws, long w_off, long rows_total, long att_off, int heads_kv,
+               int group, long num_blocks, int8 lay, int method, int group_mode, real alpha,
+               real scale1, int flat, real sigma, __global const int *seq_lens)
+{
+    __local real red[4 * DA_SEL_WG];
+    const long unit = get_group_id(0);
+    const int lid = (int)get_local_id(0);
+    const int shared = da_group_shared(group_mode, method);
+    const int mean = da_group_mean(group_mode, method);
+    const int ng = shared || mean ? group : 1;
+    const long per_bh = group / ng; /* one position */
+    if (unit >= per_bh * (rows_total / group))
+        return;
+    const long bh = unit / per_bh, rr0 = (unit % per_bh) * ng;
+    const long b = bh / heads_kv;
+    const long r0 = bh * group + rr0;
+    const long keys = seq_lens[b];
+    const da_rows L = da_row_layout(lay, keys - 1, keys);
+    const long nvis = da_visible_blocks(lay, &L, num_blocks);
+    __global float *w = ws + w_off;
+    const long cb = L.cand_begin, n = L.cand_end - L.cand_begin;
+    if (n > 0) {
+        for (int g = 0; g < (mean ? ng : 1); g++) {
+            const da_entmax_args a = {w,      rows_total, r0 + g, cb,   n,    mean ? 1 : ng,
+                                      method, 0,          0,      alpha, scale1};
+            da_entmax_row_wide(&a, red);
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        if (mean)
+            for (long c = lid; c < n; c += DA_SEL_WG) {
+                real sum = 0;
+                for (int g = 0; g < ng; g++)
+                    sum += w[(cb + c) * rows_total + r0 + g];
+                const float m = (float)(sum / (real)ng);
+                for (int g = 0; g < ng; g++)
+                    w[(cb + c) * rows_total + r0 + g] = m;
+            }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        for (int g = 0; g < ng && flat; g++) {
+            const long r = r0 + g;
+            real s[4] = {0, 0, 0, INFINITY};
+            for (long c = lid; c < n; c += DA_SEL_WG) {
+                const float x = w[(cb + c) * rows_total + r];
+                if (da_flat_kept(x)) {
+                    s[0] += 1;
+                    s[1] += log((real)x);
+                }
+            }
+            da_wg_reduce(red, s);
+            const real mu = s[1] / s[0];
+            for (long c = lid; c < n; c += DA_SEL_WG) {
+                __global float *x = w + (cb + c) * rows_total + r;
+                *x = da_flat_kept(*x) ? (float)exp((log((real)*x) - mu) / sigma) : 0.0f;
+            }
+        }
+    }
+    barrier(CLK_GLOBAL_MEM_FENCE);
+    __global int *att = (__global int *)(ws + att_off);
+    for (int g = 0; g < ng; g++) {
+        const long r = r0 + g;
+        real s[4] = {0, 0, 0, INFINITY};
+        for (long j = lid; j < nvis; j += DA_SEL_WG) {
+            float wj;
+            if (j >= L.cand_begin && j < L.cand_end) {
+                wj = w[j * rows_total + r];
+            } else {
+                wj = da_forced(&L, j) ? 1.0f : 0.0f;
+                w[j * rows_total + r] = wj;
+            }
+            if (wj != 0.0f)
+                s[0] += (real)da_visible_tokens(lay, &L, j);
+        }
+        da_wg_reduce(red, s);
+        if (lid == 0)
+            att[r] = (int)s[0];
+    }
+}
