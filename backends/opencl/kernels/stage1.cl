@@ -77,6 +77,20 @@ typedef struct da_entmax_args {
 
 #define DA_X(a, c, zmax) (((a)->alpha - 1) * (da_z((a)->w, (a)->rows_total, (a)->r0, (a)->ng, (a)->cb + (c), (a)->scale1) - (zmax)))
 
+/* One step of the support iteration from the sums over the scores above
+ * tau (k of them, their sum s1 and sum of squares s2): the closed-form
+ * threshold of that support and the next Newton iterate. */
+inline void da_support_step(int r, real tau, real k, real s1, real s2, real *closed, real *next)
+{
+    if (r == 1) {
+        *closed = *next = (s1 - 1) / k;
+    } else {
+        const real mean = s1 / k, delta = (1 - (s2 - s1 * mean)) / k;
+        *closed = mean - sqrt(delta > 0 ? delta : (real)0);
+        *next = tau + (s2 - 2 * tau * s1 + k * tau * tau - 1) / (2 * (s1 - k * tau));
+    }
+}
+
 /* Exact threshold without sorting (the CPU backend's support iteration);
  * returns 0 if rounding near a tie keeps it from settling. */
 inline int da_tau_support(const da_entmax_args *a, real zmax, int r, real *tau_out)
@@ -96,13 +110,7 @@ inline int da_tau_support(const da_entmax_args *a, real zmax, int r, real *tau_o
         if (k == 0)
             return 0;
         real closed, next;
-        if (r == 1) {
-            closed = next = (s1 - 1) / k;
-        } else {
-            const real mean = s1 / k, delta = (1 - (s2 - s1 * mean)) / k;
-            closed = mean - sqrt(delta > 0 ? delta : (real)0);
-            next = tau + (s2 - 2 * tau * s1 + k * tau * tau - 1) / (2 * (s1 - k * tau));
-        }
+        da_support_step(r, tau, k, s1, s2, &closed, &next);
         if (lowest >= closed) {
             *tau_out = closed;
             return 1;
@@ -231,6 +239,13 @@ inline void da_put(const da_entmax_args *a, long c, float p)
         a->w[(a->cb + c) * a->rows_total + a->r0 + g] = p;
 }
 
+/* Candidate c's weight under the exact threshold tau (r 1: sparsemax). */
+inline void da_put_exact(const da_entmax_args *a, long c, real zmax, real tau, int r)
+{
+    const real t = DA_X(a, c, zmax) - tau;
+    da_put(a, c, t > 0 ? (float)(r == 1 ? t : t * t) : 0.0f);
+}
+
 /* Replaces the candidates' scores in w by their weights. Method numbers are
  * dashattn_threshold_method's. */
 inline void da_entmax_row(const da_entmax_args *a)
@@ -293,10 +308,8 @@ inline void da_entmax_row(const da_entmax_args *a)
         real tau;
         if (!da_tau_support(a, zmax, r, &tau))
             tau = da_tau_sorted(a, zmax, r);
-        for (long c = 0; c < a->n; c++) {
-            const real t = DA_X(a, c, zmax) - tau;
-            da_put(a, c, t > 0 ? (float)(r == 1 ? t : t * t) : 0.0f);
-        }
+        for (long c = 0; c < a->n; c++)
+            da_put_exact(a, c, zmax, tau, r);
         return;
     }
     if (a->method == 5) { /* the release's Halley schedule, p not renormalised */
@@ -332,16 +345,20 @@ inline int da_group_shared(int group_mode, int method)
 /* Candidates [cb, cb + n) of the ng rows [r0, r0 + ng) of a (block-major)
  * table each get the rows' mean: the group-mean weight in stage 1, and the
  * gradient of that weight in the backward. */
+inline void da_average_column(__global float *a, long rows_total, long r0, int ng, long j)
+{
+    real sum = 0;
+    for (int g = 0; g < ng; g++)
+        sum += a[j * rows_total + r0 + g];
+    const float mean = (float)(sum / (real)ng);
+    for (int g = 0; g < ng; g++)
+        a[j * rows_total + r0 + g] = mean;
+}
+
 inline void da_average_group(__global float *a, long rows_total, long r0, int ng, long cb, long n)
 {
-    for (long c = 0; c < n; c++) {
-        real sum = 0;
-        for (int g = 0; g < ng; g++)
-            sum += a[(cb + c) * rows_total + r0 + g];
-        const float mean = (float)(sum / (real)ng);
-        for (int g = 0; g < ng; g++)
-            a[(cb + c) * rows_total + r0 + g] = mean;
-    }
+    for (long c = 0; c < n; c++)
+        da_average_column(a, rows_total, r0, ng, cb + c);
 }
 
 inline int da_group_mean(int group_mode, int method)
@@ -354,6 +371,12 @@ inline int da_group_mean(int group_mode, int method)
 inline int da_flat_kept(float w)
 {
     return (real)w > (real)1e-20 || isnan(w);
+}
+
+/* One weight under the flat prior whose kept weights' mean log is mu. */
+inline void da_flat_apply(__global float *x, real mu, real sigma)
+{
+    *x = da_flat_kept(*x) ? (float)exp((log((real)*x) - mu) / sigma) : 0.0f;
 }
 
 /* The flat prior of one row's candidates, in place of their weights:
@@ -369,10 +392,8 @@ inline void da_flat_prior(__global float *w, long rows_total, long r, long cb, l
         }
     }
     const real mu = sum / kept;
-    for (long c = 0; c < n; c++) {
-        __global float *x = w + (cb + c) * rows_total + r;
-        *x = da_flat_kept(*x) ? (float)exp((log((real)*x) - mu) / sigma) : 0.0f;
-    }
+    for (long c = 0; c < n; c++)
+        da_flat_apply(w + (cb + c) * rows_total + r, mu, sigma);
 }
 
 /* Block weights of the rows of one pass (one work-item per row, or per
@@ -531,13 +552,7 @@ inline void da_entmax_row_wide(const da_entmax_args *a, __local real *red)
         if (k == 0)
             break;
         real closed, next;
-        if (r == 1) {
-            closed = next = (s1 - 1) / k;
-        } else {
-            const real mean = s1 / k, delta = (1 - (s2 - s1 * mean)) / k;
-            closed = mean - sqrt(delta > 0 ? delta : (real)0);
-            next = tau + (s2 - 2 * tau * s1 + k * tau * tau - 1) / (2 * (s1 - k * tau));
-        }
+        da_support_step(r, tau, k, s1, s2, &closed, &next);
         if (lowest >= closed) {
             found = closed;
             settled = 1;
@@ -554,10 +569,8 @@ inline void da_entmax_row_wide(const da_entmax_args *a, __local real *red)
         found = red[0];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    for (long c = lid; c < a->n; c += DA_SEL_WG) {
-        const real t = DA_X(a, c, zmax) - found;
-        da_put(a, c, t > 0 ? (float)(r == 1 ? t : t * t) : 0.0f);
-    }
+    for (long c = lid; c < a->n; c += DA_SEL_WG)
+        da_put_exact(a, c, zmax, found, r);
 }
 
 /* da_select at decode (seq_lens given, chunk 1, no selection output) for the
@@ -594,14 +607,8 @@ da_select_wide(__global float *ws, long w_off, long rows_total, long att_off, in
         }
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (mean)
-            for (long c = lid; c < n; c += DA_SEL_WG) {
-                real sum = 0;
-                for (int g = 0; g < ng; g++)
-                    sum += w[(cb + c) * rows_total + r0 + g];
-                const float m = (float)(sum / (real)ng);
-                for (int g = 0; g < ng; g++)
-                    w[(cb + c) * rows_total + r0 + g] = m;
-            }
+            for (long c = lid; c < n; c += DA_SEL_WG)
+                da_average_column(w, rows_total, r0, ng, cb + c);
         barrier(CLK_GLOBAL_MEM_FENCE);
         for (int g = 0; g < ng && flat; g++) {
             const long r = r0 + g;
@@ -615,10 +622,8 @@ da_select_wide(__global float *ws, long w_off, long rows_total, long att_off, in
             }
             da_wg_reduce(red, s);
             const real mu = s[1] / s[0];
-            for (long c = lid; c < n; c += DA_SEL_WG) {
-                __global float *x = w + (cb + c) * rows_total + r;
-                *x = da_flat_kept(*x) ? (float)exp((log((real)*x) - mu) / sigma) : 0.0f;
-            }
+            for (long c = lid; c < n; c += DA_SEL_WG)
+                da_flat_apply(w + (cb + c) * rows_total + r, mu, sigma);
         }
     }
     barrier(CLK_GLOBAL_MEM_FENCE);
