@@ -10,7 +10,8 @@
 # With no phase named, test, portable, sanitize and bench run. `quick` runs
 # only the CUDA tests (not the CPU suite), the parity test once under
 # compute-sanitizer memcheck and once with the portable backward
-# (DASHATTN_GPU_BACKWARD=portable). `portable`
+# (DASHATTN_GPU_BACKWARD=portable), and the decode parity cases on 3, 1 and
+# 7 split thread blocks (DASHATTN_GPU_DECODE_CTAS, the first under memcheck). `portable`
 # runs the GPU tests again on the portable kernels only (what the hip plugin
 # runs on AMD: DASHATTN_GPU_KERNELS=portable), once more with AMD's 64 KiB
 # of shared memory per block (DASHATTN_GPU_SHARED_MEMORY=65536), on the
@@ -119,6 +120,22 @@ case $phases in *quick*)
         grep -E 'FAIL' "$out/parity-backward-portable.log" | head -12 | tee -a "$out/summary.txt"
         status=1
     fi
+    # The decode split's runs of blocks crossing from one sequence or KV
+    # head into the next: few thread blocks (DASHATTN_GPU_DECODE_CTAS), the
+    # first run under memcheck too.
+    for n in 3 1 7; do
+        tool=
+        [ "$n" = 3 ] && tool="compute-sanitizer --tool memcheck --error-exitcode 9"
+        if DASHATTN_BACKEND_PATH="$build/backends/cuda/.libs" DASHATTN_PARITY_ONLY=decode \
+            DASHATTN_GPU_DECODE_CTAS=$n $tool tests/test_backend_parity cuda \
+            >"$out/parity-decode-ctas-$n.log" 2>&1; then
+            say "decode parity with DASHATTN_GPU_DECODE_CTAS=$n${tool:+ (memcheck)}: passed"
+        else
+            say "decode parity with DASHATTN_GPU_DECODE_CTAS=$n${tool:+ (memcheck)}: FAILED"
+            grep -E 'FAIL|ERROR' "$out/parity-decode-ctas-$n.log" | head -12 | tee -a "$out/summary.txt"
+            status=1
+        fi
+    done
     ;;
 esac
 

@@ -226,6 +226,8 @@ static void check_plan_limits(void)
     TU_CHECK(st == DASHATTN_OK, "uncapped context: %s", dashattn_last_error());
     check_bad_setting(&opt, "DASHATTN_GPU_SHARED_MEMORY", "not-a-number");
     check_bad_setting(&opt, "DASHATTN_GPU_DEPENDENT_LAUNCH", "yes");
+    check_bad_setting(&opt, "DASHATTN_GPU_DECODE_CTAS", "0");
+    check_bad_setting(&opt, "DASHATTN_GPU_DECODE_CTAS", "12x");
     setenv("DASHATTN_GPU_SHARED_MEMORY", "65536", 1);
     st = dashattn_context_create(&opt, &small);
     if (saved)

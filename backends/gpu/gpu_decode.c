@@ -41,7 +41,10 @@ dashattn_status dagpu_decode(void *state, const dashattn_plan_desc *plan,
         err = dagpu_nv_launch_decode_split(p, a->q, a->cache, &ws, a->stream);
     else
 #endif
+    {
+        ws.stream_ctas = 0; /* the merge reads the portable split's rows */
         err = dagpu_launch_decode_split(p, a->q, a->cache, &ws, gp->decode_tile, a->stream);
+    }
     if (err != 0)
         return dagpu_fail(err, "decode split kernel");
     err = dagpu_launch_decode_merge(p, a->out, a->lse, &ws, a->stream);

@@ -477,11 +477,43 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
 #define MERGE_WARPS 8
 #define MERGE_THREADS (MERGE_WARPS * DA_WARP)
 
-/* Combines the splits of one (sequence, query head) for C * DA_WARP of its
- * output columns: the largest of the splits' maxima first, then each warp
- * sums its share of the splits, a lane per column (each split's row C
- * coalesced loads), and the warps' sums are added at the end. No load waits
- * on another: an empty split's row is (-inf, 0, 0...) and weighs 0 (a bad
+/* The (m, l, o) rows one (sequence, head) merges: count rows from first,
+ * stride floats apart. In the tensor-core split's layout (ws.stream_ctas
+ * thread blocks sharing one stream of the segments' blocks) row k is what
+ * thread block c0 + k saw of the segment (an empty run's row weighs 0). */
+struct merge_rows {
+    const float *first;
+    int64_t count, stride;
+};
+
+static __device__ merge_rows merge_rows_of(const dagpu_params &p, const dagpu_decode_ws &ws,
+                                           int64_t b, int64_t h)
+{
+    const int64_t row = p.head_dim + 2, G = p.group_size;
+    merge_rows R;
+    if (ws.stream_ctas == 0) {
+        R.first = ws.partial + (b * p.heads_q + h) * ws.splits * row;
+        R.count = ws.splits;
+        R.stride = row;
+        return R;
+    }
+    /* Thread block c ran positions [W c / C, W (c + 1) / C): position u
+     * is thread block (C (u + 1) - 1) / W's. */
+    const int64_t s = b * p.heads_kv + h / G, C = ws.stream_ctas;
+    const int64_t begin = ws.prefix[s], n = ws.prefix[s + 1] - begin,
+                  W = ws.prefix[p.batch * p.heads_kv];
+    const int64_t c0 = n > 0 ? (C * (begin + 1) - 1) / W : 0;
+    R.count = n > 0 ? (C * (begin + n) - 1) / W - c0 + 1 : 0;
+    R.stride = G * row;
+    R.first = ws.partial + ((c0 + s) * G + h % G) * row;
+    return R;
+}
+
+/* Combines the split rows of one (sequence, query head) for C * DA_WARP of
+ * its output columns: the largest of the rows' maxima first, then each warp
+ * sums its share of the rows, a lane per column (each row's C coalesced
+ * loads), and the warps' sums are added at the end. No load waits on
+ * another: an empty split's row is (-inf, 0, 0...) and weighs 0 (a bad
  * sequence's rows are never written, but its call's output is NaN anyway).
  * The kernel this replaced took three block reductions in a row (15 us at
  * batch 16); loads behind a test of a split's weight waited for it, two
@@ -493,18 +525,18 @@ __global__ void __launch_bounds__(MERGE_THREADS)
     da_wait_previous();
     __shared__ float red[MERGE_WARPS];
     __shared__ float sums[MERGE_WARPS][C * DA_WARP + 1];
-    const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim, S = ws.splits, row = D + 2;
+    const int64_t h = blockIdx.x, b = blockIdx.y, D = p.head_dim;
     const int tid = threadIdx.x, lane = da_lane<DA_WARP>(), warp = da_warp_id<DA_WARP>();
     const int64_t col0 = (int64_t)blockIdx.z * C * DA_WARP;
-    const float *part = ws.partial + (b * p.heads_q + h) * S * row;
+    const merge_rows R = merge_rows_of(p, ws, b, h);
     /* A call with any bad sequence leaves no output that looks valid. */
     int bad = 0;
     for (int64_t e = tid; e < p.batch * p.heads_kv; e += MERGE_THREADS)
         bad |= ws.nblocks[e] < 0;
 
     float m = -DA_INF_F;
-    for (int64_t s = tid; s < S; s += MERGE_THREADS)
-        m = fmaxf(m, part[s * row]);
+    for (int64_t s = tid; s < R.count; s += MERGE_THREADS)
+        m = fmaxf(m, R.first[s * R.stride]);
     m = da_warp_max<DA_WARP>(m);
     if (lane == 0)
         red[warp] = m;
@@ -517,10 +549,10 @@ __global__ void __launch_bounds__(MERGE_THREADS)
 #pragma unroll
     for (int k = 0; k < C; k++)
         acc[k] = 0.0f;
-    const int s0 = (int)(S * warp / MERGE_WARPS), s1 = (int)(S * (warp + 1) / MERGE_WARPS);
+    const int64_t s0 = R.count * warp / MERGE_WARPS, s1 = R.count * (warp + 1) / MERGE_WARPS;
 #pragma unroll 4
-    for (int s = s0; s < s1; s++) {
-        const float *ps = part + (int64_t)s * row;
+    for (int64_t s = s0; s < s1; s++) {
+        const float *ps = R.first + s * R.stride;
         const float ms = ps[0], ls = ps[1];
         float o[C];
 #pragma unroll

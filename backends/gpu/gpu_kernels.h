@@ -30,6 +30,9 @@ extern "C" {
 #define DAGPU_SCORE_STRIDE(dim) (((dim) + 7) / 8 * 8 + 4)
 /* Query heads per KV head that decode takes (plans with more are refused). */
 #define DAGPU_DECODE_MAX_GROUP 32
+/* The most thread blocks the tensor-core decode split takes (two per
+ * multiprocessor). */
+#define DAGPU_DECODE_MAX_STREAM_CTAS 4096
 
 /* How stage 2 turns a recomputed block score z into a log2 prior. */
 enum {
@@ -132,8 +135,19 @@ typedef struct dagpu_decode_ws {
     dagpu_row_param *rows; /* [B, Hq]: each row's threshold (shared mode: the group's first) */
     int32_t *blocks;       /* [B, Hkv, M]: blocks any head of the group reads, ascending */
     int32_t *nblocks;      /* [B, Hkv] */
-    float *partial;        /* [B, Hq, splits, D + 2]: (m, l, o) of each split */
+    /* (m, l, o) rows of D + 2 floats: [B, Hq, splits] from the portable
+     * split; [stream_ctas + B * Hkv, G] from the tensor-core one, row
+     * (c + s) * G + g for head g of segment s as thread block c saw it. */
+    float *partial;
     int64_t splits;
+    /* Thread blocks of the tensor-core split where they divide the blocks
+     * of all (sequence, KV head) segments among them in equal runs; 0 where
+     * a split runs a grid of `splits` per segment (the portable split, set
+     * per call, or the tensor-core one where that grid fits one wave). */
+    int64_t stream_ctas;
+    /* [B * Hkv + 1]: where each segment's blocks start in that stream (a
+     * bad sequence's count as 0), written by the tensor-core split. */
+    int64_t *prefix;
     /* Between the heads' rows of log2w's priors: M, or 0 where the group
      * shares one weight (group-mean and shared modes: the first head's row). */
     int64_t wstride;

@@ -173,8 +173,13 @@ size_t dagpu_decode_layout(const dagpu_plan *gp, void *base, dagpu_decode_ws *ws
     w.rows = dagpu_carve(&c, B * (size_t)p->heads_q * sizeof(dagpu_row_param));
     w.blocks = dagpu_carve(&c, B * (size_t)p->heads_kv * M * sizeof(int32_t));
     w.nblocks = dagpu_carve(&c, B * (size_t)p->heads_kv * sizeof(int32_t));
-    w.partial = dagpu_carve(&c, B * (size_t)p->heads_q * (size_t)w.splits *
+    w.stream_ctas = gp->decode_stream_ctas;
+    const size_t split_rows = B * (size_t)p->heads_q * (size_t)w.splits;
+    const size_t stream_rows =
+        ((size_t)w.stream_ctas + B * (size_t)p->heads_kv) * (size_t)p->group_size;
+    w.partial = dagpu_carve(&c, (split_rows > stream_rows ? split_rows : stream_rows) *
                                     (size_t)(p->head_dim + 2) * sizeof(float));
+    w.prefix = dagpu_carve(&c, (B * (size_t)p->heads_kv + 1) * sizeof(int64_t));
     if (ws)
         *ws = w;
     return c.used;
@@ -204,7 +209,9 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0; /* touch */
     else if (op == DASHATTN_OP_DECODE)
         bytes = b * hq * m * 4.0 + b * hq * (double)sizeof(dagpu_row_param) +
-                b * hkv * (m + 1.0) * 4.0 + b * hq * m * (d + 2.0) * 4.0;
+                b * hkv * (m + 2.0) * 4.0 + 4.0 +
+                (b * hq * m + (double)DAGPU_DECODE_MAX_STREAM_CTAS * hq + b * hq) * (d + 2.0) *
+                    4.0; /* partial rows: splits <= M, or stream pieces */
     return bytes + 4096.0 > 0x1p62;
 }
 
@@ -410,6 +417,14 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
 #ifdef DAGPU_HAVE_NV
     gp->decode_split_nv =
         nv_shape_ok(st, p) && p->group_size <= 16 && dagpu_nv_decode_split_smem(p) <= limit;
+    /* Its stream of every segment's blocks pays where a grid of splits per
+     * segment takes several waves (H200, batch 16, Hkv 2, four waves: 151
+     * us against 161); where that grid fits one wave (batch 1) its splits
+     * know their query before stage 1 ends and never cross a segment (41
+     * us against 46 at Hkv 8, 18 against 22.5 at Hkv 2). */
+    if (gp->decode_split_nv && (st->decode_ctas || split_blocks > 2 * (int64_t)st->info.sm_count))
+        gp->decode_stream_ctas =
+            st->decode_ctas ? st->decode_ctas : dagpu_nv_decode_split_ctas(st->info.sm_count);
     gp->decode_scores_nv = !st->portable; /* the call checks shape and block keys */
 #endif
     return DASHATTN_OK;

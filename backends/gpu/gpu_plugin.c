@@ -83,6 +83,20 @@ static int dependent_launch_requested(void)
     return strcmp(v, "0") == 0 ? 0 : -1;
 }
 
+/* DASHATTN_GPU_DECODE_CTAS: thread blocks of the tensor-core decode split
+ * in place of one wave of them (0 if unset, -1 if invalid). Few of them
+ * make a small call's runs cross from one sequence or KV head into the
+ * next, which tests that path without a long cache. */
+static int64_t decode_ctas_requested(void)
+{
+    const char *v = getenv("DASHATTN_GPU_DECODE_CTAS");
+    if (!v || !v[0])
+        return 0;
+    char *end;
+    const unsigned long long n = strtoull(v, &end, 10);
+    return *end || v[0] == '-' || n < 1 || n > DAGPU_DECODE_MAX_STREAM_CTAS ? -1 : (int64_t)n;
+}
+
 /* DASHATTN_GPU_BACKWARD: "mma" (the backward's tensor-core kernels where a
  * plan and its tensors allow) or "portable" (its portable kernels only);
  * unset: DAGPU_BACKWARD_MMA_DEFAULT. -1 if invalid. The tensor-core
@@ -178,6 +192,13 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
                                    "\"portable\"");
         return DASHATTN_ERR_INVALID_ARGUMENT;
     }
+    const int64_t decode_ctas = decode_ctas_requested();
+    if (decode_ctas < 0) {
+        host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_DECODE_CTAS must be a number from 1 "
+                                   "to %d",
+                        DAGPU_DECODE_MAX_STREAM_CTAS);
+        return DASHATTN_ERR_INVALID_ARGUMENT;
+    }
     const size_t cap = shared_memory_cap();
     if (cap == SIZE_MAX) {
         host->set_error(DAGPU_NAME " backend: DASHATTN_GPU_SHARED_MEMORY must be a number of "
@@ -201,6 +222,7 @@ static dashattn_status gpu_init(const dashattn_host *host, const dashattn_contex
     st->device = options->device;
     st->portable = portable == 1;
     st->backward_mma = backward_mma;
+    st->decode_ctas = decode_ctas;
     err = dagpu_rt_device_info(st->device, &st->info);
     if (err == 0)
         err = dagpu_rt_set_device(st->device);

@@ -23,6 +23,9 @@ typedef struct dagpu_state {
     int hopper;
     /* The backward may take its tensor-core kernels (DASHATTN_GPU_BACKWARD). */
     int backward_mma;
+    /* Thread blocks of the tensor-core decode split (DASHATTN_GPU_DECODE_CTAS),
+     * 0 for one wave. */
+    int64_t decode_ctas;
     dagpu_device_error *error; /* device memory, see gpu_synchronize */
     char name[400];
 } dagpu_state;
@@ -45,6 +48,7 @@ typedef struct dagpu_plan {
     int decode_chained;           /* dependent launches between the decode kernels */
     int decode_tile;              /* tokens per tile of the portable decode split */
     int decode_split_nv;          /* tensor-core decode split */
+    int64_t decode_stream_ctas;   /* its thread blocks (0 without it) */
     int decode_scores_nv;         /* tensor-core decode scores */
     int backward_kv_nv;           /* tensor-core kv kernel of the backward */
     int64_t backward_kv_splits;   /* its splits of each key block's pair tiles */

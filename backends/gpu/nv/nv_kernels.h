@@ -31,6 +31,8 @@ dagpu_err dagpu_nv_launch_stage2(const dagpu_params *p, const dashattn_tensor *q
  * 128, block size 64, at most 16 query heads per KV head), in place of
  * dagpu_launch_decode_split. */
 size_t dagpu_nv_decode_split_smem(const dagpu_params *p);
+/* Its thread blocks on a device of sm_count multiprocessors (one wave). */
+int64_t dagpu_nv_decode_split_ctas(int sm_count);
 dagpu_err dagpu_nv_launch_decode_split(const dagpu_params *p, const dashattn_tensor *q,
                                        const dashattn_kv_cache *cache, const dagpu_decode_ws *ws,
                                        void *stream);
