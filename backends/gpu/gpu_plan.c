@@ -209,7 +209,7 @@ static int layout_may_wrap(const dagpu_params *p, dashattn_operation op)
                 b * hq * (nq / DAGPU_TILE_ROWS + 1.0) * (m / 32.0 + 1.0) * 4.0; /* touch */
     else if (op == DASHATTN_OP_DECODE)
         bytes = b * hq * m * 4.0 + b * hq * (double)sizeof(dagpu_row_param) +
-                b * hkv * (m + 2.0) * 4.0 + 4.0 +
+                b * hkv * (m + 1.0) * 4.0 + (b * hkv + 1.0) * 8.0 + /* lists, prefix */
                 (b * hq * m + (double)DAGPU_DECODE_MAX_STREAM_CTAS * hq + b * hq) * (d + 2.0) *
                     4.0; /* partial rows: splits <= M, or stream pieces */
     return bytes + 4096.0 > 0x1p62;
@@ -418,10 +418,11 @@ static dashattn_status decode_choices(const dagpu_state *st, dagpu_plan *gp)
     gp->decode_split_nv =
         nv_shape_ok(st, p) && p->group_size <= 16 && dagpu_nv_decode_split_smem(p) <= limit;
     /* Its stream of every segment's blocks pays where a grid of splits per
-     * segment takes several waves (H200, batch 16, Hkv 2, four waves: 151
-     * us against 161); where that grid fits one wave (batch 1) its splits
-     * know their query before stage 1 ends and never cross a segment (41
-     * us against 46 at Hkv 8, 18 against 22.5 at Hkv 2). */
+     * segment takes several waves (H200, batch 16: 144 us against 161 at
+     * Hkv 2, four waves; 518 against 547 at Hkv 8). Where that grid fits one
+     * wave (batch 1) its splits are already even within each segment, load
+     * their query before stage 1 ends and never cross a segment; the stream
+     * there was measured only in a version slowed by 64-bit divisions. */
     if (gp->decode_split_nv && (st->decode_ctas || split_blocks > 2 * (int64_t)st->info.sm_count))
         gp->decode_stream_ctas =
             st->decode_ctas ? st->decode_ctas : dagpu_nv_decode_split_ctas(st->info.sm_count);

@@ -59,17 +59,31 @@ static int portable_requested(void)
     return strcmp(v, "portable") == 0 ? 1 : -1;
 }
 
+/* The decimal number in environment variable name, into *n: 0 if it is
+ * unset or empty (*n untouched), 1 if it is a number in [lo, hi], -1 if
+ * not. */
+static int env_count(const char *name, unsigned long long lo, unsigned long long hi,
+                     unsigned long long *n)
+{
+    const char *v = getenv(name);
+    if (!v || !v[0])
+        return 0;
+    char *end;
+    const unsigned long long x = strtoull(v, &end, 10);
+    if (*end || v[0] == '-' || x < lo || x > hi)
+        return -1;
+    *n = x;
+    return 1;
+}
+
 /* DASHATTN_GPU_SHARED_MEMORY: bytes of shared memory per thread block the
  * plans may use, below the device's own limit (0 if unset, SIZE_MAX if
  * invalid). With 65536 an NVIDIA card plans as an AMD one does. */
 static size_t shared_memory_cap(void)
 {
-    const char *v = getenv("DASHATTN_GPU_SHARED_MEMORY");
-    if (!v || !v[0])
-        return 0;
-    char *end;
-    const unsigned long long n = strtoull(v, &end, 10);
-    return *end || n < 1024 || v[0] == '-' ? SIZE_MAX : (size_t)n;
+    unsigned long long n = 0;
+    const int set = env_count("DASHATTN_GPU_SHARED_MEMORY", 1024, SIZE_MAX, &n);
+    return set < 0 ? SIZE_MAX : (size_t)n;
 }
 
 /* DASHATTN_GPU_DEPENDENT_LAUNCH: unset or "1" (launch decode's kernels as
@@ -89,12 +103,9 @@ static int dependent_launch_requested(void)
  * next, which tests that path without a long cache. */
 static int64_t decode_ctas_requested(void)
 {
-    const char *v = getenv("DASHATTN_GPU_DECODE_CTAS");
-    if (!v || !v[0])
-        return 0;
-    char *end;
-    const unsigned long long n = strtoull(v, &end, 10);
-    return *end || v[0] == '-' || n < 1 || n > DAGPU_DECODE_MAX_STREAM_CTAS ? -1 : (int64_t)n;
+    unsigned long long n = 0;
+    const int set = env_count("DASHATTN_GPU_DECODE_CTAS", 1, DAGPU_DECODE_MAX_STREAM_CTAS, &n);
+    return set < 0 ? -1 : (int64_t)n;
 }
 
 /* DASHATTN_GPU_BACKWARD: "mma" (the backward's tensor-core kernels where a
